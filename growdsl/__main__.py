@@ -1,0 +1,3 @@
+from growdsl.cli import main
+
+raise SystemExit(main())

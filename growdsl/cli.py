@@ -1,0 +1,121 @@
+"""growdsl's command line: validate, plan (and, later, run).
+
+Exit status: 0 ok, 1 invalid schedule, 2 usage error. Schedules never produce a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# The CLI needs no pydantic plugins; skipping their entry-point scan keeps `validate` quick.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+from growdsl.lang.errors import ScheduleError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `growdsl plan ... | head`
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="growdsl", description="Grow transformers: plan and run train -> grow -> train schedules.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check schedules; silent when they are valid")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=_validate)
+
+    pl = sub.add_parser("plan", help="show what a schedule trains, stage by stage")
+    pl.add_argument("file", nargs="?", metavar="FILE")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--predict-d", action="store_true",
+                    help="show the paper's growth-timing guideline d next to each growth "
+                         "(without FILE: answer for --params and --tokens)")
+    pl.add_argument("--params", metavar="N", help="target parameters, e.g. 7B (with --predict-d and no FILE)")
+    pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
+    pl.set_defaults(func=_plan)
+    return p
+
+
+def _read(path: str) -> tuple[str | None, int]:
+    try:
+        return Path(path).read_text(encoding="utf-8"), EXIT_OK
+    except UnicodeDecodeError:
+        print(f"{path}: error: not a UTF-8 text file", file=sys.stderr)
+        return None, EXIT_INVALID
+    except OSError as e:
+        print(f"growdsl: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return None, EXIT_USAGE
+
+
+def _compile(path: str):
+    """(plan, exit status); errors are printed."""
+    from growdsl.plan import plan_source
+
+    source, status = _read(path)
+    if source is None:
+        return None, status
+    try:
+        return plan_source(source, path), EXIT_OK
+    except ScheduleError as e:
+        print(e.render(source, path), file=sys.stderr)
+        return None, EXIT_INVALID
+
+
+def _validate(args) -> int:
+    return max(_compile(path)[1] for path in args.files)
+
+
+def _plan(args) -> int:
+    if args.file is None:
+        return _predict(args)
+    if args.params or args.tokens:
+        print("growdsl plan: --params/--tokens answer without a FILE; with a FILE the schedule gives them",
+              file=sys.stderr)
+        return EXIT_USAGE
+    plan, status = _compile(args.file)
+    if plan is None:
+        return status
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+        return EXIT_OK
+    from growdsl.plan.render import render_plan
+
+    print(render_plan(plan, predict_d=args.predict_d))
+    if plan.warnings:
+        source = Path(args.file).read_text(encoding="utf-8")
+        from growdsl.lang.errors import Diagnostic, Span
+
+        for w in plan.warnings:
+            span = Span(w.line, w.col, w.end_line, w.end_col) if w.line else None
+            print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file), file=sys.stderr)
+    return EXIT_OK
+
+
+def _predict(args) -> int:
+    if not args.predict_d or not (args.params and args.tokens):
+        print("growdsl plan: give a FILE, or --predict-d --params N --tokens D (e.g. --params 7B --tokens 2T)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from growdsl.plan import guideline
+    from growdsl.plan.render import render_prediction
+    from growdsl.plan.units import parse_count
+
+    try:
+        n, d = parse_count(args.params), parse_count(args.tokens)
+        prediction = guideline.predict_d(n, d)
+    except ValueError as e:
+        print(f"growdsl plan: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render_prediction(prediction))
+    return EXIT_OK

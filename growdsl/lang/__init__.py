@@ -1,0 +1,1 @@
+"""The schedule language: grammar, parser, AST and diagnostics. Never imports torch."""

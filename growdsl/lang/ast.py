@@ -1,0 +1,156 @@
+"""The schedule as written: statements with their source spans, values not yet interpreted.
+
+Meaning (units, defaults, consistency) is the compiler's job; the AST only remembers what the
+user typed and where, so every later error can point at it."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from growdsl.lang.errors import Span
+
+_NUMBER = re.compile(r"(?P<num>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?P<unit>[A-Za-z%]*)")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number with the unit glued to it (`10B`, `6L`, `3e-4`): unit may be ''."""
+
+    text: str
+    value: float
+    unit: str
+    span: Span
+
+    @staticmethod
+    def parse(text: str, span: Span) -> "Number":
+        m = _NUMBER.fullmatch(text)
+        assert m, text  # the grammar's NUMBER terminal only admits this shape
+        return Number(text, float(m["num"].replace("_", "")), m["unit"], span)
+
+    @property
+    def is_integer(self) -> bool:
+        return math.isfinite(self.value) and self.value == int(self.value)
+
+    @property
+    def unit_span(self) -> Span:
+        start = self.span.col + len(self.text) - len(self.unit)
+        return Span(self.span.line, start, self.span.line, start + max(1, len(self.unit)))
+
+
+@dataclass(frozen=True)
+class Word:
+    """A keyword choice (`cosine`, `carry`) or a bare name (a preset)."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Str:
+    """A quoted string, quotes removed."""
+
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Factor:
+    """`x4`: a growth factor."""
+
+    value: int
+    span: Span
+
+
+@dataclass(frozen=True)
+class Amount:
+    """How long to train: tokens (`10B`, `2e6 tokens`), `N steps`, or `auto`."""
+
+    kind: str  # "tokens" | "steps" | "auto" | "bare" (a number with neither unit nor word)
+    number: Number | None
+    span: Span
+
+
+Value = Number | Word | Str | Amount
+
+
+@dataclass(frozen=True)
+class Setting:
+    """`key values...`: a model field (`dim 2048`) or a training setting (`lr 3e-4 to 3e-5`)."""
+
+    key: str
+    args: tuple[Value, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Model:
+    preset: Word | Number | None
+    fields: tuple[Setting, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The shape a `train` statement asks for: `6L`, `24L dim 1024 heads 16`."""
+
+    layers: Number | None
+    fields: tuple[Setting, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Train:
+    shape: Shape | None
+    amount: Amount
+    settings: tuple[Setting, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Init:
+    """`init direct|zero|random [ramp AMOUNT]|learn [AMOUNT] [at lr X]`."""
+
+    operator: str
+    amount: Amount | None
+    lr: Number | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Policy:
+    """`optimizer reset|carry` or `lr restart|continue`."""
+
+    key: str
+    value: Word
+    span: Span
+
+
+@dataclass(frozen=True)
+class Growth:
+    """`stack`, `interpolate` or `widen`, with its operator and policies."""
+
+    kind: str  # "stack" | "interpolate" | "widen"
+    factor: Factor | None
+    pattern: Str | None
+    fields: tuple[Setting, ...]  # widen's target width
+    init: Init | None
+    policies: tuple[Policy, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class GrowthDefaults:
+    policies: tuple[Policy, ...]
+    span: Span
+
+
+Statement = Model | Setting | Train | Growth | GrowthDefaults
+
+
+@dataclass
+class Schedule:
+    statements: list[Statement] = field(default_factory=list)
+    source: str = ""
+    filename: str = "<schedule>"

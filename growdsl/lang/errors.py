@@ -1,0 +1,80 @@
+"""Diagnostics: every problem in a schedule is reported as file:line:col, the offending text
+underlined, what is wrong and a hint. Nothing a user writes may end in a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of the source, 1-based lines and columns, end exclusive."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @staticmethod
+    def of(first, last=None) -> "Span":
+        """Span of a Lark token or tree meta (or from the start of `first` to the end of `last`)."""
+        last = last if last is not None else first
+        return Span(first.line, first.column, last.end_line, last.end_column)
+
+    def to(self, other: "Span") -> "Span":
+        return Span(self.line, self.col, other.end_line, other.end_col)
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+    severity: Severity = "error"
+
+    def render(self, source: str, filename: str) -> str:
+        where = f"{filename}:{self.span.line}:{self.span.col}" if self.span else filename
+        out = [f"{where}: {self.severity}: {self.message}"]
+        if self.span:
+            lines = source.splitlines()
+            if 0 < self.span.line <= len(lines):
+                text = lines[self.span.line - 1].expandtabs(1)
+                end = self.span.end_col if self.span.end_line == self.span.line else len(text) + 1
+                width = max(1, end - self.span.col)
+                gutter = f"{self.span.line:>4} | "
+                out.append(gutter + text)
+                out.append(" " * (len(gutter) - 2) + "| " + " " * (self.span.col - 1) + "^" * width)
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+class ScheduleError(Exception):
+    """Raised with every error found in one schedule (warnings ride along)."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = list(diagnostics)
+        super().__init__("; ".join(d.message for d in self.diagnostics))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    def render(self, source: str, filename: str) -> str:
+        """The errors, rendered (warnings are for schedules that compile)."""
+        return "\n".join(d.render(source, filename) for d in self.errors)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """'did you mean X?' for the closest choice, or None when nothing is close."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[word.lower()]] if word.lower() in lowered else []
+    return f"did you mean '{close[0]}'?" if close else None

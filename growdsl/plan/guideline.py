@@ -1,0 +1,42 @@
+"""The paper's growth guidelines (Sec. 5): when to grow (d) and by how much (g).
+
+    log10(d) = 0.88 * log10(N) + 163.27 / log10(C) - 5.74,   C = 6 * N * D
+
+N: the grown (target) model's parameters; D: the tokens the target trains on; d: the tokens the
+base model should train before growing. Llama2-7B on 2T tokens gives d = 11.11B."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+G_RECOMMENDED = 4
+G_RANGE = (2, 4)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    params: float  # N
+    tokens: float  # D
+    compute: float  # C = 6ND
+    d: float  # tokens to train the base on before growing
+
+
+def compute_budget(params: float, tokens: float) -> float:
+    return 6.0 * params * tokens
+
+
+def predict_d(params: float, tokens: float) -> Prediction:
+    """Growth timing d for a target of `params` parameters trained on `tokens` tokens."""
+    if params <= 0 or tokens <= 0:
+        raise ValueError("params and tokens must be positive")
+    c = compute_budget(params, tokens)
+    log_c = math.log10(c)
+    if log_c <= 0:
+        raise ValueError("compute budget too small for the fit (C must exceed 1 FLOP)")
+    d = 10 ** (0.88 * math.log10(params) + 163.27 / log_c - 5.74)
+    return Prediction(params, tokens, c, d)
+
+
+def g_in_range(g: float) -> bool:
+    return G_RANGE[0] <= g <= G_RANGE[1]

@@ -1,0 +1,223 @@
+"""The typed plan: what a schedule means, stage by stage, with every number resolved.
+
+Everything downstream (operators, runtime, reports) reads this and never re-derives it. It
+serialises to JSON and back losslessly (`Plan.model_validate_json(plan.model_dump_json())`)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+
+from growdsl.plan.shape import ModelShape
+
+
+def _to_fraction(value) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, (int, str)):
+        return Fraction(value)
+    raise ValueError(f"not a fraction: {value!r}")
+
+
+# A fraction, written in JSON as "20/23" (or "4") so no precision is lost.
+FractionStr = Annotated[
+    Fraction,
+    PlainValidator(_to_fraction),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(/\d+)?$"}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OptimizerConfig(_Model):
+    name: Literal["adamw"] = "adamw"
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    grad_clip: float
+
+
+class Parallelism(_Model):
+    dp_shard: int | None = None  # None: every rank left after dp_replicate and tp
+    dp_replicate: int = 1
+    tp: int = 1
+    activation_checkpoint: Literal["none", "selective", "full"] = "none"
+    compile: bool = False
+
+
+class TrainingConfig(_Model):
+    """The settings in force for one stage."""
+
+    seq_len: int
+    batch_seqs: int
+    micro_batch: int | None  # sequences per device per micro-step; None: the whole local batch
+    seed: int
+    data: str | None
+    optimizer: OptimizerConfig
+    parallel: Parallelism
+    checkpoint_every_steps: int | None
+    eval_every_steps: int | None
+    eval_at_growth: bool
+    eval_at_end: bool
+    eval_tasks: tuple[str, ...]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_seqs * self.seq_len
+
+
+class LRSchedule(_Model):
+    """Warmup then decay, over `total_steps`; a stage runs steps [start_step, start_step + steps).
+
+    Stages joined by `lr continue` share one schedule; a growth with `lr restart` (the paper)
+    starts a new one."""
+
+    kind: Literal["cosine", "linear", "constant"]
+    max_lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+    start_step: int
+
+    def lr_at(self, step: int) -> float:
+        """The LR at `step` (0-based, counted within this stage)."""
+        t = self.start_step + step
+        if self.warmup_steps and t < self.warmup_steps:
+            return self.max_lr * (t + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.max_lr
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (t - self.warmup_steps) / span)
+        if self.kind == "linear":
+            return self.max_lr + (self.min_lr - self.max_lr) * progress
+        return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+Init = Literal["fresh", "copy", "zero", "random", "learn"]
+
+
+class LayerOrigin(_Model):
+    """Where one layer of a grown model comes from.
+
+    source: the layer of the model before the growth that the map puts here (its weights are
+    used unless init is "random"); init: copy (bit-exact), zero (copy with the attention output
+    and MLP down projections zeroed: an identity block), random (fresh, faded in by a mask),
+    learn (LiGO, starting from the copy), fresh (a stage-0 layer); root: the stage-0 layer
+    this one descends from (None for random layers). After a width growth every layer keeps its
+    source and root, and init says how its new units start."""
+
+    source: int | None
+    init: Init
+    root: int | None
+
+
+Operator = Literal["direct", "zero", "random", "learn"]
+Guarantee = Literal["exact", "approximate", "none"]
+
+
+class LearnPhase(_Model):
+    """LiGO: the growth map is trained for `steps` before ordinary training resumes."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+    tokens: int
+    flops: int
+
+
+class _GrowthBase(_Model):
+    operator: Operator
+    guarantee: Guarantee  # does the grown model compute the same function as the base?
+    guarantee_note: str
+    optimizer: Literal["reset", "carry"]  # AdamW moments: fresh (the paper) or mapped
+    lr: Literal["restart", "continue"]  # LR schedule: warmup + decay again (the paper) or go on
+    ramp_steps: int | None = None  # random: the mask goes 0 -> 1 over this many steps
+    learn: LearnPhase | None = None
+    line: int  # where the growth statement is in the schedule
+
+
+class DepthGrowth(_GrowthBase):
+    kind: Literal["depth"] = "depth"
+    method: Literal["stack", "interpolate", "pattern"]
+    pattern: str  # the paper's notation, 1-based (as written, or derived)
+    source_layers: int
+    target_layers: int
+    factor: FractionStr  # target / source layers: the paper's g
+    layer_map: tuple[LayerOrigin, ...]
+    connection_rate: FractionStr  # R_c
+
+    @property
+    def sources(self) -> list[int]:
+        return [o.source for o in self.layer_map]
+
+
+class WidthGrowth(_GrowthBase):
+    kind: Literal["width"] = "width"
+    source: ModelShape
+    target: ModelShape
+
+
+Growth = Annotated[Union[DepthGrowth, WidthGrowth], Field(discriminator="kind")]
+
+
+class GrowthTiming(_Model):
+    """The paper's guideline next to what the schedule does, for the growth before a stage."""
+
+    target_params: int  # N: the model after this growth
+    target_tokens: int  # D: tokens trained from this growth to the end
+    compute: float  # C = 6 N D
+    predicted_d: float  # tokens the base should train before growing
+    used_d: int  # tokens the schedule trains the model before this growth
+    factor: FractionStr | None  # g of the depth growth, if any
+
+
+class Stage(_Model):
+    index: int
+    line: int  # the `train` statement
+    shape: ModelShape
+    growths: tuple[Growth, ...]  # applied, in order, before this stage trains
+    layers: tuple[LayerOrigin, ...]
+    params: int
+    auto: bool  # tokens resolved by the growth-timing guideline
+    tokens: int  # steps * tokens per step
+    steps: int
+    flops_per_token: int
+    flops: int  # this stage's training, plus any LiGO phase of its growths
+    cumulative_tokens: int
+    cumulative_flops: int
+    training: TrainingConfig
+    lr: LRSchedule
+    timing: GrowthTiming | None
+
+
+class Totals(_Model):
+    tokens: int
+    flops: int
+    params: int  # the final model
+    scratch_flops: int  # the final model trained from scratch on `tokens`
+    saving: float  # 1 - flops / scratch_flops
+
+
+class PlanWarning(_Model):
+    """Something legal but probably unintended, with its place in the schedule (1-based)."""
+
+    message: str
+    hint: str | None
+    line: int | None
+    col: int | None
+    end_line: int | None
+    end_col: int | None
+
+
+class Plan(_Model):
+    source: str
+    schedule_sha256: str
+    stages: tuple[Stage, ...]
+    totals: Totals
+    warnings: tuple[PlanWarning, ...] = ()

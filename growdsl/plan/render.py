@@ -1,0 +1,107 @@
+"""The plan as a person reads it: a per-stage table, each growth on its own line, then totals."""
+
+from __future__ import annotations
+
+from growdsl.plan import guideline
+from growdsl.plan.layermap import compact
+from growdsl.plan.plan import DepthGrowth, Plan, Stage
+from growdsl.plan.units import human
+
+_GUARANTEE = {"exact": "function-preserving", "approximate": "function-preserving up to RMSNorm",
+              "none": "not function-preserving"}
+
+
+def render_plan(plan: Plan, predict_d: bool = False) -> str:
+    first = plan.stages[0]
+    out = [f"{plan.source}: {len(plan.stages)} stages, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
+           ""]
+    header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
+    rows = []
+    notes: dict[int, list[str]] = {}
+    for s in plan.stages:
+        t = s.training
+        lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"
+        if s.lr.start_step:
+            lr += f" (from step {s.lr.start_step:,})"
+        elif s.lr.warmup_steps:
+            lr += f", warmup {s.lr.warmup_steps:,}"
+        tokens = human(s.tokens) + (" (auto)" if s.auto else "")
+        rows.append((str(s.index), str(s.shape.n_layers), human(s.params), tokens, f"{s.steps:,}",
+                     f"{t.batch_seqs}x{t.seq_len}", lr, f"{s.flops:.3g}", f"{s.cumulative_flops:.3g}"))
+        notes[len(rows) - 1] = [_growth_line(g) for g in s.growths]
+        if predict_d and s.timing:
+            notes[len(rows) - 1].append(_timing_line(s))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i in (0, 1, 2, 3, 4, 7, 8) else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out.append(line(header))
+    for i, row in enumerate(rows):
+        for note in notes[i]:
+            out.append("      " + note)
+        out.append(line(row))
+    tot = plan.totals
+    out += ["",
+            f"total tokens   {human(tot.tokens)}",
+            f"total FLOPs    {tot.flops:.3e}",
+            f"from scratch   {tot.scratch_flops:.3e}  ({plan.stages[-1].shape.n_layers}L final model on "
+            f"{human(tot.tokens)} tokens)",
+            f"saving         {tot.saving:.1%} of the scratch run's FLOPs (on equal tokens)"]
+    if predict_d:
+        out.append(f"guideline      log10(d) = 0.88 log10(N) + 163.27/log10(C) - 5.74, C = 6ND; g = "
+                   f"{guideline.G_RECOMMENDED} (2-4 works)")
+    return "\n".join(out)
+
+
+def _growth_line(g) -> str:
+    policies = f"optimizer {g.optimizer}, lr {g.lr}"
+    knobs = ""
+    if g.ramp_steps:
+        knobs = f", ramp {g.ramp_steps:,} steps"
+    if g.learn:
+        knobs = f", LiGO {g.learn.steps} steps at lr {_sci(g.learn.lr)}"
+    if isinstance(g, DepthGrowth):
+        name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
+        rc = g.connection_rate
+        return (f"^ line {g.line}: {name} \"{g.pattern}\" ({g.operator}{knobs}): {g.source_layers} -> "
+                f"{g.target_layers} layers, map {compact(g.sources)}, R_c {rc.numerator}/{rc.denominator} "
+                f"({float(rc):.1%}); {_GUARANTEE[g.guarantee]}; {policies}")
+    src, dst = g.source, g.target
+    return (f"^ line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
+            f"{dst.n_heads}, kv {src.n_kv_heads}->{dst.n_kv_heads}, ffn {src.ffn_dim}->{dst.ffn_dim}; "
+            f"{_GUARANTEE[g.guarantee]}; {policies}")
+
+
+def _timing_line(s: Stage) -> str:
+    t = s.timing
+    g = ""
+    if t.factor is not None:
+        flag = "" if guideline.g_in_range(t.factor) else " (outside 2-4!)"
+        g = f", g = {float(t.factor):g}{flag}"
+    outside = "" if 4e8 <= t.target_params <= 1e10 else " (N is outside the 410M-7B the fit was made on)"
+    return (f"^ guideline: N = {human(t.target_params)} params, D = {human(t.target_tokens)} tokens, "
+            f"C = {t.compute:.3g} -> d = {_tokens(t.predicted_d)} tokens{outside}; schedule: {_tokens(t.used_d)}{g}")
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else human(n)
+
+
+def render_prediction(p: guideline.Prediction) -> str:
+    return "\n".join([
+        f"target parameters N   {human(p.params)}",
+        f"target tokens D       {human(p.tokens)}",
+        f"compute C = 6ND       {p.compute:.3e} FLOPs",
+        f"growth timing d       {p.d / 1e9:.2f}B tokens",
+        f"growth factor g       {guideline.G_RECOMMENDED} (the paper's choice; 2-4 works)",
+    ])
+
+
+def _sci(x: float) -> str:
+    """3e-4 rather than 0.0003 or 3.000e-04."""
+    if x == 0:
+        return "0"
+    mantissa, exponent = f"{x:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

@@ -1,0 +1,88 @@
+"""A Llama model's shape and what follows from it: parameter count, training FLOPs per token,
+and the torchtitan 0.2.2 arguments that build exactly this shape."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ModelShape(BaseModel):
+    """A Llama-style decoder (RoPE, RMSNorm, SwiGLU, no biases), as torchtitan's Llama3 builds it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tied_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def layer_params(self) -> int:
+        """One transformer block: wq, wk, wv, wo, w1, w2, w3 and its two RMSNorm weights."""
+        kv = self.n_kv_heads * self.head_dim
+        attention = 2 * self.dim * self.dim + 2 * self.dim * kv
+        mlp = 3 * self.dim * self.ffn_dim
+        return attention + mlp + 2 * self.dim
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.dim
+
+    @property
+    def params(self) -> int:
+        """Exactly the parameters torchtitan's `Transformer` holds (tied: one shared table)."""
+        head = 0 if self.tied_embeddings else self.embedding_params
+        return self.embedding_params + self.n_layers * self.layer_params + self.dim + head
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), torchtitan's formula:
+
+            6 * (N - N_lookup) + 12 * L * n_heads * head_dim * T
+
+        N_lookup is the input embedding table when it is not also the output head (a lookup is
+        no matmul); the second term is attention's QK^T and AV over a T-token context (no causal
+        discount), so MFU numbers agree with torchtitan's."""
+        lookup = 0 if self.tied_embeddings else self.embedding_params
+        attention = 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
+        return 6 * (self.params - lookup) + attention
+
+    def describe(self) -> str:
+        kv = "" if self.n_kv_heads == self.n_heads else f" (kv {self.n_kv_heads})"
+        tied = " · tied" if self.tied_embeddings else ""
+        return (f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}"
+                f" · vocab {self.vocab_size}{tied}")
+
+
+def llama_ffn_dim(dim: int, multiple_of: int = 256) -> int:
+    """The FFN width Llama derives from dim (2/3 of 4*dim, rounded up to multiple_of)."""
+    hidden = int(2 * 4 * dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def torchtitan_model_args(shape: ModelShape, seq_len: int) -> dict:
+    """Keyword arguments for torchtitan 0.2.2's `TransformerModelArgs` giving exactly `shape`.
+
+    torchtitan derives the FFN width as multiple_of * ceil(int(m * int(8 * dim / 3)) / multiple_of);
+    choosing multiple_of = ffn_dim and a multiplier m that lands in (0, ffn_dim] pins it exactly."""
+    base = int(2 * 4 * shape.dim / 3)
+    return dict(
+        dim=shape.dim,
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads,
+        vocab_size=shape.vocab_size,
+        multiple_of=shape.ffn_dim,
+        ffn_dim_multiplier=shape.ffn_dim / base,
+        norm_eps=shape.norm_eps,
+        rope_theta=shape.rope_theta,
+        max_seq_len=seq_len,
+    )

@@ -1,0 +1,196 @@
+"""The compiled plan: shapes, layer maps, params, tokens, steps, FLOPs, LR schedules, JSON."""
+
+import math
+from fractions import Fraction
+
+import pytest
+from conftest import SCHEDULES
+
+from growdsl.plan import guideline, plan_file, plan_source
+from growdsl.plan.layermap import gstack, parse_pattern
+from growdsl.plan.plan import Plan
+from growdsl.plan.presets import PRESETS
+
+ONE_LINER = 'train 6L for 10B; stack x4 layers "123456*4"; train 300B'
+TPS = 1024 * 2048  # Table 1 batch
+
+
+def test_one_liner_plans_the_default_1_1b_family_6_to_24_layers():
+    plan = plan_source(ONE_LINER)
+    base, target = plan.stages
+    assert base.shape == PRESETS["1.1B"].shape.model_copy(update={"n_layers": 6})
+    assert target.shape == PRESETS["1.1B"].shape
+    # hand count: embeddings 2 x 32000 x 2048, per layer 44,044,288, final norm 2048
+    assert base.params == 2 * 65_536_000 + 6 * 44_044_288 + 2048 == 395_339_776
+    assert target.params == 2 * 65_536_000 + 24 * 44_044_288 + 2048 == 1_188_136_960
+    assert (base.steps, base.tokens) == (4769, 4769 * TPS)  # ceil(10e9 / 2,097,152)
+    assert (target.steps, target.tokens) == (143_052, 143_052 * TPS)
+    # 6 (N - input embedding) + 12 L heads head_dim T
+    assert base.flops_per_token == 6 * (395_339_776 - 65_536_000) + 12 * 6 * 32 * 64 * 2048
+    assert base.flops == base.flops_per_token * base.tokens
+    assert target.cumulative_flops == base.flops + target.flops
+    assert base.lr.max_lr == 3e-4 and base.lr.min_lr == 3e-5 and base.lr.warmup_steps == 3000
+
+
+def test_one_liner_growth_is_gstack_with_exact_map_and_rc():
+    (growth,) = plan_source(ONE_LINER).stages[1].growths
+    assert growth.kind == "depth" and growth.method == "stack" and growth.operator == "direct"
+    assert growth.sources == gstack(6, 4)
+    assert [o.init for o in growth.layer_map] == ["copy"] * 24
+    assert growth.connection_rate == Fraction(20, 23) and growth.factor == 4
+    assert growth.guarantee == "none"
+    assert (growth.optimizer, growth.lr) == ("reset", "restart")
+
+
+def test_totals_compare_with_scratch_on_the_same_tokens():
+    plan = plan_source(ONE_LINER)
+    t = plan.totals
+    assert t.tokens == sum(s.tokens for s in plan.stages)
+    assert t.scratch_flops == plan.stages[-1].flops_per_token * t.tokens
+    assert t.saving == pytest.approx(1 - t.flops / t.scratch_flops)
+    assert 0 < t.saving < 1
+
+
+@pytest.mark.parametrize("path", SCHEDULES, ids=lambda p: p.name)
+def test_every_example_plans_and_round_trips_through_json(path):
+    plan = plan_file(path)
+    text = plan.model_dump_json()
+    assert Plan.model_validate_json(text) == plan
+    assert plan.stages[-1].cumulative_flops == plan.totals.flops
+
+
+def test_json_carries_rc_as_a_fraction():
+    import json
+
+    data = json.loads(plan_source(ONE_LINER).model_dump_json())
+    growth = data["stages"][1]["growths"][0]
+    assert growth["connection_rate"] == "20/23" and growth["factor"] == "4"
+    assert growth["layer_map"][6] == {"source": 0, "init": "copy", "root": 0}
+
+
+def test_partial_stacking_schedules_resolve_the_paper_patterns():
+    for pattern in ["12-3456*5-56", "123*7-456", "1234-56*10"]:
+        name = "partial_" + pattern.replace("-", "_").replace("*", "x") + ".grow"
+        (path,) = [p for p in SCHEDULES if p.name == name]
+        (growth,) = plan_file(path).stages[1].growths
+        assert growth.method == "pattern" and growth.pattern == pattern
+        assert growth.sources == parse_pattern(pattern, 6)
+
+
+def test_auto_resolves_d_with_the_guideline():
+    (path,) = [p for p in SCHEDULES if p.name == "gstack_7b.grow"]
+    base, target = plan_file(path).stages
+    assert base.auto and target.shape == PRESETS["7B"].shape
+    d = guideline.predict_d(target.params, target.tokens).d
+    assert base.steps == math.ceil(d / TPS)
+    assert round(d / 1e9, 2) == 20.06
+    assert target.timing.predicted_d == d and target.timing.used_d == base.tokens
+
+
+def test_gradual_stacking_keeps_lineage_to_the_base_layers():
+    plan = plan_source("train 6L for 10B; stack x2; train 10B; stack x2; train 100B")
+    assert [s.shape.n_layers for s in plan.stages] == [6, 12, 24]
+    assert plan.stages[2].growths[0].sources == gstack(12, 2)
+    assert [o.root for o in plan.stages[2].layers] == [i % 6 for i in range(24)]
+    assert [o.root for o in plan.stages[0].layers] == list(range(6))
+    assert {o.init for o in plan.stages[0].layers} == {"fresh"}
+
+
+def test_depth_zero_and_random_keep_first_copies_and_initialise_duplicates():
+    zero = plan_source("train 6L for 10B; stack x4 init zero; train 10B").stages[1].growths[0]
+    assert [o.init for o in zero.layer_map] == ["copy"] * 6 + ["zero"] * 18
+    assert zero.guarantee == "exact"
+    rnd = plan_source("train 6L for 10B; stack x4 init random ramp 1000 steps; train 10B").stages[1].growths[0]
+    assert [o.init for o in rnd.layer_map] == ["copy"] * 6 + ["random"] * 18
+    assert [o.root for o in rnd.layer_map][5:8] == [5, None, None]
+    assert rnd.ramp_steps == 1000 and rnd.guarantee == "exact"
+    llama_pro = plan_source('train 6L for 10B; stack layers "12-2-34-4-56-6" init zero; train 1B').stages[1].growths[0]
+    assert [o.init for o in llama_pro.layer_map] == ["copy", "copy", "zero", "copy", "copy", "zero", "copy", "copy", "zero"]
+
+
+def test_random_ramp_in_tokens_becomes_steps_of_the_next_stage():
+    g = plan_source("train 6L for 10B; stack x4 init random ramp 2B; train 10B with batch 512 seqs").stages[1].growths[0]
+    assert g.ramp_steps == math.ceil(2e9 / (512 * 2048))
+
+
+def test_depth_learn_has_a_ligo_phase_counted_in_flops():
+    plan = plan_source("train 6L for 10B; stack x4 init learn 100 steps at lr 7e-5; train 10B")
+    stage = plan.stages[1]
+    learn = stage.growths[0].learn
+    assert (learn.steps, learn.lr, learn.warmup_steps, learn.tokens) == (100, 7e-5, 50, 100 * TPS)
+    assert learn.flops == learn.tokens * stage.flops_per_token
+    assert stage.flops == stage.tokens * stage.flops_per_token + learn.flops
+    assert plan.totals.tokens == plan.stages[0].tokens + stage.tokens + learn.tokens
+
+
+def test_width_growth_keeps_heads_whole_and_the_gqa_group():
+    plan = plan_source("train 24L dim 1024 for 10B\nwiden dim 2048\ntrain 10B")
+    base, target = plan.stages
+    assert (base.shape.dim, base.shape.n_heads, base.shape.n_kv_heads, base.shape.ffn_dim) == (1024, 16, 2, 2816)
+    assert target.shape == PRESETS["1.1B"].shape
+    g = target.growths[0]
+    assert g.kind == "width" and g.operator == "direct" and g.guarantee == "approximate"
+    assert g.source == base.shape and g.target == target.shape
+    assert [o.root for o in target.layers] == list(range(24))
+
+
+def test_lr_restart_and_continue():
+    restart = plan_source(ONE_LINER).stages
+    assert restart[1].lr.start_step == 0 and restart[1].lr.total_steps == restart[1].steps
+    cont = plan_source("train 6L for 10B; stack x4 lr continue; train 300B").stages
+    assert cont[0].lr == cont[1].lr.model_copy(update={"start_step": 0})
+    assert cont[1].lr.start_step == cont[0].steps
+    assert cont[1].lr.total_steps == cont[0].steps + cont[1].steps
+    lr = cont[1].lr
+    assert lr.lr_at(lr.total_steps - lr.start_step - 1) == pytest.approx(3e-5, rel=1e-6)
+
+
+def test_lr_schedule_shape():
+    lr = plan_source("warmup 10 steps\nlr 1e-3 to 1e-4\ntrain 6L for 110 steps").stages[0].lr
+    assert lr.lr_at(0) == pytest.approx(1e-4) and lr.lr_at(9) == pytest.approx(1e-3)
+    assert lr.lr_at(60) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert lr.lr_at(110) == pytest.approx(1e-4)
+
+
+def test_per_stage_overrides_take_effect_only_for_their_stage():
+    plan = plan_source("train 6L for 1B with seq 1024, batch 2048 seqs, tp 2, ac full\nstack x4\ntrain 1B")
+    a, b = plan.stages
+    assert (a.training.seq_len, a.training.batch_seqs, a.training.parallel.tp) == (1024, 2048, 2)
+    assert a.training.parallel.activation_checkpoint == "full"
+    assert (b.training.seq_len, b.training.batch_seqs, b.training.parallel.tp) == (2048, 1024, 1)
+
+
+def test_settings_hold_from_where_they_stand():
+    plan = plan_source("train 6L for 1B\nseq 4096\nbatch 4096K tokens\nstack x4\ntrain 1B")
+    assert plan.stages[0].training.seq_len == 2048
+    assert (plan.stages[1].training.seq_len, plan.stages[1].training.batch_seqs) == (4096, 1000)
+
+
+def test_checkpoint_and_eval_cadence_in_steps():
+    t = plan_source("checkpoint every 1B\neval every 500 steps\neval at growth\neval tasks \"piqa, arc_easy\"\n"
+                    "train 6L for 10B").stages[0].training
+    assert t.checkpoint_every_steps == math.ceil(1e9 / TPS) and t.eval_every_steps == 500
+    assert t.eval_at_growth and not t.eval_at_end and t.eval_tasks == ("piqa", "arc_easy")
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ('train 6L for 10B; stack layers "12-3456*5-56"; train 100B', None),
+    ("train 6L for 1B; stack x4; train 1B", "warmup (3000 steps) is as long as the schedule"),
+    ('model 1.1B layers 9\ntrain 6L for 1B; stack layers "12-2-34-4-56-6"; train 1B', "outside the paper's 2-4"),
+    ('train 6L for 10B; stack layers "1234*6"; train 1B', "drops base layers 5, 6"),
+    ("train 6L for 1B; stack x4; train 1B\nseed 3", "has no effect"),
+    ("model 7B\ntrain 8L for 1B; stack x2; train 1B", "not the declared"),
+    ("train 6L for 1B; stack x4 init random; train 1B", "ramp (5000 steps) is longer than the stage"),
+])
+def test_warnings(source, fragment):
+    warnings = plan_source(source).warnings
+    if fragment is None:
+        assert warnings == ()
+    else:
+        assert any(fragment in w.message for w in warnings), warnings
+
+
+def test_the_guideline_reproduces_llama2_7b_on_2t():
+    p = guideline.predict_d(7e9, 2e12)
+    assert p.compute == pytest.approx(8.4e22)
+    assert f"{p.d / 1e9:.2f}" == "11.11"
