@@ -29,6 +29,36 @@ def wall(cmd: list[str]) -> float:
     return elapsed
 
 
+PHASES = """
+import sys, time
+t0 = time.perf_counter()
+import lark
+t1 = time.perf_counter()
+import growdsl.plan, growdsl.plan.render
+from growdsl.lang.parser import lark_parser, parse
+t2 = time.perf_counter()
+lark_parser()
+t3 = time.perf_counter()
+source = open(sys.argv[1]).read()
+tree = parse(source, sys.argv[1])
+t4 = time.perf_counter()
+plan = growdsl.plan.compile_schedule(tree)
+t5 = time.perf_counter()
+growdsl.plan.render.render_plan(plan)
+t6 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+"""
+
+
+def phases(path: Path, repeat: int) -> list[float]:
+    """Median seconds of each phase of one `plan`, inside a fresh interpreter."""
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", PHASES, str(path)], capture_output=True, text=True, env=ENV)
+        runs.append([float(x) for x in out.stdout.split()])
+    return [statistics.median(col) for col in zip(*runs)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
@@ -45,6 +75,10 @@ def main() -> None:
         worst = max(worst, *row)
         print(f"{path.name:32} {row[0]:13.3f} {row[1]:9.3f} {row[2]:16.3f}")
     print(f"\nworst median {worst:.3f} s; bare interpreter start {python:.3f} s; {args.repeat} runs each")
+    names = ("import lark", "import growdsl", "load grammar", "parse", "compile", "render")
+    cost = phases(ROOT / "schedules" / "gstack_7b.grow", args.repeat)
+    print("\nwhere `plan schedules/gstack_7b.grow` spends its time (median, s):")
+    print("  " + "  ".join(f"{n} {c:.3f}" for n, c in zip(names, cost)))
 
 
 if __name__ == "__main__":

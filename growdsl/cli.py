@@ -87,7 +87,7 @@ def _plan(args) -> int:
     if plan is None:
         return status
     if args.json:
-        print(plan.model_dump_json(indent=2))
+        print(plan.to_json(indent=2))
         return EXIT_OK
     from growdsl.plan.render import render_plan
 

@@ -62,9 +62,9 @@ def test_plan_prints_stages_growths_and_totals(capsys):
 
 def test_plan_json_round_trips(capsys):
     assert main(["plan", GSTACK_7B, "--json"]) == 0
-    plan = Plan.model_validate_json(capsys.readouterr().out)
+    plan = Plan.from_json(capsys.readouterr().out)
     assert [s.shape.n_layers for s in plan.stages] == [8, 32]
-    assert json.loads(plan.model_dump_json())["stages"][1]["growths"][0]["connection_rate"] == "28/31"
+    assert json.loads(plan.to_json())["stages"][1]["growths"][0]["connection_rate"] == "28/31"
 
 
 def test_plan_predict_d_for_a_schedule(capsys):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from growdsl.lang.errors import ScheduleError
 from growdsl.plan import plan_source
+from growdsl.plan.plan import Plan
 from growdsl.plan.render import render_plan
 
 SOURCES = [p.read_text() for p in SCHEDULES]
@@ -50,4 +51,4 @@ def test_mutated_schedules_plan_or_fail_cleanly(source):
         e.render(source, "fuzz.grow")
     else:
         render_plan(plan, predict_d=True)
-        plan.model_dump_json()
+        assert Plan.from_json(plan.to_json()) == plan

@@ -1,6 +1,8 @@
 """Our parameter and FLOPs counts equal what torchtitan 0.2.2's Llama3 Transformer holds and reports,
 and torchtitan_model_args builds exactly the shape we plan (FFN width included)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torchtitan.models.llama3 import Transformer, TransformerModelArgs
@@ -9,9 +11,9 @@ from growdsl.plan.presets import PRESETS
 from growdsl.plan.shape import ModelShape, torchtitan_model_args
 
 SHAPES = {
-    "1.1B base (6L, GQA 4)": PRESETS["1.1B"].shape.model_copy(update={"n_layers": 6}),
-    "3B (ffn 7040, not a multiple of 256)": PRESETS["3B"].shape.model_copy(update={"n_layers": 2}),
-    "7B": PRESETS["7B"].shape.model_copy(update={"n_layers": 2}),
+    "1.1B base (6L, GQA 4)": replace(PRESETS["1.1B"].shape, n_layers=6),
+    "3B (ffn 7040, not a multiple of 256)": replace(PRESETS["3B"].shape, n_layers=2),
+    "7B": replace(PRESETS["7B"].shape, n_layers=2),
     "410M": PRESETS["410M"].shape,
     "tiny": PRESETS["tiny"].shape,
     "odd": ModelShape(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, ffn_dim=250, vocab_size=517),

@@ -1,6 +1,7 @@
 """The compiled plan: shapes, layer maps, params, tokens, steps, FLOPs, LR schedules, JSON."""
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -18,7 +19,7 @@ TPS = 1024 * 2048  # Table 1 batch
 def test_one_liner_plans_the_default_1_1b_family_6_to_24_layers():
     plan = plan_source(ONE_LINER)
     base, target = plan.stages
-    assert base.shape == PRESETS["1.1B"].shape.model_copy(update={"n_layers": 6})
+    assert base.shape == replace(PRESETS["1.1B"].shape, n_layers=6)
     assert target.shape == PRESETS["1.1B"].shape
     # hand count: embeddings 2 x 32000 x 2048, per layer 44,044,288, final norm 2048
     assert base.params == 2 * 65_536_000 + 6 * 44_044_288 + 2048 == 395_339_776
@@ -54,15 +55,14 @@ def test_totals_compare_with_scratch_on_the_same_tokens():
 @pytest.mark.parametrize("path", SCHEDULES, ids=lambda p: p.name)
 def test_every_example_plans_and_round_trips_through_json(path):
     plan = plan_file(path)
-    text = plan.model_dump_json()
-    assert Plan.model_validate_json(text) == plan
+    assert Plan.from_json(plan.to_json()) == plan
     assert plan.stages[-1].cumulative_flops == plan.totals.flops
 
 
 def test_json_carries_rc_as_a_fraction():
     import json
 
-    data = json.loads(plan_source(ONE_LINER).model_dump_json())
+    data = json.loads(plan_source(ONE_LINER).to_json())
     growth = data["stages"][1]["growths"][0]
     assert growth["connection_rate"] == "20/23" and growth["factor"] == "4"
     assert growth["layer_map"][6] == {"source": 0, "init": "copy", "root": 0}
@@ -138,7 +138,7 @@ def test_lr_restart_and_continue():
     restart = plan_source(ONE_LINER).stages
     assert restart[1].lr.start_step == 0 and restart[1].lr.total_steps == restart[1].steps
     cont = plan_source("train 6L for 10B; stack x4 lr continue; train 300B").stages
-    assert cont[0].lr == cont[1].lr.model_copy(update={"start_step": 0})
+    assert cont[0].lr == replace(cont[1].lr, start_step=0)
     assert cont[1].lr.start_step == cont[0].steps
     assert cont[1].lr.total_steps == cont[0].steps + cont[1].steps
     lr = cont[1].lr
@@ -194,3 +194,30 @@ def test_the_guideline_reproduces_llama2_7b_on_2t():
     p = guideline.predict_d(7e9, 2e12)
     assert p.compute == pytest.approx(8.4e22)
     assert f"{p.d / 1e9:.2f}" == "11.11"
+
+
+def test_loading_json_validates_it():
+    import json
+
+    from pydantic import ValidationError
+
+    data = json.loads(plan_source(ONE_LINER).to_json())
+    for corrupt in (
+        lambda d: d["stages"][1]["growths"][0].update(connection_rate="twenty"),
+        lambda d: d["stages"][0]["shape"].update(dim="wide"),
+        lambda d: d["stages"][0].update(surprise=1),
+        lambda d: d["stages"][1]["growths"][0].update(kind="sideways"),
+    ):
+        broken = json.loads(json.dumps(data))
+        corrupt(broken)
+        with pytest.raises(ValidationError):
+            Plan.from_json(json.dumps(broken))
+
+
+def test_to_json_writes_what_pydantic_would():
+    import json
+
+    from growdsl.plan.plan import _adapter
+
+    plan = plan_file([p for p in SCHEDULES if p.name == "depth_learn_1.1b.grow"][0])
+    assert json.loads(plan.to_json()) == json.loads(_adapter().dump_json(plan))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -92,7 +92,7 @@ class _Compiler:
         self.schedule = schedule
         self.diagnostics: list[Diagnostic] = []
         preset = PRESETS[DEFAULT_PRESET]
-        self.family: dict[str, Any] = preset.shape.model_dump()
+        self.family: dict[str, Any] = asdict(preset.shape)
         self.declared: ModelShape | None = None  # the shape an explicit `model` statement names
         self.settings: dict[str, Any] = self._preset_settings(preset)
         self.policy = {"optimizer": "reset", "lr": "restart"}
@@ -263,7 +263,7 @@ class _Compiler:
                 self.broken = True
                 return
         if preset is not None:
-            self.family = preset.shape.model_dump()
+            self.family = asdict(preset.shape)
             self.settings = self._preset_settings(preset)
         else:  # the bare family: every dimension by hand
             self.family = dict(dim=None, n_layers=None, n_heads=None, n_kv_heads=None, ffn_dim=None,
@@ -590,7 +590,7 @@ class _Compiler:
         if not guideline.g_in_range(g):
             self.warn(node.span, f"growth factor g = {_fmt_fraction(g)} is outside the paper's 2-4",
                       f"the paper finds g between 2 and 4 best and uses g = {guideline.G_RECOMMENDED}")
-        self.shape = self.shape.model_copy(update={"n_layers": len(sources)})
+        self.shape = replace(self.shape, n_layers=len(sources))
         self.layers = origins
         return _GrowthDraft(node, "depth", operator, policies, dict(
             method=method, pattern=pattern, source_layers=base, target_layers=len(sources), factor=g,
@@ -642,7 +642,7 @@ class _Compiler:
                            "give ffn explicitly")
                 return None
             ffn = int(scaled)
-        shape = dict(old.model_dump(), dim=dim, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
+        shape = dict(asdict(old), dim=dim, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
         if not self._check_shape(shape, span):
             return None
         if grow:

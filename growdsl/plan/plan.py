@@ -1,41 +1,29 @@
 """The typed plan: what a schedule means, stage by stage, with every number resolved.
 
-Everything downstream (operators, runtime, reports) reads this and never re-derives it. It
-serialises to JSON and back losslessly (`Plan.model_validate_json(plan.model_dump_json())`)."""
+Everything downstream (operators, runtime, reports) reads this and never re-derives it. The plan
+is a tree of frozen, typed dataclasses that serialise to JSON losslessly (fractions as "20/23"):
+`Plan.from_json(plan.to_json()) == plan`, and pydantic validates every field on the way in.
+Pydantic is imported only there: building its first model costs more (~140 ms here) than
+everything else `growdsl plan` does."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Annotated, Literal, Union
-
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from typing import Literal
 
 from growdsl.plan.shape import ModelShape
 
-
-def _to_fraction(value) -> Fraction:
-    if isinstance(value, Fraction):
-        return value
-    if isinstance(value, (int, str)):
-        return Fraction(value)
-    raise ValueError(f"not a fraction: {value!r}")
+_FROZEN = dict(frozen=True, kw_only=True)
+_STRICT = {"extra": "forbid"}  # read by pydantic when it validates JSON into these classes
 
 
-# A fraction, written in JSON as "20/23" (or "4") so no precision is lost.
-FractionStr = Annotated[
-    Fraction,
-    PlainValidator(_to_fraction),
-    PlainSerializer(str, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(/\d+)?$"}),
-]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class OptimizerConfig(_Model):
+@dataclass(**_FROZEN)
+class OptimizerConfig:
+    __pydantic_config__ = _STRICT
     name: Literal["adamw"] = "adamw"
     betas: tuple[float, float]
     eps: float
@@ -43,7 +31,9 @@ class OptimizerConfig(_Model):
     grad_clip: float
 
 
-class Parallelism(_Model):
+@dataclass(**_FROZEN)
+class Parallelism:
+    __pydantic_config__ = _STRICT
     dp_shard: int | None = None  # None: every rank left after dp_replicate and tp
     dp_replicate: int = 1
     tp: int = 1
@@ -51,8 +41,11 @@ class Parallelism(_Model):
     compile: bool = False
 
 
-class TrainingConfig(_Model):
+@dataclass(**_FROZEN)
+class TrainingConfig:
     """The settings in force for one stage."""
+
+    __pydantic_config__ = _STRICT
 
     seq_len: int
     batch_seqs: int
@@ -72,11 +65,14 @@ class TrainingConfig(_Model):
         return self.batch_seqs * self.seq_len
 
 
-class LRSchedule(_Model):
+@dataclass(**_FROZEN)
+class LRSchedule:
     """Warmup then decay, over `total_steps`; a stage runs steps [start_step, start_step + steps).
 
     Stages joined by `lr continue` share one schedule; a growth with `lr restart` (the paper)
     starts a new one."""
+
+    __pydantic_config__ = _STRICT
 
     kind: Literal["cosine", "linear", "constant"]
     max_lr: float
@@ -102,7 +98,8 @@ class LRSchedule(_Model):
 Init = Literal["fresh", "copy", "zero", "random", "learn"]
 
 
-class LayerOrigin(_Model):
+@dataclass(**_FROZEN)
+class LayerOrigin:
     """Where one layer of a grown model comes from.
 
     source: the layer of the model before the growth that the map puts here (its weights are
@@ -111,6 +108,8 @@ class LayerOrigin(_Model):
     learn (LiGO, starting from the copy), fresh (a stage-0 layer); root: the stage-0 layer
     this one descends from (None for random layers). After a width growth every layer keeps its
     source and root, and init says how its new units start."""
+
+    __pydantic_config__ = _STRICT
 
     source: int | None
     init: Init
@@ -121,8 +120,11 @@ Operator = Literal["direct", "zero", "random", "learn"]
 Guarantee = Literal["exact", "approximate", "none"]
 
 
-class LearnPhase(_Model):
+@dataclass(**_FROZEN)
+class LearnPhase:
     """LiGO: the growth map is trained for `steps` before ordinary training resumes."""
+
+    __pydantic_config__ = _STRICT
 
     steps: int
     lr: float
@@ -131,7 +133,9 @@ class LearnPhase(_Model):
     flops: int
 
 
-class _GrowthBase(_Model):
+@dataclass(**_FROZEN)
+class _GrowthBase:
+    __pydantic_config__ = _STRICT
     operator: Operator
     guarantee: Guarantee  # does the grown model compute the same function as the base?
     guarantee_note: str
@@ -142,42 +146,49 @@ class _GrowthBase(_Model):
     line: int  # where the growth statement is in the schedule
 
 
+@dataclass(**_FROZEN)
 class DepthGrowth(_GrowthBase):
     kind: Literal["depth"] = "depth"
     method: Literal["stack", "interpolate", "pattern"]
     pattern: str  # the paper's notation, 1-based (as written, or derived)
     source_layers: int
     target_layers: int
-    factor: FractionStr  # target / source layers: the paper's g
+    factor: Fraction  # target / source layers: the paper's g
     layer_map: tuple[LayerOrigin, ...]
-    connection_rate: FractionStr  # R_c
+    connection_rate: Fraction  # R_c
 
     @property
     def sources(self) -> list[int]:
         return [o.source for o in self.layer_map]
 
 
+@dataclass(**_FROZEN)
 class WidthGrowth(_GrowthBase):
     kind: Literal["width"] = "width"
     source: ModelShape
     target: ModelShape
 
 
-Growth = Annotated[Union[DepthGrowth, WidthGrowth], Field(discriminator="kind")]
+Growth = DepthGrowth | WidthGrowth
 
 
-class GrowthTiming(_Model):
+@dataclass(**_FROZEN)
+class GrowthTiming:
     """The paper's guideline next to what the schedule does, for the growth before a stage."""
+
+    __pydantic_config__ = _STRICT
 
     target_params: int  # N: the model after this growth
     target_tokens: int  # D: tokens trained from this growth to the end
     compute: float  # C = 6 N D
     predicted_d: float  # tokens the base should train before growing
     used_d: int  # tokens the schedule trains the model before this growth
-    factor: FractionStr | None  # g of the depth growth, if any
+    factor: Fraction | None  # g of the depth growth, if any
 
 
-class Stage(_Model):
+@dataclass(**_FROZEN)
+class Stage:
+    __pydantic_config__ = _STRICT
     index: int
     line: int  # the `train` statement
     shape: ModelShape
@@ -196,7 +207,9 @@ class Stage(_Model):
     timing: GrowthTiming | None
 
 
-class Totals(_Model):
+@dataclass(**_FROZEN)
+class Totals:
+    __pydantic_config__ = _STRICT
     tokens: int
     flops: int
     params: int  # the final model
@@ -204,8 +217,11 @@ class Totals(_Model):
     saving: float  # 1 - flops / scratch_flops
 
 
-class PlanWarning(_Model):
+@dataclass(**_FROZEN)
+class PlanWarning:
     """Something legal but probably unintended, with its place in the schedule (1-based)."""
+
+    __pydantic_config__ = _STRICT
 
     message: str
     hint: str | None
@@ -215,9 +231,37 @@ class PlanWarning(_Model):
     end_col: int | None
 
 
-class Plan(_Model):
+@dataclass(**_FROZEN)
+class Plan:
+    __pydantic_config__ = _STRICT
     source: str
     schedule_sha256: str
     stages: tuple[Stage, ...]
     totals: Totals
     warnings: tuple[PlanWarning, ...] = ()
+
+    def to_json(self, indent: int | None = None) -> str:
+        """JSON as pydantic would write it (fractions as "20/23"), without importing pydantic."""
+        return json.dumps(asdict(self), indent=indent, default=_fraction_text)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> "Plan":
+        """Load and validate a plan (pydantic.ValidationError if it is not one)."""
+        return _adapter().validate_json(text)
+
+
+def _fraction_text(value) -> str:
+    if isinstance(value, Fraction):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@functools.lru_cache(maxsize=1)
+def _adapter():
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Plan)
+
+
+def plan_json_schema() -> dict:
+    return _adapter().json_schema()

@@ -3,13 +3,14 @@ and the torchtitan 0.2.2 arguments that build exactly this shape."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass
 
 
-class ModelShape(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
     """A Llama-style decoder (RoPE, RMSNorm, SwiGLU, no biases), as torchtitan's Llama3 builds it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__ = {"extra": "forbid"}
 
     dim: int
     n_layers: int
