@@ -1,0 +1,42 @@
+"""Where a torchtitan Llama3 keeps its weights, and the one sharded-tensor adapter the operators need."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.tensor import DTensor
+
+GLOBAL_PARAMS = ("tok_embeddings.weight", "norm.weight", "output.weight")
+LAYER_PARAMS = (
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+    "attention_norm.weight",
+    "ffn_norm.weight",
+)
+# What depth zero clears to make a block an identity: the projections writing into the residual.
+RESIDUAL_WRITERS = ("attention.wo.weight", "feed_forward.w2.weight")
+
+
+def layer_key(layer: int, name: str) -> str:
+    return f"layers.{layer}.{name}"
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank holds: an FSDP2/TP shard's local part, or the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst <- src, shard by shard. Both sharded alike (same shape, mesh and placements), so no
+    rank sends or receives anything."""
+    if dst.shape != src.shape:
+        raise ValueError(f"shape mismatch: {tuple(src.shape)} -> {tuple(dst.shape)}")
+    if isinstance(dst, DTensor) != isinstance(src, DTensor) or (
+        isinstance(dst, DTensor) and dst.placements != src.placements
+    ):
+        raise ValueError("source and target must be sharded alike for a shard-local copy")
+    local(dst).copy_(local(src))

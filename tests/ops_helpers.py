@@ -1,0 +1,27 @@
+"""Tiny torchtitan models grown through real plans, for the operator tests (float64 on CPU)."""
+
+import torch
+
+from growdsl.ops.model import build_model
+from growdsl.plan import plan_source
+
+SEQ = 16
+# GQA (4 query heads over 2 kv heads), head_dim 16, an FFN that is no multiple of anything.
+FAMILY = "model llama dim 64 heads 4 kv_heads 2 ffn 96 vocab 101 layers 12\nseq 16\nbatch 4 seqs\nwarmup 1 step\n"
+
+
+def grown_plan(growth: str, base: str = "3L", family: str = FAMILY):
+    """The plan of `train BASE; GROWTH; train`, and its growth."""
+    plan = plan_source(f"{family}train {base} for 10 steps\n{growth}\ntrain 10 steps")
+    return plan, plan.stages[1].growths[0]
+
+
+def models(plan, seed: int = 0):
+    """(base, target) models of the plan's first two stages, freshly initialised, float64."""
+    base = build_model(plan.stages[0].shape, SEQ, dtype=torch.float64, seed=seed)
+    target = build_model(plan.stages[1].shape, SEQ, dtype=torch.float64, seed=seed + 1)
+    return base, target
+
+
+def probe(vocab: int = 101, seed: int = 7) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, SEQ), generator=torch.Generator().manual_seed(seed))

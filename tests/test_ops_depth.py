@@ -1,0 +1,94 @@
+"""Depth operators: exact placement, identity blocks, masked fresh blocks."""
+
+import pytest
+import torch
+from ops_helpers import grown_plan, models, probe
+
+from growdsl.ops import ramp
+from growdsl.ops.check import check_preservation, logits
+from growdsl.ops.depth import attach_depth_ramps, grow_depth
+from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, layer_key
+
+MAPS = {
+    "G_stack": "stack x4",
+    "partial": 'stack layers "1-23*5-3"',
+    "interpolation": "interpolate x2",
+    "LLaMA-Pro": 'stack layers "1-1-2-2-3-3"',
+}
+
+
+@pytest.mark.parametrize("growth", MAPS.values(), ids=MAPS.keys())
+def test_every_map_places_exactly_the_source_tensors(growth):
+    plan, g = grown_plan(growth)
+    base, target = models(plan)
+    src, dst = base.state_dict(), target.state_dict()
+    grow_depth(src, dst, g)
+    for name in GLOBAL_PARAMS:
+        assert torch.equal(dst[name], src[name]), name
+    for i, origin in enumerate(g.layer_map):
+        for name in LAYER_PARAMS:
+            assert torch.equal(dst[layer_key(i, name)], src[layer_key(origin.source, name)]), (i, name)
+    assert [o.source for o in g.layer_map] == g.sources and len(target.layers) == g.target_layers
+
+
+def test_gstack_changes_the_function_as_declared():
+    plan, g = grown_plan("stack x4")
+    base, target = models(plan)
+    grow_depth(base.state_dict(), target.state_dict(), g)
+    result = check_preservation(base, target, probe(), g.guarantee)
+    assert g.guarantee == "none" and result.ok and result.relative > 1e-3
+
+
+@pytest.mark.parametrize("growth", ["stack x4 init zero", 'stack layers "1-1-2-2-3-3" init zero',
+                                    "interpolate x3 init zero"])
+def test_depth_zero_preserves_logits(growth):
+    plan, g = grown_plan(growth)
+    base, target = models(plan)
+    dst = target.state_dict()
+    grow_depth(base.state_dict(), dst, g)
+    result = check_preservation(base, target, probe(), g.guarantee)
+    assert g.guarantee == "exact" and result.max_abs_diff < 1e-10 * result.scale, result
+    zeroed = [i for i, o in enumerate(g.layer_map) if o.init == "zero"]
+    assert zeroed and all(dst[layer_key(i, "attention.wo.weight")].abs().max() == 0 for i in zeroed)
+    # the other weights of an identity block are still the source's, so it can learn
+    assert all(torch.equal(dst[layer_key(i, "attention.wq.weight")],
+                           base.state_dict()[layer_key(g.layer_map[i].source, "attention.wq.weight")]) for i in zeroed)
+
+
+def test_depth_random_is_the_base_at_mask_0_and_fades_in():
+    plan, g = grown_plan("stack x4 init random ramp 4 steps")
+    base, target = models(plan)
+    fresh = attach_depth_ramps(target, g)
+    assert fresh == list(range(3, 12)) and g.ramp_steps == 4
+    init = {k: v.clone() for k, v in target.state_dict().items()}
+    grow_depth(base.state_dict(), target.state_dict(), g)
+    assert torch.equal(target.state_dict()[layer_key(5, "attention.wq.weight")], init[layer_key(5, "attention.wq.weight")])
+    tokens = probe()
+    result = check_preservation(base, target, tokens, g.guarantee)
+    assert result.max_abs_diff < 1e-10 * result.scale, result
+    for step in range(1, 5):
+        for i in fresh:
+            ramp.set_ramp(target.layers[str(i)], ramp.ramp_value(step, g.ramp_steps))
+    assert float(target.layers["3"].growth_ramp) == 1.0
+    full = logits(target, tokens)
+    assert (full - logits(base, tokens)).abs().max() > 1e-3  # the fresh blocks now act
+    for i in fresh:
+        ramp.remove_ramp(target.layers[str(i)])
+    assert torch.equal(logits(target, tokens), full)  # at 1 the mask is the plain block
+    assert not any(k.endswith(ramp.RAMP) for k in target.state_dict())
+
+
+def test_ramp_is_checkpointed_with_the_model_and_refuses_early_removal():
+    plan, g = grown_plan("stack x2 init random")
+    _, target = models(plan)
+    attach_depth_ramps(target, g)
+    ramp.set_ramp(target.layers["4"], 0.25)
+    state = target.state_dict()
+    assert float(state["layers.4.growth_ramp"]) == 0.25
+    _, restored = models(plan, seed=5)
+    attach_depth_ramps(restored, g)
+    restored.load_state_dict(state)
+    assert float(restored.layers["4"].growth_ramp) == 0.25
+    assert torch.equal(logits(restored, probe()), logits(target, probe()))
+    with pytest.raises(ValueError, match="not 1"):
+        ramp.remove_ramp(target.layers["4"])
