@@ -45,3 +45,12 @@ def test_full_size_presets_count_what_the_paper_calls_them():
     assert PRESETS["1.1B"].shape.params == 1_188_136_960
     assert 2.3e9 < PRESETS["3B"].shape.params < 3.0e9
     assert 3.5e8 < PRESETS["410M"].shape.params < 4.5e8
+
+
+def test_tied_shapes_build_one_shared_table_and_count_it_once():
+    from growdsl.ops.model import build_model
+
+    shape = ModelShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, tied_embeddings=True)
+    model = build_model(shape, 16)
+    assert model.output.weight is model.tok_embeddings.weight
+    assert shape.params == sum(p.numel() for p in model.parameters())

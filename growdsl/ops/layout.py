@@ -40,3 +40,17 @@ def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
     ):
         raise ValueError("source and target must be sharded alike for a shard-local copy")
     local(dst).copy_(local(src))
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (gathered across ranks for a DTensor)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def write_full(dst: torch.Tensor, value: torch.Tensor) -> None:
+    """dst <- value, where value is the whole tensor: each rank keeps its own shard of it."""
+    if isinstance(dst, DTensor):
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(dst.dtype), dst.device_mesh, dst.placements).to_local()
+    local(dst).copy_(value)

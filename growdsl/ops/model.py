@@ -17,7 +17,8 @@ def build_model(shape: ModelShape, seq_len: int, *, dtype: torch.dtype = torch.f
                 device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
     """A freshly initialised model (torchtitan's own init_weights) of `shape`, built in `dtype`.
 
-    Built under that default dtype rather than cast afterwards: `Module.to(float64)` would also
+    A tied shape shares one tensor between `tok_embeddings` and `output`. Built under that
+    default dtype rather than cast afterwards: `Module.to(float64)` would also
     cast the complex RoPE table to real and silently break attention."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -25,6 +26,8 @@ def build_model(shape: ModelShape, seq_len: int, *, dtype: torch.dtype = torch.f
         with torch.device("meta"):
             model = Transformer(model_args(shape, seq_len))
         model.to_empty(device=device)
+        if shape.tied_embeddings:  # torchtitan 0.2.2 has no tying of its own; the head's init wins
+            model.output.weight = model.tok_embeddings.weight
         if seed is not None:
             torch.manual_seed(seed)
         with torch.no_grad():
