@@ -92,3 +92,28 @@ def test_ramp_is_checkpointed_with_the_model_and_refuses_early_removal():
     assert torch.equal(logits(restored, probe()), logits(target, probe()))
     with pytest.raises(ValueError, match="not 1"):
         ramp.remove_ramp(target.layers["4"])
+
+
+def test_depth_learn_starts_at_the_map_trains_the_mix_and_bakes_into_plain_weights():
+    from growdsl.ops.ligo import LigoDepth
+
+    plan, g = grown_plan("stack x4 init learn 3 steps at lr 1e-2")
+    base, target = models(plan)
+    _, gstack = models(plan)
+    grow_depth(base.state_dict(), gstack.state_dict(), g)
+    ligo = LigoDepth(base.state_dict(), g)
+    tokens = probe()
+    assert torch.equal(ligo(target, tokens), logits(gstack, tokens))  # LiGO starts exactly at G_stack
+    opt = torch.optim.AdamW(ligo.parameters(), lr=g.learn.lr)
+    losses = []
+    for _ in range(g.learn.steps):
+        loss = torch.nn.functional.cross_entropy(ligo(target, tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(ligo.mix["attention_wq_weight"], torch.eye(3).repeat(4, 1).double())
+    ligo.bake(target.state_dict())
+    assert torch.allclose(logits(target, tokens), ligo(target, tokens), rtol=0, atol=1e-12)
+    assert sum(p.numel() for p in ligo.parameters()) == 9 * 12 * 3  # one 12x3 mix per weight kind
