@@ -75,3 +75,28 @@ def test_width_carry_gathers_moments_and_zero_growth_starts_new_units_at_zero():
     zero = grown_state("carry", state, g)["layers.2.feed_forward.w1.weight"]["exp_avg"]
     assert torch.equal(zero[:96, :64], state["layers.2.feed_forward.w1.weight"]["exp_avg"])
     assert zero[96:].abs().max() == 0 and zero[:, 64:].abs().max() == 0
+
+
+def test_random_is_the_base_at_mask_0_and_the_plain_wide_model_at_1():
+    from growdsl.ops import ramp
+    from growdsl.ops.check import logits
+
+    plan, g = grown_plan("widen dim 128 init random ramp 4 steps")
+    base, target = models(plan)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    ramp.attach_width_ramp(target, g.source.dim, g.source.n_heads, g.source.ffn_dim)
+    grow_width(base.state_dict(), target.state_dict(), g)
+    dst = target.state_dict()
+    assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:, 96:], fresh["layers.0.feed_forward.w2.weight"][:, 96:])
+    assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:64, :96], base.state_dict()["layers.0.feed_forward.w2.weight"])
+    tokens = probe()
+    result = check_preservation(base, target, tokens, g.guarantee)
+    assert g.guarantee == "exact" and result.max_abs_diff < 1e-10 * result.scale, result
+    ramp.set_ramp(target, ramp.ramp_value(2, g.ramp_steps))
+    half = logits(target, tokens)
+    ramp.set_ramp(target, ramp.ramp_value(4, g.ramp_steps))
+    full = logits(target, tokens)
+    assert (half - full).abs().max() > 1e-6 and (full - logits(base, tokens)).abs().max() > 1e-3
+    assert float(target.state_dict()["growth_ramp"]) == 1.0  # checkpointed with the model
+    ramp.remove_width_ramp(target)
+    assert torch.equal(logits(target, tokens), full)

@@ -51,3 +51,70 @@ def remove_ramp(block: nn.Module) -> None:
     getattr(block, _HOOK).remove()
     delattr(block, _HOOK)
     delattr(block, RAMP)
+
+
+# ---- width ---------------------------------------------------------------------------------
+# A widened model whose new units start fresh (width `init random`) carries one mask m on the
+# root (`growth_ramp`): new residual dims, new heads and new FFN units are scaled by m where they
+# are written, and every RMSNorm takes its mean square over d + m (D - d) dims instead of D. At
+# m = 0 the model is the base (new dims hold zeros that no norm counts); at m = 1 it is the plain
+# widened model.
+
+_WIDTH_HOOKS = "_growdsl_width_ramp_hooks"
+
+
+def attach_width_ramp(model: nn.Module, old_dim: int, old_heads: int, old_ffn: int, value: float = 0.0) -> None:
+    if hasattr(model, _WIDTH_HOOKS):
+        raise ValueError("model already has a width ramp")
+    param = next(model.parameters())
+    model.register_buffer(RAMP, torch.tensor(float(value), device=param.device))
+    head_dim = model.layers["0"].attention.head_dim
+    hooks = [model.tok_embeddings.register_forward_hook(_mask_out(model, old_dim))]
+    for block in model.layers.values():
+        attn, ffn = block.attention, block.feed_forward
+        hooks += [
+            attn.wo.register_forward_pre_hook(_mask_in(model, old_heads * head_dim)),
+            attn.wo.register_forward_hook(_mask_out(model, old_dim)),
+            ffn.w2.register_forward_pre_hook(_mask_in(model, old_ffn)),
+            ffn.w2.register_forward_hook(_mask_out(model, old_dim)),
+            block.attention_norm.register_forward_hook(_norm_over_active(model, old_dim)),
+            block.ffn_norm.register_forward_hook(_norm_over_active(model, old_dim)),
+        ]
+    hooks.append(model.norm.register_forward_hook(_norm_over_active(model, old_dim)))
+    setattr(model, _WIDTH_HOOKS, hooks)
+
+
+def _scale(model: nn.Module, old: int, t: torch.Tensor) -> torch.Tensor:
+    """Ones for the first `old` features of t, m for the new ones."""
+    m = getattr(model, RAMP).to(t.dtype)
+    return torch.cat([torch.ones(old, dtype=t.dtype, device=t.device), m.expand(t.shape[-1] - old)])
+
+
+def _mask_out(model: nn.Module, old: int):
+    return lambda module, args, out: out * _scale(model, old, out)
+
+
+def _mask_in(model: nn.Module, old: int):
+    return lambda module, args: (args[0] * _scale(model, old, args[0]), *args[1:])
+
+
+def _norm_over_active(model: nn.Module, old: int):
+    def hook(norm: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        width = x.shape[-1]
+        active = old + getattr(model, RAMP).to(x.dtype) * (width - old)
+        sq = x.pow(2).sum(-1, keepdim=True)
+        eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+        return out * torch.sqrt((sq / width + eps) / (sq / active + eps))
+
+    return hook
+
+
+def remove_width_ramp(model: nn.Module) -> None:
+    value = float(getattr(model, RAMP))
+    if value != 1.0:
+        raise ValueError(f"ramp is at {value}, not 1: removing it would change the model")
+    for handle in getattr(model, _WIDTH_HOOKS):
+        handle.remove()
+    delattr(model, _WIDTH_HOOKS)
+    delattr(model, RAMP)

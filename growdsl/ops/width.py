@@ -9,6 +9,8 @@ FFN unit u copies unit u mod f.
   inputs are split so the copies sum to the original (divided by the copy count). The MLP and
   attention paths are exact. RMSNorm is exact too when every width grows by a whole factor (each
   dim copied equally often keeps the mean square); otherwise it is approximate.
+- random: the old weights in their old places, everything new fresh (the target's own init),
+  faded in by ops.ramp.attach_width_ramp. Exact at mask 0.
 - zero: the old weights in their old places; the new residual dims start at zero (zero embedding
   columns, zero rows in wo and w2), new heads and FFN units write nothing (zero columns in wo and
   w2) while their fan-in keeps the target's fresh init; every RMSNorm weight is scaled by
@@ -92,17 +94,21 @@ def _direct(name: str, w: torch.Tensor, m: WidthMaps, tied: bool) -> torch.Tenso
     return _gather(name, w, m) * (split.to(w.dtype) if isinstance(split, torch.Tensor) else split)
 
 
-def _zero(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst: ModelShape) -> torch.Tensor:
-    """One weight of the grown model by zero growth: old weights in place, `fresh` elsewhere,
-    zeros wherever a new unit would write into the residual stream."""
+def _in_place(w: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """The target's fresh tensor with the old weight written over its leading block."""
     out = fresh.clone()
-    old = tuple(slice(0, n) for n in w.shape)
-    out[old] = w
-    d = src.dim
+    out[tuple(slice(0, n) for n in w.shape)] = w
+    return out
+
+
+def _zero(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst: ModelShape) -> torch.Tensor:
+    """Old weights in place, `fresh` elsewhere, zeros wherever a new unit would write into the
+    residual stream; norms scaled by sqrt(d/D)."""
+    out = _in_place(w, fresh)
     if name == "tok_embeddings.weight":
-        out[:, d:] = 0
+        out[:, src.dim:] = 0
     elif name.endswith("wo.weight") or name.endswith("w2.weight"):
-        out[d:, :] = 0  # new residual dims receive nothing
+        out[src.dim:, :] = 0  # new residual dims receive nothing
         out[:, w.shape[1]:] = 0  # new heads / FFN units send nothing
     elif name.endswith("norm.weight"):
         out = out * math.sqrt(src.dim / dst.dim)
@@ -121,6 +127,8 @@ def grow_width(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor],
             value = _direct(name, w, maps, growth.source.tied_embeddings)
         elif growth.operator == "zero":
             value = _zero(name, w, full(target), growth.source, growth.target)
+        elif growth.operator == "random":  # new units fresh; ops.ramp.attach_width_ramp masks them
+            value = _in_place(w, full(target))
         else:
             raise NotImplementedError(f"width {growth.operator} is not built yet")
         write_full(target, value)
