@@ -117,3 +117,14 @@ def test_depth_learn_starts_at_the_map_trains_the_mix_and_bakes_into_plain_weigh
     ligo.bake(target.state_dict())
     assert torch.allclose(logits(target, tokens), ligo(target, tokens), rtol=0, atol=1e-12)
     assert sum(p.numel() for p in ligo.parameters()) == 9 * 12 * 3  # one 12x3 mix per weight kind
+
+
+def test_depth_zero_with_tied_embeddings_preserves_logits():
+    from ops_helpers import FAMILY
+
+    plan, g = grown_plan("stack x2 init zero", family=FAMILY.replace("layers 12", "layers 12 tied"))
+    base, target = models(plan)
+    assert target.output.weight is target.tok_embeddings.weight
+    grow_depth(base.state_dict(), target.state_dict(), g)
+    result = check_preservation(base, target, probe(), g.guarantee)
+    assert result.max_abs_diff < 1e-10 * result.scale, result

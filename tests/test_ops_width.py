@@ -100,3 +100,32 @@ def test_random_is_the_base_at_mask_0_and_the_plain_wide_model_at_1():
     assert float(target.state_dict()["growth_ramp"]) == 1.0  # checkpointed with the model
     ramp.remove_width_ramp(target)
     assert torch.equal(logits(target, tokens), full)
+
+
+def test_learn_expands_with_identity_on_old_units_trains_the_map_and_bakes():
+    from growdsl.ops.check import logits
+    from growdsl.ops.ligo import LigoWidth
+
+    plan, g = grown_plan("widen dim 128 init learn 3 steps at lr 1e-2")
+    base, target = models(plan)
+    ligo = LigoWidth(base.state_dict(), g)
+    start = ligo.weights()
+    src = base.state_dict()
+    assert torch.equal(start["layers.1.attention.wq.weight"][:64, :64], src["layers.1.attention.wq.weight"])
+    assert torch.equal(start["layers.1.feed_forward.w2.weight"][:64, :96], src["layers.1.feed_forward.w2.weight"])
+    assert start["layers.1.feed_forward.w1.weight"][96:].abs().max() > 0  # Gaussian rows for new units
+    tokens = probe()
+    opt = torch.optim.AdamW(ligo.parameters(), lr=g.learn.lr)
+    losses = []
+    for _ in range(g.learn.steps):
+        loss = torch.nn.functional.cross_entropy(ligo(target, tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    ligo.bake(target.state_dict())
+    assert torch.allclose(logits(target, tokens), ligo(target, tokens), rtol=0, atol=1e-12)
+    grown = models(plan)[1]
+    grow_width(src, grown.state_dict(), g)  # grow_width(learn) writes LiGO's starting point
+    assert torch.equal(grown.state_dict()["layers.0.attention.wk.weight"], start["layers.0.attention.wk.weight"])

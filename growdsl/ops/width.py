@@ -17,6 +17,8 @@ FFN unit u copies unit u mod f.
   sqrt(d/D) so the norms see the old mean square. Exact up to RMSNorm's epsilon (it is added to a
   mean square that is d/D of the old one).
 
+- learn: LiGO width expansion (ops.ligo.LigoWidth), trained by the runtime, then baked.
+
 Operates on whole tensors and writes each rank's shard (layout.write_full): width growth reshards."""
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ def _zero(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst:
 @torch.no_grad()
 def grow_width(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: WidthGrowth) -> None:
     """Write the widened weights into `dst` (the target model's state dict, filled in place)."""
+    if growth.operator == "learn":  # LiGO's starting point; the runtime trains the map, then bakes
+        from growdsl.ops.ligo import LigoWidth
+
+        LigoWidth(src, growth).bake(dst)
+        return
     maps = WidthMaps(growth.source, growth.target)
     for name, target in dst.items():
         if name not in src or (name == "output.weight" and growth.target.tied_embeddings):
@@ -127,10 +134,8 @@ def grow_width(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor],
             value = _direct(name, w, maps, growth.source.tied_embeddings)
         elif growth.operator == "zero":
             value = _zero(name, w, full(target), growth.source, growth.target)
-        elif growth.operator == "random":  # new units fresh; ops.ramp.attach_width_ramp masks them
+        else:  # random: new units fresh; ops.ramp.attach_width_ramp masks them
             value = _in_place(w, full(target))
-        else:
-            raise NotImplementedError(f"width {growth.operator} is not built yet")
         write_full(target, value)
 
 
