@@ -59,21 +59,21 @@ def _read(path: str) -> tuple[str | None, int]:
 
 
 def _compile(path: str):
-    """(plan, exit status); errors are printed."""
+    """(plan or None, source, exit status); errors are printed."""
     from growdsl.plan import plan_source
 
     source, status = _read(path)
     if source is None:
-        return None, status
+        return None, None, status
     try:
-        return plan_source(source, path), EXIT_OK
+        return plan_source(source, path), source, EXIT_OK
     except ScheduleError as e:
         print(e.render(source, path), file=sys.stderr)
-        return None, EXIT_INVALID
+        return None, source, EXIT_INVALID
 
 
 def _validate(args) -> int:
-    return max(_compile(path)[1] for path in args.files)
+    return max(_compile(path)[2] for path in args.files)
 
 
 def _plan(args) -> int:
@@ -83,22 +83,19 @@ def _plan(args) -> int:
         print("growdsl plan: --params/--tokens answer without a FILE; with a FILE the schedule gives them",
               file=sys.stderr)
         return EXIT_USAGE
-    plan, status = _compile(args.file)
+    plan, source, status = _compile(args.file)
     if plan is None:
         return status
     if args.json:
         print(plan.to_json(indent=2))
         return EXIT_OK
+    from growdsl.lang.errors import Diagnostic, Span
     from growdsl.plan.render import render_plan
 
     print(render_plan(plan, predict_d=args.predict_d))
-    if plan.warnings:
-        source = Path(args.file).read_text(encoding="utf-8")
-        from growdsl.lang.errors import Diagnostic, Span
-
-        for w in plan.warnings:
-            span = Span(w.line, w.col, w.end_line, w.end_col) if w.line else None
-            print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file), file=sys.stderr)
+    for w in plan.warnings:
+        span = Span(w.line, w.col, w.end_line, w.end_col) if w.line else None
+        print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file), file=sys.stderr)
     return EXIT_OK
 
 

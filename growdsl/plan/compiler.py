@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -84,7 +84,6 @@ class _StageDraft:
     training: TrainingConfig | None = None
     tokens: int | None = None
     steps: int | None = None
-    built_growths: list = field(default_factory=list)
 
 
 class _Compiler:
