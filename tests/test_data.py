@@ -1,0 +1,93 @@
+"""Data: prepare is deterministic and holds out whole documents; the stream is exact and resumable."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from growdsl.runtime.data import EOT, TokenStream, load_meta, prepare
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
+         "silver rivers under the pale moon").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for i in range(12):
+        text = " ".join(rng.choice(WORDS) for _ in range(400)) + f" document{i}."
+        (root / f"doc{i:02d}.txt").write_text(text)
+    (root / "more.jsonl").write_text("\n".join(json.dumps({"text": f"a line document number {i}"}) for i in range(4)))
+    out = root / "prepared"
+    meta = prepare([root], out, vocab_size=300, holdout=0.25)
+    return root, out, meta
+
+
+def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
+    root, out, meta = corpus
+    assert meta == load_meta(out) and (meta.documents, meta.val_documents) == (16, 4)
+    train = np.fromfile(out / "train.bin", dtype=meta.dtype)
+    val = np.fromfile(out / "val.bin", dtype=meta.dtype)
+    assert (len(train), len(val)) == (meta.train_tokens, meta.val_tokens)
+    assert (train == meta.eot_id).sum() == 12 and (val == meta.eot_id).sum() == 4  # whole documents
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    held_out = tok.decode(val.tolist(), skip_special_tokens=False).split(EOT)[:-1]
+    originals = {p.read_text() for p in root.glob("*.txt")} | {f"a line document number {i}" for i in range(4)}
+    assert set(held_out) <= originals and not set(held_out) & set(tok.decode(train.tolist(), skip_special_tokens=False).split(EOT))
+
+
+def test_prepare_is_deterministic(corpus, tmp_path):
+    root, out, meta = corpus
+    again = prepare([root], tmp_path / "again", vocab_size=300, holdout=0.25)
+    assert again == meta
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_stream_reads_front_to_back_across_batch_and_length_changes(corpus):
+    _, out, meta = corpus
+    stream = TokenStream(out / "train.bin", meta.dtype)
+    tokens = np.fromfile(out / "train.bin", dtype=meta.dtype).astype(np.int64)
+    seen = []
+    for batch, seq in [(2, 8), (2, 8), (4, 16), (3, 5)]:  # a growth may change batch and length
+        x, y = stream.next_batch(batch, seq)
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        seen.append(x.reshape(-1))
+    assert stream.position == 2 * 8 * 2 + 4 * 16 + 3 * 5
+    assert torch.equal(torch.cat(seen), torch.from_numpy(tokens[: stream.position]))
+
+
+def test_resume_at_a_position_gives_the_exact_next_batch(corpus):
+    _, out, meta = corpus
+    a = TokenStream(out / "train.bin", meta.dtype)
+    for _ in range(5):
+        a.next_batch(4, 32)
+    b = TokenStream(out / "train.bin", meta.dtype, position=a.position)
+    assert all(torch.equal(u, v) for u, v in zip(a.next_batch(4, 32), b.next_batch(4, 32)))
+
+
+def test_ranks_split_the_global_batch_and_the_stream_wraps(corpus):
+    _, out, meta = corpus
+    whole = TokenStream(out / "train.bin", meta.dtype, position=meta.train_tokens - 40)
+    parts = [TokenStream(out / "train.bin", meta.dtype, position=meta.train_tokens - 40) for _ in range(2)]
+    x, _ = whole.next_batch(4, 16)  # runs past the end: wraps to the start
+    xs = [p.next_batch(4, 16, rank=r, world=2)[0] for r, p in enumerate(parts)]
+    assert torch.equal(torch.cat(xs), x)
+    assert {p.position for p in parts} == {whole.position}
+
+
+def test_data_prepare_command(corpus, tmp_path, capsys):
+    from growdsl.cli import main
+
+    root, _, _ = corpus
+    out = tmp_path / "d"
+    assert main(["data", "prepare", str(root), "--out", str(out), "--vocab", "300", "--holdout", "0.25"]) == 0
+    assert "16 documents (4 held out), vocab 300" in capsys.readouterr().out
+    assert load_meta(out).vocab_size == 300
+    assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
