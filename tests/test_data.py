@@ -91,3 +91,20 @@ def test_data_prepare_command(corpus, tmp_path, capsys):
     assert load_meta(out).vocab_size == 300
     assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
+
+
+def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
+    from tokenizers import Tokenizer
+
+    paragraphs = [f"paragraph {i} " + "word " * 120 for i in range(40)]
+    (tmp_path / "a.txt").write_text("\n\n".join(p.replace("paragraph", "alpha") for p in paragraphs))
+    (tmp_path / "b.txt").write_text("\n\n".join(p.replace("paragraph", "beta") for p in paragraphs))
+    (tmp_path / "c.txt").write_text("held out " * 50)
+    meta = prepare([tmp_path], tmp_path / "out", vocab_size=280, holdout=0.34, seed=1)
+    tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
+    text = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=meta.dtype).tolist(), skip_special_tokens=False)
+    pieces = text.split(EOT)[:-1]
+    assert meta.val_documents == 1 and len(pieces) > 4  # two documents became many pieces
+    firsts = [p.split()[0] for p in pieces]
+    assert firsts != sorted(firsts)  # interleaved, not one document after the other
+    assert sorted(len(p) >= 2000 for p in pieces).count(False) <= 2  # only a document's last piece is short

