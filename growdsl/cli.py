@@ -1,4 +1,4 @@
-"""growdsl's command line: validate, plan (and, later, run).
+"""growdsl's command line: validate, plan, run, data prepare.
 
 Exit status: 0 ok, 1 invalid schedule, 2 usage error. Schedules never produce a traceback."""
 

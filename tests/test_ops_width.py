@@ -129,3 +129,12 @@ def test_learn_expands_with_identity_on_old_units_trains_the_map_and_bakes():
     grown = models(plan)[1]
     grow_width(src, grown.state_dict(), g)  # grow_width(learn) writes LiGO's starting point
     assert torch.equal(grown.state_dict()["layers.0.attention.wk.weight"], start["layers.0.attention.wk.weight"])
+
+
+def test_the_check_fails_only_a_broken_exact_promise():
+    from growdsl.ops.check import compare
+
+    before = torch.zeros(2, 3, dtype=torch.float64) + 1.0
+    after = before + 0.1
+    assert compare(before, after, "approximate").ok and compare(before, after, "none").ok
+    assert not compare(before, after, "exact").ok and compare(before, before, "exact").ok
