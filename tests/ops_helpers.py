@@ -25,3 +25,16 @@ def models(plan, seed: int = 0):
 
 def probe(vocab: int = 101, seed: int = 7) -> torch.Tensor:
     return torch.randint(0, vocab, (2, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+def train_ligo(ligo, target, tokens, phase) -> list[float]:
+    """Train a LiGO map alone for the plan's phase on one batch (predict the batch itself); losses."""
+    opt = torch.optim.AdamW(ligo.parameters(), lr=phase.lr)
+    losses = []
+    for _ in range(phase.steps):
+        loss = torch.nn.functional.cross_entropy(ligo(target, tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from ops_helpers import grown_plan, models, probe
+from ops_helpers import grown_plan, models, probe, train_ligo
 
 from growdsl.ops import ramp
 from growdsl.ops.check import check_preservation, logits
@@ -104,14 +104,7 @@ def test_depth_learn_starts_at_the_map_trains_the_mix_and_bakes_into_plain_weigh
     ligo = LigoDepth(base.state_dict(), g)
     tokens = probe()
     assert torch.equal(ligo(target, tokens), logits(gstack, tokens))  # LiGO starts exactly at G_stack
-    opt = torch.optim.AdamW(ligo.parameters(), lr=g.learn.lr)
-    losses = []
-    for _ in range(g.learn.steps):
-        loss = torch.nn.functional.cross_entropy(ligo(target, tokens).flatten(0, 1), tokens.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_ligo(ligo, target, tokens, g.learn)
     assert losses[-1] < losses[0]
     assert not torch.equal(ligo.mix["attention_wq_weight"], torch.eye(3).repeat(4, 1).double())
     ligo.bake(target.state_dict())

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from ops_helpers import FAMILY, SEQ, grown_plan, models, probe
+from ops_helpers import FAMILY, SEQ, grown_plan, models, probe, train_ligo
 
 from growdsl.ops.check import check_preservation
 from growdsl.ops.optimizer import grown_state
@@ -115,14 +115,7 @@ def test_learn_expands_with_identity_on_old_units_trains_the_map_and_bakes():
     assert torch.equal(start["layers.1.feed_forward.w2.weight"][:64, :96], src["layers.1.feed_forward.w2.weight"])
     assert start["layers.1.feed_forward.w1.weight"][96:].abs().max() > 0  # Gaussian rows for new units
     tokens = probe()
-    opt = torch.optim.AdamW(ligo.parameters(), lr=g.learn.lr)
-    losses = []
-    for _ in range(g.learn.steps):
-        loss = torch.nn.functional.cross_entropy(ligo(target, tokens).flatten(0, 1), tokens.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_ligo(ligo, target, tokens, g.learn)
     assert losses[-1] < losses[0]
     ligo.bake(target.state_dict())
     assert torch.allclose(logits(target, tokens), ligo(target, tokens), rtol=0, atol=1e-12)
