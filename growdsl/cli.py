@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("file", metavar="FILE")
     r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
     r.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/NAME-TIME)")
+    r.add_argument("--resume", action="store_true",
+                   help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)")
     r.add_argument("--log-every", type=int, default=50, metavar="N", help="print a line every N steps")
     r.set_defaults(func=_run)
 
@@ -172,7 +174,15 @@ def _run(args) -> int:
     data_dir = _data_dir(args, plan)
     if data_dir is None:
         return EXIT_USAGE
-    run_dir = Path(args.run_dir or Path("runs") / f"{Path(args.file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stem = Path(args.file).stem
+    if args.resume and not args.run_dir:
+        earlier = sorted(Path("runs").glob(f"{stem}-*"))
+        if not earlier:
+            print(f"growdsl run: nothing to resume: no runs/{stem}-* directory; give --run-dir", file=sys.stderr)
+            return EXIT_USAGE
+        run_dir = earlier[-1]
+    else:
+        run_dir = Path(args.run_dir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(plan.to_json(indent=2))
     (run_dir / "schedule.grow").write_text(source)
@@ -184,13 +194,17 @@ def _run(args) -> int:
         print(line, file=log_file, flush=True)
 
     try:
-        logs = Trainer(plan, data_dir, log=log, log_every=args.log_every).run()
+        logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
+                       resume=args.resume).run()
     except RunError as e:
         log(f"growdsl run: {e}")
         return EXIT_INVALID
     finally:
         log_file.close()
-    for stage, stage_log in zip(plan.stages, logs):
+    if not logs:
+        print("the run is already complete")
+    for stage_log in logs:
+        stage = plan.stages[stage_log.index]
         head, tail = stage_log.losses[:5], stage_log.losses[-5:]
         print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
               f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f} in {stage_log.seconds:.1f} s")

@@ -1,3 +1,4 @@
+import random
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,24 @@ def errors():
         return found
 
     return run
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A prepared corpus (vocab 400) for training tests."""
+    from growdsl.runtime.data import prepare
+
+    root = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)  # a Markov chain over 150 words, 4 likely successors each: learnable, not trivial
+    words = [f"w{i}" for i in range(150)]
+    successors = {w: rng.sample(words, 4) for w in words}
+    for i in range(8):
+        word, text = rng.choice(words), []
+        for j in range(1500):
+            text.append(word)
+            word = rng.choice(successors[word])
+            if j % 60 == 59:
+                text.append("\n\n")
+        (root / f"doc{i}.txt").write_text(" ".join(text))
+    prepare([root], root / "prepared", vocab_size=400, holdout=0.2)
+    return root / "prepared"

@@ -1,12 +1,9 @@
 """The trainer: a schedule with every depth operator runs end to end on real tokens, the loss falls
 in every stage, growth checks hold, and the data stream never re-reads what the base saw."""
 
-import random
-
 import pytest
 
 from growdsl.plan import plan_source
-from growdsl.runtime.data import prepare
 from growdsl.runtime.trainer import RunError, Trainer
 
 SCHEDULE = """
@@ -28,24 +25,6 @@ train 40 steps
 widen dim 64 init direct
 train 40 steps
 """
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    rng = random.Random(0)  # a Markov chain over 150 words, 4 likely successors each: learnable, not trivial
-    words = [f"w{i}" for i in range(150)]
-    successors = {w: rng.sample(words, 4) for w in words}
-    for i in range(8):
-        word, text = rng.choice(words), []
-        for j in range(1500):
-            text.append(word)
-            word = rng.choice(successors[word])
-            if j % 60 == 59:
-                text.append("\n\n")
-        (root / f"doc{i}.txt").write_text(" ".join(text))
-    prepare([root], root / "prepared", vocab_size=400, holdout=0.2)
-    return root / "prepared"
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +81,17 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     assert len(Plan.from_json((run_dir / "plan.json").read_text()).stages) == 2
     assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
     assert "not a prepared data folder" in capsys.readouterr().err
+
+
+def test_run_resume_on_a_finished_run_has_nothing_left(data_dir, tmp_path, capsys):
+    from growdsl.cli import main
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(SCHEDULE.split("stack x2 init zero")[0])
+    run_dir = tmp_path / "run"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)]) == 0
+    assert (run_dir / "checkpoints").is_dir()
+    capsys.readouterr()
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from ckpt-" in out and "stage 1 done" in out and "the run is already complete" in out

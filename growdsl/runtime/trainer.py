@@ -1,15 +1,21 @@
 """Train a plan from the first token to the end, growing the live model in memory at every stage
-boundary (one process; FSDP, checkpoints and TensorBoard come with the distributed runtime).
+boundary (one process; FSDP and TensorBoard come with the distributed runtime).
 
 At a growth: build the target model (torchtitan's Transformer, meta -> init), write the grown
 weights with growdsl.ops, attach the ramps of random operators, run the preservation check on a
 held-out probe batch and log it, train a LiGO map first where the operator is `learn`, and start
-the target's AdamW from reset or carried state. The data stream goes on where the base stopped."""
+the target's AdamW from reset or carried state. The data stream goes on where the base stopped.
+
+With a run directory it checkpoints at every stage end (before a growth), right after every growth,
+and at the plan's cadence; `resume=True` goes on from the newest complete checkpoint, never
+re-applying or skipping a growth, and refuses a schedule changed before that point."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,6 +31,7 @@ from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import grown_state, load_named_state, named_state
 from growdsl.ops.width import grow_width
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
+from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
 
 
@@ -42,8 +49,12 @@ class StageLog:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50):
+    def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
+                 checkpoint_dir: Path | None = None, resume: bool = False):
         self.plan, self.data_dir, self.log, self.log_every = plan, data_dir, log, log_every
+        self.checkpoint_dir, self.resume = checkpoint_dir, resume
+        self.saves = 0
+        self.stages_json = json.loads(plan.to_json())["stages"]
         self.meta: Meta = load_meta(data_dir)
         widest = max(s.shape.vocab_size for s in plan.stages)
         if self.meta.vocab_size > widest:
@@ -61,17 +72,70 @@ class Trainer:
         self.ramps: list[_Ramp] = []
 
     def run(self) -> list[StageLog]:
+        """Train every stage (the rest of them, when resuming); a log per stage trained."""
+        first, start_step, checks, grown = 0, 0, [], False
+        if self.resume:
+            first, start_step, checks, grown = self._restore()
         logs = []
-        for stage in self.plan.stages:
-            log = StageLog(stage.index)
-            for growth in stage.growths:
-                log.growth_checks.append(self._grow(growth, stage))
+        for stage in self.plan.stages[first:]:
+            resumed_here = grown and stage.index == first  # its growths are in the checkpoint already
+            log = StageLog(stage.index, growth_checks=list(checks) if resumed_here else [])
+            if not resumed_here:
+                for growth in stage.growths:
+                    log.growth_checks.append(self._grow(growth, stage))
+                if stage.growths:
+                    self._save(stage.index, "start", 0, log.growth_checks)
             log.data_position_at_start = self.stream.position
-            start = time.perf_counter()
-            self._train(stage, log)
-            log.seconds = time.perf_counter() - start
+            begin = time.perf_counter()
+            self._train(stage, log, start_step if stage.index == first else 0)
+            log.seconds = time.perf_counter() - begin
+            self._save(stage.index, "end", stage.steps, log.growth_checks)
             logs.append(log)
         return logs
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
+        if self.checkpoint_dir is None:
+            return
+        self.saves += 1
+        progress = checkpoint.Progress(
+            seq=self.saves, stage=stage, phase=phase, step=step, position=self.stream.position,
+            plan_prefix=self.stages_json[: stage + 1], ramps=[r.describe() for r in self.ramps],
+            growth_checks=list(checks))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            checkpoint.save(self.checkpoint_dir, self.model, self.state, progress)
+
+    def _restore(self) -> tuple[int, int, list[str], bool]:
+        """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
+        checks, whether its growths are already applied)."""
+        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir else None
+        if path is None:
+            raise RunError(f"nothing to resume: no complete checkpoint in {self.checkpoint_dir}")
+        p = checkpoint.read_progress(path)
+        if len(self.stages_json) < len(p.plan_prefix):
+            raise RunError(f"the schedule now has {len(self.stages_json)} stages; the checkpoint is in stage {p.stage}")
+        for old, new in zip(p.plan_prefix, self.stages_json):
+            current = old["index"] == p.stage
+            if _trained_part(old, current) != _trained_part(new, current) or (current and new["steps"] < p.step):
+                raise RunError(f"the schedule changed in stage {old['index']} (line {old['line']}), which the "
+                               f"checkpoint {path.name} has already trained: resume only with changes to what "
+                               f"is still to come")
+        stage = self.plan.stages[p.stage]
+        self.shape = stage.shape
+        self.model = build_model(self.shape, self.max_seq)
+        self.ramps = [_Ramp.attach(self.model, r) for r in p.ramps]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            self.state = checkpoint.load(path, self.model, p)
+        self.stream.position = p.position
+        self.saves = p.seq
+        self.log(f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
+                 f"token {p.position:,}")
+        if p.phase == "end":
+            return p.stage + 1, 0, [], False
+        return p.stage, p.step, p.growth_checks, True
 
     # ---- growth ----------------------------------------------------------------------------
 
@@ -84,11 +148,12 @@ class Trainer:
         self.ramps = []
         if growth.operator == "random":
             if depth:
-                self.ramps = [_Ramp(target.layers[str(i)], growth.ramp_steps, False)
+                self.ramps = [_Ramp(target.layers[str(i)], growth.ramp_steps, f"layers.{i}")
                               for i in attach_depth_ramps(target, growth)]
             else:
-                ramp.attach_width_ramp(target, growth.source.dim, growth.source.n_heads, growth.source.ffn_dim)
-                self.ramps = [_Ramp(target, growth.ramp_steps, True)]
+                old = (growth.source.dim, growth.source.n_heads, growth.source.ffn_dim)
+                ramp.attach_width_ramp(target, *old)
+                self.ramps = [_Ramp(target, growth.ramp_steps, "", old)]
         src, dst = before.state_dict(), target.state_dict()
         (grow_depth if depth else grow_width)(src, dst, growth)
         check = check_preservation(before, target, self.probe, growth.guarantee)
@@ -121,7 +186,7 @@ class Trainer:
 
     # ---- training --------------------------------------------------------------------------
 
-    def _train(self, stage: Stage, log: StageLog) -> None:
+    def _train(self, stage: Stage, log: StageLog, first_step: int = 0) -> None:
         t = stage.training
         opt = torch.optim.AdamW(self.model.parameters(), lr=stage.lr.max_lr, betas=t.optimizer.betas,
                                 eps=t.optimizer.eps, weight_decay=t.optimizer.weight_decay)
@@ -131,7 +196,8 @@ class Trainer:
         accumulate = t.batch_seqs // micro
         self.model.train()
         start = time.perf_counter()
-        for step in range(stage.steps):
+        every = t.checkpoint_every_steps
+        for step in range(first_step, stage.steps):
             lr = stage.lr.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -151,10 +217,12 @@ class Trainer:
             self._advance_ramps()
             log.losses.append(total)
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
-                rate = (step + 1) * t.tokens_per_step / (time.perf_counter() - start)
+                rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                          f"{rate:,.0f} tok/s")
-        self.state = named_state(self.model, opt)
+            self.state = named_state(self.model, opt)
+            if every and (step + 1) % every == 0 and step + 1 < stage.steps:
+                self._save(stage.index, "start", step + 1, log.growth_checks)
 
     def _advance_ramps(self) -> None:
         """One optimizer step more on every ramp; a ramp at 1 is removed (the plain model stays)."""
@@ -162,13 +230,40 @@ class Trainer:
             r.step += 1
             ramp.set_ramp(r.module, ramp.ramp_value(r.step, r.steps))
             if r.step >= r.steps:
-                (ramp.remove_width_ramp if r.width else ramp.remove_ramp)(r.module)
+                (ramp.remove_width_ramp if r.old else ramp.remove_ramp)(r.module)
         self.ramps = [r for r in self.ramps if r.step < r.steps]
+
+
+def _trained_part(stage: dict, current: bool) -> dict:
+    """What of a stage (plan JSON) a checkpoint has already trained: all of a finished stage but the
+    guideline notes and the length of an LR schedule that runs on into later stages; of the stage
+    in progress, its model and growths."""
+    if current:
+        return {k: stage[k] for k in ("shape", "growths", "layers")}
+    lr = {k: v for k, v in stage["lr"].items() if k != "total_steps"}
+    return {**{k: v for k, v in stage.items() if k not in ("timing", "lr")}, "lr": lr}
 
 
 @dataclass
 class _Ramp:
+    """A live ramp: the module holding the mask (`name` in the model), its length, the steps done;
+    `old` (dim, heads, ffn) for a width ramp, None for a depth ramp."""
+
     module: torch.nn.Module
     steps: int
-    width: bool
+    name: str
+    old: tuple[int, int, int] | None = None
     step: int = 0
+
+    def describe(self) -> dict:
+        return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}
+
+    @staticmethod
+    def attach(model: torch.nn.Module, d: dict) -> "_Ramp":
+        """Re-create a checkpointed ramp on a freshly built model (its value comes with the weights)."""
+        module = model.get_submodule(d["name"])
+        if d["old"]:
+            ramp.attach_width_ramp(module, *d["old"])
+        else:
+            ramp.attach_ramp(module)
+        return _Ramp(module, d["steps"], d["name"], tuple(d["old"]) if d["old"] else None, d["step"])

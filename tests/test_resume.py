@@ -1,0 +1,116 @@
+"""Checkpoints and resume: killed anywhere, the run goes on from the newest complete checkpoint and
+its loss curve equals the uninterrupted run's exactly (fixed seed, deterministic CPU)."""
+
+import pytest
+
+from growdsl.plan import plan_source
+from growdsl.runtime import checkpoint
+from growdsl.runtime.trainer import RunError, Trainer
+
+SCHEDULE = """model llama dim 32 heads 2 ffn 64 vocab 400
+seq 32
+batch 4 seqs
+lr 1e-2 to 1e-3
+warmup 3 steps
+seed 5
+checkpoint every 7 steps
+growth optimizer carry
+train 1L for 20 steps
+stack x2 init random ramp 12 steps
+train 20 steps
+stack x2 init zero
+train 15 steps
+"""
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_on(fragment: str):
+    def log(line: str) -> None:
+        if fragment in line:
+            raise Killed(line)
+
+    return log
+
+
+def curves(logs) -> dict[int, list[float]]:
+    return {log.index: log.losses for log in logs}
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    plan = plan_source(SCHEDULE)
+    logs = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path_factory.mktemp("ref")).run()
+    return plan, curves(logs)
+
+
+def resume_after(kill, plan, data_dir, tmp_path):
+    with pytest.raises(Killed):
+        Trainer(plan, data_dir, log=kill, log_every=1, checkpoint_dir=tmp_path).run()
+    lines = []
+    logs = Trainer(plan, data_dir, log=lines.append, checkpoint_dir=tmp_path, resume=True).run()
+    return curves(logs), lines[0]
+
+
+def assert_continues(resumed, reference, first_stage, first_step):
+    for stage, losses in resumed.items():
+        expected = reference[stage][first_step:] if stage == first_stage else reference[stage]
+        assert losses == expected, stage
+    assert min(resumed) == first_stage and max(resumed) == max(reference)
+
+
+def test_killed_mid_stage_and_mid_ramp(reference, data_dir, tmp_path):
+    plan, ref = reference
+    resumed, said = resume_after(kill_on("stage 1 step 10/20"), plan, data_dir, tmp_path)
+    assert said.startswith("resumed from ckpt-") and "stage 1 step 7" in said  # the cadence checkpoint
+    assert_continues(resumed, ref, 1, 7)
+
+
+def test_killed_mid_checkpoint_write(reference, data_dir, tmp_path, monkeypatch):
+    plan, ref = reference
+    real, calls = checkpoint.os.replace, []
+
+    def dies_on_the_fourth(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the checkpoint right after the first growth: written, never committed
+            raise Killed("killed while writing a checkpoint")
+        real(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dies_on_the_fourth)
+    with pytest.raises(Killed):
+        Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path).run()
+    monkeypatch.setattr(checkpoint.os, "replace", real)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == ["ckpt-000004.partial"]
+    assert checkpoint.latest(tmp_path).name == "ckpt-000003"
+    lines = []
+    resumed = curves(Trainer(plan, data_dir, log=lines.append, checkpoint_dir=tmp_path, resume=True).run())
+    assert "stage 0 done" in lines[0]  # the stage end before it: the growth runs again, once
+    assert_continues(resumed, ref, 1, 0)
+
+
+def test_killed_right_after_a_growth(reference, data_dir, tmp_path):
+    plan, ref = reference
+    # killed as the growth is logged, before its checkpoint: stage 1 ended, the growth runs again once
+    resumed, said = resume_after(kill_on("growth (line 12)"), plan, data_dir, tmp_path / "a")
+    assert "stage 1 done" in said
+    assert_continues(resumed, ref, 2, 0)
+    # killed after the growth's checkpoint: the growth is not applied again
+    resumed, said = resume_after(kill_on("stage 2 step 1/15"), plan, data_dir, tmp_path / "b")
+    assert "stage 2 step 0" in said
+    assert_continues(resumed, ref, 2, 0)
+
+
+def test_resuming_a_changed_schedule_is_refused_unless_only_the_future_changed(reference, data_dir, tmp_path):
+    plan, _ = reference
+    with pytest.raises(Killed):
+        Trainer(plan, data_dir, log=kill_on("stage 1 step 10/20"), log_every=1, checkpoint_dir=tmp_path).run()
+    changed = plan_source(SCHEDULE.replace("lr 1e-2 to 1e-3", "lr 2e-2 to 1e-3"))
+    with pytest.raises(RunError, match="changed in stage 0"):
+        Trainer(changed, data_dir, checkpoint_dir=tmp_path, resume=True).run()
+    longer = plan_source(SCHEDULE.replace("train 15 steps", "train 16 steps"))  # only stage 2, not reached yet
+    logs = Trainer(longer, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
+    assert len(logs[-1].losses) == 16
+    with pytest.raises(RunError, match="nothing to resume"):
+        Trainer(plan, data_dir, checkpoint_dir=tmp_path / "empty", resume=True).run()
