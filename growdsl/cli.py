@@ -193,14 +193,18 @@ def _run(args) -> int:
         print(line, flush=True)
         print(line, file=log_file, flush=True)
 
+    from growdsl.runtime.metrics import Metrics
+
+    metrics = Metrics(run_dir / "tensorboard")
     try:
         logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                       resume=args.resume).run()
+                       resume=args.resume, metrics=metrics).run()
     except RunError as e:
         log(f"growdsl run: {e}")
         return EXIT_INVALID
     finally:
         log_file.close()
+        metrics.close()
     if not logs:
         print("the run is already complete")
     for stage_log in logs:

@@ -78,7 +78,20 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     assert "growth (line 9): depth direct" in (run_dir / "log.txt").read_text()
     from growdsl.plan.plan import Plan
 
-    assert len(Plan.from_json((run_dir / "plan.json").read_text()).stages) == 2
+    plan = Plan.from_json((run_dir / "plan.json").read_text())
+    assert len(plan.stages) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/memory_gib",
+            "loss_vs/tokens", "loss_vs/gflops"} <= set(events.Tags()["scalars"])
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == list(range(1, 81))
+    gflops = [e.step for e in events.Scalars("loss_vs/gflops")]
+    assert gflops == sorted(gflops) and gflops[-1] == plan.totals.flops // 10**9  # base compute counted
+    tokens = [e.step for e in events.Scalars("loss_vs/tokens")]
+    assert tokens[-1] == plan.totals.tokens
+    assert "growth/text_summary" in events.Tags()["tensors"]
     assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
     assert "not a prepared data folder" in capsys.readouterr().err
 

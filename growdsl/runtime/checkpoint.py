@@ -32,6 +32,8 @@ class Progress:
     phase: str
     step: int
     position: int
+    global_step: int
+    flops: int
     plan_prefix: list  # the JSON of stages 0..stage: resuming needs them unchanged
     ramps: list[dict] = field(default_factory=list)
     optimizer_names: list[str] = field(default_factory=list)

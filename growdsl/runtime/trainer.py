@@ -33,6 +33,7 @@ from growdsl.ops.width import grow_width
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
+from growdsl.runtime.metrics import Metrics, memory_gib
 
 
 class RunError(Exception):
@@ -50,10 +51,12 @@ class StageLog:
 
 class Trainer:
     def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
-                 checkpoint_dir: Path | None = None, resume: bool = False):
+                 checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None):
         self.plan, self.data_dir, self.log, self.log_every = plan, data_dir, log, log_every
-        self.checkpoint_dir, self.resume = checkpoint_dir, resume
+        self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
         self.saves = 0
+        self.global_step = 0  # optimizer steps over all stages
+        self.flops = 0  # training FLOPs spent so far, LiGO phases included
         self.stages_json = json.loads(plan.to_json())["stages"]
         self.meta: Meta = load_meta(data_dir)
         widest = max(s.shape.vocab_size for s in plan.stages)
@@ -101,6 +104,7 @@ class Trainer:
         self.saves += 1
         progress = checkpoint.Progress(
             seq=self.saves, stage=stage, phase=phase, step=step, position=self.stream.position,
+            global_step=self.global_step, flops=self.flops,
             plan_prefix=self.stages_json[: stage + 1], ramps=[r.describe() for r in self.ramps],
             growth_checks=list(checks))
         with warnings.catch_warnings():
@@ -130,7 +134,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message=".*single process.*")
             self.state = checkpoint.load(path, self.model, p)
         self.stream.position = p.position
-        self.saves = p.seq
+        self.saves, self.global_step, self.flops = p.seq, p.global_step, p.flops
         self.log(f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
                  f"token {p.position:,}")
         if p.phase == "end":
@@ -159,6 +163,9 @@ class Trainer:
         check = check_preservation(before, target, self.probe, growth.guarantee)
         kind = f"{growth.kind} {growth.operator}"
         self.log(f"growth (line {growth.line}): {kind} -> {self.shape.describe()}; {check}")
+        if self.metrics:
+            self.metrics.text("growth", f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}",
+                              self.global_step)
         if not check.ok:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         if growth.learn is not None:
@@ -181,6 +188,7 @@ class Trainer:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+        self.flops += phase.flops
         ligo.bake(target.state_dict())
         self.log(f"LiGO map trained for {phase.steps} steps (last loss {loss.item():.4f}) and baked in")
 
@@ -210,12 +218,19 @@ class Trainer:
             if not math.isfinite(total):
                 raise RunError(f"loss became {total} at stage {stage.index} step {step} "
                                f"(token {self.stream.position:,}): lower the LR or check the data")
-            if t.optimizer.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.optimizer.grad_clip)
+            clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             opt.step()
             opt.zero_grad(set_to_none=True)
             self._advance_ramps()
             log.losses.append(total)
+            self.global_step += 1
+            self.flops += stage.flops_per_token * t.tokens_per_step
+            if self.metrics:
+                rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
+                self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
+                                  grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(),
+                                  layers=stage.shape.n_layers)
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
                 rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "

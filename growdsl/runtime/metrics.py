@@ -1,0 +1,37 @@
+"""TensorBoard logs of a run. Every scalar is logged against the global step, and the loss also
+against cumulative tokens and cumulative FLOPs (the base model's compute counted, as the paper
+does), so a scratch run and a grown run overlay on one compute axis. Growth events are text.
+
+TensorBoard steps are 64-bit integers: FLOPs are logged in GFLOPs (a 7B model on 300B tokens is
+~1.3e13 GFLOPs)."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+
+class Metrics:
+    def __init__(self, directory: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(directory))
+
+    def step(self, step: int, tokens: int, flops: int, **scalars: float) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+        self.writer.add_scalar("loss_vs/tokens", scalars["loss"], tokens)
+        self.writer.add_scalar("loss_vs/gflops", scalars["loss"], flops // 10**9)
+        self.writer.add_scalar("progress/cumulative_tokens", tokens, step)
+        self.writer.add_scalar("progress/cumulative_gflops", flops // 10**9, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def memory_gib() -> float:
+    """Peak resident memory of this process (CPU); the GPU trainer will log the device's."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
