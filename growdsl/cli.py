@@ -169,42 +169,42 @@ def _run(args) -> int:
     plan, source, status = _compile(args.file)
     if plan is None:
         return status
+    from growdsl.runtime.distributed import from_environment
+    from growdsl.runtime.metrics import Metrics
     from growdsl.runtime.trainer import RunError, Trainer
 
-    data_dir = _data_dir(args, plan)
-    if data_dir is None:
+    world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
+    data_dir = _data_dir(args, plan) if world.main else None
+    run_dir = _run_dir(args, time.strftime("%Y%m%d-%H%M%S")) if world.main else None
+    data_dir, run_dir = world.share(data_dir), world.share(run_dir)  # every rank uses rank 0's
+    if data_dir is None or run_dir is None:
         return EXIT_USAGE
-    stem = Path(args.file).stem
-    if args.resume and not args.run_dir:
-        earlier = sorted(Path("runs").glob(f"{stem}-*"))
-        if not earlier:
-            print(f"growdsl run: nothing to resume: no runs/{stem}-* directory; give --run-dir", file=sys.stderr)
-            return EXIT_USAGE
-        run_dir = earlier[-1]
-    else:
-        run_dir = Path(args.run_dir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(plan.to_json(indent=2))
-    (run_dir / "schedule.grow").write_text(source)
-    print(f"run directory: {run_dir}")
-    log_file = (run_dir / "log.txt").open("a")
+    log_file = metrics = None
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plan.json").write_text(plan.to_json(indent=2))
+        (run_dir / "schedule.grow").write_text(source)
+        print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1 else ""))
+        log_file = (run_dir / "log.txt").open("a")
+        metrics = Metrics(run_dir / "tensorboard")
 
     def log(line: str) -> None:
         print(line, flush=True)
         print(line, file=log_file, flush=True)
 
-    from growdsl.runtime.metrics import Metrics
-
-    metrics = Metrics(run_dir / "tensorboard")
     try:
         logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                       resume=args.resume, metrics=metrics).run()
+                       resume=args.resume, metrics=metrics, world=world).run()
     except RunError as e:
-        log(f"growdsl run: {e}")
+        if world.main:
+            log(f"growdsl run: {e}")
         return EXIT_INVALID
     finally:
-        log_file.close()
-        metrics.close()
+        if world.main:
+            log_file.close()
+            metrics.close()
+    if not world.main:
+        return EXIT_OK
     if not logs:
         print("the run is already complete")
     for stage_log in logs:
@@ -213,6 +213,17 @@ def _run(args) -> int:
         print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
               f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f} in {stage_log.seconds:.1f} s")
     return EXIT_OK
+
+
+def _run_dir(args, stamp: str) -> Path | None:
+    stem = Path(args.file).stem
+    if args.resume and not args.run_dir:
+        earlier = sorted(Path("runs").glob(f"{stem}-*"))
+        if not earlier:
+            print(f"growdsl run: nothing to resume: no runs/{stem}-* directory; give --run-dir", file=sys.stderr)
+            return None
+        return earlier[-1]
+    return Path(args.run_dir or Path("runs") / f"{stem}-{stamp}")
 
 
 def _data_dir(args, plan):

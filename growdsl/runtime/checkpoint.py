@@ -40,15 +40,20 @@ class Progress:
     growth_checks: list[str] = field(default_factory=list)
 
 
-def save(directory: Path, model: nn.Module, state: State, progress: Progress) -> Path:
+def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:
+    """Every rank writes its shards (DCP); the first rank commits the checkpoint by renaming it."""
     final = directory / f"{PREFIX}{progress.seq:06d}"
     partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if world.main:
+        shutil.rmtree(partial, ignore_errors=True)
+    world.barrier()
     progress.optimizer_names = sorted(state)
     dcp.save({"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()},
              checkpoint_id=str(partial))
-    (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
-    os.replace(partial, final)  # the commit point
+    if world.main:
+        (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
+        os.replace(partial, final)  # the commit point
+    world.barrier()
     return final
 
 

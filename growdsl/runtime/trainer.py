@@ -1,5 +1,5 @@
 """Train a plan from the first token to the end, growing the live model in memory at every stage
-boundary (one process; FSDP and TensorBoard come with the distributed runtime).
+boundary, on one process or many (torchrun: FSDP2 / TP / AC / compile via torchtitan).
 
 At a growth: build the target model (torchtitan's Transformer, meta -> init), write the grown
 weights with growdsl.ops, attach the ramps of random operators, run the preservation check on a
@@ -33,6 +33,7 @@ from growdsl.ops.width import grow_width
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
+from growdsl.runtime.distributed import World, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib
 
 
@@ -51,8 +52,10 @@ class StageLog:
 
 class Trainer:
     def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
-                 checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None):
-        self.plan, self.data_dir, self.log, self.log_every = plan, data_dir, log, log_every
+                 checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None,
+                 world: World = World(), dtype: torch.dtype = torch.float32):
+        self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
+        self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
         self.saves = 0
         self.global_step = 0  # optimizer steps over all stages
@@ -70,7 +73,7 @@ class Trainer:
         self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0]
         torch.manual_seed(first.seed)
         self.shape = plan.stages[0].shape
-        self.model = build_model(self.shape, self.max_seq)
+        self.model = self._parallel(build_model(self.shape, self.max_seq, dtype=dtype), plan.stages[0])
         self.state: dict = {}  # AdamW state by parameter name, carried across a growth
         self.ramps: list[_Ramp] = []
 
@@ -96,6 +99,12 @@ class Trainer:
             logs.append(log)
         return logs
 
+    def _parallel(self, model: torch.nn.Module, stage: Stage) -> torch.nn.Module:
+        try:
+            return parallelize(model, stage.training, self.max_seq, self.world, self.dtype)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
@@ -109,7 +118,7 @@ class Trainer:
             growth_checks=list(checks))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
-            checkpoint.save(self.checkpoint_dir, self.model, self.state, progress)
+            checkpoint.save(self.checkpoint_dir, self.model, self.state, progress, self.world)
 
     def _restore(self) -> tuple[int, int, list[str], bool]:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
@@ -128,8 +137,9 @@ class Trainer:
                                f"is still to come")
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
-        self.model = build_model(self.shape, self.max_seq)
-        self.ramps = [_Ramp.attach(self.model, r) for r in p.ramps]
+        model = build_model(self.shape, self.max_seq, dtype=self.dtype)
+        self.ramps = [_Ramp.attach(model, r) for r in p.ramps]
+        self.model = self._parallel(model, stage)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
             self.state = checkpoint.load(path, self.model, p)
@@ -148,7 +158,7 @@ class Trainer:
         depth = isinstance(growth, DepthGrowth)
         self.shape = replace(self.shape, n_layers=growth.target_layers) if depth else growth.target
         torch.manual_seed(stage.training.seed + stage.index)
-        target = build_model(self.shape, self.max_seq)
+        target = build_model(self.shape, self.max_seq, dtype=self.dtype)  # whole on every rank, then sharded
         self.ramps = []
         if growth.operator == "random":
             if depth:
@@ -158,6 +168,7 @@ class Trainer:
                 old = (growth.source.dim, growth.source.n_heads, growth.source.ffn_dim)
                 ramp.attach_width_ramp(target, *old)
                 self.ramps = [_Ramp(target, growth.ramp_steps, "", old)]
+        target = self._parallel(target, stage)
         src, dst = before.state_dict(), target.state_dict()
         (grow_depth if depth else grow_width)(src, dst, growth)
         check = check_preservation(before, target, self.probe, growth.guarantee)
@@ -169,6 +180,8 @@ class Trainer:
         if not check.ok:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         if growth.learn is not None:
+            if self.world.size > 1:
+                raise RunError(f"LiGO (`init learn`, line {growth.line}) runs on one process for now")
             self._learn(growth, src, target, stage)
         self.state = grown_state(growth.optimizer, self.state, growth)
         self.model = target
@@ -200,8 +213,13 @@ class Trainer:
                                 eps=t.optimizer.eps, weight_decay=t.optimizer.weight_decay)
         if self.state:
             load_named_state(self.model, opt, self.state)
-        micro = t.micro_batch or t.batch_seqs
-        accumulate = t.batch_seqs // micro
+        if t.batch_seqs % self.world.size:
+            raise RunError(f"a batch of {t.batch_seqs} sequences does not split over {self.world.size} processes")
+        local = t.batch_seqs // self.world.size
+        micro = t.micro_batch or local
+        if local % micro:
+            raise RunError(f"micro_batch {micro} does not divide the {local} sequences each process takes per step")
+        accumulate = local // micro
         self.model.train()
         start = time.perf_counter()
         every = t.checkpoint_every_steps
@@ -211,15 +229,17 @@ class Trainer:
                 group["lr"] = lr
             total = 0.0
             for _ in range(accumulate):
-                x, y = self.stream.next_batch(micro, t.seq_len)
+                x, y = self._micro_batch(micro, t.seq_len)
                 loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten()) / accumulate
                 loss.backward()
                 total += loss.item()
+            total = self.world.mean(total)
             if not math.isfinite(total):
                 raise RunError(f"loss became {total} at stage {stage.index} step {step} "
                                f"(token {self.stream.position:,}): lower the LR or check the data")
             clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             self._advance_ramps()
@@ -238,6 +258,10 @@ class Trainer:
             self.state = named_state(self.model, opt)
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
+
+    def _micro_batch(self, micro: int, seq_len: int):
+        """This rank's share of the next `micro * world` sequences of the stream."""
+        return self.stream.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
 
     def _advance_ramps(self) -> None:
         """One optimizer step more on every ramp; a ramp at 1 is removed (the plain model stays)."""
