@@ -179,7 +179,7 @@ def _run(args) -> int:
     data_dir, run_dir = world.share(data_dir), world.share(run_dir)  # every rank uses rank 0's
     if data_dir is None or run_dir is None:
         return EXIT_USAGE
-    log_file = metrics = None
+    log_file = metrics = progress = None
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.json").write_text(plan.to_json(indent=2))
@@ -187,14 +187,20 @@ def _run(args) -> int:
         print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
         metrics = Metrics(run_dir / "tensorboard")
+        if sys.stdout.isatty():
+            from growdsl.runtime.progress import StageProgress
+
+            progress = StageProgress()
 
     def log(line: str) -> None:
+        if progress:
+            progress.clear()
         print(line, flush=True)
         print(line, file=log_file, flush=True)
 
     try:
         logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                       resume=args.resume, metrics=metrics, world=world).run()
+                       resume=args.resume, metrics=metrics, world=world, progress=progress).run()
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")

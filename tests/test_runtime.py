@@ -108,3 +108,20 @@ def test_run_resume_on_a_finished_run_has_nothing_left(data_dir, tmp_path, capsy
     assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resumed from ckpt-" in out and "stage 1 done" in out and "the run is already complete" in out
+
+
+def test_progress_line_redraws_in_place_with_eta_and_ends_with_a_newline():
+    import io
+
+    from growdsl.runtime.progress import StageProgress
+
+    out, now = io.StringIO(), [0.0]
+    bar = StageProgress(out, width=10, every=1.0, clock=lambda: now[0])
+    bar.update(1, 25, 100, 25 * 1024, 5.25, rate=1024.0)  # 1 step a second: 75 s to go
+    bar.update(1, 26, 100, 26 * 1024, 5.20, rate=1024.0)  # within the second: not redrawn
+    assert out.getvalue() == "\r\x1b[Kstage 1 [##........] 25/100  25.6K tokens  loss 5.2500  1,024 tok/s  ETA 0:01:15"
+    bar.clear()
+    now[0] = 5.0
+    bar.update(1, 100, 100, 100 * 1024, 4.0, rate=1024.0)
+    assert out.getvalue().endswith("\r\x1b[K\r\x1b[Kstage 1 [##########] 100/100  102K tokens  loss 4.0000  "
+                                   "1,024 tok/s  ETA 0:00:00\n")

@@ -28,7 +28,7 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
         tokens = human(s.tokens) + (" (auto)" if s.auto else "")
         rows.append((str(s.index), str(s.shape.n_layers), human(s.params), tokens, f"{s.steps:,}",
                      f"{t.batch_seqs}x{t.seq_len}", lr, f"{s.flops:.3g}", f"{s.cumulative_flops:.3g}"))
-        notes[len(rows) - 1] = [_growth_line(g) for g in s.growths]
+        notes[len(rows) - 1] = ["^ " + growth_line(g) for g in s.growths]
         if predict_d and s.timing:
             notes[len(rows) - 1].append(_timing_line(s))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -55,7 +55,8 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
     return "\n".join(out)
 
 
-def _growth_line(g) -> str:
+def growth_line(g) -> str:
+    """One growth, its map (compact, 0-based), R_c, guarantee and policies, on one line."""
     policies = f"optimizer {g.optimizer}, lr {g.lr}"
     knobs = ""
     if g.ramp_steps:
@@ -65,11 +66,11 @@ def _growth_line(g) -> str:
     if isinstance(g, DepthGrowth):
         name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
         rc = g.connection_rate
-        return (f"^ line {g.line}: {name} \"{g.pattern}\" ({g.operator}{knobs}): {g.source_layers} -> "
+        return (f"line {g.line}: {name} \"{g.pattern}\" ({g.operator}{knobs}): {g.source_layers} -> "
                 f"{g.target_layers} layers, map {compact(g.sources)}, R_c {rc.numerator}/{rc.denominator} "
                 f"({float(rc):.1%}); {_GUARANTEE[g.guarantee]}; {policies}")
     src, dst = g.source, g.target
-    return (f"^ line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
+    return (f"line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
             f"{dst.n_heads}, kv {src.n_kv_heads}->{dst.n_kv_heads}, ffn {src.ffn_dim}->{dst.ffn_dim}; "
             f"{_GUARANTEE[g.guarantee]}; {policies}")
 

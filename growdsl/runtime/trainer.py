@@ -31,6 +31,7 @@ from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import grown_state, load_named_state, named_state
 from growdsl.ops.width import grow_width
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
+from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
 from growdsl.runtime.distributed import World, parallelize
@@ -53,10 +54,11 @@ class StageLog:
 class Trainer:
     def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
                  checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None,
-                 world: World = World(), dtype: torch.dtype = torch.float32):
+                 world: World = World(), dtype: torch.dtype = torch.float32, progress=None):
         self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
+        self.progress = progress if world.main else None  # a StageProgress, on a terminal
         self.saves = 0
         self.global_step = 0  # optimizer steps over all stages
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
@@ -173,6 +175,7 @@ class Trainer:
         (grow_depth if depth else grow_width)(src, dst, growth)
         check = check_preservation(before, target, self.probe, growth.guarantee)
         kind = f"{growth.kind} {growth.operator}"
+        self.log(f"growth {growth_line(growth)}")
         self.log(f"growth (line {growth.line}): {kind} -> {self.shape.describe()}; {check}")
         if self.metrics:
             self.metrics.text("growth", f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}",
@@ -246,13 +249,14 @@ class Trainer:
             log.losses.append(total)
             self.global_step += 1
             self.flops += stage.flops_per_token * t.tokens_per_step
+            rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
+            if self.progress:
+                self.progress.update(stage.index, step + 1, stage.steps, (step + 1) * t.tokens_per_step, total, rate)
             if self.metrics:
-                rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
                 self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
                                   grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(),
                                   layers=stage.shape.n_layers)
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
-                rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                          f"{rate:,.0f} tok/s")
             self.state = named_state(self.model, opt)
