@@ -56,6 +56,15 @@ def test_two_processes_with_fsdp_grow_and_match_one(data_dir, tmp_path):
     assert two["checks"][1][0].startswith("preserved")  # depth zero, on sharded weights
     assert (tmp_path / "ckpt" / "ckpt-000003" / "progress.json").exists()  # sharded checkpoints, committed once
     assert not list((tmp_path / "ckpt").glob("*.partial"))
+    # the checkpoint taken right after the growth by two processes, resumed by one: DCP reshards it
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt" / "ckpt-000003")
+    lines = []
+    resumed = Trainer(plan_source(SCHEDULE), data_dir, log=lines.append, dtype=torch.float64,
+                      checkpoint_dir=tmp_path / "ckpt", resume=True).run()
+    assert "resumed from ckpt-000002: stage 1 step 0" in lines[0]
+    assert torch.allclose(torch.tensor(resumed[0].losses), torch.tensor(one[1].losses), rtol=1e-9, atol=0)
 
 
 def test_growdsl_run_under_torchrun(data_dir, tmp_path):
