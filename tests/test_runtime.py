@@ -125,3 +125,12 @@ def test_progress_line_redraws_in_place_with_eta_and_ends_with_a_newline():
     bar.update(1, 100, 100, 100 * 1024, 4.0, rate=1024.0)
     assert out.getvalue().endswith("\r\x1b[K\r\x1b[Kstage 1 [##########] 100/100  102K tokens  loss 4.0000  "
                                    "1,024 tok/s  ETA 0:00:00\n")
+
+
+def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeypatch):
+    from growdsl.runtime import trainer
+
+    monkeypatch.setattr(trainer, "free_memory_bytes", lambda: 2**30)  # 1 GiB free
+    plan = plan_source("model 1.1B vocab 32000\ntrain 6L for 10 steps\nstack x4\ntrain 10 steps")
+    with pytest.raises(RunError, match=r"1.19B params\) needs about 2\d\.\d GiB a process"):
+        Trainer(plan, data_dir)

@@ -60,6 +60,15 @@ def from_environment() -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
+def free_memory_bytes() -> int:
+    """Memory this process can still take: the machine's available RAM (the trainer runs on CPU)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # unknown: do not refuse
+
+
 def _torchtitan_on_cpu() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("torchtitan") and getattr(module, "device_type", None) == "cuda":

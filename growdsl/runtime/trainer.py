@@ -34,7 +34,7 @@ from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
-from growdsl.runtime.distributed import World, parallelize
+from growdsl.runtime.distributed import World, free_memory_bytes, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib
 
 
@@ -68,6 +68,7 @@ class Trainer:
         if self.meta.vocab_size > widest:
             raise RunError(f"the data's tokenizer has {self.meta.vocab_size} tokens but the model's vocab is {widest}: "
                            f"set vocab {self.meta.vocab_size} (or more) in the model statement")
+        self._check_memory()
         self.stream = TokenStream(data_dir / "train.bin", self.meta.dtype)
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
@@ -78,6 +79,23 @@ class Trainer:
         self.model = self._parallel(build_model(self.shape, self.max_seq, dtype=dtype), plan.stages[0])
         self.state: dict = {}  # AdamW state by parameter name, carried across a growth
         self.ramps: list[_Ramp] = []
+
+    def _check_memory(self) -> None:
+        """Refuse up front a model that cannot fit, rather than be killed while building it: every
+        process holds the whole model while it is built, then its shard of weights, gradients and
+        AdamW moments (and at a growth the base and the target at once)."""
+        element = torch.finfo(self.dtype).bits // 8
+        need = 0
+        for i, stage in enumerate(self.plan.stages):
+            before = self.plan.stages[i - 1].params if i else 0
+            sharded = 4 * stage.params * element / self.world.size  # weights, grads, two moments
+            need = max(need, stage.params * element + before * element + sharded)
+        free = free_memory_bytes()
+        if need > free:
+            largest = max(self.plan.stages, key=lambda s: s.params)
+            raise RunError(f"the {largest.shape.describe()} model ({largest.params / 1e9:.2f}B params) needs about "
+                           f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
+                           f"{free / 2**30:.1f} GiB is free: run it on GPUs with torchrun, or a smaller schedule")
 
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
