@@ -114,3 +114,22 @@ def test_resuming_a_changed_schedule_is_refused_unless_only_the_future_changed(r
     assert len(logs[-1].losses) == 16
     with pytest.raises(RunError, match="nothing to resume"):
         Trainer(plan, data_dir, checkpoint_dir=tmp_path / "empty", resume=True).run()
+
+
+def test_killed_mid_width_ramp(data_dir, tmp_path):
+    schedule = """model llama dim 32 heads 2 ffn 64 vocab 400
+seq 32
+batch 4 seqs
+lr 1e-2 to 1e-3
+warmup 3 steps
+checkpoint every 4 steps
+growth optimizer carry
+train 2L dim 32 for 8 steps
+widen dim 64 init random ramp 10 steps
+train 12 steps
+"""
+    plan = plan_source(schedule)
+    ref = curves(Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "ref").run())
+    resumed, said = resume_after(kill_on("stage 1 step 6/12"), plan, data_dir, tmp_path / "run")
+    assert "stage 1 step 4" in said  # mid-ramp: the width mask was at 0.4
+    assert_continues(resumed, ref, 1, 4)
