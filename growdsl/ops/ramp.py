@@ -39,10 +39,6 @@ def ramp_value(step: int, ramp_steps: int) -> float:
     return min(1.0, step / ramp_steps) if ramp_steps > 0 else 1.0
 
 
-def has_ramp(block: nn.Module) -> bool:
-    return hasattr(block, _HOOK)
-
-
 def remove_ramp(block: nn.Module) -> None:
     """Drop the mask (it must be 1: the block is then exactly the plain block)."""
     value = float(getattr(block, RAMP))

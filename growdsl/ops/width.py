@@ -46,8 +46,6 @@ class WidthMaps:
         self.q_heads = torch.arange(dst.n_heads) % src.n_heads
         self.q = _head_rows(self.q_heads, self.hd)
         self.kv = _head_rows(torch.arange(dst.n_kv_heads) % src.n_kv_heads, self.hd)
-        self.uniform = all(b % a == 0 for a, b in ((src.dim, dst.dim), (src.ffn_dim, dst.ffn_dim),
-                                                   (src.n_heads, dst.n_heads)))
 
     @staticmethod
     def share(index: torch.Tensor) -> torch.Tensor:

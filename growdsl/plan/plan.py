@@ -261,7 +261,3 @@ def _adapter():
     from pydantic import TypeAdapter
 
     return TypeAdapter(Plan)
-
-
-def plan_json_schema() -> dict:
-    return _adapter().json_schema()
