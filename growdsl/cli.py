@@ -184,7 +184,8 @@ def _run(args) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.json").write_text(plan.to_json(indent=2))
         (run_dir / "schedule.grow").write_text(source)
-        print(f"run directory: {run_dir}" + (f" ({world.size} processes)" if world.size > 1 else ""))
+        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
+        print(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
         metrics = Metrics(run_dir / "tensorboard")
         if sys.stdout.isatty():

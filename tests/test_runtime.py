@@ -2,6 +2,7 @@
 in every stage, growth checks hold, and the data stream never re-reads what the base saw."""
 
 import pytest
+import torch
 
 from growdsl.plan import plan_source
 from growdsl.runtime.trainer import RunError, Trainer
@@ -130,7 +131,42 @@ def test_progress_line_redraws_in_place_with_eta_and_ends_with_a_newline():
 def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeypatch):
     from growdsl.runtime import trainer
 
-    monkeypatch.setattr(trainer, "free_memory_bytes", lambda: 2**30)  # 1 GiB free
+    monkeypatch.setattr(trainer, "free_memory_bytes", lambda device: 2**30)  # 1 GiB free
     plan = plan_source("model 1.1B vocab 32000\ntrain 6L for 10 steps\nstack x4\ntrain 10 steps")
     with pytest.raises(RunError, match=r"1.19B params\) needs about 2\d\.\d GiB a process"):
         Trainer(plan, data_dir)
+
+
+BOUNDARY = """model llama dim 32 heads 2 ffn 64 vocab 400
+seq 32
+batch 4 seqs
+lr 1e-2 to 1e-3
+warmup 3 steps
+seed 3
+train 2L for 12 steps
+train 12 steps{settings}
+"""
+
+
+def test_a_stage_that_only_changes_parallelism_is_laid_out_again(data_dir):
+    plain = Trainer(plan_source(BOUNDARY.format(settings="")), data_dir, log=lambda _: None).run()
+    lines = []
+    trainer = Trainer(plan_source(BOUNDARY.format(settings=" with ac full")), data_dir, log=lines.append)
+    logs = trainer.run()
+    assert any("parallelism now" in line and "ac full" in line for line in lines)
+    assert sum("CheckpointWrapper" in type(m).__name__ for m in trainer.model.modules()) == 2  # one per block
+    assert [log.losses for log in logs] == [log.losses for log in plain]  # same weights, same AdamW state
+
+
+def test_mixed_precision_computes_in_bf16_over_float32_weights(data_dir):
+    """The GPU default (bf16 autocast, float32 master weights), run on the CPU."""
+    plan = plan_source(BOUNDARY.format(settings=""))
+    exact = Trainer(plan, data_dir, log=lambda _: None).run()
+    trainer = Trainer(plan, data_dir, log=lambda _: None, mixed_precision=True)
+    mixed = trainer.run()
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    a = [x for log in exact for x in log.losses]
+    b = [x for log in mixed for x in log.losses]
+    assert a != b  # bf16 compute did happen
+    assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.02
+    assert sum(b[-3:]) < sum(b[:3])

@@ -78,7 +78,7 @@ def test_growdsl_run_under_torchrun(data_dir, tmp_path):
                            "-m", "growdsl", "run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("run directory:") == 1 and "(2 processes)" in done.stdout  # rank 0 speaks
+    assert done.stdout.count("run directory:") == 1 and "training on cpu, 2 processes" in done.stdout  # rank 0 speaks
     assert "growth (line 9): depth zero" in (run_dir / "log.txt").read_text()
     assert "stage 1: 2 layers, 15 steps" in done.stdout
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "ckpt-000003"

@@ -25,6 +25,22 @@ def layer_key(layer: int, name: str) -> str:
     return f"layers.{layer}.{name}"
 
 
+# What wrappers (activation checkpointing, torch.compile) insert into parameter names; state dicts
+# leave them out, and so does every name growdsl keys weights or optimizer state by.
+WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def named_parameters(model) -> dict[str, torch.Tensor]:
+    """The model's parameters by their state-dict names."""
+    return {clean_name(name): p for name, p in model.named_parameters()}
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor this rank holds: an FSDP2/TP shard's local part, or the tensor itself."""
     return t.to_local() if isinstance(t, DTensor) else t

@@ -58,7 +58,7 @@ class LigoDepth(_Ligo):
         for name in LAYER_PARAMS:
             stacked = torch.stack([full(src[layer_key(j, name)]).detach() for j in range(source_layers)])
             self.sources[name] = stacked
-            self.mix[_slot(name)] = nn.Parameter(select.to(stacked.dtype).clone())
+            self.mix[_slot(name)] = nn.Parameter(select.to(stacked.dtype).to(stacked.device))
         self.fixed = {name: full(src[name]).detach() for name in GLOBAL_PARAMS if name in src}
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -77,14 +77,14 @@ class LigoWidth(_Ligo):
         a, b = growth.source, growth.target
         self.layers, self.tied = a.n_layers, b.tied_embeddings
         self.base = {name: full(t).detach() for name, t in src.items()}
-        dtype = next(iter(self.base.values())).dtype
-        gen = torch.Generator().manual_seed(seed)
+        some = next(iter(self.base.values()))
+        gen = torch.Generator().manual_seed(seed)  # on the CPU: the same map on any device
 
         def expansion(old: int, new: int) -> nn.Parameter:
-            e = torch.zeros(new, old, dtype=dtype)
-            e[:old] = torch.eye(old, dtype=dtype)
-            e[old:] = torch.randn(new - old, old, generator=gen, dtype=dtype) * std
-            return nn.Parameter(e)
+            e = torch.zeros(new, old, dtype=some.dtype)
+            e[:old] = torch.eye(old, dtype=some.dtype)
+            e[old:] = torch.randn(new - old, old, generator=gen, dtype=some.dtype) * std
+            return nn.Parameter(e.to(some.device))
 
         hd = a.head_dim
         self.dim = expansion(a.dim, b.dim)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, RESIDUAL_WRITERS, layer_key
+from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, RESIDUAL_WRITERS, layer_key, named_parameters
 from growdsl.plan.plan import DepthGrowth
 
 State = dict[str, dict[str, torch.Tensor]]
@@ -21,7 +21,7 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def named_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> State:
-    names = {id(p): name for name, p in model.named_parameters()}
+    names = {id(p): name for name, p in named_parameters(model).items()}
     return {names[id(p)]: dict(st) for p, st in optimizer.state.items()}
 
 
@@ -29,8 +29,7 @@ def load_named_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
     """Install name-keyed state into `optimizer` (built over `model`'s parameters)."""
     index = {}
     position = 0
-    params = dict(model.named_parameters())
-    order = {id(p): name for name, p in params.items()}
+    order = {id(p): name for name, p in named_parameters(model).items()}
     for group in optimizer.param_groups:
         for p in group["params"]:
             index[order[id(p)]] = position

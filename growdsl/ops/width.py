@@ -91,7 +91,7 @@ def _split(name: str, m: WidthMaps, tied: bool) -> torch.Tensor | float:
 
 def _direct(name: str, w: torch.Tensor, m: WidthMaps, tied: bool) -> torch.Tensor:
     split = _split(name, m, tied)
-    return _gather(name, w, m) * (split.to(w.dtype) if isinstance(split, torch.Tensor) else split)
+    return _gather(name, w, m) * (split.to(w.device, w.dtype) if isinstance(split, torch.Tensor) else split)
 
 
 def _in_place(w: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ def carry_width(state: State, growth: WidthGrowth) -> State:
             if growth.operator == "direct":
                 out[name][key] = _gather(name, v, maps)
             else:
-                grown = torch.zeros(_gather(name, v, maps).shape, dtype=v.dtype)
+                grown = torch.zeros(_gather(name, v, maps).shape, dtype=v.dtype, device=v.device)
                 grown[tuple(slice(0, n) for n in shape_src)] = v
                 out[name][key] = grown
     return out

@@ -17,6 +17,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from growdsl.ops.layout import named_parameters
 from growdsl.ops.optimizer import MOMENTS, State
 
 PREFIX = "ckpt-"
@@ -69,7 +70,7 @@ def read_progress(path: Path) -> Progress:
 def load(path: Path, model: nn.Module, progress: Progress) -> State:
     """Load weights into `model` (built in the checkpoint's shape, ramps attached) and return the
     optimizer state by parameter name."""
-    params = dict(model.named_parameters())
+    params = named_parameters(model)
     state = {name: {"step": torch.zeros(()), **{m: torch.zeros_like(params[name]) for m in MOMENTS}}
              for name in progress.optimizer_names}
     rng = torch.get_rng_state()

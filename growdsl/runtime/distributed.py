@@ -1,5 +1,6 @@
-"""One process or many: the process group, and torchtitan's parallelize_llama (FSDP2, tensor
-parallel, activation checkpointing, per-block compile) applied to a built model.
+"""One process or many: the process group, the device (one GPU per process, or the CPU), and
+torchtitan's parallelize_llama (FSDP2, tensor parallel, activation checkpointing, per-block
+compile, bf16 mixed precision) applied to a built model.
 
 Every rank builds and initialises the whole model the same way (seeded), then parallelize_llama
 keeps each rank's shard: a run on N ranks starts from exactly the weights of a 1-rank run. On CPU
@@ -24,16 +25,22 @@ from growdsl.plan.plan import TrainingConfig
 class World:
     rank: int = 0
     size: int = 1
+    local_rank: int = 0  # which GPU of its machine this process drives
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def device(self) -> torch.device:
+        """This process's GPU, or the CPU on a machine without one."""
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
     def mean(self, value: float) -> float:
         """The mean of a number over all ranks."""
         if self.size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # nccl reduces GPU tensors only
         dist.all_reduce(t)
         return float(t) / self.size
 
@@ -51,17 +58,22 @@ class World:
 
 
 def from_environment() -> World:
-    """The world torchrun describes (RANK, WORLD_SIZE), with its process group; else one process."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    """The world torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), with its process group; else one
+    process."""
+    size, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
     if size == 1:
-        return World()
+        return World(local_rank=local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(dist.get_rank(), dist.get_world_size())
+    return World(dist.get_rank(), dist.get_world_size(), local)
 
 
-def free_memory_bytes() -> int:
-    """Memory this process can still take: the machine's available RAM (the trainer runs on CPU)."""
+def free_memory_bytes(device: torch.device = torch.device("cpu")) -> int:
+    """Memory this process can still take: the GPU's free memory, or the machine's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -76,9 +88,10 @@ def _torchtitan_on_cpu() -> None:
 
 
 def parallelize(model: nn.Module, training: TrainingConfig, seq_len: int, world: World,
-                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Apply the stage's parallelism with torchtitan's parallelize_llama (a no-op for one CPU process
-    without activation checkpointing or compile)."""
+                dtype: torch.dtype = torch.float32, mixed: bool = False) -> nn.Module:
+    """Apply the stage's parallelism with torchtitan's parallelize_llama (a no-op for one process
+    without activation checkpointing or compile). `mixed`: FSDP computes in bf16 and reduces in
+    float32 (torchtitan's default on GPUs); else everything stays in `dtype`."""
     p = training.parallel
     if world.size == 1 and p.activation_checkpoint == "none" and not p.compile:
         return model
@@ -99,7 +112,7 @@ def parallelize(model: nn.Module, training: TrainingConfig, seq_len: int, world:
     job = JobConfig()
     job.training.seq_len = seq_len
     on_gpu = torch.cuda.is_available()
-    if on_gpu:
+    if mixed:
         job.training.mixed_precision_param, job.training.mixed_precision_reduce = "bfloat16", "float32"
     else:  # compute and reduce in the model's own dtype (float64 for exactness tests: not in torchtitan's map)
         from torchtitan.config import TORCH_DTYPE_MAP
@@ -120,3 +133,10 @@ def parallelize(model: nn.Module, training: TrainingConfig, seq_len: int, world:
                 module.set_force_sum_reduction_for_comms(True)
                 module.set_gradient_divide_factor(float(p.dp_replicate * shard))
     return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 wraps the model (then FSDP, not autocast, handles mixed precision)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())

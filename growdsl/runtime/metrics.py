@@ -10,6 +10,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+import torch
+
 
 class Metrics:
     def __init__(self, directory: Path):
@@ -32,6 +34,17 @@ class Metrics:
         self.writer.close()
 
 
-def memory_gib() -> float:
-    """Peak resident memory of this process (CPU); the GPU trainer will log the device's."""
+def memory_gib(device: torch.device = torch.device("cpu")) -> float:
+    """Peak memory: the GPU's allocated memory, or this process's resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak dense bf16 FLOP/s (torchtitan's table), the denominator of MFU; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    from torchtitan.tools.utils import get_peak_flops
+
+    return get_peak_flops(torch.cuda.get_device_name(device))

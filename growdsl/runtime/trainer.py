@@ -16,6 +16,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from growdsl.ops import ramp
 from growdsl.ops.check import check_preservation
 from growdsl.ops.depth import attach_depth_ramps, grow_depth
+from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.ligo import LigoDepth, LigoWidth
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import grown_state, load_named_state, named_state
@@ -34,8 +36,8 @@ from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import Meta, TokenStream, load_meta
-from growdsl.runtime.distributed import World, free_memory_bytes, parallelize
-from growdsl.runtime.metrics import Metrics, memory_gib
+from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
+from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 
 
 class RunError(Exception):
@@ -54,8 +56,13 @@ class StageLog:
 class Trainer:
     def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
                  checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None,
-                 world: World = World(), dtype: torch.dtype = torch.float32, progress=None):
+                 world: World = World(), dtype: torch.dtype = torch.float32, progress=None,
+                 mixed_precision: bool | None = None):
         self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
+        self.device = world.device
+        # bf16 compute over float32 weights: on by default on GPUs (as torchtitan), off on CPUs
+        self.mixed = self.device.type == "cuda" if mixed_precision is None else mixed_precision
+        self.peak_flops = peak_flops(self.device)  # per device, for MFU; None on a CPU
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
         self.progress = progress if world.main else None  # a StageProgress, on a terminal
@@ -73,10 +80,10 @@ class Trainer:
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
         probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
-        self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0]
+        self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0].to(self.device)
         torch.manual_seed(first.seed)
         self.shape = plan.stages[0].shape
-        self.model = self._parallel(build_model(self.shape, self.max_seq, dtype=dtype), plan.stages[0])
+        self.model = self._parallel(self._build(), plan.stages[0])
         self.state: dict = {}  # AdamW state by parameter name, carried across a growth
         self.ramps: list[_Ramp] = []
 
@@ -90,12 +97,14 @@ class Trainer:
             before = self.plan.stages[i - 1].params if i else 0
             sharded = 4 * stage.params * element / self.world.size  # weights, grads, two moments
             need = max(need, stage.params * element + before * element + sharded)
-        free = free_memory_bytes()
+        free = free_memory_bytes(self.device)
         if need > free:
             largest = max(self.plan.stages, key=lambda s: s.params)
+            where = "on this GPU" if self.device.type == "cuda" else "in RAM"
             raise RunError(f"the {largest.shape.describe()} model ({largest.params / 1e9:.2f}B params) needs about "
                            f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
-                           f"{free / 2**30:.1f} GiB is free: run it on GPUs with torchrun, or a smaller schedule")
+                           f"{free / 2**30:.1f} GiB is free {where}: run it on more GPUs with torchrun, "
+                           f"or a smaller schedule")
 
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
@@ -111,6 +120,8 @@ class Trainer:
                     log.growth_checks.append(self._grow(growth, stage))
                 if stage.growths:
                     self._save(stage.index, "start", 0, log.growth_checks)
+                elif stage.index and stage.training.parallel != self.plan.stages[stage.index - 1].training.parallel:
+                    self._reparallelize(stage)
             log.data_position_at_start = self.stream.position
             begin = time.perf_counter()
             self._train(stage, log, start_step if stage.index == first else 0)
@@ -119,12 +130,40 @@ class Trainer:
             logs.append(log)
         return logs
 
+    def _build(self) -> torch.nn.Module:
+        """A fresh model of the current shape, whole, on this process's device."""
+        return build_model(self.shape, self.max_seq, dtype=self.dtype, device=self.device)
+
     def _parallel(self, model: torch.nn.Module, stage: Stage) -> torch.nn.Module:
         try:
-            return parallelize(model, stage.training, self.max_seq, self.world, self.dtype)
+            return parallelize(model, stage.training, self.max_seq, self.world, self.dtype, self.mixed)
         except ValueError as e:
             raise RunError(str(e)) from None
 
+    def _autocast(self):
+        """bf16 autocast where mixed precision is on and FSDP does not already provide it (one GPU:
+        torchtitan's maybe_enable_amp does the same)."""
+        if self.mixed and not is_sharded(self.model):
+            return torch.autocast(self.device.type, torch.bfloat16)
+        return nullcontext()
+
+    def _reparallelize(self, stage: Stage) -> None:
+        """A stage that changes its parallelism (AC, compile, degrees) without growing: the same
+        weights, ramps and AdamW state, laid out again under the new settings. Tensor by tensor
+        through the whole tensor, as the layouts may differ."""
+        model = self._build()
+        self.ramps = [_Ramp.attach(model, r.describe()) for r in self.ramps]
+        model = self._parallel(model, stage)
+        old = self.model.state_dict()
+        with torch.no_grad():
+            for name, t in model.state_dict().items():
+                write_full(t, full(old[name]))
+        params = named_parameters(model)
+        state = {}
+        for name, st in self.state.items():
+            state[name] = {k: v if v.dim() == 0 else _laid_out(v, params[name]) for k, v in st.items()}
+        self.model, self.state = model, state
+        self.log(f"stage {stage.index}: parallelism now {_describe_parallel(stage)}")
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
@@ -157,7 +196,7 @@ class Trainer:
                                f"is still to come")
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
-        model = build_model(self.shape, self.max_seq, dtype=self.dtype)
+        model = self._build()
         self.ramps = [_Ramp.attach(model, r) for r in p.ramps]
         self.model = self._parallel(model, stage)
         with warnings.catch_warnings():
@@ -178,7 +217,7 @@ class Trainer:
         depth = isinstance(growth, DepthGrowth)
         self.shape = replace(self.shape, n_layers=growth.target_layers) if depth else growth.target
         torch.manual_seed(stage.training.seed + stage.index)
-        target = build_model(self.shape, self.max_seq, dtype=self.dtype)  # whole on every rank, then sharded
+        target = self._build()  # whole on every rank, then sharded
         self.ramps = []
         if growth.operator == "random":
             if depth:
@@ -217,8 +256,9 @@ class Trainer:
         for step in range(phase.steps):
             for group in opt.param_groups:
                 group["lr"] = phase.lr * min(1.0, (step + 1) / max(1, phase.warmup_steps))
-            x, y = self.stream.next_batch(t.batch_seqs, t.seq_len)
-            loss = F.cross_entropy(ligo(target, x).flatten(0, 1), y.flatten())
+            x, y = (b.to(self.device) for b in self.stream.next_batch(t.batch_seqs, t.seq_len))
+            with self._autocast():
+                loss = F.cross_entropy(ligo(target, x).flatten(0, 1), y.flatten())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -248,13 +288,14 @@ class Trainer:
             lr = stage.lr.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            total = 0.0
+            parts = []
             for _ in range(accumulate):
                 x, y = self._micro_batch(micro, t.seq_len)
-                loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten()) / accumulate
+                with self._autocast():
+                    loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten()) / accumulate
                 loss.backward()
-                total += loss.item()
-            total = self.world.mean(total)
+                parts.append(loss.detach())
+            total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
             if not math.isfinite(total):
                 raise RunError(f"loss became {total} at stage {stage.index} step {step} "
                                f"(token {self.stream.position:,}): lower the LR or check the data")
@@ -268,22 +309,27 @@ class Trainer:
             self.global_step += 1
             self.flops += stage.flops_per_token * t.tokens_per_step
             rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
+            extra = {}
+            if self.peak_flops:  # model FLOPs utilisation of every device
+                extra["mfu"] = rate * stage.flops_per_token / (self.peak_flops * self.world.size)
             if self.progress:
                 self.progress.update(stage.index, step + 1, stage.steps, (step + 1) * t.tokens_per_step, total, rate)
             if self.metrics:
                 self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
-                                  grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(),
-                                  layers=stage.shape.n_layers)
+                                  grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(self.device),
+                                  layers=stage.shape.n_layers, **extra)
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+                mfu = f"  MFU {extra['mfu']:.2f}" if extra else ""
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
-                         f"{rate:,.0f} tok/s")
+                         f"{rate:,.0f} tok/s{mfu}")
             self.state = named_state(self.model, opt)
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
 
     def _micro_batch(self, micro: int, seq_len: int):
-        """This rank's share of the next `micro * world` sequences of the stream."""
-        return self.stream.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
+        """This rank's share of the next `micro * world` sequences of the stream, on its device."""
+        x, y = self.stream.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _advance_ramps(self) -> None:
         """One optimizer step more on every ramp; a ramp at 1 is removed (the plain model stays)."""
@@ -293,6 +339,19 @@ class Trainer:
             if r.step >= r.steps:
                 (ramp.remove_width_ramp if r.old else ramp.remove_ramp)(r.module)
         self.ramps = [r for r in self.ramps if r.step < r.steps]
+
+
+def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`value` (an optimizer moment) laid out as the parameter `like`: sharded alike, or whole."""
+    out = torch.zeros_like(like)
+    write_full(out, full(value))
+    return out
+
+
+def _describe_parallel(stage: Stage) -> str:
+    p = stage.training.parallel
+    return (f"dp_shard {p.dp_shard or 'auto'}, dp_replicate {p.dp_replicate}, tp {p.tp}, "
+            f"ac {p.activation_checkpoint}, compile {'on' if p.compile else 'off'}")
 
 
 def _trained_part(stage: dict, current: bool) -> dict:
