@@ -1,4 +1,4 @@
-"""growdsl's command line: validate, plan, run, data prepare.
+"""growdsl's command line: validate, plan, run, data prepare, eval, export, compare.
 
 Exit status: 0 ok, 1 invalid schedule, 2 usage error. Schedules never produce a traceback."""
 
@@ -64,6 +64,28 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
     prep.add_argument("--holdout", type=float, default=0.05, help="share of documents held out (default 0.05)")
     prep.set_defaults(func=_data_prepare)
+
+    from growdsl.plan.tasks import EVAL_TASKS
+
+    e = sub.add_parser("eval", help="score a checkpoint on the paper's benchmarks with lm-eval, offline")
+    e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a checkpoint, or a run directory (its newest)")
+    e.add_argument("--tasks", nargs="+", metavar="TASK", choices=list(EVAL_TASKS),
+                   help=f"default: all of {', '.join(EVAL_TASKS)}")
+    e.add_argument("--limit", type=int, metavar="N", help="score only the first N documents of each task")
+    e.add_argument("--batch-size", type=int, default=32, metavar="N", help="sequences per forward pass")
+    e.set_defaults(func=_eval)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama model")
+    x.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a checkpoint, or a run directory (its newest)")
+    x.add_argument("--hf", metavar="DIR", required=True, help="the folder to write (must not exist or be empty)")
+    x.set_defaults(func=_export)
+
+    c = sub.add_parser("compare", help="speedup at equal loss between runs, and plots")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the baseline (scratch)")
+    c.add_argument("--out", metavar="DIR", default="compare", help="where the plots go (default: ./compare)")
+    c.add_argument("--smooth", type=int, default=None, metavar="STEPS",
+                   help="moving-average window of the loss (default: 2%% of the shortest run)")
+    c.set_defaults(func=_compare)
     return p
 
 
@@ -187,7 +209,8 @@ def _run(args) -> int:
         on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
         print(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
-        metrics = Metrics(run_dir / "tensorboard")
+        metrics = Metrics(run_dir)
+        _record_run(run_dir, data_dir, world.size)
         if sys.stdout.isatty():
             from growdsl.runtime.progress import StageProgress
 
@@ -200,8 +223,10 @@ def _run(args) -> int:
         print(line, file=log_file, flush=True)
 
     try:
+        evaluator = _evaluator(plan, data_dir, run_dir, world, log)
         logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                       resume=args.resume, metrics=metrics, world=world, progress=progress).run()
+                       resume=args.resume, metrics=metrics, world=world, progress=progress,
+                       evaluator=evaluator).run()
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")
@@ -219,6 +244,122 @@ def _run(args) -> int:
         head, tail = stage_log.losses[:5], stage_log.losses[-5:]
         print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
               f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f} in {stage_log.seconds:.1f} s")
+    return EXIT_OK
+
+
+def _record_run(run_dir: Path, data_dir: Path, world_size: int) -> None:
+    """What eval and export need later: the data folder (held-out text) and a copy of the tokenizer."""
+    import json
+    import shutil
+
+    (run_dir / "run.json").write_text(json.dumps({"data": str(data_dir.resolve()), "processes": world_size}))
+    shutil.copy(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
+
+
+def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
+    """The schedule's in-run evaluation, or None when it evaluates nowhere. The benchmarks are
+    fetched (once, by rank 0) before training starts, so a fetch problem stops nothing midway."""
+    from growdsl.runtime.trainer import RunError
+
+    stages = [s for s in plan.stages if s.training.eval_every_steps or s.training.eval_at_growth
+              or s.training.eval_at_end]
+    if not stages:
+        return None
+    from tokenizers import Tokenizer
+
+    from growdsl.eval import benchmarks
+    from growdsl.eval.evaluate import DEFAULT_TASKS, run_tasks, summary, write_results
+    from growdsl.eval.lm import GrowLM
+    from growdsl.runtime.data import EOT
+
+    heldout = data_dir / "val.jsonl"
+    default = [t for t in DEFAULT_TASKS if t != "heldout" or heldout.exists()]
+    chosen = {s.index: list(s.training.eval_tasks) or default for s in stages}
+    if any("heldout" in tasks for tasks in chosen.values()) and not heldout.exists():
+        raise RunError(f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
+                       f"(growdsl data prepare) or leave heldout out")
+    if world.main:
+        try:
+            benchmarks.ensure(sorted({t for tasks in chosen.values() for t in tasks}))
+        except benchmarks.BenchmarkError as e:
+            raise RunError(str(e)) from None
+    world.barrier()
+    tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
+
+    def evaluate(model, stage, about):
+        lm = GrowLM(model, tokenizer, tokenizer.token_to_id(EOT), stage.training.seq_len, device=world.device,
+                    mixed=world.device.type == "cuda")
+        results = run_tasks(lm, chosen[stage.index], heldout)
+        if world.main:
+            write_results(run_dir, f"stage{about['stage']}-step{about['step']}", results, about)
+        log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
+        return results
+
+    return evaluate
+
+
+def _eval(args) -> int:
+    import torch
+
+    from growdsl.eval.benchmarks import BenchmarkError
+    from growdsl.eval.checkpoints import LoadError, data_dir, load
+    from growdsl.eval.evaluate import DEFAULT_TASKS, run_tasks, write_results
+    from growdsl.eval.lm import GrowLM
+    from growdsl.runtime.metrics import Metrics
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        trained = load(Path(args.path), device)
+    except LoadError as e:
+        print(f"growdsl eval: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    data = data_dir(trained.run_dir)
+    heldout = data / "val.jsonl" if data else None
+    tasks = args.tasks or [t for t in DEFAULT_TASKS if t != "heldout" or (heldout and heldout.exists())]
+    lm = GrowLM(trained.model, trained.tokenizer, trained.eot_id, trained.seq_len, device=device,
+                batch_size=args.batch_size, mixed=device.type == "cuda")
+    try:
+        results = run_tasks(lm, tasks, heldout, limit=args.limit)
+    except BenchmarkError as e:
+        print(f"growdsl eval: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    p = trained.progress
+    about = {"checkpoint": trained.path.name, "stage": p.stage, "step": p.step if p.phase != "end" else None,
+             "global_step": p.global_step, "layers": trained.shape.n_layers, "tokens": p.position, "flops": p.flops,
+             "limit": args.limit}
+    path = write_results(trained.run_dir, trained.label, results, about)
+    metrics = Metrics(trained.run_dir)
+    metrics.evaluation(p.global_step, p.position, p.flops, results)
+    metrics.close()
+    print(f"{trained.path} ({trained.shape.describe()}, {p.position:,} tokens)")
+    for task, values in results.items():
+        print(f"  {task:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "samples"))
+    print(f"results: {path}")
+    return EXIT_OK
+
+
+def _export(args) -> int:
+    from growdsl.eval.checkpoints import LoadError
+    from growdsl.eval.export import ExportError, export_hf
+
+    try:
+        out = export_hf(Path(args.path), Path(args.hf))
+    except (LoadError, ExportError) as e:
+        print(f"growdsl export: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out} (transformers: LlamaForCausalLM.from_pretrained({str(out)!r}))")
+    return EXIT_OK
+
+
+def _compare(args) -> int:
+    from growdsl.eval.compare import CompareError, compare, render
+
+    try:
+        report = compare([Path(r) for r in args.runs], Path(args.out), smooth=args.smooth)
+    except CompareError as e:
+        print(f"growdsl compare: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render(report))
     return EXIT_OK
 
 

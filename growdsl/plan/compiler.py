@@ -15,6 +15,7 @@ from typing import Any
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, Span, did_you_mean
+from growdsl.plan.tasks import EVAL_TASKS
 from growdsl.plan import guideline
 from growdsl.plan.layermap import MAX_LAYERS, PatternError, connection_rate, gstack, interpolation, parse_pattern, pattern_of
 from growdsl.plan.plan import (
@@ -438,7 +439,12 @@ class _Compiler:
             else:  # tasks
                 tasks = tuple(t for t in a[1].value.replace(",", " ").split() if t)
                 if not tasks:
-                    self.error(a[1].span, "no eval tasks named", 'e.g. eval tasks "arc_easy piqa lambada"')
+                    self.error(a[1].span, "no eval tasks named", 'e.g. eval tasks "arc_easy piqa heldout"')
+                    return []
+                unknown = [t for t in tasks if t not in EVAL_TASKS]
+                if unknown:
+                    self.error(a[1].span, f"unknown eval task {unknown[0]!r}",
+                               did_you_mean(unknown[0], EVAL_TASKS) or f"tasks: {', '.join(EVAL_TASKS)}")
                     return []
                 target["eval_tasks"] = tasks
             return ["eval"]

@@ -4,7 +4,8 @@ and a deterministic stream over them.
 `prepare` trains a byte-level BPE tokenizer on the corpus, holds out whole documents (seeded),
 cuts the rest into pieces of a few paragraphs and shuffles them (so any stretch of the stream
 mixes the corpus rather than following one long document), and writes train.bin / val.bin
-(uint16 or uint32 token ids, pieces joined by an end-of-text token), tokenizer.json, meta.json. The stream reads the token file
+(uint16 or uint32 token ids, pieces joined by an end-of-text token), tokenizer.json, val.jsonl
+(the held-out documents' text, for `growdsl eval`), meta.json. The stream reads the token file
 front to back: its whole state is one integer, the tokens consumed so far, so a grown model goes
 on exactly where its base stopped and a resumed run at the exact next token."""
 
@@ -46,7 +47,8 @@ def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
     docs = []
     for path in sorted(paths):
         if path.is_dir():
-            docs += read_documents([p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")])
+            docs += read_documents([p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")
+                                    and not (p.parent / "meta.json").exists()])  # not a prepared folder's val.jsonl
         elif path.suffix == ".jsonl":
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
                 if line.strip():
@@ -89,6 +91,8 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     meta = Meta(tokenizer.get_vocab_size(), eot, np.dtype(dtype).name, counts["train"], counts["val"], len(docs),
                 n_val, digest.hexdigest())
     _atomic_write(out / "tokenizer.json", tokenizer.to_str().encode())
+    held_out = "".join(json.dumps({"name": name, "text": text}) + "\n" for name, text in val)
+    _atomic_write(out / "val.jsonl", held_out.encode())  # the held-out documents as text, for evaluation
     _atomic_write(out / "meta.json", json.dumps(asdict(meta), indent=2).encode())  # last: marks it complete
     return meta
 
@@ -143,7 +147,7 @@ def fetch_shakespeare(into: Path) -> Path:
 
 def default_corpus() -> Path:
     """The prepared default corpus (Shakespeare, 4k BPE), built on first use."""
-    if not (DEFAULT / "meta.json").exists():
+    if not (DEFAULT / "meta.json").exists() or not (DEFAULT / "val.jsonl").exists():
         prepare([fetch_shakespeare(RAW)], DEFAULT, vocab_size=DEFAULT_VOCAB)
     return DEFAULT
 

@@ -7,6 +7,7 @@ TensorBoard steps are 64-bit integers: FLOPs are logged in GFLOPs (a 7B model on
 
 from __future__ import annotations
 
+import json
 import resource
 from pathlib import Path
 
@@ -14,10 +15,15 @@ import torch
 
 
 class Metrics:
-    def __init__(self, directory: Path):
+    """TensorBoard under RUN/tensorboard, and the same numbers as JSON lines in RUN/history.jsonl
+    (what `growdsl compare` reads: a step's line, a growth's, an evaluation's; after a resume the
+    steps redone appear again, and the last line of a step is the one that counts)."""
+
+    def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(directory))
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.history = (run_dir / "history.jsonl").open("a", buffering=1)
 
     def step(self, step: int, tokens: int, flops: int, **scalars: float) -> None:
         for name, value in scalars.items():
@@ -26,12 +32,24 @@ class Metrics:
         self.writer.add_scalar("loss_vs/gflops", scalars["loss"], flops // 10**9)
         self.writer.add_scalar("progress/cumulative_tokens", tokens, step)
         self.writer.add_scalar("progress/cumulative_gflops", flops // 10**9, step)
+        self._line(step=step, tokens=tokens, flops=flops, **scalars)
 
-    def text(self, tag: str, text: str, step: int) -> None:
-        self.writer.add_text(tag, text, step)
+    def growth(self, step: int, tokens: int, flops: int, text: str) -> None:
+        self.writer.add_text("growth", text, step)
+        self._line(event="growth", step=step, tokens=tokens, flops=flops, text=text)
+
+    def evaluation(self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]]) -> None:
+        for task, metrics in results.items():
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"eval/{task}/{name}", value, step)
+        self._line(event="eval", step=step, tokens=tokens, flops=flops, results=results)
+
+    def _line(self, **record) -> None:
+        self.history.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self.writer.close()
+        self.history.close()
 
 
 def memory_gib(device: torch.device = torch.device("cpu")) -> float:

@@ -57,7 +57,7 @@ class Trainer:
     def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
                  checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None,
                  world: World = World(), dtype: torch.dtype = torch.float32, progress=None,
-                 mixed_precision: bool | None = None):
+                 mixed_precision: bool | None = None, evaluator: Callable | None = None):
         self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
         self.device = world.device
         # bf16 compute over float32 weights: on by default on GPUs (as torchtitan), off on CPUs
@@ -65,6 +65,8 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)  # per device, for MFU; None on a CPU
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
+        # evaluator(model, stage, about) -> {task: {metric: value}}, at the schedule's eval points
+        self.evaluator = evaluator
         self.progress = progress if world.main else None  # a StageProgress, on a terminal
         self.saves = 0
         self.global_step = 0  # optimizer steps over all stages
@@ -127,6 +129,10 @@ class Trainer:
             self._train(stage, log, start_step if stage.index == first else 0)
             log.seconds = time.perf_counter() - begin
             self._save(stage.index, "end", stage.steps, log.growth_checks)
+            last = stage.index == len(self.plan.stages) - 1
+            if stage.training.eval_at_end if last else (stage.training.eval_at_growth
+                                                        and self.plan.stages[stage.index + 1].growths):
+                self._evaluate(stage, stage.steps)
             logs.append(log)
         return logs
 
@@ -235,8 +241,8 @@ class Trainer:
         self.log(f"growth {growth_line(growth)}")
         self.log(f"growth (line {growth.line}): {kind} -> {self.shape.describe()}; {check}")
         if self.metrics:
-            self.metrics.text("growth", f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}",
-                              self.global_step)
+            self.metrics.growth(self.global_step, self.stream.position, self.flops,
+                                f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}")
         if not check.ok:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         if growth.learn is not None:
@@ -325,6 +331,19 @@ class Trainer:
             self.state = named_state(self.model, opt)
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
+            if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < stage.steps:
+                self._evaluate(stage, step + 1)
+
+    def _evaluate(self, stage: Stage, step: int) -> None:
+        """The schedule's evaluation of the live model (every rank takes part: a sharded model's
+        forward needs them all)."""
+        if self.evaluator is None:
+            return
+        about = {"stage": stage.index, "step": step, "global_step": self.global_step, "layers": stage.shape.n_layers,
+                 "tokens": self.stream.position, "flops": self.flops}
+        results = self.evaluator(self.model, stage, about)
+        if self.metrics:
+            self.metrics.evaluation(self.global_step, self.stream.position, self.flops, results)
 
     def _micro_batch(self, micro: int, seq_len: int):
         """This rank's share of the next `micro * world` sequences of the stream, on its device."""

@@ -1,0 +1,128 @@
+"""A checkpoint as a Hugging Face Llama model: model.safetensors, config.json, the tokenizer files,
+and a model card (README.md) with the growth lineage.
+
+The weights are renamed and the query/key rows permuted by torchtitan's own Llama3StateDictAdapter
+(torchtitan's RoPE rotates interleaved pairs, Hugging Face's rotates halves). torchtitan 0.2.2
+always applies Llama 3.1's RoPE frequency scaling, so config.json declares it (`rope_type: llama3`);
+without it the logits would differ."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+from growdsl.eval.checkpoints import Trained, load
+from growdsl.ops.model import model_args
+from growdsl.runtime.data import EOT
+
+
+class ExportError(Exception):
+    pass
+
+
+def export_hf(path: Path, out: Path) -> Path:
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty: give a new folder")
+    trained = load(path)
+    if trained.ramps:
+        steps = max(r["steps"] - r["step"] for r in trained.ramps)
+        raise ExportError(f"{trained.path.name} is in the middle of a growth ramp (a mask mixes new layers in, "
+                          f"which a Llama model cannot express): export a checkpoint {steps} or more steps later")
+    from safetensors.torch import save_file
+    from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
+
+    shape = trained.shape
+    adapter = Llama3StateDictAdapter(model_args(shape, trained.seq_len), None)
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items() if k != "freqs_cis"}
+    hf = adapter.to_hf(state)
+    if shape.tied_embeddings:
+        hf.pop("lm_head.weight")  # safetensors stores a shared tensor once; config.json ties it
+    hf = {k: v.contiguous() for k, v in hf.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config(trained), indent=2))
+    _tokenizer_files(trained, out)
+    (out / "README.md").write_text(model_card(trained))
+    return out
+
+
+def config(trained: Trained) -> dict:
+    shape = trained.shape
+    scaling = model_args(shape, trained.seq_len).rope_scaling_args
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.dim,
+        "intermediate_size": shape.ffn_dim,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": shape.norm_eps,
+        "rope_theta": shape.rope_theta,
+        "rope_scaling": {"rope_type": "llama3", "factor": scaling.scaling_factor,
+                         "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
+                         "original_max_position_embeddings": scaling.original_max_position_embeddings},
+        # at least the scaling's original length (transformers warns otherwise); trained: see README.md
+        "max_position_embeddings": max(trained.seq_len, scaling.original_max_position_embeddings),
+        "tie_word_embeddings": shape.tied_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": trained.eot_id,
+        "eos_token_id": trained.eot_id,
+        "torch_dtype": str(next(trained.model.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def _tokenizer_files(trained: Trained, out: Path) -> None:
+    from growdsl.eval.checkpoints import tokenizer_file
+
+    shutil.copy(tokenizer_file(trained.run_dir), out / "tokenizer.json")
+    special = {"bos_token": EOT, "eos_token": EOT}
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": trained.seq_len,
+         "add_bos_token": False, **special}, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def model_card(trained: Trained) -> str:
+    """README.md: what the model is and how it was grown, stage by stage."""
+    plan = json.loads(trained.run_file("plan.json").read_text())
+    schedule = trained.run_file("schedule.grow")
+    p = trained.progress
+    rows = []
+    for s in plan["stages"][: p.stage + 1]:
+        growth = "; ".join(_growth(g) for g in s["growths"]) or "-"
+        shape = s["shape"]
+        rows.append(f"| {s['index']} | {growth} | {shape['n_layers']}L dim {shape['dim']} | {s['params'] / 1e6:,.1f}M "
+                    f"| {s['tokens']:,} | {s['flops']:.3g} |")
+    where = "the end" if p.phase == "end" else f"step {p.step}"
+    lines = [
+        "---", "library_name: transformers", "tags: [growdsl, model-growth, llama]", "---", "",
+        f"# {trained.run_dir.name}", "",
+        f"A Llama model ({trained.shape.describe()}, {sum(t.numel() for t in trained.model.parameters()) / 1e6:,.1f}M "
+        f"parameters) grown and trained with growdsl, exported from "
+        f"checkpoint `{trained.path.name}`: stage {p.stage} at {where}, after {p.position:,} training tokens and "
+        f"{p.flops:.4g} training FLOPs in all (the smaller models' compute counted).", "",
+        f"Trained on sequences of {trained.seq_len} tokens; tokenizer: byte-level BPE, "
+        f"{trained.shape.vocab_size} entries, `{EOT}` = {trained.eot_id}.", "",
+        "## Growth lineage", "",
+        "| stage | growth before it | model | params | tokens | FLOPs |",
+        "|---|---|---|---|---|---|",
+        *rows, "",
+    ]
+    if schedule.exists():
+        lines += ["## Schedule", "", "```", schedule.read_text().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _growth(g: dict) -> str:
+    if g["kind"] == "depth":
+        return (f"depth {g['method']} `{g['pattern']}` {g['source_layers']}->{g['target_layers']} layers, "
+                f"init {g['operator']}, optimizer {g['optimizer']}")
+    return (f"width dim {g['source']['dim']}->{g['target']['dim']}, init {g['operator']}, "
+            f"optimizer {g['optimizer']}")
