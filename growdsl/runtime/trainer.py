@@ -129,9 +129,7 @@ class Trainer:
             self._train(stage, log, start_step if stage.index == first else 0)
             log.seconds = time.perf_counter() - begin
             self._save(stage.index, "end", stage.steps, log.growth_checks)
-            last = stage.index == len(self.plan.stages) - 1
-            if stage.training.eval_at_end if last else (stage.training.eval_at_growth
-                                                        and self.plan.stages[stage.index + 1].growths):
+            if self._evaluates_after(stage):
                 self._evaluate(stage, stage.steps)
             logs.append(log)
         return logs
@@ -170,6 +168,7 @@ class Trainer:
             state[name] = {k: v if v.dim() == 0 else _laid_out(v, params[name]) for k, v in st.items()}
         self.model, self.state = model, state
         self.log(f"stage {stage.index}: parallelism now {_describe_parallel(stage)}")
+
     # ---- checkpoints -------------------------------------------------------------------------
 
     def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
@@ -333,6 +332,12 @@ class Trainer:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < stage.steps:
                 self._evaluate(stage, step + 1)
+
+    def _evaluates_after(self, stage: Stage) -> bool:
+        """`eval at end` after the last stage; `eval at growth` after a stage whose successor grows."""
+        if stage.index == len(self.plan.stages) - 1:
+            return stage.training.eval_at_end
+        return stage.training.eval_at_growth and bool(self.plan.stages[stage.index + 1].growths)
 
     def _evaluate(self, stage: Stage, step: int) -> None:
         """The schedule's evaluation of the live model (every rank takes part: a sharded model's
