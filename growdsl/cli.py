@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/NAME-TIME)")
     r.add_argument("--resume", action="store_true",
                    help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)")
-    r.add_argument("--log-every", type=int, default=50, metavar="N", help="print a line every N steps")
+    r.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
     r.set_defaults(func=_run)
 
     d = sub.add_parser("data", help="prepare training data")
@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a checkpoint, or a run directory (its newest)")
     e.add_argument("--tasks", nargs="+", metavar="TASK", choices=list(EVAL_TASKS),
                    help=f"default: all of {', '.join(EVAL_TASKS)}")
-    e.add_argument("--limit", type=int, metavar="N", help="score only the first N documents of each task")
-    e.add_argument("--batch-size", type=int, default=32, metavar="N", help="sequences per forward pass")
+    e.add_argument("--limit", type=_positive, metavar="N", help="score only the first N documents of each task")
+    e.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="sequences per forward pass")
     e.set_defaults(func=_eval)
 
     x = sub.add_parser("export", help="write a checkpoint as a Hugging Face Llama model")
@@ -83,10 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="speedup at equal loss between runs, and plots")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the baseline (scratch)")
     c.add_argument("--out", metavar="DIR", default="compare", help="where the plots go (default: ./compare)")
-    c.add_argument("--smooth", type=int, default=None, metavar="STEPS",
+    c.add_argument("--smooth", type=_positive, default=None, metavar="STEPS",
                    help="moving-average window of the loss (default: 2%% of the shortest run)")
     c.set_defaults(func=_compare)
     return p
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _read(path: str) -> tuple[str | None, int]:
@@ -268,13 +279,12 @@ def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
     from tokenizers import Tokenizer
 
     from growdsl.eval import benchmarks
-    from growdsl.eval.evaluate import DEFAULT_TASKS, run_tasks, summary, write_results
+    from growdsl.eval.evaluate import default_tasks, run_tasks, summary, write_results
     from growdsl.eval.lm import GrowLM
     from growdsl.runtime.data import EOT
 
     heldout = data_dir / "val.jsonl"
-    default = [t for t in DEFAULT_TASKS if t != "heldout" or heldout.exists()]
-    chosen = {s.index: list(s.training.eval_tasks) or default for s in stages}
+    chosen = {s.index: list(s.training.eval_tasks) or default_tasks(heldout) for s in stages}
     if any("heldout" in tasks for tasks in chosen.values()) and not heldout.exists():
         raise RunError(f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
                        f"(growdsl data prepare) or leave heldout out")
@@ -292,7 +302,7 @@ def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
         results = run_tasks(lm, chosen[stage.index], heldout)
         if world.main:
             write_results(run_dir, f"stage{about['stage']}-step{about['step']}", results, about)
-        log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
+            log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
         return results
 
     return evaluate
@@ -303,7 +313,7 @@ def _eval(args) -> int:
 
     from growdsl.eval.benchmarks import BenchmarkError
     from growdsl.eval.checkpoints import LoadError, data_dir, load
-    from growdsl.eval.evaluate import DEFAULT_TASKS, run_tasks, write_results
+    from growdsl.eval.evaluate import default_tasks, run_tasks, write_results
     from growdsl.eval.lm import GrowLM
     from growdsl.runtime.metrics import Metrics
 
@@ -315,7 +325,7 @@ def _eval(args) -> int:
         return EXIT_USAGE
     data = data_dir(trained.run_dir)
     heldout = data / "val.jsonl" if data else None
-    tasks = args.tasks or [t for t in DEFAULT_TASKS if t != "heldout" or (heldout and heldout.exists())]
+    tasks = args.tasks or default_tasks(heldout)
     lm = GrowLM(trained.model, trained.tokenizer, trained.eot_id, trained.seq_len, device=device,
                 batch_size=args.batch_size, mixed=device.type == "cuda")
     try:

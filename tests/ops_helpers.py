@@ -1,9 +1,18 @@
-"""Tiny torchtitan models grown through real plans, for the operator tests (float64 on CPU)."""
+"""Tiny torchtitan models grown through real plans, for the operator tests (float64 on CPU), and the
+tiny family the runtime and eval tests train."""
 
 import torch
 
 from growdsl.ops.model import build_model
 from growdsl.plan import plan_source
+
+# A model that trains a step in milliseconds on the tests' vocab-400 corpus (conftest's data_dir).
+TINY_RUN = """model llama dim 32 heads 2 ffn 64 vocab 400
+seq 32
+batch 4 seqs
+lr 1e-2 to 1e-3
+warmup 3 steps
+"""
 
 SEQ = 16
 # GQA (4 query heads over 2 kv heads), head_dim 16, an FFN that is no multiple of anything.

@@ -15,12 +15,9 @@ from growdsl.eval.evaluate import run_tasks
 from growdsl.eval.lm import GrowLM
 from growdsl.plan.tasks import EVAL_TASKS
 
-SCHEDULE = """model llama dim 32 heads 2 ffn 64 vocab 400
-seq 32
-batch 4 seqs
-lr 1e-2 to 1e-3
-warmup 3 steps
-seed 7
+from ops_helpers import TINY_RUN
+
+SCHEDULE = TINY_RUN + """seed 7
 eval tasks "heldout arc_easy"
 eval at growth
 eval at end
@@ -87,6 +84,24 @@ def test_loglikelihood_equals_a_direct_computation(run_dir):
         expected += direct_logprob(trained.model, window[:-n], window[-n:])
         position = end
     assert rolling == pytest.approx(expected, abs=1e-3)
+
+
+def test_generate_until_decodes_greedily_and_stops_at_a_stop_string(run_dir):
+    trained = load(run_dir)
+    lm = GrowLM(trained.model, trained.tokenizer, trained.eot_id, trained.seq_len)
+    context = "w1 w2 w3"
+    ids, new = lm.encode(context), []
+    with torch.no_grad():
+        for _ in range(8):  # argmax by hand
+            token = int(trained.model(torch.tensor([ids + new]))[0, -1].argmax())
+            if token == trained.eot_id:
+                break
+            new.append(token)
+    text = trained.tokenizer.decode(new)
+    assert len(text) > 4
+    ask = lambda until: type("Request", (), {"args": (context, {"until": until, "max_gen_toks": 8})})  # noqa: E731
+    stop = text[-3:]
+    assert lm.generate_until([ask([]), ask([stop])]) == [text, text.split(stop)[0]]
 
 
 def test_local_tasks_run_through_lm_eval_offline(run_dir, data_dir, bench_home):

@@ -7,12 +7,9 @@ from growdsl.plan import plan_source
 from growdsl.runtime import checkpoint
 from growdsl.runtime.trainer import RunError, Trainer
 
-SCHEDULE = """model llama dim 32 heads 2 ffn 64 vocab 400
-seq 32
-batch 4 seqs
-lr 1e-2 to 1e-3
-warmup 3 steps
-seed 5
+from ops_helpers import TINY_RUN
+
+SCHEDULE = TINY_RUN + """seed 5
 checkpoint every 7 steps
 growth optimizer carry
 train 1L for 20 steps

@@ -7,13 +7,9 @@ import torch
 from growdsl.plan import plan_source
 from growdsl.runtime.trainer import RunError, Trainer
 
-SCHEDULE = """
-model llama dim 32 heads 2 ffn 64 vocab 400
-seq 32
-batch 4 seqs
-lr 1e-2 to 1e-3
-warmup 3 steps
-seed 3
+from ops_helpers import TINY_RUN
+
+SCHEDULE = TINY_RUN + """seed 3
 train 1L for 40 steps
 stack x2
 train 40 steps
@@ -76,7 +72,7 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"run directory: {run_dir}" in out and "stage 1: 2 layers, 40 steps, loss" in out
     assert (run_dir / "schedule.grow").read_text() == schedule.read_text()
-    assert "growth (line 9): depth direct" in (run_dir / "log.txt").read_text()
+    assert "growth (line 8): depth direct" in (run_dir / "log.txt").read_text()
     from growdsl.plan.plan import Plan
 
     plan = Plan.from_json((run_dir / "plan.json").read_text())
@@ -137,12 +133,7 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeyp
         Trainer(plan, data_dir)
 
 
-BOUNDARY = """model llama dim 32 heads 2 ffn 64 vocab 400
-seq 32
-batch 4 seqs
-lr 1e-2 to 1e-3
-warmup 3 steps
-seed 3
+BOUNDARY = TINY_RUN + """seed 3
 train 2L for 12 steps
 train 12 steps{settings}
 """

@@ -15,12 +15,9 @@ from growdsl.plan import plan_source
 from growdsl.runtime.distributed import World
 from growdsl.runtime.trainer import Trainer
 
-SCHEDULE = """model llama dim 32 heads 2 ffn 64 vocab 400
-seq 32
-batch 4 seqs
-lr 1e-2 to 1e-3
-warmup 3 steps
-seed 7
+from ops_helpers import TINY_RUN
+
+SCHEDULE = TINY_RUN + """seed 7
 growth optimizer carry
 train 1L for 15 steps
 stack x2 init zero

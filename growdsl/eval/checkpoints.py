@@ -68,8 +68,7 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     max_seq = max(s["training"]["seq_len"] for s in plan["stages"])  # the RoPE table the run built
     model = build_model(shape, max_seq, device=device)
     for r in progress.ramps:
-        module = model.get_submodule(r["name"])
-        ramp.attach_width_ramp(module, *r["old"]) if r["old"] else ramp.attach_ramp(module)
+        ramp.reattach(model, r["name"], r["old"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*single process.*")
         dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt))

@@ -17,7 +17,9 @@ from pathlib import Path
 from growdsl.eval import benchmarks
 from growdsl.plan.tasks import EVAL_TASKS
 
-DEFAULT_TASKS = tuple(EVAL_TASKS)
+def default_tasks(heldout: Path | None) -> list[str]:
+    """Every shipped task; `heldout` only where the run's data has held-out documents."""
+    return [t for t in EVAL_TASKS if t != "heldout" or (heldout is not None and heldout.exists())]
 
 
 def run_tasks(lm, tasks: list[str], heldout: Path | None, *, limit: int | None = None,

@@ -114,3 +114,15 @@ def remove_width_ramp(model: nn.Module) -> None:
         handle.remove()
     delattr(model, _WIDTH_HOOKS)
     delattr(model, RAMP)
+
+
+def reattach(model: nn.Module, name: str, old: tuple[int, int, int] | None) -> nn.Module:
+    """Put back a ramp recorded as (`name` of the module holding it, `old` (dim, heads, ffn) for a
+    width ramp, None for a depth ramp) on a freshly built model; its value comes with the weights.
+    Returns the module holding it."""
+    module = model.get_submodule(name)
+    if old:
+        attach_width_ramp(module, *old)
+    else:
+        attach_ramp(module)
+    return module

@@ -405,9 +405,5 @@ class _Ramp:
     @staticmethod
     def attach(model: torch.nn.Module, d: dict) -> "_Ramp":
         """Re-create a checkpointed ramp on a freshly built model (its value comes with the weights)."""
-        module = model.get_submodule(d["name"])
-        if d["old"]:
-            ramp.attach_width_ramp(module, *d["old"])
-        else:
-            ramp.attach_ramp(module)
+        module = ramp.reattach(model, d["name"], d["old"])
         return _Ramp(module, d["steps"], d["name"], tuple(d["old"]) if d["old"] else None, d["step"])
