@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -67,8 +68,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--data", type=Path, help="a prepared data folder (default: the default corpus, fetched once; "
+                                             "the GPU machine has no network: carry one)")
     args = ap.parse_args()
-    data = default_corpus()
+    data = args.data or default_corpus()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"growdsl trainer, torch {torch.__version__}, {device}; batch {args.batch} x {args.seq}, "
           f"{args.steps} steps, timed after step {args.warmup}")

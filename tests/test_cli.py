@@ -57,7 +57,8 @@ def test_plan_prints_stages_growths_and_totals(capsys):
     out = capsys.readouterr().out
     assert "8 -> 32 layers, map (0-7)x4, R_c 28/31 (90.3%)" in out
     assert "20.1B (auto)" in out and "143,052" in out
-    assert "from scratch" in out and "saving" in out
+    assert "baseline       32L from scratch, 145,575 steps (305B tokens), the same FLOPs" in out
+    assert "194B tokens (+54.6%)" in out  # what the paper measured, said plainly
 
 
 def test_plan_json_round_trips(capsys):

@@ -9,16 +9,22 @@ from growdsl.cli import main
 from growdsl.eval.compare import CompareError, compare, compute_to_reach, read_run
 
 
-def write_run(path, flops, loss, growth_at=None, evals=None):
+def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every=10, val_tokens=4096, limit=None):
+    """A history.jsonl: a line a step; `val(flops) -> loss` measured every `val_every` steps."""
     path.mkdir(parents=True)
     lines = [{"step": i + 1, "tokens": 1000 * (i + 1), "flops": int(f), "loss": float(v), "lr": 1e-3}
              for i, (f, v) in enumerate(zip(flops, loss))]
+    if val is not None:
+        for i in range(val_every - 1, len(flops), val_every):
+            lines.insert(lines.index(next(x for x in lines if x.get("step") == i + 1)) + 1,
+                         {"event": "val", "step": i + 1, "tokens": 1000 * (i + 1), "flops": int(flops[i]),
+                          "loss": float(val(flops[i])), "val_tokens": val_tokens, "val_flops": 1, "seconds": 0.1})
     if growth_at is not None:
         lines.insert(growth_at, {"event": "growth", "step": growth_at, "tokens": 1000 * growth_at,
                                  "flops": int(flops[growth_at - 1]), "text": "stack x2"})
     if evals:
         lines.append({"event": "eval", "step": len(loss), "tokens": 1000 * len(loss), "flops": int(flops[-1]),
-                      "results": evals})
+                      "results": evals, **({"limit": limit} if limit else {})})
     (path / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
@@ -75,3 +81,54 @@ def test_not_a_run_is_a_clear_error(tmp_path, capsys):
         read_run(tmp_path)
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "growdsl compare:" in capsys.readouterr().err
+
+
+def test_validation_loss_is_the_yardstick_when_every_run_has_it(tmp_path, capsys):
+    flops = np.arange(1, 401) * 1e9
+    noise = np.random.default_rng(0).normal(0, 0.5, 400)  # noisy training losses that say the opposite
+    scratch = write_run(tmp_path / "scratch", flops, 10 - 2 * flops / 1e11 + noise, val=lambda f: 10 - f / 1e11)
+    grown = write_run(tmp_path / "grown", flops, 10 - flops / 1e11 + noise, val=lambda f: 10 - 2 * f / 1e11)
+    report = compare([scratch, grown], tmp_path / "out")
+    assert report.yardstick == "validation" and report.window == 1
+    assert report.levels[0] == pytest.approx(10 - 50e9 / 1e11)  # measurement 4 of 0..39 (step 50): a tenth in
+    assert report.levels[-1] == pytest.approx(10 - 4.0)  # the baseline's final validation loss
+    for i in range(5):
+        assert report.speedup(i, 1) == pytest.approx(1.0, rel=1e-9)  # half the compute at every level
+    assert main(["compare", str(scratch), str(grown), "--out", str(tmp_path / "o2")]) == 0
+    out = capsys.readouterr().out
+    assert "loss: validation loss (4,096 held-out tokens)" in out
+    assert "   L5    6.0000" in out and "+100.0%" in out
+    assert "final validation loss: scratch 6.0000  grown 2.0000" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "different sets"])
+def test_without_comparable_validation_loss_compare_falls_back_to_training_loss_and_says_why(tmp_path, case):
+    flops = np.arange(1, 201) * 1e9
+    scratch = write_run(tmp_path / "scratch", flops, 10 - flops / 1e11, val=lambda f: 10 - f / 1e11)
+    other = dict(val=None) if case == "missing" else dict(val=lambda f: 10 - f / 1e11, val_tokens=8192)
+    grown = write_run(tmp_path / "grown", flops, 10 - 2 * flops / 1e11, **other)
+    report = compare([scratch, grown], tmp_path / "out", smooth=1)
+    assert report.yardstick == "training" and report.speedup(0, 1) == pytest.approx(1.0, rel=1e-9)
+    assert report.why == ("grown measured no validation loss" if case == "missing" else
+                          "the runs measured validation loss on different numbers of held-out tokens "
+                          "(scratch 4,096, grown 8,192)")
+
+
+def test_scores_note_limited_and_unequal_evaluations(tmp_path, capsys):
+    flops = np.arange(1, 101) * 1e9
+    a = write_run(tmp_path / "a", flops, 10 - flops / 1e11, evals={"arc_easy": {"acc": 0.3}, "heldout": {
+        "bits_per_byte": 2.5}}, limit=50)
+    b = write_run(tmp_path / "b", flops, 10 - flops / 1e11, evals={"arc_easy": {"acc": 0.35}})
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o"), "--smooth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "note: a was scored on the first 50 documents of each task (--limit)" in out
+    assert "note: the runs were scored on different tasks: a: arc_easy, heldout; b: arc_easy" in out
+    assert (tmp_path / "o" / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_broken_history_line_is_named(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "history.jsonl").write_text('{"step": 1, "tokens": 1, "flops": 1, "loss": 2.0}\nnot json\n')
+    with pytest.raises(CompareError, match=r"history.jsonl:2: not a history record"):
+        read_run(run)

@@ -1,4 +1,5 @@
-"""Data: prepare is deterministic and holds out whole documents; the stream is exact and resumable."""
+"""Data: prepare is deterministic and holds out a share of the corpus by size (whole documents where
+there are enough, pieces of them where not); the stream is exact and resumable."""
 
 import json
 import random
@@ -15,12 +16,14 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven bold knights sin
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """40 short documents, a quarter held out: 10 whole documents."""
     root = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    for i in range(12):
-        text = " ".join(rng.choice(WORDS) for _ in range(400)) + f" document{i}."
+    for i in range(36):
+        text = " ".join(rng.choice(WORDS) for _ in range(100)) + f" document{i}."
         (root / f"doc{i:02d}.txt").write_text(text)
-    (root / "more.jsonl").write_text("\n".join(json.dumps({"text": f"a line document number {i}"}) for i in range(4)))
+    (root / "more.jsonl").write_text("\n".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(100))
+                                                                     + f" line {i}."}) for i in range(4)))
     out = root / "prepared"
     meta = prepare([root], out, vocab_size=300, holdout=0.25)
     return root, out, meta
@@ -28,17 +31,35 @@ def corpus(tmp_path_factory):
 
 def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
     root, out, meta = corpus
-    assert meta == load_meta(out) and (meta.documents, meta.val_documents) == (16, 4)
+    assert meta == load_meta(out) and (meta.documents, meta.holdout_unit) == (40, "documents")
+    assert meta.val_documents in (10, 11)  # documents differ a little in size: as many as make a quarter
     train = np.fromfile(out / "train.bin", dtype=meta.dtype)
     val = np.fromfile(out / "val.bin", dtype=meta.dtype)
     assert (len(train), len(val)) == (meta.train_tokens, meta.val_tokens)
-    assert (train == meta.eot_id).sum() == 12 and (val == meta.eot_id).sum() == 4  # whole documents
+    assert (train == meta.eot_id).sum() == 40 - meta.val_documents and (val == meta.eot_id).sum() == meta.val_documents
+    assert 0.24 < meta.val_tokens / (meta.train_tokens + meta.val_tokens) < 0.3  # a quarter, by size
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     held_out = tok.decode(val.tolist(), skip_special_tokens=False).split(EOT)[:-1]
-    originals = {p.read_text() for p in root.glob("*.txt")} | {f"a line document number {i}" for i in range(4)}
+    originals = {p.read_text() for p in root.glob("*.txt")} | {
+        json.loads(line)["text"] for line in (root / "more.jsonl").read_text().splitlines()}
     assert set(held_out) <= originals and not set(held_out) & set(tok.decode(train.tolist(), skip_special_tokens=False).split(EOT))
+
+
+def test_a_corpus_of_a_few_long_documents_holds_out_pieces_of_all_of_them(tmp_path, monkeypatch):
+    from growdsl.runtime import data
+
+    monkeypatch.setattr(data, "HOLDOUT_FLOOR", 20_000)  # the floor, scaled down with the corpus
+    for name in "abcd":  # four works of ~40K characters: 5% would be a fifth of one of them
+        paragraphs = [f"{name}{i} " + " ".join(random.Random(i).choice(WORDS) for _ in range(60)) for i in range(120)]
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(paragraphs))
+    meta = prepare([tmp_path], tmp_path / "out", vocab_size=300, holdout=0.05)
+    assert meta.holdout_unit == "pieces"
+    held = [json.loads(line) for line in (tmp_path / "out" / "val.jsonl").read_text().splitlines()]
+    assert len(held) == meta.val_documents and {h["name"].split("#")[0][-5] for h in held} == set("abcd")
+    size = sum(len(h["text"]) for h in held)
+    assert 20_000 <= size < 20_000 + 2 * data.PIECE_CHARS  # the floor, not 5%: at most a piece over
 
 
 def test_prepare_is_deterministic(corpus, tmp_path):
@@ -87,7 +108,7 @@ def test_data_prepare_command(corpus, tmp_path, capsys):
     root, _, _ = corpus
     out = tmp_path / "d"
     assert main(["data", "prepare", str(root), "--out", str(out), "--vocab", "300", "--holdout", "0.25"]) == 0
-    assert "16 documents (4 held out), vocab 300" in capsys.readouterr().out
+    assert f"40 documents ({load_meta(corpus[1]).val_documents} held out), vocab 300" in capsys.readouterr().out
     assert load_meta(out).vocab_size == 300
     assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
@@ -104,7 +125,7 @@ def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
     tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
     text = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=meta.dtype).tolist(), skip_special_tokens=False)
     pieces = text.split(EOT)[:-1]
-    assert meta.val_documents == 1 and len(pieces) > 4  # two documents became many pieces
+    assert len(pieces) > 4  # two documents became many pieces
     firsts = [p.split()[0] for p in pieces]
     assert firsts != sorted(firsts)  # interleaved, not one document after the other
     assert sorted(len(p) >= 2000 for p in pieces).count(False) <= 2  # only a document's last piece is short

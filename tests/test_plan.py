@@ -43,13 +43,23 @@ def test_one_liner_growth_is_gstack_with_exact_map_and_rc():
     assert (growth.optimizer, growth.lr) == ("reset", "restart")
 
 
-def test_totals_compare_with_scratch_on_the_same_tokens():
+def test_totals_give_the_scratch_baseline_on_the_same_flops():
     plan = plan_source(ONE_LINER)
+    base, target = plan.stages
     t = plan.totals
     assert t.tokens == sum(s.tokens for s in plan.stages)
-    assert t.scratch_flops == plan.stages[-1].flops_per_token * t.tokens
-    assert t.saving == pytest.approx(1 - t.flops / t.scratch_flops)
-    assert 0 < t.saving < 1
+    per_step = target.flops_per_token * TPS
+    # FLOPs per token by hand: 6L 2,280,812,544, 24L 7,943,565,312 (see the test above), so the 6L's
+    # 4,769 steps cost as much as 1,369.3 steps of the 24L: the baseline is 143,052 + 1,369 steps
+    assert (base.flops_per_token, target.flops_per_token) == (2_280_812_544, 7_943_565_312)
+    assert (base.flops + target.flops) / per_step == pytest.approx(143_052 + 1369.3, abs=0.05)
+    assert t.baseline.steps == 143_052 + 1369
+    assert t.baseline.flops == t.baseline.steps * per_step and t.baseline.tokens == t.baseline.steps * TPS
+    assert abs(t.baseline.flops - t.flops) <= per_step / 2
+
+
+def test_a_schedule_without_growth_has_no_baseline():
+    assert plan_source("train 6L for 10B").totals.baseline is None
 
 
 @pytest.mark.parametrize("path", SCHEDULES, ids=lambda p: p.name)
@@ -150,6 +160,22 @@ def test_lr_schedule_shape():
     assert lr.lr_at(0) == pytest.approx(1e-4) and lr.lr_at(9) == pytest.approx(1e-3)
     assert lr.lr_at(60) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
     assert lr.lr_at(110) == pytest.approx(1e-4)
+
+
+def test_validation_defaults_to_25_points_on_1_percent_of_the_tokens_and_can_be_set():
+    t = plan_source("model tiny\ntrain 2L for 200 steps\nstack x2\ntrain 250 steps")
+    steps = sum(s.steps for s in t.stages)
+    tokens = sum(s.tokens for s in t.stages)
+    every, size = math.ceil(steps / 25), tokens // 100 // 128 * 128  # whole 128-token sequences
+    assert [(s.training.val_every_steps, s.training.val_tokens) for s in t.stages] == [(every, size)] * 2
+    plan = plan_source("val every 100 steps\nval tokens 64K\ntrain 6L for 1B\nstack x4\ntrain 1B with val off")
+    a, b = (s.training for s in plan.stages)
+    assert (a.val_every_steps, a.val_tokens, b.val_every_steps) == (100, 64_000, None)
+    # the cost: the 6L's 477 steps give points 100..400 and its end; forward FLOPs = a third of training's
+    first = plan.stages[0]
+    assert plan.totals.val_flops == 5 * (31 * 2048 * first.flops_per_token // 3)  # 64K: 31 whole sequences
+    big = plan_source("train 6L for 100B").stages[0].training
+    assert big.val_tokens == 2**20 and big.val_every_steps == math.ceil(47_684 / 25)  # the 1M-token cap
 
 
 def test_per_stage_overrides_take_effect_only_for_their_stage():

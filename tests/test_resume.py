@@ -130,3 +130,14 @@ train 12 steps
     resumed, said = resume_after(kill_on("stage 1 step 6/12"), plan, data_dir, tmp_path / "run")
     assert "stage 1 step 4" in said  # mid-ramp: the width mask was at 0.4
     assert_continues(resumed, ref, 1, 4)
+
+
+def test_validation_settings_may_change_on_resume_as_they_train_nothing(reference, data_dir, tmp_path):
+    plan, ref = reference
+    with pytest.raises(Killed):
+        Trainer(plan, data_dir, log=kill_on("stage 1 step 10/20"), log_every=1, checkpoint_dir=tmp_path).run()
+    changed = plan_source(SCHEDULE.replace("seed 5", "seed 5; val every 4 steps; val tokens 320"))  # same lines
+    assert changed.stages[0].training.val_every_steps != plan.stages[0].training.val_every_steps
+    logs = Trainer(changed, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
+    assert_continues(curves(logs), ref, 1, 7)  # the loss curve is the uninterrupted run's
+    assert [s for s, _ in logs[0].val_losses] == [28, 32, 36, 40]  # the new cadence, over the whole run

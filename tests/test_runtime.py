@@ -89,6 +89,14 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     tokens = [e.step for e in events.Scalars("loss_vs/tokens")]
     assert tokens[-1] == plan.totals.tokens
     assert "growth/text_summary" in events.Tags()["tensors"]
+    # validation: 80 steps -> every 4 (25 points) and at the stage ends, on 16 sequences (the floor)
+    assert [e.step for e in events.Scalars("val/loss")] == list(range(4, 81, 4))
+    assert {"val_vs/tokens", "val_vs/gflops", "val/val_flops", "val/seconds"} <= set(events.Tags()["scalars"])
+    import json
+
+    vals = [r for r in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines()) if r.get("event") == "val"]
+    assert {r["val_tokens"] for r in vals} == {16 * 32}
+    assert vals[-1]["flops"] == plan.totals.flops and vals[-1]["val_flops"] == plan.totals.val_flops  # counted apart
     assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
     assert "not a prepared data folder" in capsys.readouterr().err
 
@@ -161,3 +169,21 @@ def test_mixed_precision_computes_in_bf16_over_float32_weights(data_dir):
     assert a != b  # bf16 compute did happen
     assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.02
     assert sum(b[-3:]) < sum(b[:3])
+
+
+def test_validation_loss_is_measured_on_the_fixed_held_out_sequences(data_dir):
+    from growdsl.plan.plan import validation_steps
+    from growdsl.runtime.data import HeldOut, load_meta
+
+    plan = plan_source(BOUNDARY.format(settings="").replace("seed 3", "seed 3\nval every 5 steps\nval tokens 200"))
+    trainer = Trainer(plan, data_dir, log=lambda _: None)
+    logs = trainer.run()
+    assert [s for s, _ in logs[0].val_losses] == validation_steps(0, 12, 5) == [5, 10, 12]
+    assert [s for s, _ in logs[1].val_losses] == validation_steps(12, 12, 5) == [15, 20, 24]
+    x, y = HeldOut(data_dir / "val.bin", load_meta(data_dir).dtype).sequences(200, 32)
+    assert x.shape == (6, 32)  # 200 tokens: six whole 32-token sequences
+    with torch.no_grad():
+        direct = torch.nn.functional.cross_entropy(trainer.model(x).flatten(0, 1), y.flatten()).item()
+    assert logs[1].val_losses[-1][1] == pytest.approx(direct, rel=1e-6)
+    assert logs[1].val_losses[-1][1] < logs[0].val_losses[0][1]  # it learns
+    assert trainer.val_flops == 6 * (6 * 32 * plan.stages[0].flops_per_token // 3) == plan.totals.val_flops

@@ -19,6 +19,7 @@ from growdsl.plan.tasks import EVAL_TASKS
 from growdsl.plan import guideline
 from growdsl.plan.layermap import MAX_LAYERS, PatternError, connection_rate, gstack, interpolation, parse_pattern, pattern_of
 from growdsl.plan.plan import (
+    Baseline,
     DepthGrowth,
     GrowthTiming,
     LayerOrigin,
@@ -32,6 +33,7 @@ from growdsl.plan.plan import (
     Totals,
     TrainingConfig,
     WidthGrowth,
+    validation_steps,
 )
 from growdsl.plan.presets import DEFAULT_PRESET, FAMILY, PRESETS, Preset, find_preset
 from growdsl.plan.shape import ModelShape, llama_ffn_dim
@@ -43,6 +45,11 @@ MAX_TOKENS = 10**16  # any token or step amount
 
 RANDOM_RAMP_STEPS = 5000
 LEARN_STEPS, LEARN_LR, LEARN_WARMUP = 100, 7e-5, 50
+
+# Validation by default: about VAL_POINTS times over the run (and at every stage end), on 1% of the
+# run's training tokens held out, between VAL_MIN_SEQS sequences and VAL_MAX_TOKENS: its forward
+# passes then cost under a tenth of the training compute.
+VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
 
 GUARANTEES = {
     ("depth", "direct"): ("none", "G_stack: the grown model starts near the base's function, not at it"),
@@ -343,6 +350,7 @@ class _Compiler:
             batch=("seqs", t["batch_seqs"]), micro_batch=None, seq_len=t["seq_len"], seed=0, data=None,
             dp_shard=None, dp_replicate=1, tp=1, ac="none", compile=False,
             checkpoint=None, eval_every=None, eval_at_growth=False, eval_at_end=False, eval_tasks=(),
+            val=True, val_every=None, val_tokens=None,  # None: the run-wide default (see _validation)
             where={},  # setting key -> the span of the statement that set it, for errors
         )
 
@@ -448,6 +456,20 @@ class _Compiler:
                     return []
                 target["eval_tasks"] = tasks
             return ["eval"]
+        if k == "val":
+            word = a[0].text
+            if word == "off":
+                target["val"] = False
+            elif word == "every":
+                if self._checked_amount(a[1], "val interval") is None:
+                    return []
+                target.update(val=True, val_every=a[1])
+            else:  # tokens
+                count = self._scaled(a[1], "val tokens")
+                if count is None:
+                    return []
+                target.update(val=True, val_tokens=count)
+            return ["val"]
         raise AssertionError(f"setting {k} is in the grammar but not in the compiler")
 
     def _checked_amount(self, amount: ast.Amount, what: str) -> ast.Amount | None:
@@ -507,7 +529,19 @@ class _Compiler:
             eval_at_growth=settings["eval_at_growth"],
             eval_at_end=settings["eval_at_end"],
             eval_tasks=settings["eval_tasks"],
+            val_every_steps=every(settings["val_every"], "val interval") if settings["val"] else None,
+            val_tokens=self._val_tokens(settings, seq, span),
         )
+
+    def _val_tokens(self, settings: dict[str, Any], seq: int, span: Span) -> int:
+        count = settings["val_tokens"]
+        if not settings["val"] or count is None:
+            return 0  # off, or the run-wide default (filled in by _validation)
+        if count < seq:
+            self.error(settings["where"].get("val", span), f"val tokens {count:,} is less than one {seq}-token sequence",
+                       f"validate on at least {seq} tokens, e.g. val tokens {VAL_MIN_SEQS * seq}")
+            return 0
+        return count
 
     # ---- growth ----------------------------------------------------------------------------
 
@@ -775,10 +809,24 @@ class _Compiler:
 
     # ---- plan --------------------------------------------------------------------------------
 
+    def _validation(self) -> None:
+        """Fill in the default validation where a stage has it on and left cadence or size open."""
+        total_steps = sum(d.steps for d in self.stages)
+        total_tokens = sum(d.tokens for d in self.stages)
+        seq = self.stages[-1].training.seq_len
+        every = max(1, math.ceil(total_steps / VAL_POINTS))
+        size = min(VAL_MAX_TOKENS, max(VAL_MIN_SEQS * seq, round(VAL_SHARE * total_tokens)))
+        size -= size % seq
+        for d in self.stages:
+            t = d.training
+            if d.settings["val"]:
+                d.training = replace(t, val_every_steps=t.val_every_steps or every, val_tokens=t.val_tokens or size)
+
     def _build_plan(self) -> Plan:
         lr = self._lr_schedules()
+        self._validation()
         stages: list[Stage] = []
-        cum_tokens = cum_flops = 0
+        cum_tokens = cum_flops = val_flops = global_step = 0
         for i, d in enumerate(self.stages):
             fpt = d.shape.flops_per_token(d.training.seq_len)
             growths = [self._build_growth(g, d) for g in d.growths]
@@ -792,10 +840,14 @@ class _Compiler:
                 flops_per_token=fpt, flops=flops, cumulative_tokens=cum_tokens, cumulative_flops=cum_flops,
                 training=d.training, lr=lr[i], timing=self._timing(i, growths)))
             self._stage_warnings(d)
+            t = d.training
+            if t.val_every_steps:
+                points = len(validation_steps(global_step, d.steps, t.val_every_steps))
+                val_flops += points * ((t.val_tokens // t.seq_len) * t.seq_len * fpt // 3)  # forward only
+            global_step += d.steps
         final = stages[-1]
-        scratch = final.flops_per_token * cum_tokens
-        totals = Totals(tokens=cum_tokens, flops=cum_flops, params=final.params, scratch_flops=scratch,
-                        saving=1 - cum_flops / scratch)
+        totals = Totals(tokens=cum_tokens, flops=cum_flops, params=final.params, baseline=_baseline(stages),
+                        val_flops=val_flops)
         warnings = tuple(PlanWarning(message=w.message, hint=w.hint, **(w.span.__dict__ if w.span else
                                      dict(line=None, col=None, end_line=None, end_col=None)))
                          for w in self._sorted() if w.severity == "warning")
@@ -878,6 +930,16 @@ class _Compiler:
             if ramp and ramp > d.steps:
                 self.warn(g.node.span, f"the mask ramp ({ramp} steps) is longer than the stage ({d.steps} steps): "
                           "the new units never reach full strength", "shorten the ramp")
+
+
+def _baseline(stages: list[Stage]) -> Baseline | None:
+    """The final model from scratch on the nearest whole number of its steps to the same FLOPs."""
+    if not any(s.growths for s in stages):
+        return None
+    final = stages[-1]
+    per_step = final.flops_per_token * final.training.tokens_per_step
+    steps = max(1, round(final.cumulative_flops / per_step))
+    return Baseline(steps=steps, tokens=steps * final.training.tokens_per_step, flops=steps * per_step)
 
 
 def _depth_init(operator: str, first: bool) -> str:

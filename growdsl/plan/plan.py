@@ -59,6 +59,10 @@ class TrainingConfig:
     eval_at_growth: bool
     eval_at_end: bool
     eval_tasks: tuple[str, ...]
+    # Validation loss on the first val_tokens held-out tokens, every val_every_steps global steps
+    # and at the end of every stage; None: off. It never changes training, so a resume ignores it.
+    val_every_steps: int | None
+    val_tokens: int
 
     @property
     def tokens_per_step(self) -> int:
@@ -93,6 +97,13 @@ class LRSchedule:
         if self.kind == "linear":
             return self.max_lr + (self.min_lr - self.max_lr) * progress
         return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def validation_steps(first: int, steps: int, every: int) -> list[int]:
+    """The global steps after which a stage covering global steps (first, first + steps] measures
+    its validation loss: every `every` steps, and at its end."""
+    points = list(range(first - first % every + every, first + steps + 1, every))
+    return points if points and points[-1] == first + steps else points + [first + steps]
 
 
 Init = Literal["fresh", "copy", "zero", "random", "learn"]
@@ -208,13 +219,24 @@ class Stage:
 
 
 @dataclass(**_FROZEN)
+class Baseline:
+    """The paper's comparison: the final model trained from scratch on the same total FLOPs, with
+    the final stage's batch (`growdsl baseline` writes its schedule)."""
+
+    __pydantic_config__ = _STRICT
+    steps: int
+    tokens: int
+    flops: int
+
+
+@dataclass(**_FROZEN)
 class Totals:
     __pydantic_config__ = _STRICT
     tokens: int
     flops: int
     params: int  # the final model
-    scratch_flops: int  # the final model trained from scratch on `tokens`
-    saving: float  # 1 - flops / scratch_flops
+    baseline: Baseline | None  # None: no growth, the schedule is its own baseline
+    val_flops: int  # forward passes of the validation loss: counted apart from `flops`
 
 
 @dataclass(**_FROZEN)

@@ -43,16 +43,30 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
             out.append("      " + note)
         out.append(line(row))
     tot = plan.totals
-    out += ["",
-            f"total tokens   {human(tot.tokens)}",
-            f"total FLOPs    {tot.flops:.3e}",
-            f"from scratch   {tot.scratch_flops:.3e}  ({plan.stages[-1].shape.n_layers}L final model on "
-            f"{human(tot.tokens)} tokens)",
-            f"saving         {tot.saving:.1%} of the scratch run's FLOPs (on equal tokens)"]
+    out += ["", f"total tokens   {human(tot.tokens)}", f"total FLOPs    {tot.flops:.3e}"]
+    final = plan.stages[-1]
+    if tot.baseline is None:
+        out.append("baseline       none: nothing grows, this schedule trains its final model from scratch")
+    else:
+        b = tot.baseline
+        out += [f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
+                f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
+                f"the paper      {PAPER_RESULT}"]
+    t = final.training
+    if t.val_every_steps:
+        out.append(f"validation     every {t.val_every_steps:,} steps and at stage ends on {t.val_tokens:,} held-out "
+                   f"tokens: {tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart")
+    else:
+        out.append("validation     off")
     if predict_d:
         out.append(f"guideline      log10(d) = 0.88 log10(N) + 163.27/log10(C) - 5.74, C = 6ND; g = "
                    f"{guideline.G_RECOMMENDED} (2-4 works)")
     return "\n".join(out)
+
+
+# What the paper measured at equal compute, in its own terms (speedup = FLOPs_scratch / FLOPs_grown - 1).
+PAPER_RESULT = ("at equal FLOPs G_stack 7B reached scratch's 300B-token loss with 194B tokens (+54.6%); "
+                "3B +54.5%, 410M +31.0%")
 
 
 def growth_line(g) -> str:
@@ -98,6 +112,10 @@ def render_prediction(p: guideline.Prediction) -> str:
         f"growth timing d       {p.d / 1e9:.2f}B tokens",
         f"growth factor g       {guideline.G_RECOMMENDED} (the paper's choice; 2-4 works)",
     ])
+
+
+def _share(x: float) -> str:
+    return "<0.1%" if x < 0.001 else f"{x:.1%}"
 
 
 def _sci(x: float) -> str:

@@ -39,6 +39,7 @@ class Progress:
     ramps: list[dict] = field(default_factory=list)
     optimizer_names: list[str] = field(default_factory=list)
     growth_checks: list[str] = field(default_factory=list)
+    val_flops: int = 0  # validation's forward passes so far (not training compute)
 
 
 def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:

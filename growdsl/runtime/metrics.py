@@ -16,7 +16,7 @@ import torch
 
 class Metrics:
     """TensorBoard under RUN/tensorboard, and the same numbers as JSON lines in RUN/history.jsonl
-    (what `growdsl compare` reads: a step's line, a growth's, an evaluation's; after a resume the
+    (what `growdsl compare` reads: a step's line, a validation's, a growth's, an evaluation's; after a resume the
     steps redone appear again, and the last line of a step is the one that counts)."""
 
     def __init__(self, run_dir: Path):
@@ -34,15 +34,27 @@ class Metrics:
         self.writer.add_scalar("progress/cumulative_gflops", flops // 10**9, step)
         self._line(step=step, tokens=tokens, flops=flops, **scalars)
 
+    def validation(self, step: int, tokens: int, flops: int, *, loss: float, **cost: float) -> None:
+        """The held-out loss, on the step, tokens and training-FLOPs axes; its own cost beside it."""
+        self.writer.add_scalar("val/loss", loss, step)
+        self.writer.add_scalar("val_vs/tokens", loss, tokens)
+        self.writer.add_scalar("val_vs/gflops", loss, flops // 10**9)
+        for name, value in cost.items():
+            self.writer.add_scalar(f"val/{name}", value, step)
+        self._line(event="val", step=step, tokens=tokens, flops=flops, loss=loss, **cost)
+
     def growth(self, step: int, tokens: int, flops: int, text: str) -> None:
         self.writer.add_text("growth", text, step)
         self._line(event="growth", step=step, tokens=tokens, flops=flops, text=text)
 
-    def evaluation(self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]]) -> None:
+    def evaluation(self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]],
+                   limit: int | None = None) -> None:
+        """Benchmark scores; `limit`: scored on each task's first `limit` documents only."""
         for task, metrics in results.items():
             for name, value in metrics.items():
                 self.writer.add_scalar(f"eval/{task}/{name}", value, step)
-        self._line(event="eval", step=step, tokens=tokens, flops=flops, results=results)
+        extra = {"limit": limit} if limit else {}
+        self._line(event="eval", step=step, tokens=tokens, flops=flops, results=results, **extra)
 
     def _line(self, **record) -> None:
         self.history.write(json.dumps(record) + "\n")

@@ -32,10 +32,10 @@ from growdsl.ops.ligo import LigoDepth, LigoWidth
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import grown_state, load_named_state, named_state
 from growdsl.ops.width import grow_width
-from growdsl.plan.plan import DepthGrowth, Plan, Stage
+from growdsl.plan.plan import DepthGrowth, Plan, Stage, validation_steps
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
-from growdsl.runtime.data import Meta, TokenStream, load_meta
+from growdsl.runtime.data import HeldOut, Meta, TokenStream, load_meta
 from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 
@@ -48,6 +48,7 @@ class RunError(Exception):
 class StageLog:
     index: int
     losses: list[float] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (global step, validation loss)
     growth_checks: list[str] = field(default_factory=list)
     data_position_at_start: int = 0
     seconds: float = 0.0
@@ -71,6 +72,7 @@ class Trainer:
         self.saves = 0
         self.global_step = 0  # optimizer steps over all stages
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
+        self.val_flops = 0  # forward FLOPs of the validation loss, counted apart
         self.stages_json = json.loads(plan.to_json())["stages"]
         self.meta: Meta = load_meta(data_dir)
         widest = max(s.shape.vocab_size for s in plan.stages)
@@ -79,10 +81,15 @@ class Trainer:
                            f"set vocab {self.meta.vocab_size} (or more) in the model statement")
         self._check_memory()
         self.stream = TokenStream(data_dir / "train.bin", self.meta.dtype)
+        if plan.totals.tokens > self.meta.train_tokens:
+            self.log(f"note: the run reads {plan.totals.tokens:,} tokens, {plan.totals.tokens / self.meta.train_tokens:.1f} "
+                     f"times the {self.meta.train_tokens:,} of {data_dir}: it repeats its data")
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
         probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
         self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0].to(self.device)
+        self.heldout = HeldOut(data_dir / "val.bin", self.meta.dtype)
+        self._check_validation()
         torch.manual_seed(first.seed)
         self.shape = plan.stages[0].shape
         self.model = self._parallel(self._build(), plan.stages[0])
@@ -107,6 +114,23 @@ class Trainer:
                            f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
                            f"{free / 2**30:.1f} GiB is free {where}: run it on more GPUs with torchrun, "
                            f"or a smaller schedule")
+
+    def _check_validation(self) -> None:
+        """Every stage that validates gets at least one held-out sequence; a split smaller than asked
+        for is used whole, and said so once."""
+        for stage in self.plan.stages:
+            t = stage.training
+            if not t.val_every_steps:
+                continue
+            have = self.heldout.count(t.val_tokens, t.seq_len, self.world.size)
+            if have == 0:
+                raise RunError(f"the held-out split holds {len(self.heldout.tokens):,} tokens, not one {t.seq_len}-token "
+                               f"sequence per process to validate on: prepare the data with a larger --holdout, "
+                               f"or set `val off`")
+            if have * t.seq_len < t.val_tokens - t.val_tokens % t.seq_len:
+                self.log(f"validation: the held-out split holds {len(self.heldout.tokens):,} tokens; stage "
+                         f"{stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} asked for")
+                return
 
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
@@ -177,7 +201,7 @@ class Trainer:
         self.saves += 1
         progress = checkpoint.Progress(
             seq=self.saves, stage=stage, phase=phase, step=step, position=self.stream.position,
-            global_step=self.global_step, flops=self.flops,
+            global_step=self.global_step, flops=self.flops, val_flops=self.val_flops,
             plan_prefix=self.stages_json[: stage + 1], ramps=[r.describe() for r in self.ramps],
             growth_checks=list(checks))
         with warnings.catch_warnings():
@@ -208,7 +232,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message=".*single process.*")
             self.state = checkpoint.load(path, self.model, p)
         self.stream.position = p.position
-        self.saves, self.global_step, self.flops = p.seq, p.global_step, p.flops
+        self.saves, self.global_step, self.flops, self.val_flops = p.seq, p.global_step, p.flops, p.val_flops
         self.log(f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
                  f"token {p.position:,}")
         if p.phase == "end":
@@ -289,6 +313,8 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         every = t.checkpoint_every_steps
+        first_global = self.global_step - first_step
+        val_points = set(validation_steps(first_global, stage.steps, t.val_every_steps)) if t.val_every_steps else ()
         for step in range(first_step, stage.steps):
             lr = stage.lr.lr_at(step)
             for group in opt.param_groups:
@@ -328,10 +354,39 @@ class Trainer:
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                          f"{rate:,.0f} tok/s{mfu}")
             self.state = named_state(self.model, opt)
+            if self.global_step in val_points:
+                log.val_losses.append((self.global_step, self._validate(stage, step + 1, micro)))
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < stage.steps:
                 self._evaluate(stage, step + 1)
+
+    def _validate(self, stage: Stage, step: int, micro: int) -> float:
+        """The loss on the fixed held-out tokens (the stage's `val tokens`, each rank a share), in
+        micro-batches of the training's; its forward FLOPs are counted apart from training."""
+        t = stage.training
+        x, y = self.heldout.sequences(t.val_tokens, t.seq_len, self.world.size)
+        begin, total = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=self.device)
+        mine = slice(self.world.rank * len(x) // self.world.size, (self.world.rank + 1) * len(x) // self.world.size)
+        x, y = x[mine], y[mine]
+        self.model.eval()
+        with torch.no_grad():
+            for i in range(0, len(x), micro):
+                xb, yb = x[i : i + micro].to(self.device), y[i : i + micro].to(self.device)
+                with self._autocast():
+                    logits = self.model(xb)
+                total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum")
+        self.model.train()
+        tokens = len(x) * self.world.size * t.seq_len
+        loss = self.world.mean(total.item()) * self.world.size / tokens
+        self.val_flops += tokens * stage.flops_per_token // 3  # a forward pass: a third of training's
+        seconds = time.perf_counter() - begin
+        if self.metrics:
+            self.metrics.validation(self.global_step, self.stream.position, self.flops, loss=loss, val_tokens=tokens,
+                                    val_flops=self.val_flops, seconds=seconds)
+        self.log(f"val stage {stage.index} step {step}/{stage.steps}  loss {loss:.4f}  ({tokens:,} held-out tokens, "
+                 f"{seconds:.1f} s)")
+        return loss
 
     def _evaluates_after(self, stage: Stage) -> bool:
         """`eval at end` after the last stage; `eval at growth` after a stage whose successor grows."""
@@ -380,12 +435,14 @@ def _describe_parallel(stage: Stage) -> str:
 
 def _trained_part(stage: dict, current: bool) -> dict:
     """What of a stage (plan JSON) a checkpoint has already trained: all of a finished stage but the
-    guideline notes and the length of an LR schedule that runs on into later stages; of the stage
+    guideline notes, its validation settings and the length of an LR schedule that runs on into later
+    stages; of the stage
     in progress, its model and growths."""
     if current:
         return {k: stage[k] for k in ("shape", "growths", "layers")}
     lr = {k: v for k, v in stage["lr"].items() if k != "total_steps"}
-    return {**{k: v for k, v in stage.items() if k not in ("timing", "lr")}, "lr": lr}
+    training = {k: v for k, v in stage["training"].items() if not k.startswith("val_")}  # validation trains nothing
+    return {**{k: v for k, v in stage.items() if k not in ("timing", "lr", "training")}, "lr": lr, "training": training}
 
 
 @dataclass

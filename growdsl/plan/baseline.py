@@ -1,0 +1,101 @@
+"""The paper's comparison for a growth schedule: its final model trained from scratch on the same
+total FLOPs (the base models' and LiGO phases' compute included), written as a schedule of its own.
+
+The baseline keeps everything but the growth: the final stage's batch, sequence length, LR schedule
+(max, min, warmup, decay), optimizer, seed, data, parallelism, evaluation and validation settings,
+so the two runs differ only in how the final model came to be. Its length is the whole number of
+steps nearest to the schedule's total FLOPs."""
+
+from __future__ import annotations
+
+from growdsl.plan.plan import Plan, Stage
+
+# What must agree across the stages after the last growth for one scratch schedule to mirror them.
+_SAME = (("seq_len", "seq"), ("batch_seqs", "batch"), ("seed", "seed"), ("data", "data"),
+         ("optimizer", "optimizer settings"))
+
+
+class BaselineError(Exception):
+    """The schedule has no meaningful from-scratch baseline; the message says why."""
+
+
+def check(plan: Plan) -> Stage:
+    """The stage whose settings the baseline takes (the final one); raises BaselineError if none fits."""
+    grown = [s for s in plan.stages if s.growths]
+    if not grown:
+        raise BaselineError("nothing grows in it: it already trains its final model from scratch, so it is its "
+                            "own baseline")
+    final = plan.stages[-1]
+    for stage in plan.stages[grown[-1].index:-1]:
+        for key, name in _SAME:
+            if getattr(stage.training, key) != getattr(final.training, key):
+                raise _differ(name, stage, final)
+        lr, end = stage.lr, final.lr
+        if (lr.kind, lr.max_lr, lr.min_lr, lr.warmup_steps) != (end.kind, end.max_lr, end.min_lr, end.warmup_steps):
+            raise _differ("LR schedule", stage, final)
+    return final
+
+
+def _differ(what: str, stage: Stage, final: Stage) -> BaselineError:
+    return BaselineError(f"the stages after the last growth train with different {what} (lines {stage.line} and "
+                         f"{final.line}): one scratch run cannot mirror both; make them agree, or write the "
+                         f"baseline by hand")
+
+
+def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
+    """The baseline schedule's text. `data`: the data path as the baseline file must say it (relative
+    to where it is written); `grown` and `out`: the schedule's path and the baseline's, for its header."""
+    final = check(plan)
+    b = plan.totals.baseline
+    shape, t, lr = final.shape, final.training, final.lr
+    this = out or "BASELINE.grow"
+    lines = [
+        f"# The from-scratch baseline of {grown} (growdsl baseline {grown}{f' -o {out}' if out else ''}): its",
+        f"# final model trained from the first token on the same FLOPs, {b.flops:.4g} against {plan.totals.flops:.4g}",
+        "# (the nearest whole step), with the final stage's settings. Run both, then compare them:",
+        f"#   growdsl run {this} && growdsl run {grown}",
+        f"#   growdsl compare runs/{_stem(this)}-TIME runs/{_stem(grown)}-TIME",
+        f"model llama dim {shape.dim} layers {shape.n_layers} heads {shape.n_heads} kv_heads {shape.n_kv_heads} "
+        f"ffn {shape.ffn_dim} vocab {shape.vocab_size} norm_eps {_num(shape.norm_eps)} "
+        f"rope_theta {_num(shape.rope_theta)}" + (" tied" if shape.tied_embeddings else ""),
+        f"seq {t.seq_len}",
+        f"batch {t.batch_seqs} seqs",
+    ]
+    o, p = t.optimizer, t.parallel
+    optional = [  # (written when, the setting)
+        (t.micro_batch, f"micro_batch {t.micro_batch}"),
+        (True, f"lr {_num(lr.max_lr)} to {_num(lr.min_lr)}"),
+        (True, f"warmup {lr.warmup_steps} steps"),
+        (True, f"lr_schedule {lr.kind}"),
+        (True, f"betas {_num(o.betas[0])} {_num(o.betas[1])}"),
+        (True, f"eps {_num(o.eps)}"),
+        (True, f"weight_decay {_num(o.weight_decay)}"),
+        (True, f"clip {_num(o.grad_clip)}"),
+        (True, f"seed {t.seed}"),
+        (data is not None, f'data "{data}"'),
+        (p.dp_shard, f"dp_shard {p.dp_shard}"),
+        (p.dp_replicate != 1, f"dp_replicate {p.dp_replicate}"),
+        (p.tp != 1, f"tp {p.tp}"),
+        (p.activation_checkpoint != "none", f"ac {p.activation_checkpoint}"),
+        (p.compile, "compile on"),
+        (t.checkpoint_every_steps, f"checkpoint every {t.checkpoint_every_steps} steps"),
+        (t.eval_every_steps, f"eval every {t.eval_every_steps} steps"),
+        (t.eval_at_end, "eval at end"),
+        (t.eval_tasks, f'eval tasks "{" ".join(t.eval_tasks)}"'),
+        (t.val_every_steps, f"val every {t.val_every_steps} steps"),
+        (t.val_every_steps, f"val tokens {t.val_tokens}"),
+        (not t.val_every_steps, "val off"),
+    ]
+    lines += [setting for written, setting in optional if written]
+    lines += ["", f"train {shape.n_layers}L for {b.steps} steps", ""]
+    return "\n".join(lines)
+
+
+def _stem(path: str) -> str:
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    return name[: -len(".grow")] if name.endswith(".grow") else name
+
+
+def _num(x: float) -> str:
+    """A float as the schedule language reads it back exactly: 0.003, 1e-05, 10000."""
+    return str(int(x)) if x == int(x) and abs(x) < 1e15 else repr(x)
