@@ -184,7 +184,7 @@ def render(report: Report) -> str:
                 lines.append(f"  {run.name}: " + ", ".join(f"{t} {v:.4g}" for t, v in headline(results).items()))
         lines += [f"  note: {n}" for n in notes]
     lines += [""] + [f"plot: {p}" for p in report.plots]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def verdict(report: Report, run: int) -> str:
@@ -240,6 +240,7 @@ def plot(report: Report, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -252,7 +253,7 @@ def plot(report: Report, out: Path) -> list[Path]:
             ax.plot(getattr(run, axis), run.loss, color=color, alpha=0.15, linewidth=0.8)  # every training step
             marker = "o" if report.yardstick == "validation" else None
             ax.plot(getattr(c, axis), c.loss, color=color, linewidth=1.8, marker=marker, markersize=3,
-                    label=run.name + (" (baseline)" if k == 0 else ""))
+                    label=run.name + (" (baseline)" if k == 0 and run.name != "baseline" else ""))
             for g in run.growths:
                 at = min(np.searchsorted(c.steps, g["step"]), len(c.loss) - 1)
                 ax.axvline(g[axis], color=color, linestyle=":", linewidth=1)
@@ -263,6 +264,7 @@ def plot(report: Report, out: Path) -> list[Path]:
             ax.annotate(f"L{i + 1} {level:.3f}", xy=(1, level), xycoords=("axes fraction", "data"), xytext=(3, 0),
                         textcoords="offset points", va="center", fontsize=7, color="dimgrey")
         ax.set_xscale(scale)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a log axis labels its decades only
         ax.set_xlim(left=min(getattr(c, axis)[len(c.loss) // 50] for c in curves))
         ax.set_xlabel(label)
         ax.set_ylabel(report.loss_label)
