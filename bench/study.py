@@ -58,34 +58,29 @@ def main() -> int:
     if unknown:
         p.error(f"no schedule {schedules / unknown[0]}.grow")
     out = args.out or ROOT / "runs" / ("study-gpu" if args.gpu else "study")
-    if "scratch" not in args.arms:
-        args.arms.insert(0, "scratch")
+    args.arms = ["scratch"] + [a for a in dict.fromkeys(args.arms) if a != "scratch"]  # the baseline comes first
     check_equal_flops(schedules, args.arms)
     data = args.data or prepare_data(plan_file(schedules / "scratch.grow").stages[0].shape.vocab_size)
 
-    for seed in args.seeds:
+    reports = {}
+    for seed in args.seeds:  # results are written after every seed: a study cut short keeps what it has
         for arm in args.arms:
             train(schedules / f"{arm}.grow", seed, data, out / f"seed{seed}" / arm)
-    hours = sum(seconds(out / f"seed{seed}" / arm) for seed in args.seeds for arm in args.arms) / 3600
-
-    pictures = ROOT / "bench" / "study" / (args.section or scale)
-    reports = {}
-    for seed in args.seeds:
-        runs = [out / f"seed{seed}" / arm for arm in args.arms]
-        reports[seed] = compare(runs, out / f"seed{seed}" / "compare")
+        reports[seed] = compare([out / f"seed{seed}" / arm for arm in args.arms], out / f"seed{seed}" / "compare")
         print(f"\n## seed {seed}\n" + render(reports[seed]))
-        for j in range(1, len(runs)):
+        for j in range(1, len(args.arms)):
             print(verdict(reports[seed], j))
-    table = results_table(reports, args.arms)
-    print("\n" + table)
-    if not args.no_results:
-        pictures.mkdir(parents=True, exist_ok=True)
-        for seed, report in reports.items():
-            for plot in report.plots:
+        table = results_table(reports, args.arms)
+        print("\n" + table, flush=True)
+        if not args.no_results:
+            hours = sum(seconds(out / f"seed{s}" / arm) for s in reports for arm in args.arms) / 3600
+            command = ("python bench/study.py " + " ".join(sys.argv[1:])).strip()
+            pictures = ROOT / "bench" / "study" / (args.section or scale)
+            pictures.mkdir(parents=True, exist_ok=True)
+            for plot in reports[seed].plots:
                 if plot.name == "loss_vs_flops.png":
                     (pictures / f"seed{seed}_{plot.name}").write_bytes(plot.read_bytes())
-        command = "python bench/study.py " + " ".join(sys.argv[1:])
-        write_section(args.results, args.section or scale, table, command.strip(), hours, data, pictures, args.seeds)
+            write_section(args.results, args.section or scale, table, command, hours, data, pictures, list(reports))
     return 0
 
 

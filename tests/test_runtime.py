@@ -95,7 +95,7 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     import json
 
     vals = [r for r in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines()) if r.get("event") == "val"]
-    assert {r["val_tokens"] for r in vals} == {16 * 32}
+    assert {r["val_tokens"] for r in vals} == {16 * 32} and len({r["val_data"] for r in vals}) == 1
     assert vals[-1]["flops"] == plan.totals.flops and vals[-1]["val_flops"] == plan.totals.val_flops  # counted apart
     assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
     assert "not a prepared data folder" in capsys.readouterr().err
@@ -187,3 +187,34 @@ def test_validation_loss_is_measured_on_the_fixed_held_out_sequences(data_dir):
     assert logs[1].val_losses[-1][1] == pytest.approx(direct, rel=1e-6)
     assert logs[1].val_losses[-1][1] < logs[0].val_losses[0][1]  # it learns
     assert trainer.val_flops == 6 * (6 * 32 * plan.stages[0].flops_per_token // 3) == plan.totals.val_flops
+
+
+def test_a_later_stage_whose_sequences_the_held_out_split_cannot_hold_is_refused_up_front(data_dir):
+    from growdsl.runtime.data import load_meta
+
+    seq = 2 * load_meta(data_dir).val_tokens
+    plan = plan_source(BOUNDARY.format(settings=f" with seq {seq}, batch 1 seqs"))
+    with pytest.raises(RunError, match=rf"stage 1 \(line 8\) validates on {seq}-token sequences"):
+        Trainer(plan, data_dir)
+
+
+def test_resume_reads_the_data_the_run_started_on_and_refuses_another_tokenizer(data_dir, tmp_path, capsys):
+    import json
+
+    from growdsl.cli import main
+    from growdsl.runtime.data import prepare
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(BOUNDARY.format(settings=""))
+    run = tmp_path / "run"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["data"] == str(data_dir.resolve())
+    capsys.readouterr()
+    assert main(["run", str(schedule), "--run-dir", str(run), "--resume"]) == 0  # no --data: the run's own
+    assert "the run is already complete" in capsys.readouterr().out
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "t.txt").write_text("a different corpus, a different tokenizer\n\n" * 400)
+    (tmp_path / "other" / "u.txt").write_text("and a second document for the held-out split\n\n" * 400)
+    prepare([tmp_path / "other"], tmp_path / "other-data", vocab_size=300)
+    assert main(["run", str(schedule), "--data", str(tmp_path / "other-data"), "--run-dir", str(run), "--resume"]) == 2
+    assert "another tokenizer than the one" in capsys.readouterr().err

@@ -17,6 +17,7 @@ labelled; the runs' final benchmark scores, one panel per metric."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Curve:
     evals: list[dict] = field(default_factory=list)  # {"step", "tokens", "flops", "results", "limit"?}
     val: Points | None = None  # the validation loss, where the run measured it
     val_tokens: int | None = None  # how many held-out tokens it was measured on
+    val_data: str | None = None  # which held-out split (a digest of its tokens)
 
     def smoothed(self, window: int) -> np.ndarray:
         cumulative = np.concatenate([[0.0], np.cumsum(self.loss)])
@@ -57,43 +59,74 @@ class Curve:
 
 
 def read_run(run_dir: Path) -> Curve:
-    """A run's history.jsonl; a step logged twice (redone after a resume) counts once, the last time."""
+    """A run's history.jsonl; a step logged twice (redone after a resume) counts once, the last time.
+    A line that is not a history record is an error naming it."""
     history = run_dir / "history.jsonl"
     if not history.exists():
         raise CompareError(f"{run_dir} has no history.jsonl: is it a growdsl run directory?")
     steps, vals, growths, evals = {}, {}, {}, {}
-    for number, line in enumerate(history.read_text().splitlines(), 1):
+    for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            event = record.get("event")
-            if event == "growth":
-                growths[(record["step"], record["text"])] = record
-            elif event == "eval":
-                evals.setdefault(record["step"], []).append(record)
-            elif event == "val":
-                vals[record["step"]] = record
-            else:
-                steps[record["step"]] = record
-        except (ValueError, KeyError, AttributeError, TypeError):
-            raise CompareError(f"{history}:{number}: not a history record: {line[:80]!r}") from None
+            problem = _problem(record)
+        except ValueError:
+            problem = "not JSON"
+        if problem:
+            raise CompareError(f"{history}:{number}: not a history record ({problem}): {line[:80]!r}")
+        event = record.get("event")
+        if event == "growth":
+            growths[(record["step"], record["text"])] = record
+        elif event == "eval":
+            evals.setdefault(record["step"], []).append(record)
+        elif event == "val":
+            vals[record["step"]] = record
+        else:
+            steps[record["step"]] = record
     if len(steps) < 2:
         raise CompareError(f"{run_dir} has logged {len(steps)} training step(s): nothing to compare yet")
-    curve = Curve(run_dir.name, *_columns(steps, "loss"), sorted(growths.values(), key=lambda g: g["step"]),
+    curve = Curve(run_dir.name, *_columns(steps), sorted(growths.values(), key=lambda g: g["step"]),
                   [e for k in sorted(evals) for e in evals[k]])
     if vals:
-        curve.val = Points(*_columns(vals, "loss"))
+        curve.val = Points(*_columns(vals))
         curve.val_tokens = vals[max(vals)].get("val_tokens")
+        curve.val_data = vals[max(vals)].get("val_data")
     return curve
 
 
-def _columns(records: dict, key: str) -> list[np.ndarray]:
+def _problem(record) -> str | None:
+    """What keeps `record` from being a history line of its kind, or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    event = record.get("event")
+    needed = {None: ("step", "tokens", "flops", "loss"), "val": ("step", "tokens", "flops", "loss"),
+              "growth": ("step", "tokens", "flops"), "eval": ("step",)}.get(event)
+    if needed is None:
+        return f"unknown event {event!r}"
+    for key in needed:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{key} is not a finite number"
+    if not isinstance(record["step"], int):
+        return "step is not a whole number"
+    if event == "growth" and not isinstance(record.get("text"), str):
+        return "growth without its text"
+    if event == "eval":
+        results = record.get("results")
+        if not isinstance(results, dict) or not all(
+                isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in results.values()):
+            return "eval without {task: {metric: number}} results"
+    if event == "val" and not isinstance(record.get("val_data", ""), str):
+        return "val_data is not a string"
+    if event == "val" and not isinstance(record.get("val_tokens", 0), int):
+        return "val_tokens is not a whole number"
+    return None
+
+
+def _columns(records: dict) -> list[np.ndarray]:
     ordered = [records[k] for k in sorted(records)]
-    try:
-        return [np.array([r[c] for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", key)]
-    except (KeyError, TypeError, ValueError):
-        raise CompareError(f"a history record lacks step, tokens, flops or {key}") from None
+    return [np.array([r[c] for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", "loss")]
 
 
 def compute_to_reach(flops: np.ndarray, loss: np.ndarray, level: float) -> float | None:
@@ -156,6 +189,11 @@ def _yardstick(runs: list[Curve]) -> tuple[str, str]:
     if lacking:
         return "training", f"{', '.join(lacking)} measured no validation loss"
     sizes = {r.val_tokens for r in runs}
+    if None in sizes:
+        return "training", ", ".join(r.name for r in runs if r.val_tokens is None) + " did not record its validation set"
+    splits = {r.val_data for r in runs if r.val_data}
+    if len(splits) > 1:
+        return "training", "the runs measured validation loss on different held-out data"
     if len(sizes) > 1:
         return "training", ("the runs measured validation loss on different numbers of held-out tokens ("
                             + ", ".join(f"{r.name} {r.val_tokens:,}" for r in runs) + ")")

@@ -26,6 +26,10 @@ def check(plan: Plan) -> Stage:
         raise BaselineError("nothing grows in it: it already trains its final model from scratch, so it is its "
                             "own baseline")
     final = plan.stages[-1]
+    for stage in plan.stages[1:]:
+        if stage.training.data != plan.stages[0].training.data:  # growdsl run reads the first stage's
+            raise BaselineError(f"its stages name different data (lines {plan.stages[0].line} and {stage.line}); "
+                                f"a run reads the first stage's data throughout: name it once, at the top")
     for stage in plan.stages[grown[-1].index:-1]:
         for key, name in _SAME:
             if getattr(stage.training, key) != getattr(final.training, key):
@@ -46,6 +50,9 @@ def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
     """The baseline schedule's text. `data`: the data path as the baseline file must say it (relative
     to where it is written); `grown` and `out`: the schedule's path and the baseline's, for its header."""
     final = check(plan)
+    if data is not None and ('"' in data or "\n" in data):
+        raise BaselineError(f"the data path {data!r} holds a quote or a line break, which a schedule's string "
+                            f"cannot: move or rename the data folder")
     b = plan.totals.baseline
     shape, t, lr = final.shape, final.training, final.lr
     this = out or "BASELINE.grow"
@@ -99,3 +106,20 @@ def _stem(path: str) -> str:
 def _num(x: float) -> str:
     """A float as the schedule language reads it back exactly: 0.003, 1e-05, 10000."""
     return str(int(x)) if x == int(x) and abs(x) < 1e15 else repr(x)
+
+
+def planned(plan: Plan, data: str | None, grown: str, out: str | None) -> tuple[str, Plan]:
+    """The baseline's text and its plan, read back through the compiler: on the promised FLOPs."""
+    from growdsl.lang.errors import ScheduleError
+    from growdsl.plan import plan_source
+
+    text = schedule(plan, data, grown, out)
+    try:
+        written = plan_source(text, out or "<baseline>")
+    except ScheduleError as e:
+        raise BaselineError(f"the baseline written for it does not read back ({e.errors[0].message}); "
+                            f"this is growdsl's bug: please report it with the schedule") from None
+    if written.totals.flops != plan.totals.baseline.flops:
+        raise BaselineError("the baseline written for it reads back on other FLOPs; this is growdsl's bug: "
+                            "please report it with the schedule")
+    return text, written

@@ -48,7 +48,8 @@ LEARN_STEPS, LEARN_LR, LEARN_WARMUP = 100, 7e-5, 50
 
 # Validation by default: about VAL_POINTS times over the run (and at every stage end), on 1% of the
 # run's training tokens held out, between VAL_MIN_SEQS sequences and VAL_MAX_TOKENS: its forward
-# passes then cost under a tenth of the training compute.
+# passes then cost about a tenth of the training compute or less (more on very short runs, where
+# the VAL_MIN_SEQS floor dominates; `growdsl plan` shows the cost).
 VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
 
 GUARANTEES = {
@@ -114,7 +115,9 @@ class _Compiler:
     # ---- diagnostics -----------------------------------------------------------------------
 
     def error(self, span: Span | None, message: str, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(message, span, hint))
+        diagnostic = Diagnostic(message, span, hint)
+        if diagnostic not in self.diagnostics:  # a top-level setting checked again for every stage: once
+            self.diagnostics.append(diagnostic)
 
     def warn(self, span: Span | None, message: str, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(message, span, hint, "warning"))

@@ -59,7 +59,7 @@ class TrainingConfig:
     eval_at_growth: bool
     eval_at_end: bool
     eval_tasks: tuple[str, ...]
-    # Validation loss on the first val_tokens held-out tokens, every val_every_steps global steps
+    # Validation loss on val_tokens held-out tokens (spread over the split), every val_every_steps global steps
     # and at the end of every stage; None: off. It never changes training, so a resume ignores it.
     val_every_steps: int | None
     val_tokens: int

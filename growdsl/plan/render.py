@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from growdsl.plan import guideline
+from growdsl.plan import baseline, guideline
 from growdsl.plan.layermap import compact
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.plan.units import human
@@ -45,17 +45,26 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
     tot = plan.totals
     out += ["", f"total tokens   {human(tot.tokens)}", f"total FLOPs    {tot.flops:.3e}"]
     final = plan.stages[-1]
-    if tot.baseline is None:
-        out.append("baseline       none: nothing grows, this schedule trains its final model from scratch")
+    try:
+        baseline.check(plan)
+        refusal = None
+    except baseline.BaselineError as e:
+        refusal = str(e)
+    if refusal:
+        out.append(f"baseline       none: {refusal}")
     else:
         b = tot.baseline
         out += [f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
                 f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
                 f"the paper      {PAPER_RESULT}"]
-    t = final.training
-    if t.val_every_steps:
-        out.append(f"validation     every {t.val_every_steps:,} steps and at stage ends on {t.val_tokens:,} held-out "
-                   f"tokens: {tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart")
+    validating = [s for s in plan.stages if s.training.val_every_steps]
+    if validating:
+        t = validating[-1].training
+        which = "" if len(validating) == len(plan.stages) else \
+            f" in stages {', '.join(str(s.index) for s in validating)}"
+        out.append(f"validation     every {t.val_every_steps:,} steps and at stage ends{which}, on "
+                   f"{t.val_tokens // t.seq_len * t.seq_len:,} held-out tokens ({t.val_tokens // t.seq_len} sequences): "
+                   f"{tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart")
     else:
         out.append("validation     off")
     if predict_d:

@@ -39,9 +39,13 @@ def fetch(name: str, home: Path = HOME) -> Path:
     staging = texts.with_name("texts.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        FETCHERS[name](Path(tmp), staging)
-    staging.replace(texts)  # complete, or not there at all
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            FETCHERS[name](Path(tmp), staging)
+        staging.replace(texts)  # complete, or not there at all
+    except (OSError, ValueError, tarfile.TarError) as e:  # a full disk, an archive not as expected, ...
+        shutil.rmtree(staging, ignore_errors=True)
+        raise FetchError(f"fetching the {name} corpus failed: {e}") from None
     return texts
 
 
@@ -60,7 +64,7 @@ def _debian_docs(tmp: Path, into: Path) -> None:
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise FetchError("the debian-docs corpus comes from Debian packages: this machine has no apt-get/dpkg-deb")
     _run(["apt-get", "download", *DEBIAN_DOCS], "apt-get download " + " ".join(DEBIAN_DOCS), cwd=tmp,
-         hint="as root, run `apt-get update` once first")
+         hint="the packages are Debian 12 (bookworm)'s; as root, run `apt-get update` once first")
     for package, (folder, suffix) in DEBIAN_DOCS.items():
         (deb,) = tmp.glob(f"{package}_*.deb")
         unpacked = tmp / package

@@ -153,12 +153,16 @@ def default_corpus() -> Path:
 
 
 class HeldOut:
-    """The held-out split from its first token: a fixed set of whole sequences, the same for every
-    run on this data, on which the validation loss is measured."""
+    """The held-out split as a fixed set of whole sequences spread evenly over all of it (not its
+    first documents), the same for every run on this data: what the validation loss is measured on."""
 
     def __init__(self, path: Path, dtype: str):
         self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
         self._cached: dict[tuple[int, int], tuple] = {}
+
+    def digest(self) -> str:
+        """What names this held-out split: runs validated on different splits do not compare."""
+        return hashlib.sha256(np.asarray(self.tokens).tobytes()).hexdigest()[:16]
 
     def count(self, tokens: int, seq_len: int, multiple: int = 1) -> int:
         """How many sequences `sequences` gives: tokens // seq_len, as far as the split reaches,
@@ -167,13 +171,16 @@ class HeldOut:
         return n - n % multiple
 
     def sequences(self, tokens: int, seq_len: int, multiple: int = 1):
-        """(inputs, targets): the first `count(...)` non-overlapping sequences, targets shifted by one."""
+        """(inputs, targets): `count(...)` sequences starting every (len - 1) // n tokens, so they
+        never overlap; targets are the inputs shifted by one."""
         import torch
 
         n = self.count(tokens, seq_len, multiple)
         if (n, seq_len) not in self._cached:
-            ids = torch.from_numpy(np.asarray(self.tokens[: n * seq_len + 1]).astype(np.int64))
-            self._cached[n, seq_len] = ids[:-1].view(n, seq_len), ids[1:].view(n, seq_len)
+            stride = (len(self.tokens) - 1) // max(n, 1)
+            rows = np.stack([np.asarray(self.tokens[i * stride : i * stride + seq_len + 1]) for i in range(n)])
+            ids = torch.from_numpy(rows.astype(np.int64)).reshape(n, seq_len + 1)
+            self._cached[n, seq_len] = ids[:, :-1], ids[:, 1:]
         return self._cached[n, seq_len]
 
 

@@ -34,14 +34,15 @@ class Metrics:
         self.writer.add_scalar("progress/cumulative_gflops", flops // 10**9, step)
         self._line(step=step, tokens=tokens, flops=flops, **scalars)
 
-    def validation(self, step: int, tokens: int, flops: int, *, loss: float, **cost: float) -> None:
-        """The held-out loss, on the step, tokens and training-FLOPs axes; its own cost beside it."""
+    def validation(self, step: int, tokens: int, flops: int, *, loss: float, val_data: str, **cost: float) -> None:
+        """The held-out loss, on the step, tokens and training-FLOPs axes; its own cost beside it;
+        `val_data` names the held-out split, so that runs on different ones are never compared."""
         self.writer.add_scalar("val/loss", loss, step)
         self.writer.add_scalar("val_vs/tokens", loss, tokens)
         self.writer.add_scalar("val_vs/gflops", loss, flops // 10**9)
         for name, value in cost.items():
             self.writer.add_scalar(f"val/{name}", value, step)
-        self._line(event="val", step=step, tokens=tokens, flops=flops, loss=loss, **cost)
+        self._line(event="val", step=step, tokens=tokens, flops=flops, loss=loss, val_data=val_data, **cost)
 
     def growth(self, step: int, tokens: int, flops: int, text: str) -> None:
         self.writer.add_text("growth", text, step)

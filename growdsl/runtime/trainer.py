@@ -89,6 +89,7 @@ class Trainer:
         probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
         self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0].to(self.device)
         self.heldout = HeldOut(data_dir / "val.bin", self.meta.dtype)
+        self.val_data = self.heldout.digest()
         self._check_validation()
         torch.manual_seed(first.seed)
         self.shape = plan.stages[0].shape
@@ -116,21 +117,25 @@ class Trainer:
                            f"or a smaller schedule")
 
     def _check_validation(self) -> None:
-        """Every stage that validates gets at least one held-out sequence; a split smaller than asked
-        for is used whole, and said so once."""
+        """Every stage that validates gets at least one held-out sequence per process; a stage that
+        gets fewer than it asks for (a small split, or a count rounded down to the processes) is
+        said so, once."""
+        noted = False
         for stage in self.plan.stages:
             t = stage.training
             if not t.val_every_steps:
                 continue
-            have = self.heldout.count(t.val_tokens, t.seq_len, self.world.size)
+            have, size = self.heldout.count(t.val_tokens, t.seq_len, self.world.size), len(self.heldout.tokens)
             if have == 0:
-                raise RunError(f"the held-out split holds {len(self.heldout.tokens):,} tokens, not one {t.seq_len}-token "
-                               f"sequence per process to validate on: prepare the data with a larger --holdout, "
-                               f"or set `val off`")
-            if have * t.seq_len < t.val_tokens - t.val_tokens % t.seq_len:
-                self.log(f"validation: the held-out split holds {len(self.heldout.tokens):,} tokens; stage "
-                         f"{stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} asked for")
-                return
+                raise RunError(f"stage {stage.index} (line {stage.line}) validates on {t.seq_len}-token sequences, one per "
+                               f"process at least, but the held-out split holds {size:,} tokens: prepare the data "
+                               f"with a larger --holdout, or set `val off`")
+            if have < t.val_tokens // t.seq_len and not noted:
+                why = (f"the held-out split holds {size:,} tokens" if have * t.seq_len + t.seq_len >= size
+                       else f"a whole number of sequences for each of {self.world.size} processes")
+                self.log(f"validation: stage {stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} "
+                         f"tokens asked for: {why}")
+                noted = True
 
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
@@ -379,10 +384,12 @@ class Trainer:
         self.model.train()
         tokens = len(x) * self.world.size * t.seq_len
         loss = self.world.mean(total.item()) * self.world.size / tokens
+        if not math.isfinite(loss):
+            raise RunError(f"the validation loss became {loss} at stage {stage.index} step {step}: lower the LR")
         self.val_flops += tokens * stage.flops_per_token // 3  # a forward pass: a third of training's
         seconds = time.perf_counter() - begin
         if self.metrics:
-            self.metrics.validation(self.global_step, self.stream.position, self.flops, loss=loss, val_tokens=tokens,
+            self.metrics.validation(self.global_step, self.stream.position, self.flops, loss=loss, val_tokens=tokens, val_data=self.val_data,
                                     val_flops=self.val_flops, seconds=seconds)
         self.log(f"val stage {stage.index} step {step}/{stage.steps}  loss {loss:.4f}  ({tokens:,} held-out tokens, "
                  f"{seconds:.1f} s)")
