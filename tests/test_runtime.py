@@ -44,7 +44,7 @@ def test_growth_checks_hold_their_guarantees(run):
     checks = [c for log in logs for c in log.growth_checks]
     assert len(checks) == 5
     assert checks[1].startswith("preserved") and checks[2].startswith("preserved")  # zero, random at mask 0
-    assert any("LiGO map trained for 3 steps" in line for line in lines)
+    assert any("growth map (line 14) trained for 3 steps" in line for line in lines)
 
 
 def test_the_stream_continues_exactly_where_each_stage_stopped(run):

@@ -109,12 +109,21 @@ class Train:
 
 
 @dataclass(frozen=True)
-class Init:
-    """`init direct|zero|random [ramp AMOUNT]|learn [AMOUNT] [at lr X]`."""
+class InitOption:
+    """One option of an operator: `ramp 100 steps` (words "ramp"), `at lr 1e-4` (words "at lr"),
+    or a bare amount right after the name (words "")."""
 
-    operator: str
-    amount: Amount | None
-    lr: Number | None
+    words: str
+    value: Amount
+    span: Span
+
+
+@dataclass(frozen=True)
+class Init:
+    """`init NAME OPTIONS`: the growth operator and its options, as written."""
+
+    name: Word
+    options: tuple[InitOption, ...]
     span: Span
 
 

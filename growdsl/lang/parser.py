@@ -253,19 +253,12 @@ class _ToAst(Transformer):
     def widen(self, meta, children):
         return self._growth("widen", meta, children)
 
-    def init_direct(self, meta, children):
-        return ast.Init("direct", None, None, _span(meta))
+    def init(self, meta, children):
+        return ast.Init(children[0], tuple(children[1:]), _span(meta))
 
-    def init_zero(self, meta, children):
-        return ast.Init("zero", None, None, _span(meta))
-
-    def init_random(self, meta, children):
-        return ast.Init("random", children[0] if children else None, None, _span(meta))
-
-    def init_learn(self, meta, children):
-        amount = next((c for c in children if isinstance(c, ast.Amount)), None)
-        lr = next((c for c in children if isinstance(c, ast.Number)), None)
-        return ast.Init("learn", amount, lr, _span(meta))
+    def init_option(self, meta, children):
+        words = " ".join(c.text if isinstance(c, ast.Word) else str(c) for c in children[:-1])
+        return ast.InitOption(words, children[-1], _span(meta))
 
     def optimizer_policy(self, meta, children):
         return ast.Policy("optimizer", _word(children[1]), _span(meta))

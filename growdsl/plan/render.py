@@ -85,7 +85,8 @@ def growth_line(g) -> str:
     if g.ramp_steps:
         knobs = f", ramp {g.ramp_steps:,} steps"
     if g.learn:
-        knobs = f", LiGO {g.learn.steps} steps at lr {_sci(g.learn.lr)}"
+        knobs = f", learned map {g.learn.steps} steps at lr {_sci(g.learn.lr)}"
+    knobs += "".join(f", {name} {value:g}" for name, value in g.options.items())
     if isinstance(g, DepthGrowth):
         name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
         rc = g.connection_rate
