@@ -73,9 +73,12 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"run directory: {run_dir}" in out and "stage 1: 2 layers, 40 steps, loss" in out
+    summary = "stage 1: 2 layers, 40 steps in "
+    assert f"run directory: {run_dir}" in out and summary in out
+    assert "(means of its first and last 5 steps); validation loss" in out.split(summary)[1].splitlines()[0]
     assert (run_dir / "schedule.grow").read_text() == schedule.read_text()
-    assert "growth (line 8): depth direct" in (run_dir / "log.txt").read_text()
+    log = (run_dir / "log.txt").read_text()
+    assert "growth (line 8): depth direct" in log and summary in log  # the summary is in the log too
     from growdsl.plan.plan import Plan
 
     plan = Plan.from_json((run_dir / "plan.json").read_text())

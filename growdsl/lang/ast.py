@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from growdsl.lang.errors import Span
+from growdsl.lang.errors import Diagnostic, Span
 
 _NUMBER = re.compile(r"(?P<num>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?P<unit>[A-Za-z%]*)")
 
@@ -155,7 +155,17 @@ class GrowthDefaults:
     span: Span
 
 
-Statement = Model | Setting | Train | Growth | GrowthDefaults
+@dataclass(frozen=True)
+class Unparsed:
+    """A statement with a syntax error (reported by the parser): the compiler skips it, and after
+    one that may change the model (`keyword` model, train, stack, ...) checks nothing that depends
+    on the model's shape."""
+
+    keyword: str  # its first word
+    span: Span
+
+
+Statement = Model | Setting | Train | Growth | GrowthDefaults | Unparsed
 
 
 @dataclass
@@ -163,3 +173,4 @@ class Schedule:
     statements: list[Statement] = field(default_factory=list)
     source: str = ""
     filename: str = "<schedule>"
+    syntax_errors: list[Diagnostic] = field(default_factory=list)  # from parse_partial only

@@ -52,6 +52,10 @@ LEARN_WARMUP = 50  # a learned growth map warms its LR up over min(this, half it
 VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
 
 _LR_KEYS = ("lr_max", "lr_min", "warmup", "lr_schedule")
+# The statements that cannot change the model (the grammar's settings, and `growth` policies).
+_SETTINGS = {"lr", "min_lr", "warmup", "lr_schedule", "optimizer", "betas", "eps", "weight_decay", "clip", "batch",
+             "micro_batch", "seq", "seed", "data", "dp_shard", "dp_replicate", "tp", "ac", "compile", "checkpoint",
+             "eval", "val", "growth"}
 
 
 def compile_schedule(schedule: ast.Schedule) -> Plan:
@@ -87,7 +91,7 @@ class _StageDraft:
 class _Compiler:
     def __init__(self, schedule: ast.Schedule):
         self.schedule = schedule
-        self.diagnostics: list[Diagnostic] = []
+        self.diagnostics: list[Diagnostic] = list(schedule.syntax_errors)
         preset = PRESETS[DEFAULT_PRESET]
         self.family: dict[str, Any] = asdict(preset.shape)
         self.declared: ModelShape | None = None  # the shape an explicit `model` statement names
@@ -127,7 +131,10 @@ class _Compiler:
             elif isinstance(st, ast.Train):
                 self._train(st)
                 self.last_setting = None
-        self._finish_statements()
+            elif st.keyword not in _SETTINGS:  # a statement that did not parse, and may have changed the model
+                self.broken, self.shape = True, None
+        if not self.schedule.syntax_errors:  # else a missing statement may be what these would miss
+            self._finish_statements()
         if not self._errors():
             self._resolve_auto()
         if self._errors():
@@ -751,11 +758,13 @@ class _Compiler:
             shape = self._base_shape(node)
             if shape is None:
                 self.broken = True
+                self._check_without_shape(node)
                 return
             self.shape = shape
             self.layers = [LayerOrigin(source=None, init="fresh", root=i) for i in range(shape.n_layers)]
         elif self.shape is None:
-            return  # an earlier error left no shape to train
+            self._check_without_shape(node)  # an earlier error left no shape to train
+            return
         elif node.shape is not None:
             self._check_same_shape(node.shape)
         settings = dict(self.settings, where=dict(self.settings["where"]))
@@ -778,6 +787,14 @@ class _Compiler:
                 if r:
                     draft.steps, draft.tokens = r
         self.stages.append(draft)
+
+    def _check_without_shape(self, node: ast.Train) -> None:
+        """What of a train statement can be checked without the model: its settings and its amount's unit."""
+        settings = dict(self.settings, where=dict(self.settings["where"]))
+        for s in node.settings:
+            self._apply_setting(s, settings)
+        if node.amount.kind != "auto":
+            self._checked_amount(node.amount, "the amount to train")
 
     def _base_shape(self, node: ast.Train) -> ModelShape | None:
         if self.broken:

@@ -13,7 +13,8 @@ _GUARANTEE = {"exact": "function-preserving", "approximate": "function-preservin
 
 def render_plan(plan: Plan, predict_d: bool = False) -> str:
     first = plan.stages[0]
-    out = [f"{plan.source}: {len(plan.stages)} stages, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
+    n = len(plan.stages)
+    out = [f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
            ""]
     header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
     rows = []

@@ -347,7 +347,7 @@ class Trainer:
                 self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
                                   grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(self.device),
                                   layers=stage.shape.n_layers, **extra)
-            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps or step == first_step:  # the first: soon
                 mfu = f"  MFU {extra['mfu']:.2f}" if extra else ""
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                          f"{rate:,.0f} tok/s{mfu}")
