@@ -13,7 +13,7 @@ import time
 import torch
 from torchtitan.models.llama3 import Transformer
 
-from growdsl.ops.depth import grow_depth
+from growdsl.ops.operators import grow
 from growdsl.ops.model import model_args
 from growdsl.plan import plan_source
 
@@ -71,7 +71,7 @@ def main() -> None:
     print(f"{'floor: one copy of weights':28} {floor_s:8.3f} {nbytes / floor_s / 1e9:6.2f} {1.0:8.2f}")
     for name, plan in plans.items():
         g = plan.stages[1].growths[0]
-        s = timed(lambda: grow_depth(src, dst, g), args.repeat)
+        s = timed(lambda: grow(src, dst, g), args.repeat)
         print(f"{name:28} {s:8.3f} {nbytes / s / 1e9:6.2f} {s / floor_s:8.2f}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 # The CLI needs no pydantic plugins; skipping their entry-point scan keeps `validate` quick.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+from growdsl import __version__
 from growdsl.lang.errors import ScheduleError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="growdsl", description="Grow transformers: plan and run train -> grow -> train schedules.")
+    p.add_argument("--version", action="version", version=f"growdsl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     v = sub.add_parser("validate", help="check schedules; silent when they are valid")
@@ -357,6 +359,9 @@ def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume
         trainer = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
                           resume=resume, metrics=metrics, world=world, progress=progress, evaluator=evaluator)
         logs = trainer.run()
+        if world.main:
+            for line in _summary(plan, trainer, logs):
+                log(line)
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")
@@ -365,20 +370,26 @@ def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume
         if world.main:
             log_file.close()
             metrics.close()
-    if not world.main:
-        return EXIT_OK
+    return EXIT_OK
+
+
+def _summary(plan, trainer, logs) -> list[str]:
+    """The end of a run in a few lines, each saying what its numbers are."""
     if not logs:
-        print("the run is already complete")
+        return ["the run is already complete"]
+    out = []
     for stage_log in logs:
         stage = plan.stages[stage_log.index]
-        head, tail = stage_log.losses[:5], stage_log.losses[-5:]
-        val = f", validation loss {stage_log.val_losses[-1][1]:.3f}" if stage_log.val_losses else ""
-        print(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps} steps, loss "
-              f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f}{val} in {stage_log.seconds:.1f} s")
-    if logs and trainer.val_flops:
-        print(f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "
-              f"of the {trainer.flops:.3g} training FLOPs (not counted in them)")
-    return EXIT_OK
+        n = min(5, len(stage_log.losses))
+        head, tail = stage_log.losses[:n], stage_log.losses[-n:]
+        val = f"; validation loss {stage_log.val_losses[-1][1]:.4f} at its end" if stage_log.val_losses else ""
+        out.append(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps:,} steps in {stage_log.seconds:.1f} s; "
+                   f"training loss {sum(head) / n:.4f} -> {sum(tail) / n:.4f} (means of its first and last {n} "
+                   f"steps){val}")
+    if trainer.val_flops:
+        out.append(f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "
+                   f"of the {trainer.flops:.3g} training FLOPs (not counted in them)")
+    return out
 
 
 def _record_run(run_dir: Path, data_dir: Path, world_size: int) -> None:
@@ -524,7 +535,7 @@ def _data_dir(args, plan, run_dir: Path):
             return None
     elif given is None:
         try:
-            return data.default_corpus()
+            return data.default_corpus(say=lambda line: print(line, flush=True))
         except corpora.FetchError as e:
             print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
             return None

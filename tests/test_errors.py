@@ -106,3 +106,19 @@ def test_several_syntax_errors_are_reported_together(errors):
 def test_several_semantic_errors_are_reported_together(errors):
     found = errors("lr 1e-4 to 1e-3\ntrain 6L for 10G\nstack layers \"17\"\n")
     assert [d.span.line for d in found] == [1, 2, 3]
+
+
+def test_syntax_errors_do_not_hide_the_other_statements_errors(errors):
+    found = errors("model tiny\ntrain 2L for 10 steps\nstak x2\ntrain 10 steps with lr 1e-3 to 1e-2\nwiden dim 100\n"
+                   "seq 0\n")
+    assert [(d.span.line, d.message) for d in found] == [
+        (3, "unknown word 'stak'"),
+        (4, "min LR 0.01 is above max LR 0.001"),  # a setting is checked after the broken statement...
+        (6, "seq must be between 1 and 10,000,000, not 0"),
+    ]  # ...but not widen, whose model the broken statement may have changed
+
+
+def test_errors_on_one_line_come_together(errors):
+    found = errors("train 6Q for 10X with lr 5 to 9\n")
+    assert [d.message for d in found] == ["'6Q' is not a layer count", "unknown unit 'X' in the amount to train '10X'",
+                                          "min LR 9 is above max LR 5"]

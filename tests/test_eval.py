@@ -3,6 +3,7 @@ computation, local tasks run through lm-eval offline end to end, in-run evaluati
 results, and the Hugging Face export gives transformers the same logits."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -162,10 +163,18 @@ def test_hf_export_round_trips_logits(run_dir, tmp_path):
     assert main(["export", str(run_dir), "--hf", str(out)]) == 0
     trained = load(run_dir)
     tokens = torch.tensor([trained.tokenizer.encode("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10").ids])
-    with torch.no_grad():
-        ours = trained.model(tokens)
-        hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-        theirs = hf(tokens).logits
+    heard = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = heard.append
+    logging.getLogger("transformers").addHandler(listener)
+    try:
+        with torch.no_grad():
+            ours = trained.model(tokens)
+            hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+            theirs = hf(tokens).logits
+    finally:
+        logging.getLogger("transformers").removeHandler(listener)
+    assert not heard, [r.getMessage() for r in heard]  # transformers takes our config.json silently
     assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     assert tokenizer("w1 w2 w3")["input_ids"] == trained.tokenizer.encode("w1 w2 w3").ids

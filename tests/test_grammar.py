@@ -48,10 +48,12 @@ def test_growth_clauses():
     s = parse("stack x4 init learn 100 steps at lr 7e-5 optimizer carry lr continue\n"
               "interpolate x2 init random ramp 2M\nwiden dim 2048 ffn 5632 init zero")
     learn, interp, widen = s.statements
-    assert learn.init.operator == "learn" and learn.init.amount.kind == "steps" and learn.init.lr.value == 7e-5
+    assert learn.init.name.text == "learn"
+    assert [(o.words, o.value.kind, o.value.number.text) for o in learn.init.options] == [
+        ("", "steps", "100"), ("at lr", "bare", "7e-5")]
     assert [(p.key, p.value.text) for p in learn.policies] == [("optimizer", "carry"), ("lr", "continue")]
-    assert interp.kind == "interpolate" and interp.init.operator == "random"
-    assert interp.init.amount.number.text == "2M"
+    assert interp.kind == "interpolate" and interp.init.name.text == "random"
+    assert [(o.words, o.value.number.text) for o in interp.init.options] == [("ramp", "2M")]
     assert widen.kind == "widen" and [(f.key, f.args[0].value) for f in widen.fields] == [("dim", 2048), ("ffn", 5632)]
 
 

@@ -6,7 +6,7 @@ from ops_helpers import grown_plan, models, probe, train_ligo
 
 from growdsl.ops import ramp
 from growdsl.ops.check import check_preservation, logits
-from growdsl.ops.depth import attach_depth_ramps, grow_depth
+from growdsl.ops.operators import get, grow
 from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, layer_key
 
 MAPS = {
@@ -22,7 +22,7 @@ def test_every_map_places_exactly_the_source_tensors(growth):
     plan, g = grown_plan(growth)
     base, target = models(plan)
     src, dst = base.state_dict(), target.state_dict()
-    grow_depth(src, dst, g)
+    grow(src, dst, g)
     for name in GLOBAL_PARAMS:
         assert torch.equal(dst[name], src[name]), name
     for i, origin in enumerate(g.layer_map):
@@ -34,7 +34,7 @@ def test_every_map_places_exactly_the_source_tensors(growth):
 def test_gstack_changes_the_function_as_declared():
     plan, g = grown_plan("stack x4")
     base, target = models(plan)
-    grow_depth(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     result = check_preservation(base, target, probe(), g.guarantee)
     assert g.guarantee == "none" and result.ok and result.relative > 1e-3
 
@@ -45,7 +45,7 @@ def test_depth_zero_preserves_logits(growth):
     plan, g = grown_plan(growth)
     base, target = models(plan)
     dst = target.state_dict()
-    grow_depth(base.state_dict(), dst, g)
+    grow(base.state_dict(), dst, g)
     result = check_preservation(base, target, probe(), g.guarantee)
     assert g.guarantee == "exact" and result.max_abs_diff < 1e-10 * result.scale, result
     zeroed = [i for i, o in enumerate(g.layer_map) if o.init == "zero"]
@@ -58,10 +58,11 @@ def test_depth_zero_preserves_logits(growth):
 def test_depth_random_is_the_base_at_mask_0_and_fades_in():
     plan, g = grown_plan("stack x4 init random ramp 4 steps")
     base, target = models(plan)
-    fresh = attach_depth_ramps(target, g)
-    assert fresh == list(range(3, 12)) and g.ramp_steps == 4
+    ramps = get("random").ramps(target, g)
+    fresh = [int(r.name.split(".")[1]) for r in ramps]
+    assert fresh == list(range(3, 12)) and g.ramp_steps == 4 and {r.steps for r in ramps} == {4}
     init = {k: v.clone() for k, v in target.state_dict().items()}
-    grow_depth(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     assert torch.equal(target.state_dict()[layer_key(5, "attention.wq.weight")], init[layer_key(5, "attention.wq.weight")])
     tokens = probe()
     result = check_preservation(base, target, tokens, g.guarantee)
@@ -81,12 +82,12 @@ def test_depth_random_is_the_base_at_mask_0_and_fades_in():
 def test_ramp_is_checkpointed_with_the_model_and_refuses_early_removal():
     plan, g = grown_plan("stack x2 init random")
     _, target = models(plan)
-    attach_depth_ramps(target, g)
+    get("random").ramps(target, g)
     ramp.set_ramp(target.layers["4"], 0.25)
     state = target.state_dict()
     assert float(state["layers.4.growth_ramp"]) == 0.25
     _, restored = models(plan, seed=5)
-    attach_depth_ramps(restored, g)
+    get("random").ramps(restored, g)
     restored.load_state_dict(state)
     assert float(restored.layers["4"].growth_ramp) == 0.25
     assert torch.equal(logits(restored, probe()), logits(target, probe()))
@@ -100,7 +101,7 @@ def test_depth_learn_starts_at_the_map_trains_the_mix_and_bakes_into_plain_weigh
     plan, g = grown_plan("stack x4 init learn 3 steps at lr 1e-2")
     base, target = models(plan)
     _, gstack = models(plan)
-    grow_depth(base.state_dict(), gstack.state_dict(), g)
+    grow(base.state_dict(), gstack.state_dict(), g)
     ligo = LigoDepth(base.state_dict(), g)
     tokens = probe()
     assert torch.equal(ligo(target, tokens), logits(gstack, tokens))  # LiGO starts exactly at G_stack
@@ -118,6 +119,6 @@ def test_depth_zero_with_tied_embeddings_preserves_logits():
     plan, g = grown_plan("stack x2 init zero", family=FAMILY.replace("layers 12", "layers 12 tied"))
     base, target = models(plan)
     assert target.output.weight is target.tok_embeddings.weight
-    grow_depth(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     result = check_preservation(base, target, probe(), g.guarantee)
     assert result.max_abs_diff < 1e-10 * result.scale, result

@@ -3,9 +3,10 @@
 import torch
 from ops_helpers import grown_plan, models, probe
 
-from growdsl.ops.depth import grow_depth
+from growdsl.ops.operators import grow
 from growdsl.ops.layout import LAYER_PARAMS, layer_key
-from growdsl.ops.optimizer import MOMENTS, grown_state, load_named_state, named_state
+from growdsl.ops.operators import grown_state
+from growdsl.ops.optimizer import MOMENTS, load_named_state, named_state
 
 
 def trained_base(plan, steps: int = 2):
@@ -33,7 +34,7 @@ def test_carry_places_moments_like_weights_and_loads_into_fresh_adamw():
                 assert torch.equal(got[m], torch.zeros_like(src[m]) if zeroed else src[m]), (i, name, m)
     assert torch.equal(carried["output.weight"]["exp_avg"], state["output.weight"]["exp_avg"])
     # the grown optimizer takes it through torch's own load_state_dict, and steps
-    grow_depth(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     opt = torch.optim.AdamW(target.parameters(), lr=1e-3)
     load_named_state(target, opt, carried)
     assert torch.equal(named_state(target, opt)[layer_key(7, "attention.wq.weight")]["exp_avg"],

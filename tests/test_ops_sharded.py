@@ -10,9 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ops_helpers import grown_plan, models
 
-from growdsl.ops.depth import grow_depth
-from growdsl.ops.optimizer import carry_depth
-from growdsl.ops.width import grow_width
+from growdsl.ops.operators import grow
+from growdsl.ops.depth import carry_depth
 
 WORLD = 2
 GROWTHS = {"depth": "stack x4 init zero", "width": "widen dim 128 init direct"}
@@ -43,7 +42,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 from torch.distributed.tensor.debug import CommDebugMode
 
                 with CommDebugMode() as comm:
-                    grow_depth(src, dst, g)
+                    grow(src, dst, g)
                     carried = carry_depth(moments, g)
                 assert comm.get_total_counts() == 0, comm.get_comm_counts()
                 with CommDebugMode() as comm:  # the detector does see a gather
@@ -51,7 +50,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 assert comm.get_total_counts() == 1
                 gathered = {f"moment.{n}": st["exp_avg"].full_tensor() for n, st in carried.items()}
             else:
-                grow_width(src, dst, g)
+                grow(src, dst, g)
                 gathered = {}
             gathered.update({n: t.full_tensor() for n, t in target.state_dict().items()})
             if rank == 0:
@@ -66,11 +65,11 @@ def _single(kind: str) -> dict[str, torch.Tensor]:
     src, dst = base.state_dict(), target.state_dict()
     out = {}
     if kind == "depth":
-        grow_depth(src, dst, g)
+        grow(src, dst, g)
         moments = {n: {"step": torch.tensor(1.0), "exp_avg": p * 0.5, "exp_avg_sq": p ** 2} for n, p in src.items()}
         out = {f"moment.{n}": st["exp_avg"] for n, st in carry_depth(moments, g).items()}
     else:
-        grow_width(src, dst, g)
+        grow(src, dst, g)
     out.update(target.state_dict())
     return out
 

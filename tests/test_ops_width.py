@@ -5,14 +5,15 @@ import torch
 from ops_helpers import FAMILY, SEQ, grown_plan, models, probe, train_ligo
 
 from growdsl.ops.check import check_preservation
-from growdsl.ops.optimizer import grown_state
-from growdsl.ops.width import WidthMaps, grow_width
+from growdsl.ops.operators import grown_state
+from growdsl.ops.operators import grow
+from growdsl.ops.width import WidthMaps
 
 
 def widened(growth: str, family: str = FAMILY):
     plan, g = grown_plan(growth, family=family)
     base, target = models(plan)
-    grow_width(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     return base, target, g
 
 
@@ -85,7 +86,7 @@ def test_random_is_the_base_at_mask_0_and_the_plain_wide_model_at_1():
     base, target = models(plan)
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
     ramp.attach_width_ramp(target, g.source.dim, g.source.n_heads, g.source.ffn_dim)
-    grow_width(base.state_dict(), target.state_dict(), g)
+    grow(base.state_dict(), target.state_dict(), g)
     dst = target.state_dict()
     assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:, 96:], fresh["layers.0.feed_forward.w2.weight"][:, 96:])
     assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:64, :96], base.state_dict()["layers.0.feed_forward.w2.weight"])
@@ -120,7 +121,7 @@ def test_learn_expands_with_identity_on_old_units_trains_the_map_and_bakes():
     ligo.bake(target.state_dict())
     assert torch.allclose(logits(target, tokens), ligo(target, tokens), rtol=0, atol=1e-12)
     grown = models(plan)[1]
-    grow_width(src, grown.state_dict(), g)  # grow_width(learn) writes LiGO's starting point
+    grow(src, grown.state_dict(), g)  # grow(learn) writes LiGO's starting point
     assert torch.equal(grown.state_dict()["layers.0.attention.wk.weight"], start["layers.0.attention.wk.weight"])
 
 

@@ -1,4 +1,4 @@
-"""The trainer: a schedule with every depth operator runs end to end on real tokens, the loss falls
+"""The trainer: a schedule with the depth operators and two width ones runs end to end on real tokens, the loss falls
 in every stage, growth checks hold, and the data stream never re-reads what the base saw."""
 
 import pytest
@@ -21,6 +21,8 @@ stack x2 init learn 3 steps at lr 1e-2
 train 40 steps
 widen dim 64 init direct
 train 40 steps
+widen dim 128 init hyperclone
+train 20 steps
 """
 
 
@@ -33,7 +35,7 @@ def run(data_dir):
 
 def test_every_stage_trains_and_its_loss_falls(run):
     plan, logs, _ = run
-    assert [s.shape.n_layers for s in plan.stages] == [1, 2, 4, 5, 10, 10]
+    assert [s.shape.n_layers for s in plan.stages] == [1, 2, 4, 5, 10, 10, 10]
     for log in logs:
         first, last = sum(log.losses[:5]) / 5, sum(log.losses[-5:]) / 5
         assert last < first, (log.index, first, last)
@@ -42,9 +44,10 @@ def test_every_stage_trains_and_its_loss_falls(run):
 def test_growth_checks_hold_their_guarantees(run):
     plan, logs, lines = run
     checks = [c for log in logs for c in log.growth_checks]
-    assert len(checks) == 5
+    assert len(checks) == 6
     assert checks[1].startswith("preserved") and checks[2].startswith("preserved")  # zero, random at mask 0
-    assert any("LiGO map trained for 3 steps" in line for line in lines)
+    assert checks[5].startswith("preserved")  # hyperclone, noise and all
+    assert any("growth map (line 14) trained for 3 steps" in line for line in lines)
 
 
 def test_the_stream_continues_exactly_where_each_stage_stopped(run):
@@ -70,9 +73,12 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"run directory: {run_dir}" in out and "stage 1: 2 layers, 40 steps, loss" in out
+    summary = "stage 1: 2 layers, 40 steps in "
+    assert f"run directory: {run_dir}" in out and summary in out
+    assert "(means of its first and last 5 steps); validation loss" in out.split(summary)[1].splitlines()[0]
     assert (run_dir / "schedule.grow").read_text() == schedule.read_text()
-    assert "growth (line 8): depth direct" in (run_dir / "log.txt").read_text()
+    log = (run_dir / "log.txt").read_text()
+    assert "growth (line 8): depth direct" in log and summary in log  # the summary is in the log too
     from growdsl.plan.plan import Plan
 
     plan = Plan.from_json((run_dir / "plan.json").read_text())

@@ -57,7 +57,7 @@ def find(path: Path) -> Path:
 def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     from tokenizers import Tokenizer
 
-    from growdsl.ops import ramp
+    from growdsl.ops.ramp import Ramp
 
     ckpt = find(path)
     run_dir = ckpt.parent.parent
@@ -68,7 +68,7 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     max_seq = max(s["training"]["seq_len"] for s in plan["stages"])  # the RoPE table the run built
     model = build_model(shape, max_seq, device=device)
     for r in progress.ramps:
-        ramp.reattach(model, r["name"], r["old"])
+        Ramp.restore(model, r)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*single process.*")
         dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt))

@@ -67,8 +67,10 @@ def config(trained: Trained) -> dict:
         "rope_scaling": {"rope_type": "llama3", "factor": scaling.scaling_factor,
                          "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
                          "original_max_position_embeddings": scaling.original_max_position_embeddings},
-        # at least the scaling's original length (transformers warns otherwise); trained: see README.md
-        "max_position_embeddings": max(trained.seq_len, scaling.original_max_position_embeddings),
+        # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
+        # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
+        "max_position_embeddings": max(trained.seq_len, round(scaling.original_max_position_embeddings
+                                                              * scaling.scaling_factor)),
         "tie_word_embeddings": shape.tied_embeddings,
         "attention_bias": False,
         "mlp_bias": False,

@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from growdsl.lang.errors import Span
+from growdsl.lang.errors import Diagnostic, Span
 
 _NUMBER = re.compile(r"(?P<num>[0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)(?P<unit>[A-Za-z%]*)")
 
@@ -109,12 +109,21 @@ class Train:
 
 
 @dataclass(frozen=True)
-class Init:
-    """`init direct|zero|random [ramp AMOUNT]|learn [AMOUNT] [at lr X]`."""
+class InitOption:
+    """One option of an operator: `ramp 100 steps` (words "ramp"), `at lr 1e-4` (words "at lr"),
+    or a bare amount right after the name (words "")."""
 
-    operator: str
-    amount: Amount | None
-    lr: Number | None
+    words: str
+    value: Amount
+    span: Span
+
+
+@dataclass(frozen=True)
+class Init:
+    """`init NAME OPTIONS`: the growth operator and its options, as written."""
+
+    name: Word
+    options: tuple[InitOption, ...]
     span: Span
 
 
@@ -146,7 +155,17 @@ class GrowthDefaults:
     span: Span
 
 
-Statement = Model | Setting | Train | Growth | GrowthDefaults
+@dataclass(frozen=True)
+class Unparsed:
+    """A statement with a syntax error (reported by the parser): the compiler skips it, and after
+    one that may change the model (`keyword` model, train, stack, ...) checks nothing that depends
+    on the model's shape."""
+
+    keyword: str  # its first word
+    span: Span
+
+
+Statement = Model | Setting | Train | Growth | GrowthDefaults | Unparsed
 
 
 @dataclass
@@ -154,3 +173,4 @@ class Schedule:
     statements: list[Statement] = field(default_factory=list)
     source: str = ""
     filename: str = "<schedule>"
+    syntax_errors: list[Diagnostic] = field(default_factory=list)  # from parse_partial only

@@ -38,22 +38,27 @@ def lark_parser() -> Lark:
     )
 
 
-def parse_file(path: str | Path) -> ast.Schedule:
-    path = Path(path)
-    return parse(path.read_text(encoding="utf-8"), str(path))
-
-
 def parse(source: str, filename: str = "<schedule>") -> ast.Schedule:
     """Parse a schedule; raise ScheduleError carrying every syntax error found."""
+    schedule = parse_partial(source, filename)
+    if schedule.syntax_errors:
+        raise ScheduleError(schedule.syntax_errors)
+    return schedule
+
+
+def parse_partial(source: str, filename: str = "<schedule>") -> ast.Schedule:
+    """Parse a schedule as far as it goes: every statement that parses, an `Unparsed` in place of each
+    one that does not, and their syntax errors (so that the compiler can still check the rest)."""
     parser = lark_parser()
     try:
         tree = parser.parse(source, start="start")
     except UnexpectedInput:
-        return ast.Schedule(_parse_statements(parser, source), source, filename)
+        statements, errors = _parse_statements(parser, source)
+        return ast.Schedule(statements, source, filename, errors)
     return ast.Schedule(_ToAst().transform(tree), source, filename)
 
 
-def _parse_statements(parser: Lark, source: str) -> list[ast.Statement]:
+def _parse_statements(parser: Lark, source: str) -> tuple[list[ast.Statement], list[Diagnostic]]:
     """Parse statement by statement, collecting one error per broken statement."""
     diagnostics: list[Diagnostic] = []
     text, tokens = _lex(parser, source, diagnostics)
@@ -61,7 +66,9 @@ def _parse_statements(parser: Lark, source: str) -> list[ast.Statement]:
     statements: list[ast.Statement] = []
     for group in _split(tokens):
         first, last = group[0], group[-1]
+        unparsed = ast.Unparsed(str(first), Span.of(first, last))
         if bad_lines & set(range(first.line, last.end_line + 1)):
+            statements.append(unparsed)
             continue  # already reported: a character no token matches
         # Keep line and column numbers: earlier lines become ignorable line continuations.
         padded = "\\\n" * (first.line - 1) + " " * (first.column - 1) + text[first.start_pos : last.end_pos]
@@ -69,9 +76,10 @@ def _parse_statements(parser: Lark, source: str) -> list[ast.Statement]:
             statements.append(_ToAst().transform(parser.parse(padded, start="statement")))
         except UnexpectedInput as e:
             diagnostics.append(_diagnose(parser, e, padded))
+            statements.append(unparsed)
         if len(diagnostics) >= MAX_ERRORS:
             break
-    raise ScheduleError(sorted(diagnostics, key=lambda d: (d.span.line, d.span.col)))
+    return statements, sorted(diagnostics, key=lambda d: (d.span.line, d.span.col))
 
 
 def _lex(parser: Lark, source: str, diagnostics: list[Diagnostic]) -> tuple[str, list[Token]]:
@@ -253,19 +261,12 @@ class _ToAst(Transformer):
     def widen(self, meta, children):
         return self._growth("widen", meta, children)
 
-    def init_direct(self, meta, children):
-        return ast.Init("direct", None, None, _span(meta))
+    def init(self, meta, children):
+        return ast.Init(children[0], tuple(children[1:]), _span(meta))
 
-    def init_zero(self, meta, children):
-        return ast.Init("zero", None, None, _span(meta))
-
-    def init_random(self, meta, children):
-        return ast.Init("random", children[0] if children else None, None, _span(meta))
-
-    def init_learn(self, meta, children):
-        amount = next((c for c in children if isinstance(c, ast.Amount)), None)
-        lr = next((c for c in children if isinstance(c, ast.Number)), None)
-        return ast.Init("learn", amount, lr, _span(meta))
+    def init_option(self, meta, children):
+        words = " ".join(c.text if isinstance(c, ast.Word) else str(c) for c in children[:-1])
+        return ast.InitOption(words, children[-1], _span(meta))
 
     def optimizer_policy(self, meta, children):
         return ast.Policy("optimizer", _word(children[1]), _span(meta))

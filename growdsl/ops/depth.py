@@ -1,10 +1,10 @@
-"""Depth growth: target layer i takes source layer m[i] (G_stack, partial stacking, interpolation,
-gradual stacking and LLaMA-Pro are all such maps), initialised as the plan's layer map says:
+"""Depth growth by a layer map: target layer i takes source layer m[i] (G_stack, partial stacking,
+interpolation, gradual stacking and LLaMA-Pro are all such maps), started as the map's `init` says.
+The operators (growdsl.ops.operators) build on these:
 
-- copy:   the source layer's weights, bit-exact;
+- copy / learn: the source layer's weights, bit-exact (LiGO starts from the copy);
 - zero:   the copy with its residual writers (attention wo, MLP w2) zeroed: an identity block;
-- random: the target model's own fresh init, faded in by a ramp (ops.ramp) that starts at 0;
-- learn:  the copy (LiGO starts at G_stack; ops.ligo trains the mixing and bakes it in).
+- random: left as the target model's own fresh init (a ramp fades it in).
 
 Embeddings, the final norm and the output head are copied unchanged. Every write is a shard-local
 copy (layout.copy_into), so on FSDP2 models nothing is gathered."""
@@ -14,23 +14,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
-from growdsl.ops import ramp
 from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, RESIDUAL_WRITERS, copy_into, layer_key, local
+from growdsl.ops.optimizer import State, cloned, zeroed
 from growdsl.plan.plan import DepthGrowth
+
+FRESH = "random"  # the map's word for a layer that keeps the target's own init
 
 
 @torch.no_grad()
-def grow_depth(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: DepthGrowth) -> None:
-    """Write the grown weights into `dst` (the target model's state dict, filled in place)."""
+def copy_layers(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: DepthGrowth) -> None:
+    """Write every layer's source weights into `dst` (the target model's state dict, in place),
+    the global weights too; fresh layers are left alone and `zero` layers get zero residual writers."""
     if len(growth.layer_map) != growth.target_layers:
         raise ValueError("layer map and target depth disagree")
     for name in GLOBAL_PARAMS:
         if name in dst:  # a tied output head is not in the state dict twice
             copy_into(dst[name], src[name])
     for i, origin in enumerate(growth.layer_map):
-        if origin.init == "random":
+        if origin.init == FRESH:
             continue
         for name in LAYER_PARAMS:
             copy_into(dst[layer_key(i, name)], src[layer_key(origin.source, name)])
@@ -39,9 +41,15 @@ def grow_depth(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor],
                 local(dst[layer_key(i, name)]).zero_()
 
 
-def attach_depth_ramps(model: nn.Module, growth: DepthGrowth, value: float = 0.0) -> list[int]:
-    """Put a ramp on every layer the map initialises at random; returns their indices."""
-    fresh = [i for i, o in enumerate(growth.layer_map) if o.init == "random"]
-    for i in fresh:
-        ramp.attach_ramp(model.layers[str(i)], value)
-    return fresh
+def carry_depth(state: State, growth: DepthGrowth) -> State:
+    """The grown model's AdamW state: moments placed by the layer map exactly as the weights;
+    zero-initialised weights (an identity block's wo, w2) and fresh layers start with zero moments."""
+    out: State = {name: cloned(state[name]) for name in GLOBAL_PARAMS if name in state}
+    for i, origin in enumerate(growth.layer_map):
+        for name in LAYER_PARAMS:
+            src = state.get(layer_key(origin.source, name))
+            if src is None:  # the parameter never stepped: nothing to carry
+                continue
+            fresh = origin.init == FRESH or (origin.init == "zero" and name in RESIDUAL_WRITERS)
+            out[layer_key(i, name)] = zeroed(src) if fresh else cloned(src)
+    return out

@@ -1,5 +1,5 @@
-"""AdamW state across a growth: `reset` (a fresh optimizer, as the paper does) or `carry` (every
-moment follows the same map as its weight).
+"""AdamW state by parameter name: what a growth's `optimizer carry` maps (each operator says how,
+growdsl.ops.operators) and what checkpoints hold.
 
 State is handled keyed by parameter name ({"layers.3.attention.wq.weight": {"step", "exp_avg",
 "exp_avg_sq"}}), the way torch.distributed.checkpoint keys it, and installed into a fresh
@@ -13,8 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, RESIDUAL_WRITERS, layer_key, named_parameters
-from growdsl.plan.plan import DepthGrowth
+from growdsl.ops.layout import named_parameters
 
 State = dict[str, dict[str, torch.Tensor]]
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -42,35 +41,10 @@ def load_named_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
     optimizer.load_state_dict(full)
 
 
-def _clone(st: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cloned(st: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in st.items()}
 
 
-def _zeroed(st: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def zeroed(st: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Zero moments for a parameter that starts at zero or fresh; the step count is kept."""
     return {k: (torch.zeros_like(v) if k in MOMENTS else v.clone()) for k, v in st.items()}
-
-
-def carry_depth(state: State, growth: DepthGrowth) -> State:
-    """The grown model's AdamW state: moments placed by the layer map exactly as the weights;
-    zero-initialised weights (an identity block's wo, w2) and fresh layers start with zero moments."""
-    out: State = {name: _clone(state[name]) for name in GLOBAL_PARAMS if name in state}
-    for i, origin in enumerate(growth.layer_map):
-        for name in LAYER_PARAMS:
-            src = state.get(layer_key(origin.source, name))
-            if src is None:  # the parameter never stepped: nothing to carry
-                continue
-            fresh = origin.init == "random" or (origin.init == "zero" and name in RESIDUAL_WRITERS)
-            out[layer_key(i, name)] = _zeroed(src) if fresh else _clone(src)
-    return out
-
-
-def grown_state(policy: str, state: State, growth) -> State:
-    """What the grown model's optimizer starts from under the growth's `optimizer` policy."""
-    if policy == "reset":
-        return {}
-    if isinstance(growth, DepthGrowth):
-        return carry_depth(state, growth)
-    from growdsl.ops.width import carry_width
-
-    return carry_width(state, growth)

@@ -9,6 +9,8 @@ activation checkpointing stay as they are. `remove_ramp` takes both away once m 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -116,13 +118,38 @@ def remove_width_ramp(model: nn.Module) -> None:
     delattr(model, RAMP)
 
 
-def reattach(model: nn.Module, name: str, old: tuple[int, int, int] | None) -> nn.Module:
-    """Put back a ramp recorded as (`name` of the module holding it, `old` (dim, heads, ffn) for a
-    width ramp, None for a depth ramp) on a freshly built model; its value comes with the weights.
-    Returns the module holding it."""
-    module = model.get_submodule(name)
-    if old:
-        attach_width_ramp(module, *old)
-    else:
-        attach_ramp(module)
-    return module
+@dataclass
+class Ramp:
+    """A live ramp: the module holding the mask (`name` in the model), its length in optimizer
+    steps, the steps done; `old` (dim, heads, ffn) for a width ramp, None for a depth ramp."""
+
+    module: nn.Module
+    steps: int
+    name: str
+    old: tuple[int, int, int] | None = None
+    step: int = 0
+
+    def advance(self) -> bool:
+        """One optimizer step more; at the end the mask is 1 and is removed (the plain model
+        stays). True once it has ended."""
+        self.step += 1
+        set_ramp(self.module, ramp_value(self.step, self.steps))
+        if self.step >= self.steps:
+            (remove_width_ramp if self.old else remove_ramp)(self.module)
+            return True
+        return False
+
+    def describe(self) -> dict:
+        """What a checkpoint records of it (the mask's value comes with the weights)."""
+        return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}
+
+    @staticmethod
+    def restore(model: nn.Module, d: dict) -> "Ramp":
+        """Put a recorded ramp back on a freshly built model."""
+        module = model.get_submodule(d["name"])
+        old = tuple(d["old"]) if d["old"] else None
+        if old:
+            attach_width_ramp(module, *old)
+        else:
+            attach_ramp(module)
+        return Ramp(module, d["steps"], d["name"], old, d["step"])

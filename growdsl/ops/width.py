@@ -5,26 +5,26 @@ kept, so query head j still reads kv head j // group. Index maps, with d -> D, h
 residual dim k copies dim k mod d, query head j copies head j mod h, kv head i copies i mod kv,
 FFN unit u copies unit u mod f.
 
-- direct (Net2Net / bert2BERT): rows of new units are copies; the fan-in columns of duplicated
-  inputs are split so the copies sum to the original (divided by the copy count). The MLP and
-  attention paths are exact. RMSNorm is exact too when every width grows by a whole factor (each
-  dim copied equally often keeps the mean square); otherwise it is approximate.
-- random: the old weights in their old places, everything new fresh (the target's own init),
-  faded in by ops.ramp.attach_width_ramp. Exact at mask 0.
-- zero: the old weights in their old places; the new residual dims start at zero (zero embedding
-  columns, zero rows in wo and w2), new heads and FFN units write nothing (zero columns in wo and
-  w2) while their fan-in keeps the target's fresh init; every RMSNorm weight is scaled by
-  sqrt(d/D) so the norms see the old mean square. Exact up to RMSNorm's epsilon (it is added to a
-  mean square that is d/D of the old one).
+The transforms the width operators (growdsl.ops.operators) are made of:
 
-- learn: LiGO width expansion (ops.ligo.LigoWidth), trained by the runtime, then baked.
+- split (direct; Net2Net / bert2BERT): rows of new units are copies; the fan-in columns of
+  duplicated inputs are split so the copies sum to the original (divided by the copy count). The
+  MLP and attention paths are exact. RMSNorm is exact too when every width grows by a whole factor
+  (each dim copied equally often keeps the mean square); otherwise it is approximate.
+- in_place (random): the old weights in their old places, everything new fresh (the target's own
+  init), faded in by ops.ramp.attach_width_ramp. Exact at mask 0.
+- zero_new (zero): the old weights in their old places; the new residual dims start at zero (zero
+  embedding columns, zero rows in wo and w2), new heads and FFN units write nothing (zero columns
+  in wo and w2) while their fan-in keeps the target's fresh init; every RMSNorm weight is scaled
+  by sqrt(d/D) so the norms see the old mean square. Exact up to RMSNorm's epsilon (it is added to
+  a mean square that is d/D of the old one).
 
 Operates on whole tensors and writes each rank's shard (layout.write_full): width growth reshards."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -58,7 +58,7 @@ def _head_rows(heads: torch.Tensor, hd: int) -> torch.Tensor:
     return (heads[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
 
 
-def _gather(name: str, w: torch.Tensor, m: WidthMaps) -> torch.Tensor:
+def gather_units(name: str, w: torch.Tensor, m: WidthMaps) -> torch.Tensor:
     """The grown tensor's entries, each taken from the source unit it copies (rows: outputs)."""
     if name in ("tok_embeddings.weight", "output.weight"):
         return w[:, m.dim]
@@ -75,7 +75,7 @@ def _gather(name: str, w: torch.Tensor, m: WidthMaps) -> torch.Tensor:
     raise KeyError(name)
 
 
-def _split(name: str, m: WidthMaps, tied: bool) -> torch.Tensor | float:
+def fan_in_share(name: str, m: WidthMaps, tied: bool) -> torch.Tensor | float:
     """The fan-in share of each input column: copies of one source input sum to the original."""
     share = WidthMaps.share
     if name == "norm.weight":  # tied: the head is the (copied, unsplit) embedding; split here
@@ -89,22 +89,23 @@ def _split(name: str, m: WidthMaps, tied: bool) -> torch.Tensor | float:
     return share(m.dim)  # every reader of the residual stream: wq wk wv w1 w3 output
 
 
-def _direct(name: str, w: torch.Tensor, m: WidthMaps, tied: bool) -> torch.Tensor:
-    split = _split(name, m, tied)
-    return _gather(name, w, m) * (split.to(w.device, w.dtype) if isinstance(split, torch.Tensor) else split)
+def split(name: str, w: torch.Tensor, m: WidthMaps, tied: bool) -> torch.Tensor:
+    """Net2Net: the units copied, each input's copies sharing its fan-in."""
+    split = fan_in_share(name, m, tied)
+    return gather_units(name, w, m) * (split.to(w.device, w.dtype) if isinstance(split, torch.Tensor) else split)
 
 
-def _in_place(w: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+def in_place(w: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     """The target's fresh tensor with the old weight written over its leading block."""
     out = fresh.clone()
     out[tuple(slice(0, n) for n in w.shape)] = w
     return out
 
 
-def _zero(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst: ModelShape) -> torch.Tensor:
+def zero_new(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst: ModelShape) -> torch.Tensor:
     """Old weights in place, `fresh` elsewhere, zeros wherever a new unit would write into the
     residual stream; norms scaled by sqrt(d/D)."""
-    out = _in_place(w, fresh)
+    out = in_place(w, fresh)
     if name == "tok_embeddings.weight":
         out[:, src.dim:] = 0
     elif name.endswith("wo.weight") or name.endswith("w2.weight"):
@@ -116,30 +117,19 @@ def _zero(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, dst:
 
 
 @torch.no_grad()
-def grow_width(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: WidthGrowth) -> None:
-    """Write the widened weights into `dst` (the target model's state dict, filled in place)."""
-    if growth.operator == "learn":  # LiGO's starting point; the runtime trains the map, then bakes
-        from growdsl.ops.ligo import LigoWidth
-
-        LigoWidth(src, growth).bake(dst)
-        return
-    maps = WidthMaps(growth.source, growth.target)
+def write_widened(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: WidthGrowth,
+                  value: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """dst[name] <- value(name, the whole source weight, the target's whole fresh weight), for every
+    weight of the target (the target model's state dict, filled in place; each rank keeps its shard)."""
     for name, target in dst.items():
         if name not in src or (name == "output.weight" and growth.target.tied_embeddings):
             continue  # buffers of the target alone (a ramp); a tied head is the embedding
-        w = full(src[name])
-        if growth.operator == "direct":
-            value = _direct(name, w, maps, growth.source.tied_embeddings)
-        elif growth.operator == "zero":
-            value = _zero(name, w, full(target), growth.source, growth.target)
-        else:  # random: new units fresh; ops.ramp.attach_width_ramp masks them
-            value = _in_place(w, full(target))
-        write_full(target, value)
+        write_full(target, value(name, full(src[name]), full(target)))
 
 
-def carry_width(state: State, growth: WidthGrowth) -> State:
-    """Moments gathered by the same index maps as the weights (not rescaled); units that start at
-    zero or fresh (zero growth) start with zero moments."""
+def carry_width(state: State, growth: WidthGrowth, gather: bool) -> State:
+    """Moments for the widened model: `gather`: by the same index maps as copied weights (not
+    rescaled); otherwise old units keep theirs in place and new units start at zero."""
     maps = WidthMaps(growth.source, growth.target)
     out: State = {}
     for name, st in state.items():
@@ -150,10 +140,10 @@ def carry_width(state: State, growth: WidthGrowth) -> State:
                 out[name][key] = v.clone()
                 continue
             v = full(v)
-            if growth.operator == "direct":
-                out[name][key] = _gather(name, v, maps)
+            if gather:
+                out[name][key] = gather_units(name, v, maps)
             else:
-                grown = torch.zeros(_gather(name, v, maps).shape, dtype=v.dtype, device=v.device)
+                grown = torch.zeros(gather_units(name, v, maps).shape, dtype=v.dtype, device=v.device)
                 grown[tuple(slice(0, n) for n in shape_src)] = v
                 out[name][key] = grown
     return out

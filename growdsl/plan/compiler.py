@@ -16,7 +16,8 @@ from typing import Any
 from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, Span, did_you_mean
 from growdsl.plan.tasks import EVAL_TASKS
-from growdsl.plan import guideline
+from growdsl.plan import guideline, operators
+from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
 from growdsl.plan.layermap import MAX_LAYERS, PatternError, connection_rate, gstack, interpolation, parse_pattern, pattern_of
 from growdsl.plan.plan import (
     Baseline,
@@ -39,12 +40,10 @@ from growdsl.plan.presets import DEFAULT_PRESET, FAMILY, PRESETS, Preset, find_p
 from growdsl.plan.shape import ModelShape, llama_ffn_dim
 from growdsl.plan.units import UNITS, human
 
-# The paper's defaults for the operators' own knobs (official code).
 MAX_COUNT = 10**7  # any width, depth, batch or sequence length
 MAX_TOKENS = 10**16  # any token or step amount
 
-RANDOM_RAMP_STEPS = 5000
-LEARN_STEPS, LEARN_LR, LEARN_WARMUP = 100, 7e-5, 50
+LEARN_WARMUP = 50  # a learned growth map warms its LR up over min(this, half its steps)
 
 # Validation by default: about VAL_POINTS times over the run (and at every stage end), on 1% of the
 # run's training tokens held out, between VAL_MIN_SEQS sequences and VAL_MAX_TOKENS: its forward
@@ -52,18 +51,11 @@ LEARN_STEPS, LEARN_LR, LEARN_WARMUP = 100, 7e-5, 50
 # the VAL_MIN_SEQS floor dominates; `growdsl plan` shows the cost).
 VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
 
-GUARANTEES = {
-    ("depth", "direct"): ("none", "G_stack: the grown model starts near the base's function, not at it"),
-    ("depth", "zero"): ("exact", "duplicated blocks start as identities (attention out and MLP down projections zeroed)"),
-    ("depth", "random"): ("exact", "new blocks start masked out (mask 0) and fade in over the ramp"),
-    ("depth", "learn"): ("none", "LiGO starts at G_stack and learns the depth mixing"),
-    ("width", "direct"): ("approximate", "neuron splitting keeps the MLP exact; RMSNorm over the wider vector does not"),
-    ("width", "zero"): ("exact", "new units start with zero fan-out; norms scaled by sqrt(d/D)"),
-    ("width", "random"): ("exact", "new units start masked out (mask 0) and fade in over the ramp"),
-    ("width", "learn"): ("none", "LiGO width expansion: identity for old units, Gaussian rows for new ones"),
-}
-
 _LR_KEYS = ("lr_max", "lr_min", "warmup", "lr_schedule")
+# The statements that cannot change the model (the grammar's settings, and `growth` policies).
+_SETTINGS = {"lr", "min_lr", "warmup", "lr_schedule", "optimizer", "betas", "eps", "weight_decay", "clip", "batch",
+             "micro_batch", "seq", "seed", "data", "dp_shard", "dp_replicate", "tp", "ac", "compile", "checkpoint",
+             "eval", "val", "growth"}
 
 
 def compile_schedule(schedule: ast.Schedule) -> Plan:
@@ -77,7 +69,8 @@ class _GrowthDraft:
 
     node: ast.Growth
     kind: str
-    operator: str
+    operator: Operator
+    options: dict[str, ast.InitOption]  # the options as written, by name
     policies: dict[str, str]
     fields: dict[str, Any]  # the rest of DepthGrowth / WidthGrowth
 
@@ -98,7 +91,7 @@ class _StageDraft:
 class _Compiler:
     def __init__(self, schedule: ast.Schedule):
         self.schedule = schedule
-        self.diagnostics: list[Diagnostic] = []
+        self.diagnostics: list[Diagnostic] = list(schedule.syntax_errors)
         preset = PRESETS[DEFAULT_PRESET]
         self.family: dict[str, Any] = asdict(preset.shape)
         self.declared: ModelShape | None = None  # the shape an explicit `model` statement names
@@ -138,7 +131,10 @@ class _Compiler:
             elif isinstance(st, ast.Train):
                 self._train(st)
                 self.last_setting = None
-        self._finish_statements()
+            elif st.keyword not in _SETTINGS:  # a statement that did not parse, and may have changed the model
+                self.broken, self.shape = True, None
+        if not self.schedule.syntax_errors:  # else a missing statement may be what these would miss
+            self._finish_statements()
         if not self._errors():
             self._resolve_auto()
         if self._errors():
@@ -565,18 +561,63 @@ class _Compiler:
             return
         policies = dict(self.policy)
         self._policies(node.policies, policies)
-        operator = node.init.operator if node.init else "direct"
-        if node.kind == "widen":
-            draft = self._width(node, operator, policies)
+        found = self._operator(node)
+        if found is None:
+            draft = None
+        elif node.kind == "widen":
+            draft = self._width(node, *found, policies)
         else:
-            draft = self._depth(node, operator, policies)
+            draft = self._depth(node, *found, policies)
         if draft is None:
             self.broken = True
             self.shape = None  # later statements can no longer be checked against a shape
             return
         self.pending.append(draft)
 
-    def _depth(self, node: ast.Growth, operator: str, policies: dict[str, str]) -> _GrowthDraft | None:
+    def _operator(self, node: ast.Growth) -> tuple[Operator, dict[str, ast.InitOption]] | None:
+        """The growth's operator (`init NAME`, direct without one) and its options by name, checked
+        against its description."""
+        if node.init is None:
+            return operators.OPERATORS[operators.DEFAULT], {}
+        name = node.init.name
+        op = operators.find(name.text)
+        if op is None:
+            self.error(name.span, f"unknown growth operator '{name.text}'",
+                       did_you_mean(name.text, operators.OPERATORS) or f"operators: {', '.join(operators.OPERATORS)}")
+            return None
+        kind = "width" if node.kind == "widen" else "depth"
+        if op.mode(kind) is None:
+            able = [o.name for o in operators.OPERATORS.values() if o.mode(kind)]
+            self.error(name.span, f"{op.name} does not grow {kind}: it grows {'depth' if op.depth else 'width'} only",
+                       f"operators that grow {kind}: {', '.join(able)}")
+            return None
+        given: dict[str, ast.InitOption] = {}
+        ok = True
+        for written in node.init.options:
+            option = op.option(written.words)
+            what = f"'{written.words}' of init {op.name}" if option else ""
+            if option is None:
+                takes = "; ".join(f"{o.words + ' ' if o.words else ''}{'AMOUNT' if o.kind == 'steps' else 'NUMBER'}: "
+                                  f"{o.help}" for o in op.options)
+                self.error(written.span, f"init {op.name} takes no " +
+                           (f"option '{written.words}'" if written.words else "bare amount"),
+                           f"its options: {takes}" if takes else f"init {op.name} takes no options")
+                ok = False
+            elif option.name in given:
+                self.error(written.span, f"{what} is given twice", "keep one")
+                ok = False
+            elif option.kind == "number" and written.value.kind != "bare":
+                self.error(written.value.span, f"{what} takes a plain number", f"e.g. {option.words} {option.default:g}")
+                ok = False
+            elif option.kind == "number" and self._float(written.value.number, what, option.low,
+                                                         option.inclusive) is None:
+                ok = False
+            else:
+                given[option.name] = written
+        return (op, given) if ok else None
+
+    def _depth(self, node: ast.Growth, operator: Operator, options: dict[str, ast.InitOption],
+               policies: dict[str, str]) -> _GrowthDraft | None:
         base = self.shape.n_layers
         factor = None
         if node.factor is not None:
@@ -621,10 +662,11 @@ class _Compiler:
             self.error(node.span, f"a growth that does not grow: {base} layers become {len(sources)}",
                        "the target must have more layers than the base")
             return None
+        mode = operator.depth
         origins = []
         seen: set[int] = set()
         for src in sources:
-            init = _depth_init(operator, first=src not in seen)
+            init = mode.first if src not in seen else mode.starts
             seen.add(src)
             root = None if init == "random" else self.layers[src].root
             origins.append(LayerOrigin(source=src, init=init, root=root))
@@ -632,20 +674,29 @@ class _Compiler:
         if not guideline.g_in_range(g):
             self.warn(node.span, f"growth factor g = {_fmt_fraction(g)} is outside the paper's 2-4",
                       f"the paper finds g between 2 and 4 best and uses g = {guideline.G_RECOMMENDED}")
-        self.shape = replace(self.shape, n_layers=len(sources))
+        target = replace(self.shape, n_layers=len(sources))
+        if operator.refuses and (why := operator.refuses(self.shape, target)):
+            self.error(node.init.name.span, why)
+            return None
+        self.shape = target
         self.layers = origins
-        return _GrowthDraft(node, "depth", operator, policies, dict(
+        return _GrowthDraft(node, "depth", operator, options, policies, dict(
             method=method, pattern=pattern, source_layers=base, target_layers=len(sources), factor=g,
             layer_map=tuple(origins), connection_rate=connection_rate(sources)))
 
-    def _width(self, node: ast.Growth, operator: str, policies: dict[str, str]) -> _GrowthDraft | None:
+    def _width(self, node: ast.Growth, operator: Operator, options: dict[str, ast.InitOption],
+               policies: dict[str, str]) -> _GrowthDraft | None:
         old = self.shape
         target = self._resolve_width(old, node.fields, node.span, grow=True)
         if target is None:
             return None
+        if operator.refuses and (why := operator.refuses(old, target)):
+            self.error(node.init.name.span, why)
+            return None
         self.shape = target
-        self.layers = [LayerOrigin(source=i, init=_width_init(operator), root=o.root) for i, o in enumerate(self.layers)]
-        return _GrowthDraft(node, "width", operator, policies, dict(source=old, target=target))
+        starts = operator.width.starts
+        self.layers = [LayerOrigin(source=i, init=starts, root=o.root) for i, o in enumerate(self.layers)]
+        return _GrowthDraft(node, "width", operator, options, policies, dict(source=old, target=target))
 
     def _resolve_width(self, old: ModelShape, fields: tuple[ast.Setting, ...], span: Span, grow: bool) -> ModelShape | None:
         """The shape `fields` (dim/heads/kv_heads/ffn) ask for, keeping head_dim and the GQA group;
@@ -707,11 +758,13 @@ class _Compiler:
             shape = self._base_shape(node)
             if shape is None:
                 self.broken = True
+                self._check_without_shape(node)
                 return
             self.shape = shape
             self.layers = [LayerOrigin(source=None, init="fresh", root=i) for i in range(shape.n_layers)]
         elif self.shape is None:
-            return  # an earlier error left no shape to train
+            self._check_without_shape(node)  # an earlier error left no shape to train
+            return
         elif node.shape is not None:
             self._check_same_shape(node.shape)
         settings = dict(self.settings, where=dict(self.settings["where"]))
@@ -734,6 +787,14 @@ class _Compiler:
                 if r:
                     draft.steps, draft.tokens = r
         self.stages.append(draft)
+
+    def _check_without_shape(self, node: ast.Train) -> None:
+        """What of a train statement can be checked without the model: its settings and its amount's unit."""
+        settings = dict(self.settings, where=dict(self.settings["where"]))
+        for s in node.settings:
+            self._apply_setting(s, settings)
+        if node.amount.kind != "auto":
+            self._checked_amount(node.amount, "the amount to train")
 
     def _base_shape(self, node: ast.Train) -> ModelShape | None:
         if self.broken:
@@ -776,22 +837,26 @@ class _Compiler:
                            "drop it, or add a widen step before this train")
 
     def _growth_knobs(self, g: _GrowthDraft, tps: int) -> None:
-        init = g.node.init
-        if g.operator == "random":
-            steps = RANDOM_RAMP_STEPS
-            if init.amount is not None:
-                r = self._amount(init.amount, tps, "the ramp")
-                steps = r[0] if r else None
-            g.fields["ramp_steps"] = steps
-        elif g.operator == "learn":
-            steps = LEARN_STEPS
-            if init.amount is not None:
-                r = self._amount(init.amount, tps, "the LiGO phase")
-                steps = r[0] if r else None
-            lr = LEARN_LR if init.lr is None else self._float(init.lr, "LiGO lr")
-            if steps is not None and lr is not None:
-                g.fields["learn"] = dict(steps=steps, lr=lr, warmup_steps=min(LEARN_WARMUP, steps // 2),
-                                         tokens=steps * tps)
+        """The operator's options, defaults filled in and amounts made steps at the stage's batch; the
+        ones the trainer runs (a ramp, a learned map) become their own fields."""
+        values: dict[str, float] = {}
+        for option in g.operator.options:
+            written = g.options.get(option.name)
+            if written is None:
+                values[option.name] = option.default
+            elif option.kind == "steps":
+                r = self._amount(written.value, tps, f"the {option.name} of init {g.operator.name}")
+                if r is None:
+                    return
+                values[option.name] = r[0]
+            else:
+                values[option.name] = written.value.number.value
+        if RAMP in values:
+            g.fields["ramp_steps"] = int(values.pop(RAMP))
+        if LEARN in values:
+            steps, lr = int(values.pop(LEARN)), values.pop(LEARN_LR)
+            g.fields["learn"] = dict(steps=steps, lr=lr, warmup_steps=min(LEARN_WARMUP, steps // 2), tokens=steps * tps)
+        g.fields["options"] = values
 
     def _resolve_auto(self) -> None:
         """`train ... for auto`: d from the guideline, last stage first (d depends on the tokens after)."""
@@ -859,14 +924,14 @@ class _Compiler:
                     stages=tuple(stages), totals=totals, warnings=warnings)
 
     def _build_growth(self, g: _GrowthDraft, stage: _StageDraft):
-        guarantee, note = GUARANTEES[(g.kind, g.operator)]
+        mode = g.operator.mode(g.kind)
         fields = dict(g.fields)
         if "learn" in fields:
             learn = fields["learn"]
             fields["learn"] = LearnPhase(flops=learn["tokens"] * stage.shape.flops_per_token(stage.training.seq_len),
                                          **learn)
         cls = DepthGrowth if g.kind == "depth" else WidthGrowth
-        return cls(operator=g.operator, guarantee=guarantee, guarantee_note=note, optimizer=g.policies["optimizer"],
+        return cls(operator=g.operator.name, guarantee=mode.guarantee, guarantee_note=mode.note, optimizer=g.policies["optimizer"],
                    lr=g.policies["lr"], line=g.node.span.line, **fields)
 
     def _lr_schedules(self) -> list[LRSchedule]:
@@ -943,18 +1008,6 @@ def _baseline(stages: list[Stage]) -> Baseline | None:
     per_step = final.flops_per_token * final.training.tokens_per_step
     steps = max(1, round(final.cumulative_flops / per_step))
     return Baseline(steps=steps, tokens=steps * final.training.tokens_per_step, flops=steps * per_step)
-
-
-def _depth_init(operator: str, first: bool) -> str:
-    if operator == "direct":
-        return "copy"
-    if operator == "learn":
-        return "learn"
-    return "copy" if first else operator  # zero / random: the first occurrence keeps the base layer
-
-
-def _width_init(operator: str) -> str:
-    return {"direct": "copy", "zero": "zero", "random": "random", "learn": "learn"}[operator]
 
 
 def _divisor_near(n: int, d: int) -> int:

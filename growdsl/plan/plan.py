@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Literal
 
@@ -106,28 +106,25 @@ def validation_steps(first: int, steps: int, every: int) -> list[int]:
     return points if points and points[-1] == first + steps else points + [first + steps]
 
 
-Init = Literal["fresh", "copy", "zero", "random", "learn"]
-
-
 @dataclass(**_FROZEN)
 class LayerOrigin:
     """Where one layer of a grown model comes from.
 
     source: the layer of the model before the growth that the map puts here (its weights are
-    used unless init is "random"); init: copy (bit-exact), zero (copy with the attention output
-    and MLP down projections zeroed: an identity block), random (fresh, faded in by a mask),
-    learn (LiGO, starting from the copy), fresh (a stage-0 layer); root: the stage-0 layer
-    this one descends from (None for random layers). After a width growth every layer keeps its
-    source and root, and init says how its new units start."""
+    used unless init is "random"); init: how the growth's operator starts it (its description's
+    words, growdsl.plan.operators): copy (bit-exact), zero (copy with the attention output and
+    MLP down projections zeroed: an identity block), random (fresh, faded in by a mask), learn
+    (LiGO, starting from the copy), fresh (a stage-0 layer); root: the stage-0 layer this one
+    descends from (None for random layers). After a width growth every layer keeps its source
+    and root, and init says how its new units start."""
 
     __pydantic_config__ = _STRICT
 
     source: int | None
-    init: Init
+    init: str
     root: int | None
 
 
-Operator = Literal["direct", "zero", "random", "learn"]
 Guarantee = Literal["exact", "approximate", "none"]
 
 
@@ -147,13 +144,14 @@ class LearnPhase:
 @dataclass(**_FROZEN)
 class _GrowthBase:
     __pydantic_config__ = _STRICT
-    operator: Operator
+    operator: str  # its name (growdsl.plan.operators)
     guarantee: Guarantee  # does the grown model compute the same function as the base?
     guarantee_note: str
     optimizer: Literal["reset", "carry"]  # AdamW moments: fresh (the paper) or mapped
     lr: Literal["restart", "continue"]  # LR schedule: warmup + decay again (the paper) or go on
-    ramp_steps: int | None = None  # random: the mask goes 0 -> 1 over this many steps
-    learn: LearnPhase | None = None
+    ramp_steps: int | None = None  # the mask goes 0 -> 1 over this many steps (an operator's `ramp`)
+    learn: LearnPhase | None = None  # the growth map trains first (an operator's `learn`)
+    options: dict[str, float] = field(default_factory=dict)  # the operator's other options, resolved
     line: int  # where the growth statement is in the schedule
 
 

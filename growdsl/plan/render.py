@@ -13,7 +13,8 @@ _GUARANTEE = {"exact": "function-preserving", "approximate": "function-preservin
 
 def render_plan(plan: Plan, predict_d: bool = False) -> str:
     first = plan.stages[0]
-    out = [f"{plan.source}: {len(plan.stages)} stages, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
+    n = len(plan.stages)
+    out = [f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
            ""]
     header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
     rows = []
@@ -85,7 +86,8 @@ def growth_line(g) -> str:
     if g.ramp_steps:
         knobs = f", ramp {g.ramp_steps:,} steps"
     if g.learn:
-        knobs = f", LiGO {g.learn.steps} steps at lr {_sci(g.learn.lr)}"
+        knobs = f", learned map {g.learn.steps} steps at lr {_sci(g.learn.lr)}"
+    knobs += "".join(f", {name} {value:g}" for name, value in g.options.items())
     if isinstance(g, DepthGrowth):
         name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
         rc = g.connection_rate

@@ -17,6 +17,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -145,10 +146,15 @@ def load_meta(directory: Path) -> Meta:
     return Meta(**json.loads((directory / "meta.json").read_text()))
 
 
-def default_corpus() -> Path:
-    """The prepared default corpus (Shakespeare, 4k BPE), built on first use."""
+def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
+    """The prepared default corpus (Shakespeare, 4k BPE), built on first use (saying so: it takes a
+    while, once)."""
     if not (DEFAULT / "meta.json").exists() or not (DEFAULT / "val.jsonl").exists():
-        prepare([corpora.fetch("shakespeare")], DEFAULT, vocab_size=DEFAULT_VOCAB)
+        say(f"the default corpus (Shakespeare) is not prepared yet: fetching it and training its {DEFAULT_VOCAB:,}-token "
+            f"BPE tokenizer, once, into {DEFAULT} (about a minute)")
+        texts = corpora.fetch("shakespeare")
+        prepare([texts], DEFAULT, vocab_size=DEFAULT_VOCAB)
+        say(f"prepared the default corpus in {DEFAULT}")
     return DEFAULT
 
 

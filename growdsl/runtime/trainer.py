@@ -1,10 +1,10 @@
 """Train a plan from the first token to the end, growing the live model in memory at every stage
 boundary, on one process or many (torchrun: FSDP2 / TP / AC / compile via torchtitan).
 
-At a growth: build the target model (torchtitan's Transformer, meta -> init), write the grown
-weights with growdsl.ops, attach the ramps of random operators, run the preservation check on a
-held-out probe batch and log it, train a LiGO map first where the operator is `learn`, and start
-the target's AdamW from reset or carried state. The data stream goes on where the base stopped.
+At a growth: build the target model (torchtitan's Transformer, meta -> init), let the growth's
+operator (growdsl.ops.operators, whichever it is) attach its ramps and write the grown weights, run
+the preservation check on a held-out probe batch and log it, train the operator's learned map first
+if it has one (LiGO), and start the target's AdamW from reset or the operator's carried state. The data stream goes on where the base stopped.
 
 With a run directory it checkpoints at every stage end (before a growth), right after every growth,
 and at the plan's cadence; `resume=True` goes on from the newest complete checkpoint, never
@@ -24,14 +24,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from growdsl.ops import ramp
+from growdsl.ops import operators
 from growdsl.ops.check import check_preservation
-from growdsl.ops.depth import attach_depth_ramps, grow_depth
 from growdsl.ops.layout import full, named_parameters, write_full
-from growdsl.ops.ligo import LigoDepth, LigoWidth
 from growdsl.ops.model import build_model
-from growdsl.ops.optimizer import grown_state, load_named_state, named_state
-from growdsl.ops.width import grow_width
+from growdsl.ops.optimizer import load_named_state, named_state
+from growdsl.ops.ramp import Ramp
 from growdsl.plan.plan import DepthGrowth, Plan, Stage, validation_steps
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
@@ -95,7 +93,7 @@ class Trainer:
         self.shape = plan.stages[0].shape
         self.model = self._parallel(self._build(), plan.stages[0])
         self.state: dict = {}  # AdamW state by parameter name, carried across a growth
-        self.ramps: list[_Ramp] = []
+        self.ramps: list[Ramp] = []
 
     def _check_memory(self) -> None:
         """Refuse up front a model that cannot fit, rather than be killed while building it: every
@@ -185,7 +183,7 @@ class Trainer:
         weights, ramps and AdamW state, laid out again under the new settings. Tensor by tensor
         through the whole tensor, as the layouts may differ."""
         model = self._build()
-        self.ramps = [_Ramp.attach(model, r.describe()) for r in self.ramps]
+        self.ramps = [Ramp.restore(model, r.describe()) for r in self.ramps]
         model = self._parallel(model, stage)
         old = self.model.state_dict()
         with torch.no_grad():
@@ -231,7 +229,7 @@ class Trainer:
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
         model = self._build()
-        self.ramps = [_Ramp.attach(model, r) for r in p.ramps]
+        self.ramps = [Ramp.restore(model, r) for r in p.ramps]
         self.model = self._parallel(model, stage)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
@@ -247,23 +245,17 @@ class Trainer:
     # ---- growth ----------------------------------------------------------------------------
 
     def _grow(self, growth, stage: Stage) -> str:
-        before = self.model
+        """Build the target, let the growth's operator attach its ramps and write the weights, check
+        its guarantee, train its learned map if it has one, and map the AdamW state through it."""
+        before, op = self.model, operators.get(growth.operator)
         depth = isinstance(growth, DepthGrowth)
         self.shape = replace(self.shape, n_layers=growth.target_layers) if depth else growth.target
         torch.manual_seed(stage.training.seed + stage.index)
         target = self._build()  # whole on every rank, then sharded
-        self.ramps = []
-        if growth.operator == "random":
-            if depth:
-                self.ramps = [_Ramp(target.layers[str(i)], growth.ramp_steps, f"layers.{i}")
-                              for i in attach_depth_ramps(target, growth)]
-            else:
-                old = (growth.source.dim, growth.source.n_heads, growth.source.ffn_dim)
-                ramp.attach_width_ramp(target, *old)
-                self.ramps = [_Ramp(target, growth.ramp_steps, "", old)]
+        self.ramps = op.ramps(target, growth)
         target = self._parallel(target, stage)
         src, dst = before.state_dict(), target.state_dict()
-        (grow_depth if depth else grow_width)(src, dst, growth)
+        op.grow(src, dst, growth)
         check = check_preservation(before, target, self.probe, growth.guarantee)
         kind = f"{growth.kind} {growth.operator}"
         self.log(f"growth {growth_line(growth)}")
@@ -275,30 +267,31 @@ class Trainer:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         if growth.learn is not None:
             if self.world.size > 1:
-                raise RunError(f"LiGO (`init learn`, line {growth.line}) runs on one process for now")
-            self._learn(growth, src, target, stage)
-        self.state = grown_state(growth.optimizer, self.state, growth)
+                raise RunError(f"a learned growth map (`init {growth.operator}`, line {growth.line}) runs on one "
+                               f"process for now")
+            self._learn(op.learner(src, growth), growth, target, stage)
+        self.state = operators.grown_state(growth.optimizer, self.state, growth)
         self.model = target
         return str(check)
 
-    def _learn(self, growth, src, target, stage: Stage) -> None:
-        """Train the LiGO map alone for its steps on the stream, then bake it into the target."""
-        ligo = (LigoDepth if isinstance(growth, DepthGrowth) else LigoWidth)(src, growth)
+    def _learn(self, learner, growth, target, stage: Stage) -> None:
+        """Train the growth's map alone for its steps on the stream, then bake it into the target."""
         phase = growth.learn
-        opt = torch.optim.AdamW(ligo.parameters(), lr=phase.lr)
+        opt = torch.optim.AdamW(learner.parameters(), lr=phase.lr)
         t = stage.training
         for step in range(phase.steps):
             for group in opt.param_groups:
                 group["lr"] = phase.lr * min(1.0, (step + 1) / max(1, phase.warmup_steps))
             x, y = (b.to(self.device) for b in self.stream.next_batch(t.batch_seqs, t.seq_len))
             with self._autocast():
-                loss = F.cross_entropy(ligo(target, x).flatten(0, 1), y.flatten())
+                loss = F.cross_entropy(learner(target, x).flatten(0, 1), y.flatten())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.flops += phase.flops
-        ligo.bake(target.state_dict())
-        self.log(f"LiGO map trained for {phase.steps} steps (last loss {loss.item():.4f}) and baked in")
+        learner.bake(target.state_dict())
+        self.log(f"growth map (line {growth.line}) trained for {phase.steps} steps (last loss {loss.item():.4f}) "
+                 f"and baked in")
 
     # ---- training --------------------------------------------------------------------------
 
@@ -354,7 +347,7 @@ class Trainer:
                 self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
                                   grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(self.device),
                                   layers=stage.shape.n_layers, **extra)
-            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps:
+            if (step + 1) % self.log_every == 0 or step + 1 == stage.steps or step == first_step:  # the first: soon
                 mfu = f"  MFU {extra['mfu']:.2f}" if extra else ""
                 self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                          f"{rate:,.0f} tok/s{mfu}")
@@ -418,13 +411,8 @@ class Trainer:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _advance_ramps(self) -> None:
-        """One optimizer step more on every ramp; a ramp at 1 is removed (the plain model stays)."""
-        for r in self.ramps:
-            r.step += 1
-            ramp.set_ramp(r.module, ramp.ramp_value(r.step, r.steps))
-            if r.step >= r.steps:
-                (ramp.remove_width_ramp if r.old else ramp.remove_ramp)(r.module)
-        self.ramps = [r for r in self.ramps if r.step < r.steps]
+        """One optimizer step more on every ramp; a ramp that has ended is gone (the plain model stays)."""
+        self.ramps = [r for r in self.ramps if not r.advance()]
 
 
 def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -450,24 +438,3 @@ def _trained_part(stage: dict, current: bool) -> dict:
     lr = {k: v for k, v in stage["lr"].items() if k != "total_steps"}
     training = {k: v for k, v in stage["training"].items() if not k.startswith("val_")}  # validation trains nothing
     return {**{k: v for k, v in stage.items() if k not in ("timing", "lr", "training")}, "lr": lr, "training": training}
-
-
-@dataclass
-class _Ramp:
-    """A live ramp: the module holding the mask (`name` in the model), its length, the steps done;
-    `old` (dim, heads, ffn) for a width ramp, None for a depth ramp."""
-
-    module: torch.nn.Module
-    steps: int
-    name: str
-    old: tuple[int, int, int] | None = None
-    step: int = 0
-
-    def describe(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}
-
-    @staticmethod
-    def attach(model: torch.nn.Module, d: dict) -> "_Ramp":
-        """Re-create a checkpointed ramp on a freshly built model (its value comes with the weights)."""
-        module = ramp.reattach(model, d["name"], d["old"])
-        return _Ramp(module, d["steps"], d["name"], tuple(d["old"]) if d["old"] else None, d["step"])

@@ -1,0 +1,25 @@
+"""`init direct`: copies (G_stack for depth; Net2Net neuron splitting for width)."""
+
+from growdsl.ops.depth import copy_layers
+from growdsl.ops.operator import GrowthOperator
+from growdsl.ops.width import WidthMaps, carry_width, split, write_widened
+from growdsl.plan.plan import DepthGrowth
+
+
+class Direct(GrowthOperator):
+    name = "direct"
+
+    def grow(self, src, dst, growth):
+        if isinstance(growth, DepthGrowth):
+            copy_layers(src, dst, growth)
+            return
+        maps, tied = WidthMaps(growth.source, growth.target), growth.source.tied_embeddings
+        write_widened(src, dst, growth, lambda name, w, fresh: split(name, w, maps, tied))
+
+    def carry(self, state, growth):
+        if isinstance(growth, DepthGrowth):
+            return super().carry(state, growth)
+        return carry_width(state, growth, gather=True)  # copies carry their unit's moments
+
+
+OPERATOR = Direct()
