@@ -13,8 +13,8 @@ import time
 import torch
 from torchtitan.models.llama3 import Transformer
 
-from growdsl.ops.operators import grow
 from growdsl.ops.model import model_args
+from growdsl.ops.operators import grow
 from growdsl.plan import plan_source
 
 SCHEDULES = {
@@ -65,13 +65,15 @@ def main() -> None:
     src, dst = base.state_dict(), target.state_dict()
     nbytes = sum(t.numel() * t.element_size() for t in dst.values())
     floor_s = floor_time(dst, args.repeat)
-    print(f"1.1B-shaped target: {first.stages[1].params / 1e9:.2f}B params, {nbytes / 1e9:.2f} GB float32; "
-          f"torch {torch.__version__}, {args.threads} threads, median of {args.repeat}")
+    print(
+        f"1.1B-shaped target: {first.stages[1].params / 1e9:.2f}B params, {nbytes / 1e9:.2f} GB float32; "
+        f"torch {torch.__version__}, {args.threads} threads, median of {args.repeat}"
+    )
     print(f"{'operation':28} {'seconds':>8} {'GB/s':>6} {'x floor':>8}")
     print(f"{'floor: one copy of weights':28} {floor_s:8.3f} {nbytes / floor_s / 1e9:6.2f} {1.0:8.2f}")
     for name, plan in plans.items():
         g = plan.stages[1].growths[0]
-        s = timed(lambda: grow(src, dst, g), args.repeat)
+        s = timed(lambda g=g: grow(src, dst, g), args.repeat)
         print(f"{name:28} {s:8.3f} {nbytes / s / 1e9:6.2f} {s / floor_s:8.2f}")
 
 

@@ -70,8 +70,10 @@ def main() -> None:
     print(f"{'schedule':32} {'validate (s)':>13} {'plan (s)':>9} {'plan --json (s)':>16}")
     worst = 0.0
     for path in schedules:
-        row = [statistics.median(wall(base + cmd + [str(path)]) for _ in range(args.repeat))
-               for cmd in (["validate"], ["plan"], ["plan", "--json"])]
+        row = [
+            statistics.median(wall(base + cmd + [str(path)]) for _ in range(args.repeat))
+            for cmd in (["validate"], ["plan"], ["plan", "--json"])
+        ]
         worst = max(worst, *row)
         print(f"{path.name:32} {row[0]:13.3f} {row[1]:9.3f} {row[2]:16.3f}")
     print(f"\nworst median {worst:.3f} s; bare interpreter start {python:.3f} s; {args.repeat} runs each")

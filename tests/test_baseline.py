@@ -5,12 +5,11 @@ import json
 
 import pytest
 from conftest import SCHEDULES
+from ops_helpers import TINY_RUN
 
 from growdsl.cli import main
 from growdsl.plan import plan_file, plan_source
 from growdsl.plan.baseline import BaselineError, schedule
-
-from ops_helpers import TINY_RUN
 
 GROWN = [p for p in SCHEDULES if plan_file(p).totals.baseline is not None and p.name != "overrides_1.1b.grow"]
 
@@ -26,8 +25,21 @@ def test_the_baseline_trains_the_final_model_on_the_same_flops_within_one_step(p
     per_step = stage.flops_per_token * stage.training.tokens_per_step
     assert abs(base.totals.flops - grown.totals.flops) <= per_step / 2  # the nearest whole step
     assert base.totals.flops == grown.totals.baseline.flops and stage.steps == grown.totals.baseline.steps
-    same = {"seq_len", "batch_seqs", "micro_batch", "seed", "data", "optimizer", "parallel", "val_every_steps",
-            "val_tokens", "eval_every_steps", "eval_at_end", "eval_tasks", "checkpoint_every_steps"}
+    same = {
+        "seq_len",
+        "batch_seqs",
+        "micro_batch",
+        "seed",
+        "data",
+        "optimizer",
+        "parallel",
+        "val_every_steps",
+        "val_tokens",
+        "eval_every_steps",
+        "eval_at_end",
+        "eval_tasks",
+        "checkpoint_every_steps",
+    }
     assert {k: getattr(stage.training, k) for k in same} == {k: getattr(final.training, k) for k in same}
     lr, want = stage.lr, final.lr
     assert (lr.kind, lr.max_lr, lr.min_lr, lr.warmup_steps) == (want.kind, want.max_lr, want.min_lr, want.warmup_steps)
@@ -43,7 +55,9 @@ def test_a_schedule_without_growth_is_refused(tmp_path, capsys):
 
 
 def test_stages_after_the_growth_that_disagree_are_refused_with_their_lines():
-    plan = plan_source("model tiny\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\ntrain 10 steps with batch 16 seqs\n")
+    plan = plan_source(
+        "model tiny\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\ntrain 10 steps with batch 16 seqs\n"
+    )
     with pytest.raises(BaselineError, match=r"different batch \(lines 4 and 5\)"):
         schedule(plan, None, "g.grow", None)
 
@@ -134,7 +148,9 @@ def test_an_output_that_cannot_be_the_baseline_is_refused_and_nothing_is_written
     err = capsys.readouterr().err
     assert err.startswith("growdsl baseline: ") and "Traceback" not in err
     assert grown.read_text() == source and (tmp_path / "file").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "g.grow"] and not any((tmp_path / "dir").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file", "g.grow"] and not any(
+        (tmp_path / "dir").iterdir()
+    )
 
 
 def test_the_baseline_reads_the_data_the_run_reads_and_refuses_stages_naming_other_data():

@@ -93,8 +93,10 @@ def test_plan_shows_warnings_on_stderr(tmp_path, capsys):
 
 
 def test_console_script_and_module_run_without_importing_torch():
-    code = ("import sys; from growdsl.cli import main; rc = main(['plan', sys.argv[1]]); "
-            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; sys.exit(rc)")
+    code = (
+        "import sys; from growdsl.cli import main; rc = main(['plan', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; sys.exit(rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code, GSTACK_7B], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     done = subprocess.run([sys.executable, "-m", "growdsl", "validate", GSTACK_7B], capture_output=True, text=True)
@@ -117,3 +119,18 @@ def test_version_and_a_one_stage_plan_read_right(tmp_path, capsys):
     one.write_text("model tiny\ntrain 4L for 10 steps\n")
     assert main(["plan", str(one)]) == 0
     assert f"{one}: 1 stage, 4L" in capsys.readouterr().out
+
+
+def test_a_source_checkout_plans_without_being_installed(tmp_path):
+    import shutil
+
+    for part in ("growdsl", "grammars"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    libraries = [p for p in sys.path if p.endswith("site-packages")]  # lark and pydantic, no .pth hooks (-S)
+    code = (
+        f"import sys; sys.path[:0] = [{str(tmp_path)!r}]; sys.path += {libraries!r}\n"
+        f"import growdsl; assert growdsl.__file__.startswith({str(tmp_path)!r}), growdsl.__file__\n"
+        f"from growdsl.plan import plan_file; print(len(plan_file({str(SCHEDULES[0])!r}).stages))"
+    )
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and int(out.stdout) >= 1, out.stderr

@@ -10,24 +10,53 @@ from growdsl.cli import main
 from growdsl.eval.compare import CompareError, compare, compute_to_reach, read_run
 
 
-def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every=10, val_tokens=4096, limit=None,
-              val_data="a"):
+def write_run(
+    path, flops, loss, growth_at=None, evals=None, val=None, val_every=10, val_tokens=4096, limit=None, val_data="a"
+):
     """A history.jsonl: a line a step; `val(flops) -> loss` measured every `val_every` steps."""
     path.mkdir(parents=True)
-    lines = [{"step": i + 1, "tokens": 1000 * (i + 1), "flops": int(f), "loss": float(v), "lr": 1e-3}
-             for i, (f, v) in enumerate(zip(flops, loss))]
+    lines = [
+        {"step": i + 1, "tokens": 1000 * (i + 1), "flops": int(f), "loss": float(v), "lr": 1e-3}
+        for i, (f, v) in enumerate(zip(flops, loss))
+    ]
     if val is not None:
         for i in range(val_every - 1, len(flops), val_every):
-            lines.insert(lines.index(next(x for x in lines if x.get("step") == i + 1)) + 1,
-                         {"event": "val", "step": i + 1, "tokens": 1000 * (i + 1), "flops": int(flops[i]),
-                          "loss": float(val(flops[i])), "val_tokens": val_tokens, "val_data": val_data,
-                          "val_flops": 1, "seconds": 0.1})
+            lines.insert(
+                lines.index(next(x for x in lines if x.get("step") == i + 1)) + 1,
+                {
+                    "event": "val",
+                    "step": i + 1,
+                    "tokens": 1000 * (i + 1),
+                    "flops": int(flops[i]),
+                    "loss": float(val(flops[i])),
+                    "val_tokens": val_tokens,
+                    "val_data": val_data,
+                    "val_flops": 1,
+                    "seconds": 0.1,
+                },
+            )
     if growth_at is not None:
-        lines.insert(growth_at, {"event": "growth", "step": growth_at, "tokens": 1000 * growth_at,
-                                 "flops": int(flops[growth_at - 1]), "text": "stack x2"})
+        lines.insert(
+            growth_at,
+            {
+                "event": "growth",
+                "step": growth_at,
+                "tokens": 1000 * growth_at,
+                "flops": int(flops[growth_at - 1]),
+                "text": "stack x2",
+            },
+        )
     if evals:
-        lines.append({"event": "eval", "step": len(loss), "tokens": 1000 * len(loss), "flops": int(flops[-1]),
-                      "results": evals, **({"limit": limit} if limit else {})})
+        lines.append(
+            {
+                "event": "eval",
+                "step": len(loss),
+                "tokens": 1000 * len(loss),
+                "flops": int(flops[-1]),
+                "results": evals,
+                **({"limit": limit} if limit else {}),
+            }
+        )
     (path / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
@@ -35,8 +64,7 @@ def write_run(path, flops, loss, growth_at=None, evals=None, val=None, val_every
 def test_a_run_that_reaches_every_loss_with_half_the_compute_is_a_100_percent_speedup(tmp_path):
     flops = np.arange(1, 401) * 1e9
     scratch = write_run(tmp_path / "scratch", flops, 10 - flops / 1e11)  # linear in FLOPs: interpolation is exact
-    grown = write_run(tmp_path / "grown", flops, 10 - 2 * flops / 1e11, growth_at=100,
-                      evals={"arc_easy": {"acc": 0.3}})
+    grown = write_run(tmp_path / "grown", flops, 10 - 2 * flops / 1e11, growth_at=100, evals={"arc_easy": {"acc": 0.3}})
     report = compare([scratch, grown], tmp_path / "out", smooth=1)
     assert len(report.levels) == 5
     for i in range(5):
@@ -73,7 +101,9 @@ def test_smoothing_counts_a_level_only_when_the_average_reaches_it():
 def test_a_resumed_run_counts_each_step_once(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    lines = [{"step": s, "tokens": s, "flops": s, "loss": v} for s, v in [(1, 3.0), (2, 2.0), (3, 9.0), (2, 2.5), (3, 1.5)]]
+    lines = [
+        {"step": s, "tokens": s, "flops": s, "loss": v} for s, v in [(1, 3.0), (2, 2.0), (3, 9.0), (2, 2.5), (3, 1.5)]
+    ]
     (run / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     curve = read_run(run)
     assert list(curve.loss) == [3.0, 2.5, 1.5]
@@ -108,21 +138,34 @@ def test_validation_loss_is_the_yardstick_when_every_run_has_it(tmp_path, capsys
 def test_without_comparable_validation_loss_compare_falls_back_to_training_loss_and_says_why(tmp_path, case):
     flops = np.arange(1, 201) * 1e9
     scratch = write_run(tmp_path / "scratch", flops, 10 - flops / 1e11, val=lambda f: 10 - f / 1e11)
-    other = {"missing": dict(val=None), "different sets": dict(val=lambda f: 10 - f / 1e11, val_tokens=8192),
-             "different data": dict(val=lambda f: 10 - f / 1e11, val_data="b")}[case]
+    other = {
+        "missing": dict(val=None),
+        "different sets": dict(val=lambda f: 10 - f / 1e11, val_tokens=8192),
+        "different data": dict(val=lambda f: 10 - f / 1e11, val_data="b"),
+    }[case]
     grown = write_run(tmp_path / "grown", flops, 10 - 2 * flops / 1e11, **other)
     report = compare([scratch, grown], tmp_path / "out", smooth=1)
     assert report.yardstick == "training" and report.speedup(0, 1) == pytest.approx(1.0, rel=1e-9)
-    assert report.why == {"missing": "grown measured no validation loss",
-                          "different sets": "the runs measured validation loss on different numbers of held-out "
-                                            "tokens (scratch 4,096, grown 8,192)",
-                          "different data": "the runs measured validation loss on different held-out data"}[case]
+    assert (
+        report.why
+        == {
+            "missing": "grown measured no validation loss",
+            "different sets": "the runs measured validation loss on different numbers of held-out "
+            "tokens (scratch 4,096, grown 8,192)",
+            "different data": "the runs measured validation loss on different held-out data",
+        }[case]
+    )
 
 
 def test_scores_note_limited_and_unequal_evaluations(tmp_path, capsys):
     flops = np.arange(1, 101) * 1e9
-    a = write_run(tmp_path / "a", flops, 10 - flops / 1e11, evals={"arc_easy": {"acc": 0.3}, "heldout": {
-        "bits_per_byte": 2.5}}, limit=50)
+    a = write_run(
+        tmp_path / "a",
+        flops,
+        10 - flops / 1e11,
+        evals={"arc_easy": {"acc": 0.3}, "heldout": {"bits_per_byte": 2.5}},
+        limit=50,
+    )
     b = write_run(tmp_path / "b", flops, 10 - flops / 1e11, evals={"arc_easy": {"acc": 0.35}})
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o"), "--smooth", "1"]) == 0
     out = capsys.readouterr().out
@@ -139,16 +182,22 @@ def test_a_broken_history_line_is_named(tmp_path):
         read_run(run)
 
 
-@pytest.mark.parametrize("bad, problem", [
-    ('{"step": 3, "tokens": 3, "flops": 3, "loss": NaN}', "loss is not a finite number"),
-    ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a finite number"),
-    ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a finite number"),
-    ('{"event": "eval", "step": 3, "results": [1, 2]}', "eval without {task: {metric: number}} results"),
-    ('{"event": "eval", "step": 3}', "eval without"),
-    ('{"event": "val", "step": 3, "tokens": 3, "flops": 3, "loss": 2.0, "val_tokens": "many"}', "val_tokens is not"),
-    ('{"event": "party", "step": 3}', "unknown event 'party'"),
-    ('[1, 2]', "not an object"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ('{"step": 3, "tokens": 3, "flops": 3, "loss": NaN}', "loss is not a finite number"),
+        ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a finite number"),
+        ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a finite number"),
+        ('{"event": "eval", "step": 3, "results": [1, 2]}', "eval without {task: {metric: number}} results"),
+        ('{"event": "eval", "step": 3}', "eval without"),
+        (
+            '{"event": "val", "step": 3, "tokens": 3, "flops": 3, "loss": 2.0, "val_tokens": "many"}',
+            "val_tokens is not",
+        ),
+        ('{"event": "party", "step": 3}', "unknown event 'party'"),
+        ("[1, 2]", "not an object"),
+    ],
+)
 def test_every_malformed_history_line_is_an_error_naming_it(tmp_path, bad, problem):
     run = tmp_path / "r"
     run.mkdir()

@@ -10,8 +10,10 @@ import torch
 
 from growdsl.runtime.data import EOT, TokenStream, load_meta, prepare
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
-         "silver rivers under the pale moon").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
+    "silver rivers under the pale moon"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,11 @@ def corpus(tmp_path_factory):
     for i in range(36):
         text = " ".join(rng.choice(WORDS) for _ in range(100)) + f" document{i}."
         (root / f"doc{i:02d}.txt").write_text(text)
-    (root / "more.jsonl").write_text("\n".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(100))
-                                                                     + f" line {i}."}) for i in range(4)))
+    (root / "more.jsonl").write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(100)) + f" line {i}."}) for i in range(4)
+        )
+    )
     out = root / "prepared"
     meta = prepare([root], out, vocab_size=300, holdout=0.25)
     return root, out, meta
@@ -43,8 +48,11 @@ def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     held_out = tok.decode(val.tolist(), skip_special_tokens=False).split(EOT)[:-1]
     originals = {p.read_text() for p in root.glob("*.txt")} | {
-        json.loads(line)["text"] for line in (root / "more.jsonl").read_text().splitlines()}
-    assert set(held_out) <= originals and not set(held_out) & set(tok.decode(train.tolist(), skip_special_tokens=False).split(EOT))
+        json.loads(line)["text"] for line in (root / "more.jsonl").read_text().splitlines()
+    }
+    assert set(held_out) <= originals and not set(held_out) & set(
+        tok.decode(train.tolist(), skip_special_tokens=False).split(EOT)
+    )
 
 
 def test_a_corpus_of_a_few_long_documents_holds_out_pieces_of_all_of_them(tmp_path, monkeypatch):
@@ -141,7 +149,9 @@ def test_the_validation_sequences_are_spread_over_the_whole_held_out_split(corpu
     stride = (len(tokens) - 1) // 4
     assert stride > 16 and x.shape == y.shape == (4, 16)  # not the first 64 tokens: every quarter
     for i in range(4):
-        assert torch.equal(x[i], tokens[i * stride : i * stride + 16]) and torch.equal(y[i], tokens[i * stride + 1 : i * stride + 17])
+        assert torch.equal(x[i], tokens[i * stride : i * stride + 16]) and torch.equal(
+            y[i], tokens[i * stride + 1 : i * stride + 17]
+        )
     assert held.count(10**9, 16) == (len(tokens) - 1) // 16 and held.count(10**9, 16, multiple=3) % 3 == 0
 
 

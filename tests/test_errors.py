@@ -11,10 +11,16 @@ CASES = {
     "syntax: misspelled choice": ("train 6L for 1B with ac ful", 1, 25, 28, "unknown word 'ful'", "'full'"),
     "syntax: missing value": ("model 1.1B dim", 1, 15, 16, "expected a number", None),
     "syntax: stray character": ("train 6L for 10B @", 1, 18, 19, "unexpected character '@'", "remove it"),
-    "syntax: unterminated string": ('stack layers "12', 1, 14, 15, "unterminated string", 'close the string'),
+    "syntax: unterminated string": ('stack layers "12', 1, 14, 15, "unterminated string", "close the string"),
     "unknown unit": ("train 6L for 10G", 1, 16, 17, "unknown unit 'G'", "K, M, B or T"),
-    "val on less than a sequence": ("seq 128\nval tokens 100\ntrain 6L for 1B", 2, 1, 15,
-                                    "val tokens 100 is less than one 128-token sequence", "val tokens 2048"),
+    "val on less than a sequence": (
+        "seq 128\nval tokens 100\ntrain 6L for 1B",
+        2,
+        1,
+        15,
+        "val tokens 100 is less than one 128-token sequence",
+        "val tokens 2048",
+    ),
     "val interval without unit": ("val every 50\ntrain 6L for 1B", 1, 11, 13, "has no unit", "50 steps"),
     "unit in lower case": ("train 6L for 10b", 1, 16, 17, "unknown unit 'b'", "did you mean 'B'?"),
     "amount without unit": ("train 6L for 1000", 1, 14, 18, "has no unit", "1000 steps"),
@@ -22,42 +28,108 @@ CASES = {
     "layer count as amount": ("train 6L", 1, 7, 9, "is a layer count", "train 6L for 10B"),
     "unknown preset": ("model 1.2B\ntrain 6L for 1B", 1, 7, 11, "unknown model preset '1.2B'", "did you mean '1.1B'?"),
     "unknown preset name": ("model tiyn\ntrain 2L for 1M", 1, 7, 11, "unknown model preset", "did you mean 'tiny'?"),
-    "pattern names a missing layer": ('train 6L for 10B; stack layers "12-3457*5-56"; train 1B', 1, 39, 40,
-                                      "layer 7 does not exist", "layers 1..6"),
+    "pattern names a missing layer": (
+        'train 6L for 10B; stack layers "12-3457*5-56"; train 1B',
+        1,
+        39,
+        40,
+        "layer 7 does not exist",
+        "layers 1..6",
+    ),
     "empty pattern": ('train 6L for 10B; stack layers ""; train 1B', 1, 33, 34, "empty pattern", "123456*4"),
     "malformed pattern": ('train 6L for 10B; stack layers "12--34"; train 1B', 1, 36, 37, "empty segment", None),
-    "growth that does not grow": ('train 6L for 10B; stack layers "654321"; train 1B', 1, 19, 40,
-                                  "does not grow: 6 layers become 6", None),
+    "growth that does not grow": (
+        'train 6L for 10B; stack layers "654321"; train 1B',
+        1,
+        19,
+        40,
+        "does not grow: 6 layers become 6",
+        None,
+    ),
     "factor x1": ("train 6L for 10B; stack x1; train 1B", 1, 25, 27, "x1 does not grow", "at least 2"),
     "widen to the same width": ("train 6L for 10B; widen dim 2048; train 1B", 1, 19, 33, "does not grow", None),
     "widen shrinks": ("train 6L for 10B; widen ffn 1024; train 1B", 1, 19, 33, "cannot shrink ffn", None),
-    "width not divisible by heads": ("model llama dim 1000 heads 16 layers 4\ntrain 1B", 1, 1, 39,
-                                     "dim 1000 does not divide by 16 heads", "multiple of heads"),
+    "width not divisible by heads": (
+        "model llama dim 1000 heads 16 layers 4\ntrain 1B",
+        1,
+        1,
+        39,
+        "dim 1000 does not divide by 16 heads",
+        "multiple of heads",
+    ),
     "width not whole heads": ("train 6L for 10B\nwiden dim 2000\ntrain 1B", 2, 1, 15, "64-wide heads", "dim 1984"),
-    "widen changes head_dim": ("train 6L for 10B\nwiden dim 4096 heads 32\ntrain 1B", 2, 1, 24,
-                               "changes head_dim", "64 heads"),
-    "kv heads do not divide": ("model llama dim 512 heads 8 kv_heads 3 layers 2\ntrain 1B", 1, 1, 48,
-                               "do not divide into 3 kv heads", "kv_heads"),
+    "widen changes head_dim": (
+        "train 6L for 10B\nwiden dim 4096 heads 32\ntrain 1B",
+        2,
+        1,
+        24,
+        "changes head_dim",
+        "64 heads",
+    ),
+    "kv heads do not divide": (
+        "model llama dim 512 heads 8 kv_heads 3 layers 2\ntrain 1B",
+        1,
+        1,
+        48,
+        "do not divide into 3 kv heads",
+        "kv_heads",
+    ),
     "less than one step": ("train 6L for 10K", 1, 14, 17, "less than one step", "at least 2.1M"),
     "growth before training": ("stack x4\ntrain 6L for 10B", 1, 1, 9, "growth before any training", "train 6L"),
     "growth at the end": ("train 6L for 10B; stack x4", 1, 19, 27, "growth at the end", "train 300B"),
-    "missing model fields": ("model llama dim 512\ntrain 6L for 1B", 1, 1, 20, "incomplete model: heads missing",
-                             "preset"),
+    "missing model fields": (
+        "model llama dim 512\ntrain 6L for 1B",
+        1,
+        1,
+        20,
+        "incomplete model: heads missing",
+        "preset",
+    ),
     "missing depth": ("model llama dim 512 heads 8\ntrain 1B", 2, 1, 9, "missing model depth", "6L"),
     "nothing to train": ("# just a comment\nlr 1e-3\n", None, None, None, "nothing to train", "train 6L"),
-    "contradictory factor and pattern": ('train 6L for 10B; stack x4 layers "123*2"; train 1B', 1, 19, 42,
-                                         "x4 and the pattern disagree", None),
-    "contradictory lr policy and settings": ("train 6L for 10B; stack x4 lr continue; train 1B with lr 1e-4",
-                                             1, 41, 62, "continues the LR schedule", "lr restart"),
-    "contradictory policies": ("train 6L for 10B; stack x4 optimizer reset optimizer carry; train 1B", 1, 44, 59,
-                               "contradictory policies", None),
-    "contradictory depth": ("train 6L for 10B; stack x4; train 12L for 1B", 1, 35, 38,
-                            "has 24 layers here, not 12", "growth step"),
+    "contradictory factor and pattern": (
+        'train 6L for 10B; stack x4 layers "123*2"; train 1B',
+        1,
+        19,
+        42,
+        "x4 and the pattern disagree",
+        None,
+    ),
+    "contradictory lr policy and settings": (
+        "train 6L for 10B; stack x4 lr continue; train 1B with lr 1e-4",
+        1,
+        41,
+        62,
+        "continues the LR schedule",
+        "lr restart",
+    ),
+    "contradictory policies": (
+        "train 6L for 10B; stack x4 optimizer reset optimizer carry; train 1B",
+        1,
+        44,
+        59,
+        "contradictory policies",
+        None,
+    ),
+    "contradictory depth": (
+        "train 6L for 10B; stack x4; train 12L for 1B",
+        1,
+        35,
+        38,
+        "has 24 layers here, not 12",
+        "growth step",
+    ),
     "contradictory lr range": ("lr 1e-4 to 1e-3\ntrain 6L for 1B", 1, 1, 16, "above max LR", "lr MAX to MIN"),
     "model declared twice": ("model 1.1B\nmodel 7B\ntrain 6L for 1B", 2, 1, 9, "declared twice", "line 1"),
     "model after training": ("train 6L for 1B\nmodel 7B", 2, 1, 9, "before the first train", None),
-    "batch not whole sequences": ("batch 2M tokens\ntrain 6L for 10B", 1, 1, 16, "not a whole number of 2048-token",
-                                  "batch 977 seqs"),
+    "batch not whole sequences": (
+        "batch 2M tokens\ntrain 6L for 10B",
+        1,
+        1,
+        16,
+        "not a whole number of 2048-token",
+        "batch 977 seqs",
+    ),
     "tp does not divide heads": ("train 6L for 10B with tp 3", 1, 23, 27, "tp 3 does not divide", None),
     "micro batch does not divide": ("micro_batch 3\ntrain 6L for 10B", 1, 1, 14, "does not divide the batch", None),
     "auto without a growth after": ("train 6L for auto", 1, 14, 18, "needs a growth right after", "stack x4"),
@@ -98,19 +170,24 @@ def test_rendering_names_file_line_col_underlines_and_hints():
 
 
 def test_several_syntax_errors_are_reported_together(errors):
-    found = errors("trian 6L for 10B\nstack x4 layers \"12\nlr_schedule cosin\ntrain 300B with ac ful\n")
+    found = errors('trian 6L for 10B\nstack x4 layers "12\nlr_schedule cosin\ntrain 300B with ac ful\n')
     assert [(d.span.line, d.message.split(":")[0]) for d in found] == [
-        (1, "unknown word 'trian'"), (2, "unterminated string"), (3, "unknown word 'cosin'"), (4, "unknown word 'ful'")]
+        (1, "unknown word 'trian'"),
+        (2, "unterminated string"),
+        (3, "unknown word 'cosin'"),
+        (4, "unknown word 'ful'"),
+    ]
 
 
 def test_several_semantic_errors_are_reported_together(errors):
-    found = errors("lr 1e-4 to 1e-3\ntrain 6L for 10G\nstack layers \"17\"\n")
+    found = errors('lr 1e-4 to 1e-3\ntrain 6L for 10G\nstack layers "17"\n')
     assert [d.span.line for d in found] == [1, 2, 3]
 
 
 def test_syntax_errors_do_not_hide_the_other_statements_errors(errors):
-    found = errors("model tiny\ntrain 2L for 10 steps\nstak x2\ntrain 10 steps with lr 1e-3 to 1e-2\nwiden dim 100\n"
-                   "seq 0\n")
+    found = errors(
+        "model tiny\ntrain 2L for 10 steps\nstak x2\ntrain 10 steps with lr 1e-3 to 1e-2\nwiden dim 100\nseq 0\n"
+    )
     assert [(d.span.line, d.message) for d in found] == [
         (3, "unknown word 'stak'"),
         (4, "min LR 0.01 is above max LR 0.001"),  # a setting is checked after the broken statement...
@@ -120,5 +197,8 @@ def test_syntax_errors_do_not_hide_the_other_statements_errors(errors):
 
 def test_errors_on_one_line_come_together(errors):
     found = errors("train 6Q for 10X with lr 5 to 9\n")
-    assert [d.message for d in found] == ["'6Q' is not a layer count", "unknown unit 'X' in the amount to train '10X'",
-                                          "min LR 9 is above max LR 5"]
+    assert [d.message for d in found] == [
+        "'6Q' is not a layer count",
+        "unknown unit 'X' in the amount to train '10X'",
+        "min LR 9 is above max LR 5",
+    ]

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from ops_helpers import TINY_RUN
 
 from growdsl.cli import main
 from growdsl.eval import benchmarks
@@ -16,9 +17,9 @@ from growdsl.eval.evaluate import run_tasks
 from growdsl.eval.lm import GrowLM
 from growdsl.plan.tasks import EVAL_TASKS
 
-from ops_helpers import TINY_RUN
-
-SCHEDULE = TINY_RUN + """seed 7
+SCHEDULE = (
+    TINY_RUN
+    + """seed 7
 eval tasks "heldout arc_easy"
 eval at growth
 eval at end
@@ -26,10 +27,15 @@ train 1L for 15 steps
 stack x2
 train 15 steps
 """
+)
 
 ARC = [  # two questions in ai2_arc's layout
-    {"id": "q1", "question": "w1 w2 w3", "choices": {"text": ["w4 w5", "w6", "w7 w8 w9"], "label": ["A", "B", "C"]},
-     "answerKey": "B"},
+    {
+        "id": "q1",
+        "question": "w1 w2 w3",
+        "choices": {"text": ["w4 w5", "w6", "w7 w8 w9"], "label": ["A", "B", "C"]},
+        "answerKey": "B",
+    },
     {"id": "q2", "question": "w10", "choices": {"text": ["w11", "w12"], "label": ["A", "B"]}, "answerKey": "A"},
 ]
 
@@ -80,7 +86,7 @@ def test_loglikelihood_equals_a_direct_computation(run_dir):
     expected, position = 0.0, 0
     while position < len(ids):  # disjoint windows, each with as much preceding context as fits
         end = min(position + trained.seq_len, len(ids))
-        window = ([trained.eot_id] + ids)[max(0, end - trained.seq_len): end + 1]
+        window = ([trained.eot_id] + ids)[max(0, end - trained.seq_len) : end + 1]
         n = end - position
         expected += direct_logprob(trained.model, window[:-n], window[-n:])
         position = end
@@ -179,7 +185,7 @@ def test_hf_export_round_trips_logits(run_dir, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     assert tokenizer("w1 w2 w3")["input_ids"] == trained.tokenizer.encode("w1 w2 w3").ids
     card = (out / "README.md").read_text()
-    assert "depth stack `1*2` 1->2 layers" in card and "stack x2" in card
+    assert 'stack "1*2" (direct): 1 -> 2 layers, map 0 each x2' in card and "stack x2" in card
 
 
 def test_export_never_writes_into_a_folder_in_use(run_dir, tmp_path, capsys):
@@ -187,7 +193,6 @@ def test_export_never_writes_into_a_folder_in_use(run_dir, tmp_path, capsys):
     assert main(["export", str(run_dir), "--hf", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "mine"
-
 
 
 def test_prompts_are_lm_evals_own():
@@ -200,8 +205,14 @@ def test_prompts_are_lm_evals_own():
     prompts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prompts)
     piqa = {"goal": "Open a jar?", "sol1": "Twist the lid.", "sol2": "Shake it.", "label": 0}
-    sciq = {"support": "  Cells divide.\nOften.", "question": "What divides?", "distractor1": "rocks",
-            "distractor2": "air", "distractor3": "light", "correct_answer": "cells"}
+    sciq = {
+        "support": "  Cells divide.\nOften.",
+        "question": "What divides?",
+        "distractor1": "rocks",
+        "distractor2": "air",
+        "distractor3": "light",
+        "correct_answer": "cells",
+    }
     lambada = {"text": "He looked at the  sky and saw the moon"}
     official = [
         (ARC[0], "Question: {{question}}\nAnswer:", prompts.arc_text),

@@ -13,11 +13,59 @@ from growdsl.plan.plan import Plan
 from growdsl.plan.render import render_plan
 
 SOURCES = [p.read_text() for p in SCHEDULES]
-WORDS = sorted({w for s in SOURCES for w in s.replace(";", " ").replace('"', " ").split()} | {
-    "x0", "x1", "x99", "0L", "1e400", "0", "-", "*", "..", '"', '""', "\\\n", ";", "\n", "#", "auto", "steps",
-    "tokens", "widen", "interpolate", "init", "random", "learn", "zero", "ramp", "at", "lr", "with", ",",
-    "1e-9", "9999999999999T", "0.5", "3..1", '"1..99*3"', '"0"', "tied", "layers", "heads", "kv_heads",
-    "1e4009", "1e-400", "99999999", "x99999999", '"1*99999999"', "1e30L", "4096L", "dim", "ffn"})
+WORDS = sorted(
+    {w for s in SOURCES for w in s.replace(";", " ").replace('"', " ").split()}
+    | {
+        "x0",
+        "x1",
+        "x99",
+        "0L",
+        "1e400",
+        "0",
+        "-",
+        "*",
+        "..",
+        '"',
+        '""',
+        "\\\n",
+        ";",
+        "\n",
+        "#",
+        "auto",
+        "steps",
+        "tokens",
+        "widen",
+        "interpolate",
+        "init",
+        "random",
+        "learn",
+        "zero",
+        "ramp",
+        "at",
+        "lr",
+        "with",
+        ",",
+        "1e-9",
+        "9999999999999T",
+        "0.5",
+        "3..1",
+        '"1..99*3"',
+        '"0"',
+        "tied",
+        "layers",
+        "heads",
+        "kv_heads",
+        "1e4009",
+        "1e-400",
+        "99999999",
+        "x99999999",
+        '"1*99999999"',
+        "1e30L",
+        "4096L",
+        "dim",
+        "ffn",
+    }
+)
 
 
 @st.composite
@@ -26,12 +74,14 @@ def mutated(draw):
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(text)))
         j = min(len(text), i + draw(st.integers(0, 12)))
-        insert = draw(st.one_of(
-            st.just(""),
-            st.sampled_from(WORDS).map(lambda w: f" {w} "),
-            st.sampled_from(WORDS),
-            st.text(alphabet=string.printable + "×é\x00", max_size=4),
-        ))
+        insert = draw(
+            st.one_of(
+                st.just(""),
+                st.sampled_from(WORDS).map(lambda w: f" {w} "),
+                st.sampled_from(WORDS),
+                st.text(alphabet=string.printable + "×é\x00", max_size=4),
+            )
+        )
         text = text[:i] + insert + text[j:]
     return text
 

@@ -45,12 +45,16 @@ def test_statements_need_a_separator():
 
 
 def test_growth_clauses():
-    s = parse("stack x4 init learn 100 steps at lr 7e-5 optimizer carry lr continue\n"
-              "interpolate x2 init random ramp 2M\nwiden dim 2048 ffn 5632 init zero")
+    s = parse(
+        "stack x4 init learn 100 steps at lr 7e-5 optimizer carry lr continue\n"
+        "interpolate x2 init random ramp 2M\nwiden dim 2048 ffn 5632 init zero"
+    )
     learn, interp, widen = s.statements
     assert learn.init.name.text == "learn"
     assert [(o.words, o.value.kind, o.value.number.text) for o in learn.init.options] == [
-        ("", "steps", "100"), ("at lr", "bare", "7e-5")]
+        ("", "steps", "100"),
+        ("at lr", "bare", "7e-5"),
+    ]
     assert [(p.key, p.value.text) for p in learn.policies] == [("optimizer", "carry"), ("lr", "continue")]
     assert interp.kind == "interpolate" and interp.init.name.text == "random"
     assert [(o.words, o.value.number.text) for o in interp.init.options] == [("ramp", "2M")]
@@ -61,10 +65,16 @@ def test_train_with_shape_and_overrides():
     t = parse("train 24L dim 1024 heads 16 for 10B with batch 512 seqs, lr 1e-3, ac full, compile on").statements[0]
     assert t.shape.layers.value == 24 and [f.key for f in t.shape.fields] == ["dim", "heads"]
     assert [(s.key, [getattr(a, "text", None) for a in s.args]) for s in t.settings] == [
-        ("batch", ["512", "seqs"]), ("lr", ["1e-3"]), ("ac", ["full"]), ("compile", ["on"])]
+        ("batch", ["512", "seqs"]),
+        ("lr", ["1e-3"]),
+        ("ac", ["full"]),
+        ("compile", ["on"]),
+    ]
 
 
 def test_amount_kinds():
-    kinds = [st.amount.kind for st in parse("train 10B\ntrain 500 steps\ntrain 1000 tokens\ntrain 1000\n"
-                                            "train 6L for auto").statements]
+    kinds = [
+        st.amount.kind
+        for st in parse("train 10B\ntrain 500 steps\ntrain 1000 tokens\ntrain 1000\ntrain 6L for auto").statements
+    ]
     assert kinds == ["tokens", "steps", "tokens", "bare", "auto"]

@@ -60,18 +60,21 @@ def test_compact_rendering():
     assert compact(parse_pattern("12-3456*5-56", 6)) == "0-5 (2-5)x4 4-5"
 
 
-@pytest.mark.parametrize("pattern, start, message", [
-    ("", 0, "empty pattern"),
-    ("12-3457", 6, "layer 7 does not exist"),
-    ("102", 1, "layer 0 does not exist"),
-    ("12--34", 3, "empty segment"),
-    ("*3", 0, "empty segment"),
-    ("1234*", 5, "repeat count"),
-    ("1234*x", 5, "repeat count"),
-    ("12*0", 3, "at least once"),
-    ("12a", 2, "unexpected 'a'"),
-    ("3..1", 0, "runs backwards"),
-])
+@pytest.mark.parametrize(
+    "pattern, start, message",
+    [
+        ("", 0, "empty pattern"),
+        ("12-3457", 6, "layer 7 does not exist"),
+        ("102", 1, "layer 0 does not exist"),
+        ("12--34", 3, "empty segment"),
+        ("*3", 0, "empty segment"),
+        ("1234*", 5, "repeat count"),
+        ("1234*x", 5, "repeat count"),
+        ("12*0", 3, "at least once"),
+        ("12a", 2, "unexpected 'a'"),
+        ("3..1", 0, "runs backwards"),
+    ],
+)
 def test_malformed_patterns_say_where(pattern, start, message):
     with pytest.raises(PatternError) as info:
         parse_pattern(pattern, 6)

@@ -6,8 +6,8 @@ from ops_helpers import grown_plan, models, probe, train_ligo
 
 from growdsl.ops import ramp
 from growdsl.ops.check import check_preservation, logits
-from growdsl.ops.operators import get, grow
 from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, layer_key
+from growdsl.ops.operators import get, grow
 
 MAPS = {
     "G_stack": "stack x4",
@@ -39,8 +39,9 @@ def test_gstack_changes_the_function_as_declared():
     assert g.guarantee == "none" and result.ok and result.relative > 1e-3
 
 
-@pytest.mark.parametrize("growth", ["stack x4 init zero", 'stack layers "1-1-2-2-3-3" init zero',
-                                    "interpolate x3 init zero"])
+@pytest.mark.parametrize(
+    "growth", ["stack x4 init zero", 'stack layers "1-1-2-2-3-3" init zero', "interpolate x3 init zero"]
+)
 def test_depth_zero_preserves_logits(growth):
     plan, g = grown_plan(growth)
     base, target = models(plan)
@@ -51,8 +52,13 @@ def test_depth_zero_preserves_logits(growth):
     zeroed = [i for i, o in enumerate(g.layer_map) if o.init == "zero"]
     assert zeroed and all(dst[layer_key(i, "attention.wo.weight")].abs().max() == 0 for i in zeroed)
     # the other weights of an identity block are still the source's, so it can learn
-    assert all(torch.equal(dst[layer_key(i, "attention.wq.weight")],
-                           base.state_dict()[layer_key(g.layer_map[i].source, "attention.wq.weight")]) for i in zeroed)
+    assert all(
+        torch.equal(
+            dst[layer_key(i, "attention.wq.weight")],
+            base.state_dict()[layer_key(g.layer_map[i].source, "attention.wq.weight")],
+        )
+        for i in zeroed
+    )
 
 
 def test_depth_random_is_the_base_at_mask_0_and_fades_in():
@@ -63,7 +69,9 @@ def test_depth_random_is_the_base_at_mask_0_and_fades_in():
     assert fresh == list(range(3, 12)) and g.ramp_steps == 4 and {r.steps for r in ramps} == {4}
     init = {k: v.clone() for k, v in target.state_dict().items()}
     grow(base.state_dict(), target.state_dict(), g)
-    assert torch.equal(target.state_dict()[layer_key(5, "attention.wq.weight")], init[layer_key(5, "attention.wq.weight")])
+    assert torch.equal(
+        target.state_dict()[layer_key(5, "attention.wq.weight")], init[layer_key(5, "attention.wq.weight")]
+    )
     tokens = probe()
     result = check_preservation(base, target, tokens, g.guarantee)
     assert result.max_abs_diff < 1e-10 * result.scale, result

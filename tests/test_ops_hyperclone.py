@@ -50,12 +50,15 @@ def test_noise_is_the_same_every_time():
     assert all(torch.equal(t, b.state_dict()[n]) for n, t in a.state_dict().items())
 
 
-@pytest.mark.parametrize("growth,message", [
-    ("widen dim 96 init hyperclone", "hyperclone grows every width by a whole factor: dim 64 -> 96 is x1.5"),
-    ("widen dim 128 ffn 200 init hyperclone", "ffn 96 -> 200"),
-    ("stack x2 init hyperclone", "hyperclone does not grow depth: it grows width only"),
-    ("widen dim 128 init hyperclone noise 2 steps", "'noise' of init hyperclone takes a plain number"),
-])
+@pytest.mark.parametrize(
+    "growth,message",
+    [
+        ("widen dim 96 init hyperclone", "hyperclone grows every width by a whole factor: dim 64 -> 96 is x1.5"),
+        ("widen dim 128 ffn 200 init hyperclone", "ffn 96 -> 200"),
+        ("stack x2 init hyperclone", "hyperclone does not grow depth: it grows width only"),
+        ("widen dim 128 init hyperclone noise 2 steps", "'noise' of init hyperclone takes a plain number"),
+    ],
+)
 def test_what_it_cannot_do_is_refused_at_its_line(growth, message):
     with pytest.raises(ScheduleError) as e:
         grown_plan(growth)

@@ -3,9 +3,8 @@
 import torch
 from ops_helpers import grown_plan, models, probe
 
-from growdsl.ops.operators import grow
 from growdsl.ops.layout import LAYER_PARAMS, layer_key
-from growdsl.ops.operators import grown_state
+from growdsl.ops.operators import grow, grown_state
 from growdsl.ops.optimizer import MOMENTS, load_named_state, named_state
 
 
@@ -37,8 +36,10 @@ def test_carry_places_moments_like_weights_and_loads_into_fresh_adamw():
     grow(base.state_dict(), target.state_dict(), g)
     opt = torch.optim.AdamW(target.parameters(), lr=1e-3)
     load_named_state(target, opt, carried)
-    assert torch.equal(named_state(target, opt)[layer_key(7, "attention.wq.weight")]["exp_avg"],
-                       state[layer_key(g.layer_map[7].source, "attention.wq.weight")]["exp_avg"])
+    assert torch.equal(
+        named_state(target, opt)[layer_key(7, "attention.wq.weight")]["exp_avg"],
+        state[layer_key(g.layer_map[7].source, "attention.wq.weight")]["exp_avg"],
+    )
     tokens = probe()
     torch.nn.functional.cross_entropy(target(tokens).flatten(0, 1), tokens.flatten()).backward()
     opt.step()
@@ -51,8 +52,10 @@ def test_carry_gives_fresh_layers_zero_moments():
     carried = grown_state("carry", state, g)
     fresh = carried[layer_key(4, "feed_forward.w1.weight")]
     assert all(fresh[m].abs().max() == 0 for m in MOMENTS)
-    assert torch.equal(carried[layer_key(1, "feed_forward.w1.weight")]["exp_avg"],
-                       state[layer_key(1, "feed_forward.w1.weight")]["exp_avg"])
+    assert torch.equal(
+        carried[layer_key(1, "feed_forward.w1.weight")]["exp_avg"],
+        state[layer_key(1, "feed_forward.w1.weight")]["exp_avg"],
+    )
 
 
 def test_reset_leaves_no_state():

@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ops_helpers import grown_plan, models
 
-from growdsl.ops.operators import grow
 from growdsl.ops.depth import carry_depth
+from growdsl.ops.operators import grow
 
 WORLD = 2
 GROWTHS = {"depth": "stack x4 init zero", "width": "widen dim 128 init direct"}
@@ -36,8 +36,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             base, target = _shard(base), _shard(target)
             src, dst = base.state_dict(), target.state_dict()
             assert type(dst["layers.0.attention.wq.weight"]).__name__ == "DTensor"
-            moments = {n: {"step": torch.tensor(1.0), "exp_avg": p.detach() * 0.5, "exp_avg_sq": p.detach() ** 2}
-                       for n, p in src.items()}
+            moments = {
+                n: {"step": torch.tensor(1.0), "exp_avg": p.detach() * 0.5, "exp_avg_sq": p.detach() ** 2}
+                for n, p in src.items()
+            }
             if kind == "depth":
                 from torch.distributed.tensor.debug import CommDebugMode
 
@@ -66,7 +68,7 @@ def _single(kind: str) -> dict[str, torch.Tensor]:
     out = {}
     if kind == "depth":
         grow(src, dst, g)
-        moments = {n: {"step": torch.tensor(1.0), "exp_avg": p * 0.5, "exp_avg_sq": p ** 2} for n, p in src.items()}
+        moments = {n: {"step": torch.tensor(1.0), "exp_avg": p * 0.5, "exp_avg_sq": p**2} for n, p in src.items()}
         out = {f"moment.{n}": st["exp_avg"] for n, st in carry_depth(moments, g).items()}
     else:
         grow(src, dst, g)

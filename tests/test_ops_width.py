@@ -5,8 +5,7 @@ import torch
 from ops_helpers import FAMILY, SEQ, grown_plan, models, probe, train_ligo
 
 from growdsl.ops.check import check_preservation
-from growdsl.ops.operators import grown_state
-from growdsl.ops.operators import grow
+from growdsl.ops.operators import grow, grown_state
 from growdsl.ops.width import WidthMaps
 
 
@@ -44,10 +43,14 @@ def test_direct_keeps_heads_whole_and_gqa_consistent():
     wq, wk = dst["layers.0.attention.wq.weight"], dst["layers.0.attention.wk.weight"]
     for head in range(g.target.n_heads):  # query head j is old head j mod 4, reading kv head j // 2
         old = head % g.source.n_heads
-        assert torch.equal(wq[head * hd:(head + 1) * hd, :64] * 2, src["layers.0.attention.wq.weight"][old * hd:(old + 1) * hd])
+        assert torch.equal(
+            wq[head * hd : (head + 1) * hd, :64] * 2, src["layers.0.attention.wq.weight"][old * hd : (old + 1) * hd]
+        )
         kv_new, kv_old = head // 2, old // 2
-        assert torch.equal(wk[kv_new * hd:(kv_new + 1) * hd, 64:] * 2,
-                           src["layers.0.attention.wk.weight"][kv_old * hd:(kv_old + 1) * hd])
+        assert torch.equal(
+            wk[kv_new * hd : (kv_new + 1) * hd, 64:] * 2,
+            src["layers.0.attention.wk.weight"][kv_old * hd : (kv_old + 1) * hd],
+        )
 
 
 def test_zero_is_exact_up_to_the_norm_epsilon():
@@ -66,8 +69,10 @@ def test_zero_is_exact_up_to_the_norm_epsilon():
 def test_width_carry_gathers_moments_and_zero_growth_starts_new_units_at_zero():
     plan, g = grown_plan("widen dim 128 init direct")
     base, _ = models(plan)
-    state = {n: {"step": torch.tensor(3.0), "exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
-             for n, p in base.named_parameters()}
+    state = {
+        n: {"step": torch.tensor(3.0), "exp_avg": torch.randn_like(p), "exp_avg_sq": torch.rand_like(p)}
+        for n, p in base.named_parameters()
+    }
     carried = grown_state("carry", state, g)
     w1 = carried["layers.2.feed_forward.w1.weight"]["exp_avg"]
     assert w1.shape == (192, 128)
@@ -89,7 +94,9 @@ def test_random_is_the_base_at_mask_0_and_the_plain_wide_model_at_1():
     grow(base.state_dict(), target.state_dict(), g)
     dst = target.state_dict()
     assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:, 96:], fresh["layers.0.feed_forward.w2.weight"][:, 96:])
-    assert torch.equal(dst["layers.0.feed_forward.w2.weight"][:64, :96], base.state_dict()["layers.0.feed_forward.w2.weight"])
+    assert torch.equal(
+        dst["layers.0.feed_forward.w2.weight"][:64, :96], base.state_dict()["layers.0.feed_forward.w2.weight"]
+    )
     tokens = probe()
     result = check_preservation(base, target, tokens, g.guarantee)
     assert g.guarantee == "exact" and result.max_abs_diff < 1e-10 * result.scale, result

@@ -115,11 +115,25 @@ def test_depth_zero_and_random_keep_first_copies_and_initialise_duplicates():
     assert [o.root for o in rnd.layer_map][5:8] == [5, None, None]
     assert rnd.ramp_steps == 1000 and rnd.guarantee == "exact"
     llama_pro = plan_source('train 6L for 10B; stack layers "12-2-34-4-56-6" init zero; train 1B').stages[1].growths[0]
-    assert [o.init for o in llama_pro.layer_map] == ["copy", "copy", "zero", "copy", "copy", "zero", "copy", "copy", "zero"]
+    assert [o.init for o in llama_pro.layer_map] == [
+        "copy",
+        "copy",
+        "zero",
+        "copy",
+        "copy",
+        "zero",
+        "copy",
+        "copy",
+        "zero",
+    ]
 
 
 def test_random_ramp_in_tokens_becomes_steps_of_the_next_stage():
-    g = plan_source("train 6L for 10B; stack x4 init random ramp 2B; train 10B with batch 512 seqs").stages[1].growths[0]
+    g = (
+        plan_source("train 6L for 10B; stack x4 init random ramp 2B; train 10B with batch 512 seqs")
+        .stages[1]
+        .growths[0]
+    )
     assert g.ramp_steps == math.ceil(2e9 / (512 * 2048))
 
 
@@ -193,21 +207,29 @@ def test_settings_hold_from_where_they_stand():
 
 
 def test_checkpoint_and_eval_cadence_in_steps():
-    t = plan_source("checkpoint every 1B\neval every 500 steps\neval at growth\neval tasks \"piqa, arc_easy\"\n"
-                    "train 6L for 10B").stages[0].training
+    t = (
+        plan_source(
+            'checkpoint every 1B\neval every 500 steps\neval at growth\neval tasks "piqa, arc_easy"\ntrain 6L for 10B'
+        )
+        .stages[0]
+        .training
+    )
     assert t.checkpoint_every_steps == math.ceil(1e9 / TPS) and t.eval_every_steps == 500
     assert t.eval_at_growth and not t.eval_at_end and t.eval_tasks == ("piqa", "arc_easy")
 
 
-@pytest.mark.parametrize("source, fragment", [
-    ('train 6L for 10B; stack layers "12-3456*5-56"; train 100B', None),
-    ("train 6L for 1B; stack x4; train 1B", "warmup (3000 steps) is as long as the schedule"),
-    ('model 1.1B layers 9\ntrain 6L for 1B; stack layers "12-2-34-4-56-6"; train 1B', "outside the paper's 2-4"),
-    ('train 6L for 10B; stack layers "1234*6"; train 1B', "drops base layers 5, 6"),
-    ("train 6L for 1B; stack x4; train 1B\nseed 3", "has no effect"),
-    ("model 7B\ntrain 8L for 1B; stack x2; train 1B", "not the declared"),
-    ("train 6L for 1B; stack x4 init random; train 1B", "ramp (5000 steps) is longer than the stage"),
-])
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ('train 6L for 10B; stack layers "12-3456*5-56"; train 100B', None),
+        ("train 6L for 1B; stack x4; train 1B", "warmup (3000 steps) is as long as the schedule"),
+        ('model 1.1B layers 9\ntrain 6L for 1B; stack layers "12-2-34-4-56-6"; train 1B', "outside the paper's 2-4"),
+        ('train 6L for 10B; stack layers "1234*6"; train 1B', "drops base layers 5, 6"),
+        ("train 6L for 1B; stack x4; train 1B\nseed 3", "has no effect"),
+        ("model 7B\ntrain 8L for 1B; stack x2; train 1B", "not the declared"),
+        ("train 6L for 1B; stack x4 init random; train 1B", "ramp (5000 steps) is longer than the stage"),
+    ],
+)
 def test_warnings(source, fragment):
     warnings = plan_source(source).warnings
     if fragment is None:

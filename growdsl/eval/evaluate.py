@@ -17,13 +17,15 @@ from pathlib import Path
 from growdsl.eval import benchmarks
 from growdsl.plan.tasks import EVAL_TASKS
 
+
 def default_tasks(heldout: Path | None) -> list[str]:
     """Every shipped task; `heldout` only where the run's data has held-out documents."""
     return [t for t in EVAL_TASKS if t != "heldout" or (heldout is not None and heldout.exists())]
 
 
-def run_tasks(lm, tasks: list[str], heldout: Path | None, *, limit: int | None = None,
-              benchmarks_home: Path | None = None) -> dict[str, dict[str, float]]:
+def run_tasks(
+    lm, tasks: list[str], heldout: Path | None, *, limit: int | None = None, benchmarks_home: Path | None = None
+) -> dict[str, dict[str, float]]:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     needed = [t for t in tasks if t in benchmarks.SOURCES]
@@ -36,8 +38,9 @@ def run_tasks(lm, tasks: list[str], heldout: Path | None, *, limit: int | None =
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         folder = benchmarks.task_folder(Path(tmp), list(tasks), home, heldout)
         manager = TaskManager(include_path=str(folder), include_defaults=False)
-        out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, bootstrap_iters=0,
-                              log_samples=False)
+        out = simple_evaluate(
+            model=lm, tasks=list(tasks), task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
+        )
     return {task: _metrics(values) for task, values in out["results"].items()}
 
 

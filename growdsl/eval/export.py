@@ -12,9 +12,10 @@ import json
 import shutil
 from pathlib import Path
 
-
 from growdsl.eval.checkpoints import Trained, load
 from growdsl.ops.model import model_args
+from growdsl.plan.plan import Plan
+from growdsl.plan.render import growth_line
 from growdsl.runtime.data import EOT
 
 
@@ -28,8 +29,10 @@ def export_hf(path: Path, out: Path) -> Path:
     trained = load(path)
     if trained.ramps:
         steps = max(r["steps"] - r["step"] for r in trained.ramps)
-        raise ExportError(f"{trained.path.name} is in the middle of a growth ramp (a mask mixes new layers in, "
-                          f"which a Llama model cannot express): export a checkpoint {steps} or more steps later")
+        raise ExportError(
+            f"{trained.path.name} is in the middle of a growth ramp (a mask mixes new layers in, "
+            f"which a Llama model cannot express): export a checkpoint {steps} or more steps later"
+        )
     from safetensors.torch import save_file
     from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
@@ -64,13 +67,18 @@ def config(trained: Trained) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": shape.norm_eps,
         "rope_theta": shape.rope_theta,
-        "rope_scaling": {"rope_type": "llama3", "factor": scaling.scaling_factor,
-                         "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
-                         "original_max_position_embeddings": scaling.original_max_position_embeddings},
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": scaling.scaling_factor,
+            "low_freq_factor": scaling.low_freq_factor,
+            "high_freq_factor": scaling.high_freq_factor,
+            "original_max_position_embeddings": scaling.original_max_position_embeddings,
+        },
         # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
         # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
-        "max_position_embeddings": max(trained.seq_len, round(scaling.original_max_position_embeddings
-                                                              * scaling.scaling_factor)),
+        "max_position_embeddings": max(
+            trained.seq_len, round(scaling.original_max_position_embeddings * scaling.scaling_factor)
+        ),
         "tie_word_embeddings": shape.tied_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
@@ -85,46 +93,61 @@ def _tokenizer_files(trained: Trained, out: Path) -> None:
 
     shutil.copy(tokenizer_file(trained.run_dir), out / "tokenizer.json")
     special = {"bos_token": EOT, "eos_token": EOT}
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": trained.seq_len,
-         "add_bos_token": False, **special}, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": trained.seq_len,
+                "add_bos_token": False,
+                **special,
+            },
+            indent=2,
+        )
+    )
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
 def model_card(trained: Trained) -> str:
     """README.md: what the model is and how it was grown, stage by stage."""
-    plan = json.loads(trained.run_file("plan.json").read_text())
+    try:
+        plan = Plan.from_json(trained.run_file("plan.json").read_text())
+    except ValueError as e:  # pydantic's ValidationError is one
+        raise ExportError(
+            f"{trained.run_file('plan.json')} is not a plan this growdsl reads: {str(e).splitlines()[0]}"
+        ) from None
     schedule = trained.run_file("schedule.grow")
     p = trained.progress
     rows = []
-    for s in plan["stages"][: p.stage + 1]:
-        growth = "; ".join(_growth(g) for g in s["growths"]) or "-"
-        shape = s["shape"]
-        rows.append(f"| {s['index']} | {growth} | {shape['n_layers']}L dim {shape['dim']} | {s['params'] / 1e6:,.1f}M "
-                    f"| {s['tokens']:,} | {s['flops']:.3g} |")
+    for s in plan.stages[: p.stage + 1]:
+        growth = "; ".join(growth_line(g) for g in s.growths) or "-"
+        rows.append(
+            f"| {s.index} | {growth} | {s.shape.n_layers}L dim {s.shape.dim} | {s.params / 1e6:,.1f}M "
+            f"| {s.tokens:,} | {s.flops:.3g} |"
+        )
     where = "the end" if p.phase == "end" else f"step {p.step}"
     lines = [
-        "---", "library_name: transformers", "tags: [growdsl, model-growth, llama]", "---", "",
-        f"# {trained.run_dir.name}", "",
+        "---",
+        "library_name: transformers",
+        "tags: [growdsl, model-growth, llama]",
+        "---",
+        "",
+        f"# {trained.run_dir.name}",
+        "",
         f"A Llama model ({trained.shape.describe()}, {sum(t.numel() for t in trained.model.parameters()) / 1e6:,.1f}M "
         f"parameters) grown and trained with growdsl, exported from "
         f"checkpoint `{trained.path.name}`: stage {p.stage} at {where}, after {p.position:,} training tokens and "
-        f"{p.flops:.4g} training FLOPs in all (the smaller models' compute counted).", "",
+        f"{p.flops:.4g} training FLOPs in all (the smaller models' compute counted).",
+        "",
         f"Trained on sequences of {trained.seq_len} tokens; tokenizer: byte-level BPE, "
-        f"{trained.shape.vocab_size} entries, `{EOT}` = {trained.eot_id}.", "",
-        "## Growth lineage", "",
+        f"{trained.shape.vocab_size} entries, `{EOT}` = {trained.eot_id}.",
+        "",
+        "## Growth lineage",
+        "",
         "| stage | growth before it | model | params | tokens | FLOPs |",
         "|---|---|---|---|---|---|",
-        *rows, "",
+        *rows,
+        "",
     ]
     if schedule.exists():
         lines += ["## Schedule", "", "```", schedule.read_text().rstrip(), "```", ""]
     return "\n".join(lines)
-
-
-def _growth(g: dict) -> str:
-    if g["kind"] == "depth":
-        return (f"depth {g['method']} `{g['pattern']}` {g['source_layers']}->{g['target_layers']} layers, "
-                f"init {g['operator']}, optimizer {g['optimizer']}")
-    return (f"width dim {g['source']['dim']}->{g['target']['dim']}, init {g['operator']}, "
-            f"optimizer {g['optimizer']}")

@@ -18,8 +18,17 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 
 class GrowLM(LM):
-    def __init__(self, model: torch.nn.Module, tokenizer, eot_id: int, max_length: int, *,
-                 device: torch.device = torch.device("cpu"), batch_size: int = 32, mixed: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        eot_id: int,
+        max_length: int,
+        *,
+        device: torch.device = torch.device("cpu"),
+        batch_size: int = 32,
+        mixed: bool = False,
+    ):
         super().__init__()
         self.model, self.tokenizer, self.eot_id = model, tokenizer, eot_id
         self.max_length, self._device, self.batch_size, self.mixed = max_length, device, batch_size, mixed
@@ -38,7 +47,7 @@ class GrowLM(LM):
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, head = self.encode(context + continuation), self.encode(context)
-        return head, whole[len(head):]
+        return head, whole[len(head) :]
 
     # ---- lm-eval's three request types -------------------------------------------------------
 
@@ -67,7 +76,7 @@ class GrowLM(LM):
             tokens, new = self.encode(context) or [self.eot_id], []
             text = ""
             for _ in range(int(kwargs.get("max_gen_toks", 256))):
-                window = torch.tensor([(tokens + new)[-self.max_length:]], device=self._device)
+                window = torch.tensor([(tokens + new)[-self.max_length :]], device=self._device)
                 with torch.no_grad(), self._precision():
                     token = int(self._forward(window)[0, -1].argmax())
                 if token == self.eot_id:
@@ -89,23 +98,23 @@ class GrowLM(LM):
         each (context tokens, continuation tokens)."""
         rows = []
         for context, continuation in pairs:
-            continuation = continuation[-self.max_length:]
-            whole = (context + continuation)[-(self.max_length + 1):]
+            continuation = continuation[-self.max_length :]
+            whole = (context + continuation)[-(self.max_length + 1) :]
             rows.append((whole[:-1], continuation))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             width = len(rows[batch[0]][0])
             x = torch.zeros(len(batch), width, dtype=torch.long)
             for j, i in enumerate(batch):
-                x[j, :len(rows[i][0])] = torch.tensor(rows[i][0])
+                x[j, : len(rows[i][0])] = torch.tensor(rows[i][0])
             with self._precision():
                 logits = self._forward(x.to(self._device))
             for j, i in enumerate(batch):
                 inputs, continuation = rows[i]
                 n, k = len(inputs), len(continuation)
-                logprobs = F.log_softmax(logits[j, n - k:n].float(), dim=-1)
+                logprobs = F.log_softmax(logits[j, n - k : n].float(), dim=-1)
                 target = torch.tensor(continuation, device=logprobs.device)
                 total = logprobs.gather(1, target[:, None]).sum().item()
                 greedy = bool((logprobs.argmax(-1) == target).all())

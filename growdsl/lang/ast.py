@@ -24,7 +24,7 @@ class Number:
     span: Span
 
     @staticmethod
-    def parse(text: str, span: Span) -> "Number":
+    def parse(text: str, span: Span) -> Number:
         m = _NUMBER.fullmatch(text)
         assert m, text  # the grammar's NUMBER terminal only admits this shape
         return Number(text, float(m["num"].replace("_", "")), m["unit"], span)

@@ -4,8 +4,9 @@ underlined, what is wrong and a hint. Nothing a user writes may end in a traceba
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,10 @@ class Span:
     end_col: int
 
     @staticmethod
-    def of(first, last=None) -> "Span":
+    def of(first, last=None) -> Span:
         """Span of a Lark token or tree meta (or from the start of `first` to the end of `last`)."""
         last = last if last is not None else first
         return Span(first.line, first.column, last.end_line, last.end_column)
-
-    def to(self, other: "Span") -> "Span":
-        return Span(self.line, self.col, other.end_line, other.end_col)
 
 
 Severity = Literal["error", "warning"]
@@ -36,6 +34,11 @@ class Diagnostic:
     span: Span | None = None
     hint: str | None = None
     severity: Severity = "error"
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Where it sorts: by line and column, a file-wide one first."""
+        return (self.span.line, self.span.col) if self.span else (0, 0)
 
     def render(self, source: str, filename: str) -> str:
         where = f"{filename}:{self.span.line}:{self.span.col}" if self.span else filename

@@ -21,8 +21,12 @@ MAX_ERRORS = 50
 
 
 def grammar_text() -> str:
-    """The grammar shipped with the package (grammars/growdsl.lark in the source tree)."""
-    return resources.files("growdsl.grammars").joinpath("growdsl.lark").read_text(encoding="utf-8")
+    """The grammar shipped with the package (grammars/growdsl.lark in the source tree, which a source
+    checkout that is not installed reads directly)."""
+    try:
+        return resources.files("growdsl.grammars").joinpath("growdsl.lark").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        return (Path(__file__).resolve().parents[2] / "grammars" / "growdsl.lark").read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,16 +66,23 @@ def _parse_statements(parser: Lark, source: str) -> tuple[list[ast.Statement], l
     """Parse statement by statement, collecting one error per broken statement."""
     diagnostics: list[Diagnostic] = []
     text, tokens = _lex(parser, source, diagnostics)
-    bad_lines = {d.span.line for d in diagnostics}
+    bad_lines = {d.order[0] for d in diagnostics}
     statements: list[ast.Statement] = []
     for group in _split(tokens):
         first, last = group[0], group[-1]
+        line, column, start, end_line, end = (
+            _int(first.line),
+            _int(first.column),
+            _int(first.start_pos),
+            _int(last.end_line),
+            _int(last.end_pos),
+        )
         unparsed = ast.Unparsed(str(first), Span.of(first, last))
-        if bad_lines & set(range(first.line, last.end_line + 1)):
+        if bad_lines & set(range(line, end_line + 1)):
             statements.append(unparsed)
             continue  # already reported: a character no token matches
         # Keep line and column numbers: earlier lines become ignorable line continuations.
-        padded = "\\\n" * (first.line - 1) + " " * (first.column - 1) + text[first.start_pos : last.end_pos]
+        padded = "\\\n" * (line - 1) + " " * (column - 1) + text[start:end]
         try:
             statements.append(_ToAst().transform(parser.parse(padded, start="statement")))
         except UnexpectedInput as e:
@@ -79,7 +90,13 @@ def _parse_statements(parser: Lark, source: str) -> tuple[list[ast.Statement], l
             statements.append(unparsed)
         if len(diagnostics) >= MAX_ERRORS:
             break
-    return statements, sorted(diagnostics, key=lambda d: (d.span.line, d.span.col))
+    return statements, sorted(diagnostics, key=lambda d: d.order)
+
+
+def _int(position: int | None) -> int:
+    """A lexed token's position (Lark types them optional; the lexer always sets them)."""
+    assert position is not None
+    return position
 
 
 def _lex(parser: Lark, source: str, diagnostics: list[Diagnostic]) -> tuple[str, list[Token]]:
@@ -90,7 +107,7 @@ def _lex(parser: Lark, source: str, diagnostics: list[Diagnostic]) -> tuple[str,
             return text, list(parser.lex(text))
         except UnexpectedCharacters as e:
             diagnostics.append(_diagnose(parser, e, text))
-            start = end = e.pos_in_stream
+            start = end = _int(e.pos_in_stream)
             if text[start] == '"':  # unterminated string: drop the rest of the line
                 end = text.find("\n", start)
                 end = len(text) if end < 0 else end - 1
@@ -100,7 +117,8 @@ def _lex(parser: Lark, source: str, diagnostics: list[Diagnostic]) -> tuple[str,
 
 
 def _split(tokens: list[Token]) -> list[list[Token]]:
-    groups, current = [], []
+    groups: list[list[Token]] = []
+    current: list[Token] = []
     for tok in tokens:
         if tok.type == "_SEP":
             if current:
@@ -150,26 +168,31 @@ def _expected_text(parser: Lark, expected) -> str:
 def _diagnose(parser: Lark, e: UnexpectedInput, text: str) -> Diagnostic:
     line, col = e.line, e.column
     if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream]
+        char = text[_int(e.pos_in_stream)]
         if char == '"':
-            return Diagnostic("unterminated string", Span(line, col, line, col + 1),
-                              'close the string with " on the same line')
-        return Diagnostic(f"unexpected character {char!r}", Span(line, col, line, col + 1),
-                          "remove it: a schedule uses words, numbers, quoted strings, ';' and '#'")
+            return Diagnostic(
+                "unterminated string", Span(line, col, line, col + 1), 'close the string with " on the same line'
+            )
+        return Diagnostic(
+            f"unexpected character {char!r}",
+            Span(line, col, line, col + 1),
+            "remove it: a schedule uses words, numbers, quoted strings, ';' and '#'",
+        )
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type in ("$END", "_SEP")):
-        expected = e.expected if isinstance(e, UnexpectedEOF) else e.expected
         at = _end_of_last_line(text) if isinstance(e, UnexpectedEOF) or e.token.type == "$END" else (line, col)
-        return Diagnostic(f"statement ends too early: expected {_expected_text(parser, expected)}",
-                          Span(at[0], at[1], at[0], at[1] + 1))
+        return Diagnostic(
+            f"statement ends too early: expected {_expected_text(parser, e.expected)}",
+            Span(at[0], at[1], at[0], at[1] + 1),
+        )
     assert isinstance(e, UnexpectedToken)
     tok = e.token
-    span = Span(tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
+    line, col = _int(tok.line), _int(tok.column)
+    span = Span(line, col, tok.end_line or line, tok.end_column or col + len(tok))
     words = _keywords(parser, e.expected)
     hint = did_you_mean(str(tok), words.values()) if tok.type in ("NAME", "FACTOR") or str(tok).isalpha() else None
-    expected = _expected_text(parser, e.expected)
     if tok.type == "NAME" and hint:
         return Diagnostic(f"unknown word '{tok}'", span, hint)
-    return Diagnostic(f"unexpected '{tok}': expected {expected}", span, hint)
+    return Diagnostic(f"unexpected '{tok}': expected {_expected_text(parser, e.expected)}", span, hint)
 
 
 def _end_of_last_line(text: str) -> tuple[int, int]:
@@ -284,4 +307,3 @@ class _ToAst(Transformer):
         if args and isinstance(args[0], ast.Word) and args[0].text == key:
             args = args[1:]  # the keyword itself, kept by a `!` rule
         return ast.Setting(key, tuple(args), _span(meta))
-

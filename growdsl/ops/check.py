@@ -33,8 +33,10 @@ class Preservation:
 
     def __str__(self) -> str:
         verdict = "preserved" if self.relative <= self.tolerance else "changed"
-        return (f"{verdict}: max |Δlogits| {self.max_abs_diff:.3g} ({self.relative:.3g} of max |logits|), "
-                f"guarantee {self.guarantee}{'' if self.ok else ' BROKEN'}")
+        return (
+            f"{verdict}: max |Δlogits| {self.max_abs_diff:.3g} ({self.relative:.3g} of max |logits|), "
+            f"guarantee {self.guarantee}{'' if self.ok else ' BROKEN'}"
+        )
 
 
 @torch.no_grad()
@@ -47,15 +49,17 @@ def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
-def compare(before: torch.Tensor, after: torch.Tensor, guarantee: Guarantee,
-            tolerance: float | None = None) -> Preservation:
+def compare(
+    before: torch.Tensor, after: torch.Tensor, guarantee: Guarantee, tolerance: float | None = None
+) -> Preservation:
     diff = (after.double() - before.double()).abs().max().item()
     scale = before.double().abs().max().item()
     tol = TOLERANCE.get(before.dtype, 1e-5) if tolerance is None else tolerance
     return Preservation(guarantee, diff, scale, tol)
 
 
-def check_preservation(before: nn.Module, after: nn.Module, tokens: torch.Tensor, guarantee: Guarantee,
-                       tolerance: float | None = None) -> Preservation:
+def check_preservation(
+    before: nn.Module, after: nn.Module, tokens: torch.Tensor, guarantee: Guarantee, tolerance: float | None = None
+) -> Preservation:
     """Logits of `before` and `after` on the same probe batch, compared."""
     return compare(logits(before, tokens), logits(after, tokens), guarantee, tolerance)

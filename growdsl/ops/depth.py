@@ -34,6 +34,7 @@ def copy_layers(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]
     for i, origin in enumerate(growth.layer_map):
         if origin.init == FRESH:
             continue
+        assert origin.source is not None  # a depth growth's map gives every layer a source
         for name in LAYER_PARAMS:
             copy_into(dst[layer_key(i, name)], src[layer_key(origin.source, name)])
         if origin.init == "zero":
@@ -46,6 +47,7 @@ def carry_depth(state: State, growth: DepthGrowth) -> State:
     zero-initialised weights (an identity block's wo, w2) and fresh layers start with zero moments."""
     out: State = {name: cloned(state[name]) for name in GLOBAL_PARAMS if name in state}
     for i, origin in enumerate(growth.layer_map):
+        assert origin.source is not None  # a depth growth's map gives every layer a source
         for name in LAYER_PARAMS:
             src = state.get(layer_key(origin.source, name))
             if src is None:  # the parameter never stepped: nothing to carry

@@ -52,7 +52,7 @@ def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"shape mismatch: {tuple(src.shape)} -> {tuple(dst.shape)}")
     if isinstance(dst, DTensor) != isinstance(src, DTensor) or (
-        isinstance(dst, DTensor) and dst.placements != src.placements
+        isinstance(dst, DTensor) and isinstance(src, DTensor) and dst.placements != src.placements
     ):
         raise ValueError("source and target must be sharded alike for a shard-local copy")
     local(dst).copy_(local(src))

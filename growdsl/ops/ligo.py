@@ -99,9 +99,15 @@ class LigoWidth(_Ligo):
             out["output.weight"] = w["output.weight"] @ d.T
         for i in range(self.layers):
             q, kv, f = self.q[i], self.kv[i], self.ffn[i]
-            expand = {"attention.wq.weight": (q, d), "attention.wk.weight": (kv, d), "attention.wv.weight": (kv, d),
-                      "attention.wo.weight": (d, q), "feed_forward.w1.weight": (f, d),
-                      "feed_forward.w3.weight": (f, d), "feed_forward.w2.weight": (d, f)}
+            expand = {
+                "attention.wq.weight": (q, d),
+                "attention.wk.weight": (kv, d),
+                "attention.wv.weight": (kv, d),
+                "attention.wo.weight": (d, q),
+                "feed_forward.w1.weight": (f, d),
+                "feed_forward.w3.weight": (f, d),
+                "feed_forward.w2.weight": (d, f),
+            }
             for name, (e_out, e_in) in expand.items():
                 out[layer_key(i, name)] = e_out @ w[layer_key(i, name)] @ e_in.T
             for name in ("attention_norm.weight", "ffn_norm.weight"):

@@ -13,8 +13,14 @@ def model_args(shape: ModelShape, seq_len: int) -> TransformerModelArgs:
     return TransformerModelArgs(**torchtitan_model_args(shape, seq_len))
 
 
-def build_model(shape: ModelShape, seq_len: int, *, dtype: torch.dtype = torch.float32,
-                device: str | torch.device = "cpu", seed: int | None = None) -> Transformer:
+def build_model(
+    shape: ModelShape,
+    seq_len: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+) -> Transformer:
     """A freshly initialised model (torchtitan's own init_weights) of `shape`, built in `dtype`.
 
     A tied shape shares one tensor between `tok_embeddings` and `output`. Built under that

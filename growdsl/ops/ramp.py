@@ -10,6 +10,7 @@ activation checkpointing stay as they are. `remove_ramp` takes both away once m 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,8 @@ def remove_ramp(block: nn.Module) -> None:
 _WIDTH_HOOKS = "_growdsl_width_ramp_hooks"
 
 
-def attach_width_ramp(model: nn.Module, old_dim: int, old_heads: int, old_ffn: int, value: float = 0.0) -> None:
+def attach_width_ramp(model: Any, old_dim: int, old_heads: int, old_ffn: int, value: float = 0.0) -> None:
+    """Put the mask on `model` (torchtitan's Transformer: its blocks, norms and projections by name)."""
     if hasattr(model, _WIDTH_HOOKS):
         raise ValueError("model already has a width ramp")
     param = next(model.parameters())
@@ -144,7 +146,7 @@ class Ramp:
         return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}
 
     @staticmethod
-    def restore(model: nn.Module, d: dict) -> "Ramp":
+    def restore(model: nn.Module, d: dict) -> Ramp:
         """Put a recorded ramp back on a freshly built model."""
         module = model.get_submodule(d["name"])
         old = tuple(d["old"]) if d["old"] else None

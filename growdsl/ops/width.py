@@ -107,18 +107,22 @@ def zero_new(name: str, w: torch.Tensor, fresh: torch.Tensor, src: ModelShape, d
     residual stream; norms scaled by sqrt(d/D)."""
     out = in_place(w, fresh)
     if name == "tok_embeddings.weight":
-        out[:, src.dim:] = 0
+        out[:, src.dim :] = 0
     elif name.endswith("wo.weight") or name.endswith("w2.weight"):
-        out[src.dim:, :] = 0  # new residual dims receive nothing
-        out[:, w.shape[1]:] = 0  # new heads / FFN units send nothing
+        out[src.dim :, :] = 0  # new residual dims receive nothing
+        out[:, w.shape[1] :] = 0  # new heads / FFN units send nothing
     elif name.endswith("norm.weight"):
         out = out * math.sqrt(src.dim / dst.dim)
     return out
 
 
 @torch.no_grad()
-def write_widened(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], growth: WidthGrowth,
-                  value: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+def write_widened(
+    src: Mapping[str, torch.Tensor],
+    dst: Mapping[str, torch.Tensor],
+    growth: WidthGrowth,
+    value: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
     """dst[name] <- value(name, the whole source weight, the target's whole fresh weight), for every
     weight of the target (the target model's state dict, filled in place; each rank keeps its shard)."""
     for name, target in dst.items():

@@ -11,8 +11,13 @@ from __future__ import annotations
 from growdsl.plan.plan import Plan, Stage
 
 # What must agree across the stages after the last growth for one scratch schedule to mirror them.
-_SAME = (("seq_len", "seq"), ("batch_seqs", "batch"), ("seed", "seed"), ("data", "data"),
-         ("optimizer", "optimizer settings"))
+_SAME = (
+    ("seq_len", "seq"),
+    ("batch_seqs", "batch"),
+    ("seed", "seed"),
+    ("data", "data"),
+    ("optimizer", "optimizer settings"),
+)
 
 
 class BaselineError(Exception):
@@ -23,14 +28,17 @@ def check(plan: Plan) -> Stage:
     """The stage whose settings the baseline takes (the final one); raises BaselineError if none fits."""
     grown = [s for s in plan.stages if s.growths]
     if not grown:
-        raise BaselineError("nothing grows in it: it already trains its final model from scratch, so it is its "
-                            "own baseline")
+        raise BaselineError(
+            "nothing grows in it: it already trains its final model from scratch, so it is its own baseline"
+        )
     final = plan.stages[-1]
     for stage in plan.stages[1:]:
         if stage.training.data != plan.stages[0].training.data:  # growdsl run reads the first stage's
-            raise BaselineError(f"its stages name different data (lines {plan.stages[0].line} and {stage.line}); "
-                                f"a run reads the first stage's data throughout: name it once, at the top")
-    for stage in plan.stages[grown[-1].index:-1]:
+            raise BaselineError(
+                f"its stages name different data (lines {plan.stages[0].line} and {stage.line}); "
+                f"a run reads the first stage's data throughout: name it once, at the top"
+            )
+    for stage in plan.stages[grown[-1].index : -1]:
         for key, name in _SAME:
             if getattr(stage.training, key) != getattr(final.training, key):
                 raise _differ(name, stage, final)
@@ -41,9 +49,11 @@ def check(plan: Plan) -> Stage:
 
 
 def _differ(what: str, stage: Stage, final: Stage) -> BaselineError:
-    return BaselineError(f"the stages after the last growth train with different {what} (lines {stage.line} and "
-                         f"{final.line}): one scratch run cannot mirror both; make them agree, or write the "
-                         f"baseline by hand")
+    return BaselineError(
+        f"the stages after the last growth train with different {what} (lines {stage.line} and "
+        f"{final.line}): one scratch run cannot mirror both; make them agree, or write the "
+        f"baseline by hand"
+    )
 
 
 def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
@@ -51,9 +61,12 @@ def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
     to where it is written); `grown` and `out`: the schedule's path and the baseline's, for its header."""
     final = check(plan)
     if data is not None and ('"' in data or "\n" in data):
-        raise BaselineError(f"the data path {data!r} holds a quote or a line break, which a schedule's string "
-                            f"cannot: move or rename the data folder")
+        raise BaselineError(
+            f"the data path {data!r} holds a quote or a line break, which a schedule's string "
+            f"cannot: move or rename the data folder"
+        )
     b = plan.totals.baseline
+    assert b is not None  # check() passed: the schedule grows
     shape, t, lr = final.shape, final.training, final.lr
     this = out or "BASELINE.grow"
     lines = [
@@ -117,9 +130,14 @@ def planned(plan: Plan, data: str | None, grown: str, out: str | None) -> tuple[
     try:
         written = plan_source(text, out or "<baseline>")
     except ScheduleError as e:
-        raise BaselineError(f"the baseline written for it does not read back ({e.errors[0].message}); "
-                            f"this is growdsl's bug: please report it with the schedule") from None
+        raise BaselineError(
+            f"the baseline written for it does not read back ({e.errors[0].message}); "
+            f"this is growdsl's bug: please report it with the schedule"
+        ) from None
+    assert plan.totals.baseline is not None
     if written.totals.flops != plan.totals.baseline.flops:
-        raise BaselineError("the baseline written for it reads back on other FLOPs; this is growdsl's bug: "
-                            "please report it with the schedule")
+        raise BaselineError(
+            "the baseline written for it reads back on other FLOPs; this is growdsl's bug: "
+            "please report it with the schedule"
+        )
     return text, written

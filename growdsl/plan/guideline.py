@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 G_RECOMMENDED = 4
 G_RANGE = (2, 4)
@@ -38,5 +39,5 @@ def predict_d(params: float, tokens: float) -> Prediction:
     return Prediction(params, tokens, c, d)
 
 
-def g_in_range(g: float) -> bool:
+def g_in_range(g: float | Fraction) -> bool:
     return G_RANGE[0] <= g <= G_RANGE[1]

@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-
 MAX_LAYERS = 4096  # far beyond any real model; keeps a typo like *99999999 from eating memory
 
 
@@ -64,8 +63,12 @@ def _parse_segment(segment: str, offset: int, base_layers: int, room: int) -> li
     block = body.strip()
     if not block:
         what = "a '-' with nothing beside it" if not star else "'*' without a block of layers before it"
-        raise PatternError(f"empty segment: {what}", offset, max(1, len(segment)),
-                           "each segment names base layers, e.g. 3456 or 3456*5")
+        raise PatternError(
+            f"empty segment: {what}",
+            offset,
+            max(1, len(segment)),
+            "each segment names base layers, e.g. 3456 or 3456*5",
+        )
     layers = _parse_block(block, offset + lead, base_layers)
     repeat = 1
     if star:
@@ -73,8 +76,12 @@ def _parse_segment(segment: str, offset: int, base_layers: int, room: int) -> li
         count_at = offset + len(body) + 1
         if not count_text.isdigit():
             what = f"'{count_text}'" if count_text else "nothing"
-            raise PatternError(f"'*' must be followed by a repeat count, found {what}", count_at,
-                               max(1, len(count)), "write the count as a whole number: 3456*5")
+            raise PatternError(
+                f"'*' must be followed by a repeat count, found {what}",
+                count_at,
+                max(1, len(count)),
+                "write the count as a whole number: 3456*5",
+            )
         repeat = int(count_text)
         if repeat < 1:
             raise PatternError("a block must repeat at least once", count_at, len(count), "use *1 or more")
@@ -89,13 +96,21 @@ def _parse_block(block: str, offset: int, base_layers: int) -> list[_Layer]:
     while pos < len(block):
         m = _BLOCK.match(block, pos)
         if not m:
-            raise PatternError(f"unexpected {block[pos]!r} in pattern", offset + pos, 1,
-                               "a pattern holds layer digits, '..' ranges, '-' between segments and '*' counts")
+            raise PatternError(
+                f"unexpected {block[pos]!r} in pattern",
+                offset + pos,
+                1,
+                "a pattern holds layer digits, '..' ranges, '-' between segments and '*' counts",
+            )
         if m["range"]:
             a, b = int(m["a"]), int(m["b"])
             if b > base_layers:
-                raise PatternError(f"layer {b} does not exist: the base has {base_layers} layers",
-                                   offset + pos, len(m[0]), f"the base has layers 1..{base_layers}")
+                raise PatternError(
+                    f"layer {b} does not exist: the base has {base_layers} layers",
+                    offset + pos,
+                    len(m[0]),
+                    f"the base has layers 1..{base_layers}",
+                )
             if a > b:
                 raise PatternError(f"range {a}..{b} runs backwards", offset + pos, len(m[0]), f"write {b}..{a}")
             layers += [_Layer(i, offset + pos, len(m[0])) for i in range(a, b + 1)]
@@ -104,14 +119,22 @@ def _parse_block(block: str, offset: int, base_layers: int) -> list[_Layer]:
         pos = m.end()
     for layer in layers:
         if layer.index == 0:
-            raise PatternError("layer 0 does not exist: base layers are numbered from 1", layer.start, layer.length,
-                               f"the base has layers 1..{base_layers}")
+            raise PatternError(
+                "layer 0 does not exist: base layers are numbered from 1",
+                layer.start,
+                layer.length,
+                f"the base has layers 1..{base_layers}",
+            )
         if layer.index > base_layers:
             hint = f"the base has layers 1..{base_layers}"
             if base_layers >= 10:
                 hint += "; write layers above 9 as ranges, e.g. 1..12"
-            raise PatternError(f"layer {layer.index} does not exist: the base has {base_layers} layers",
-                               layer.start, layer.length, hint)
+            raise PatternError(
+                f"layer {layer.index} does not exist: the base has {base_layers} layers",
+                layer.start,
+                layer.length,
+                hint,
+            )
     return layers
 
 
@@ -161,8 +184,9 @@ def compact(layer_map: list[int]) -> str:
     for factor in range(2, n + 1):
         if n % factor == 0 and layer_map == interpolation(n // factor, factor):
             return f"{_range_text(list(range(n // factor)))} each x{factor}"
-    return " ".join(f"({_range_text(run)})x{count}" if count > 1 else _range_text(run)
-                    for run, count in _segments(layer_map))
+    return " ".join(
+        f"({_range_text(run)})x{count}" if count > 1 else _range_text(run) for run, count in _segments(layer_map)
+    )
 
 
 def _range_text(idx: list[int]) -> str:

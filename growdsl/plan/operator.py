@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from growdsl.plan.plan import Guarantee
 from growdsl.plan.shape import ModelShape

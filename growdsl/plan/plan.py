@@ -17,11 +17,10 @@ from typing import Literal
 
 from growdsl.plan.shape import ModelShape
 
-_FROZEN = dict(frozen=True, kw_only=True)
 _STRICT = {"extra": "forbid"}  # read by pydantic when it validates JSON into these classes
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
     __pydantic_config__ = _STRICT
     name: Literal["adamw"] = "adamw"
@@ -31,7 +30,7 @@ class OptimizerConfig:
     grad_clip: float
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class Parallelism:
     __pydantic_config__ = _STRICT
     dp_shard: int | None = None  # None: every rank left after dp_replicate and tp
@@ -41,7 +40,7 @@ class Parallelism:
     compile: bool = False
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """The settings in force for one stage."""
 
@@ -69,7 +68,7 @@ class TrainingConfig:
         return self.batch_seqs * self.seq_len
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class LRSchedule:
     """Warmup then decay, over `total_steps`; a stage runs steps [start_step, start_step + steps).
 
@@ -106,7 +105,7 @@ def validation_steps(first: int, steps: int, every: int) -> list[int]:
     return points if points and points[-1] == first + steps else points + [first + steps]
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class LayerOrigin:
     """Where one layer of a grown model comes from.
 
@@ -128,7 +127,7 @@ class LayerOrigin:
 Guarantee = Literal["exact", "approximate", "none"]
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class LearnPhase:
     """LiGO: the growth map is trained for `steps` before ordinary training resumes."""
 
@@ -141,7 +140,7 @@ class LearnPhase:
     flops: int
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class _GrowthBase:
     __pydantic_config__ = _STRICT
     operator: str  # its name (growdsl.plan.operators)
@@ -155,7 +154,7 @@ class _GrowthBase:
     line: int  # where the growth statement is in the schedule
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class DepthGrowth(_GrowthBase):
     kind: Literal["depth"] = "depth"
     method: Literal["stack", "interpolate", "pattern"]
@@ -168,10 +167,11 @@ class DepthGrowth(_GrowthBase):
 
     @property
     def sources(self) -> list[int]:
-        return [o.source for o in self.layer_map]
+        """The source layer of every target layer (a depth growth's map gives every one)."""
+        return [o.source for o in self.layer_map if o.source is not None]
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class WidthGrowth(_GrowthBase):
     kind: Literal["width"] = "width"
     source: ModelShape
@@ -181,7 +181,7 @@ class WidthGrowth(_GrowthBase):
 Growth = DepthGrowth | WidthGrowth
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class GrowthTiming:
     """The paper's guideline next to what the schedule does, for the growth before a stage."""
 
@@ -195,7 +195,7 @@ class GrowthTiming:
     factor: Fraction | None  # g of the depth growth, if any
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     __pydantic_config__ = _STRICT
     index: int
@@ -216,7 +216,7 @@ class Stage:
     timing: GrowthTiming | None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class Baseline:
     """The paper's comparison: the final model trained from scratch on the same total FLOPs, with
     the final stage's batch (`growdsl baseline` writes its schedule)."""
@@ -227,7 +227,7 @@ class Baseline:
     flops: int
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class Totals:
     __pydantic_config__ = _STRICT
     tokens: int
@@ -237,7 +237,7 @@ class Totals:
     val_flops: int  # forward passes of the validation loss: counted apart from `flops`
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class PlanWarning:
     """Something legal but probably unintended, with its place in the schedule (1-based)."""
 
@@ -251,7 +251,7 @@ class PlanWarning:
     end_col: int | None
 
 
-@dataclass(**_FROZEN)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     __pydantic_config__ = _STRICT
     source: str
@@ -265,7 +265,7 @@ class Plan:
         return json.dumps(asdict(self), indent=indent, default=_fraction_text)
 
     @staticmethod
-    def from_json(text: str | bytes) -> "Plan":
+    def from_json(text: str | bytes) -> Plan:
         """Load and validate a plan (pydantic.ValidationError if it is not one)."""
         return _adapter().validate_json(text)
 

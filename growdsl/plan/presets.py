@@ -28,7 +28,6 @@ class Preset:
     shape: ModelShape
     lr_max: float
     lr_min: float
-    base_layers: int  # what the paper trains before stacking x4
     training: dict = field(default_factory=lambda: dict(PAPER_TRAINING))
 
 
@@ -39,18 +38,17 @@ def _llama(dim, layers, heads, kv_heads, ffn, vocab=32000) -> ModelShape:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset("410M", _llama(1024, 24, 16, 16, 2816), 6e-4, 6e-5, base_layers=6),
+        Preset("410M", _llama(1024, 24, 16, 16, 2816), 6e-4, 6e-5),
         # TinyLlama's family (the paper's code base): 4 KV heads, which is what makes it 1.1B.
-        Preset("1.1B", _llama(2048, 24, 32, 4, 5632), 3e-4, 3e-5, base_layers=6),
-        Preset("3B", _llama(2560, 32, 20, 4, 7040), 1.6e-4, 1.6e-5, base_layers=8),
-        Preset("7B", _llama(4096, 32, 32, 32, 11008), 1e-4, 1e-5, base_layers=8),
+        Preset("1.1B", _llama(2048, 24, 32, 4, 5632), 3e-4, 3e-5),
+        Preset("3B", _llama(2560, 32, 20, 4, 7040), 1.6e-4, 1.6e-5),
+        Preset("7B", _llama(4096, 32, 32, 32, 11008), 1e-4, 1e-5),
         # Small enough to train through a growth on two CPU cores in about a minute.
         Preset(
             "tiny",
             _llama(128, 4, 4, 4, 384, vocab=4096),
             3e-3,
             3e-4,
-            base_layers=2,
             training=dict(PAPER_TRAINING, seq_len=128, batch_seqs=8, warmup=("steps", 20)),
         ),
     ]

@@ -7,15 +7,21 @@ from growdsl.plan.layermap import compact
 from growdsl.plan.plan import DepthGrowth, Plan, Stage
 from growdsl.plan.units import human
 
-_GUARANTEE = {"exact": "function-preserving", "approximate": "function-preserving up to RMSNorm",
-              "none": "not function-preserving"}
+_GUARANTEE = {
+    "exact": "function-preserving",
+    "approximate": "function-preserving up to RMSNorm",
+    "none": "not function-preserving",
+}
 
 
 def render_plan(plan: Plan, predict_d: bool = False) -> str:
     first = plan.stages[0]
     n = len(plan.stages)
-    out = [f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.shape.describe()} -> {plan.stages[-1].shape.describe()}",
-           ""]
+    out = [
+        f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.shape.describe()} -> "
+        f"{plan.stages[-1].shape.describe()}",
+        "",
+    ]
     header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
     rows = []
     notes: dict[int, list[str]] = {}
@@ -27,16 +33,28 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
         elif s.lr.warmup_steps:
             lr += f", warmup {s.lr.warmup_steps:,}"
         tokens = human(s.tokens) + (" (auto)" if s.auto else "")
-        rows.append((str(s.index), str(s.shape.n_layers), human(s.params), tokens, f"{s.steps:,}",
-                     f"{t.batch_seqs}x{t.seq_len}", lr, f"{s.flops:.3g}", f"{s.cumulative_flops:.3g}"))
+        rows.append(
+            (
+                str(s.index),
+                str(s.shape.n_layers),
+                human(s.params),
+                tokens,
+                f"{s.steps:,}",
+                f"{t.batch_seqs}x{t.seq_len}",
+                lr,
+                f"{s.flops:.3g}",
+                f"{s.cumulative_flops:.3g}",
+            )
+        )
         notes[len(rows) - 1] = ["^ " + growth_line(g) for g in s.growths]
         if predict_d and s.timing:
             notes[len(rows) - 1].append(_timing_line(s))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells) -> str:
-        return "  ".join(c.rjust(w) if i in (0, 1, 2, 3, 4, 7, 8) else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in (0, 1, 2, 3, 4, 7, 8) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out.append(line(header))
     for i, row in enumerate(rows):
@@ -55,28 +73,37 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
         out.append(f"baseline       none: {refusal}")
     else:
         b = tot.baseline
-        out += [f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
-                f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
-                f"the paper      {PAPER_RESULT}"]
+        assert b is not None  # check() passed: the schedule grows
+        out += [
+            f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
+            f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
+            f"the paper      {PAPER_RESULT}",
+        ]
     validating = [s for s in plan.stages if s.training.val_every_steps]
     if validating:
         t = validating[-1].training
-        which = "" if len(validating) == len(plan.stages) else \
-            f" in stages {', '.join(str(s.index) for s in validating)}"
-        out.append(f"validation     every {t.val_every_steps:,} steps and at stage ends{which}, on "
-                   f"{t.val_tokens // t.seq_len * t.seq_len:,} held-out tokens ({t.val_tokens // t.seq_len} sequences): "
-                   f"{tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart")
+        which = (
+            "" if len(validating) == len(plan.stages) else f" in stages {', '.join(str(s.index) for s in validating)}"
+        )
+        out.append(
+            f"validation     every {t.val_every_steps:,} steps and at stage ends{which}, on "
+            f"{t.val_tokens // t.seq_len * t.seq_len:,} held-out tokens ({t.val_tokens // t.seq_len} sequences): "
+            f"{tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart"
+        )
     else:
         out.append("validation     off")
     if predict_d:
-        out.append(f"guideline      log10(d) = 0.88 log10(N) + 163.27/log10(C) - 5.74, C = 6ND; g = "
-                   f"{guideline.G_RECOMMENDED} (2-4 works)")
+        out.append(
+            f"guideline      log10(d) = 0.88 log10(N) + 163.27/log10(C) - 5.74, C = 6ND; g = "
+            f"{guideline.G_RECOMMENDED} (2-4 works)"
+        )
     return "\n".join(out)
 
 
 # What the paper measured at equal compute, in its own terms (speedup = FLOPs_scratch / FLOPs_grown - 1).
-PAPER_RESULT = ("at equal FLOPs G_stack 7B reached scratch's 300B-token loss with 194B tokens (+54.6%); "
-                "3B +54.5%, 410M +31.0%")
+PAPER_RESULT = (
+    "at equal FLOPs G_stack 7B reached scratch's 300B-token loss with 194B tokens (+54.6%); 3B +54.5%, 410M +31.0%"
+)
 
 
 def growth_line(g) -> str:
@@ -91,24 +118,31 @@ def growth_line(g) -> str:
     if isinstance(g, DepthGrowth):
         name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
         rc = g.connection_rate
-        return (f"line {g.line}: {name} \"{g.pattern}\" ({g.operator}{knobs}): {g.source_layers} -> "
-                f"{g.target_layers} layers, map {compact(g.sources)}, R_c {rc.numerator}/{rc.denominator} "
-                f"({float(rc):.1%}); {_GUARANTEE[g.guarantee]}; {policies}")
+        return (
+            f'line {g.line}: {name} "{g.pattern}" ({g.operator}{knobs}): {g.source_layers} -> '
+            f"{g.target_layers} layers, map {compact(g.sources)}, R_c {rc.numerator}/{rc.denominator} "
+            f"({float(rc):.1%}); {_GUARANTEE[g.guarantee]}; {policies}"
+        )
     src, dst = g.source, g.target
-    return (f"line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
-            f"{dst.n_heads}, kv {src.n_kv_heads}->{dst.n_kv_heads}, ffn {src.ffn_dim}->{dst.ffn_dim}; "
-            f"{_GUARANTEE[g.guarantee]}; {policies}")
+    return (
+        f"line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
+        f"{dst.n_heads}, kv {src.n_kv_heads}->{dst.n_kv_heads}, ffn {src.ffn_dim}->{dst.ffn_dim}; "
+        f"{_GUARANTEE[g.guarantee]}; {policies}"
+    )
 
 
 def _timing_line(s: Stage) -> str:
     t = s.timing
+    assert t is not None  # only stages after a growth are timed
     g = ""
     if t.factor is not None:
         flag = "" if guideline.g_in_range(t.factor) else " (outside 2-4!)"
         g = f", g = {float(t.factor):g}{flag}"
     outside = "" if 4e8 <= t.target_params <= 1e10 else " (N is outside the 410M-7B the fit was made on)"
-    return (f"^ guideline: N = {human(t.target_params)} params, D = {human(t.target_tokens)} tokens, "
-            f"C = {t.compute:.3g} -> d = {_tokens(t.predicted_d)} tokens{outside}; schedule: {_tokens(t.used_d)}{g}")
+    return (
+        f"^ guideline: N = {human(t.target_params)} params, D = {human(t.target_tokens)} tokens, "
+        f"C = {t.compute:.3g} -> d = {_tokens(t.predicted_d)} tokens{outside}; schedule: {_tokens(t.used_d)}{g}"
+    )
 
 
 def _tokens(n: float) -> str:
@@ -116,13 +150,15 @@ def _tokens(n: float) -> str:
 
 
 def render_prediction(p: guideline.Prediction) -> str:
-    return "\n".join([
-        f"target parameters N   {human(p.params)}",
-        f"target tokens D       {human(p.tokens)}",
-        f"compute C = 6ND       {p.compute:.3e} FLOPs",
-        f"growth timing d       {p.d / 1e9:.2f}B tokens",
-        f"growth factor g       {guideline.G_RECOMMENDED} (the paper's choice; 2-4 works)",
-    ])
+    return "\n".join(
+        [
+            f"target parameters N   {human(p.params)}",
+            f"target tokens D       {human(p.tokens)}",
+            f"compute C = 6ND       {p.compute:.3e} FLOPs",
+            f"growth timing d       {p.d / 1e9:.2f}B tokens",
+            f"growth factor g       {guideline.G_RECOMMENDED} (the paper's choice; 2-4 works)",
+        ]
+    )
 
 
 def _share(x: float) -> str:

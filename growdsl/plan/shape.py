@@ -59,8 +59,10 @@ class ModelShape:
     def describe(self) -> str:
         kv = "" if self.n_kv_heads == self.n_heads else f" (kv {self.n_kv_heads})"
         tied = " · tied" if self.tied_embeddings else ""
-        return (f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}"
-                f" · vocab {self.vocab_size}{tied}")
+        return (
+            f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}"
+            f" · vocab {self.vocab_size}{tied}"
+        )
 
 
 def llama_ffn_dim(dim: int, multiple_of: int = 256) -> int:

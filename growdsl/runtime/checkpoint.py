@@ -50,8 +50,9 @@ def save(directory: Path, model: nn.Module, state: State, progress: Progress, wo
         shutil.rmtree(partial, ignore_errors=True)
     world.barrier()
     progress.optimizer_names = sorted(state)
-    dcp.save({"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()},
-             checkpoint_id=str(partial))
+    dcp.save(
+        {"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()}, checkpoint_id=str(partial)
+    )
     if world.main:
         (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
         os.replace(partial, final)  # the commit point
@@ -72,8 +73,10 @@ def load(path: Path, model: nn.Module, progress: Progress) -> State:
     """Load weights into `model` (built in the checkpoint's shape, ramps attached) and return the
     optimizer state by parameter name."""
     params = named_parameters(model)
-    state = {name: {"step": torch.zeros(()), **{m: torch.zeros_like(params[name]) for m in MOMENTS}}
-             for name in progress.optimizer_names}
+    state = {
+        name: {"step": torch.zeros(()), **{m: torch.zeros_like(params[name]) for m in MOMENTS}}
+        for name in progress.optimizer_names
+    }
     rng = torch.get_rng_state()
     holder = {"model": model.state_dict(), "optimizer": state, "rng": rng}
     dcp.load(holder, checkpoint_id=str(path))

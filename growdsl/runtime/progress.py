@@ -24,8 +24,10 @@ class StageProgress:
         filled = self.width * step // steps
         eta = (steps - step) * (tokens / step) / rate if rate > 0 and step else 0.0
         bar = "#" * filled + "." * (self.width - filled)
-        self.out.write(f"\r\x1b[Kstage {stage} [{bar}] {step}/{steps}  {human(tokens)} tokens  loss {loss:.4f}  "
-                       f"{rate:,.0f} tok/s  ETA {_clock(eta)}")
+        self.out.write(
+            f"\r\x1b[Kstage {stage} [{bar}] {step}/{steps}  {human(tokens)} tokens  loss {loss:.4f}  "
+            f"{rate:,.0f} tok/s  ETA {_clock(eta)}"
+        )
         self.out.flush()
         self.shown = True
         if step == steps:

@@ -4,7 +4,8 @@ boundary, on one process or many (torchrun: FSDP2 / TP / AC / compile via torcht
 At a growth: build the target model (torchtitan's Transformer, meta -> init), let the growth's
 operator (growdsl.ops.operators, whichever it is) attach its ramps and write the grown weights, run
 the preservation check on a held-out probe batch and log it, train the operator's learned map first
-if it has one (LiGO), and start the target's AdamW from reset or the operator's carried state. The data stream goes on where the base stopped.
+if it has one (LiGO), and start the target's AdamW from reset or the operator's carried state.
+The data stream goes on where the base stopped.
 
 With a run directory it checkpoints at every stage end (before a growth), right after every growth,
 and at the plan's cadence; `resume=True` goes on from the newest complete checkpoint, never
@@ -16,10 +17,10 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +54,22 @@ class StageLog:
 
 
 class Trainer:
-    def __init__(self, plan: Plan, data_dir: Path, *, log: Callable[[str], None] = print, log_every: int = 50,
-                 checkpoint_dir: Path | None = None, resume: bool = False, metrics: Metrics | None = None,
-                 world: World = World(), dtype: torch.dtype = torch.float32, progress=None,
-                 mixed_precision: bool | None = None, evaluator: Callable | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        data_dir: Path,
+        *,
+        log: Callable[[str], None] = print,
+        log_every: int = 50,
+        checkpoint_dir: Path | None = None,
+        resume: bool = False,
+        metrics: Metrics | None = None,
+        world: World = World(),
+        dtype: torch.dtype = torch.float32,
+        progress=None,
+        mixed_precision: bool | None = None,
+        evaluator: Callable | None = None,
+    ):
         self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
         self.device = world.device
         # bf16 compute over float32 weights: on by default on GPUs (as torchtitan), off on CPUs
@@ -75,13 +88,17 @@ class Trainer:
         self.meta: Meta = load_meta(data_dir)
         widest = max(s.shape.vocab_size for s in plan.stages)
         if self.meta.vocab_size > widest:
-            raise RunError(f"the data's tokenizer has {self.meta.vocab_size} tokens but the model's vocab is {widest}: "
-                           f"set vocab {self.meta.vocab_size} (or more) in the model statement")
+            raise RunError(
+                f"the data's tokenizer has {self.meta.vocab_size} tokens but the model's vocab is {widest}: "
+                f"set vocab {self.meta.vocab_size} (or more) in the model statement"
+            )
         self._check_memory()
         self.stream = TokenStream(data_dir / "train.bin", self.meta.dtype)
         if plan.totals.tokens > self.meta.train_tokens:
-            self.log(f"note: the run reads {plan.totals.tokens:,} tokens, {plan.totals.tokens / self.meta.train_tokens:.1f} "
-                     f"times the {self.meta.train_tokens:,} of {data_dir}: it repeats its data")
+            self.log(
+                f"note: the run reads {plan.totals.tokens:,} tokens, {plan.totals.tokens / self.meta.train_tokens:.1f} "
+                f"times the {self.meta.train_tokens:,} of {data_dir}: it repeats its data"
+            )
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
         probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
@@ -109,10 +126,12 @@ class Trainer:
         if need > free:
             largest = max(self.plan.stages, key=lambda s: s.params)
             where = "on this GPU" if self.device.type == "cuda" else "in RAM"
-            raise RunError(f"the {largest.shape.describe()} model ({largest.params / 1e9:.2f}B params) needs about "
-                           f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
-                           f"{free / 2**30:.1f} GiB is free {where}: run it on more GPUs with torchrun, "
-                           f"or a smaller schedule")
+            raise RunError(
+                f"the {largest.shape.describe()} model ({largest.params / 1e9:.2f}B params) needs about "
+                f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
+                f"{free / 2**30:.1f} GiB is free {where}: run it on more GPUs with torchrun, "
+                f"or a smaller schedule"
+            )
 
     def _check_validation(self) -> None:
         """Every stage that validates gets at least one held-out sequence per process; a stage that
@@ -125,14 +144,21 @@ class Trainer:
                 continue
             have, size = self.heldout.count(t.val_tokens, t.seq_len, self.world.size), len(self.heldout.tokens)
             if have == 0:
-                raise RunError(f"stage {stage.index} (line {stage.line}) validates on {t.seq_len}-token sequences, one per "
-                               f"process at least, but the held-out split holds {size:,} tokens: prepare the data "
-                               f"with a larger --holdout, or set `val off`")
+                raise RunError(
+                    f"stage {stage.index} (line {stage.line}) validates on {t.seq_len}-token sequences, one per "
+                    f"process at least, but the held-out split holds {size:,} tokens: prepare the data "
+                    f"with a larger --holdout, or set `val off`"
+                )
             if have < t.val_tokens // t.seq_len and not noted:
-                why = (f"the held-out split holds {size:,} tokens" if have * t.seq_len + t.seq_len >= size
-                       else f"a whole number of sequences for each of {self.world.size} processes")
-                self.log(f"validation: stage {stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} "
-                         f"tokens asked for: {why}")
+                why = (
+                    f"the held-out split holds {size:,} tokens"
+                    if have * t.seq_len + t.seq_len >= size
+                    else f"a whole number of sequences for each of {self.world.size} processes"
+                )
+                self.log(
+                    f"validation: stage {stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} "
+                    f"tokens asked for: {why}"
+                )
                 noted = True
 
     def run(self) -> list[StageLog]:
@@ -203,10 +229,18 @@ class Trainer:
             return
         self.saves += 1
         progress = checkpoint.Progress(
-            seq=self.saves, stage=stage, phase=phase, step=step, position=self.stream.position,
-            global_step=self.global_step, flops=self.flops, val_flops=self.val_flops,
-            plan_prefix=self.stages_json[: stage + 1], ramps=[r.describe() for r in self.ramps],
-            growth_checks=list(checks))
+            seq=self.saves,
+            stage=stage,
+            phase=phase,
+            step=step,
+            position=self.stream.position,
+            global_step=self.global_step,
+            flops=self.flops,
+            val_flops=self.val_flops,
+            plan_prefix=self.stages_json[: stage + 1],
+            ramps=[r.describe() for r in self.ramps],
+            growth_checks=list(checks),
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
             checkpoint.save(self.checkpoint_dir, self.model, self.state, progress, self.world)
@@ -223,9 +257,11 @@ class Trainer:
         for old, new in zip(p.plan_prefix, self.stages_json):
             current = old["index"] == p.stage
             if _trained_part(old, current) != _trained_part(new, current) or (current and new["steps"] < p.step):
-                raise RunError(f"the schedule changed in stage {old['index']} (line {old['line']}), which the "
-                               f"checkpoint {path.name} has already trained: resume only with changes to what "
-                               f"is still to come")
+                raise RunError(
+                    f"the schedule changed in stage {old['index']} (line {old['line']}), which the "
+                    f"checkpoint {path.name} has already trained: resume only with changes to what "
+                    f"is still to come"
+                )
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
         model = self._build()
@@ -236,8 +272,10 @@ class Trainer:
             self.state = checkpoint.load(path, self.model, p)
         self.stream.position = p.position
         self.saves, self.global_step, self.flops, self.val_flops = p.seq, p.global_step, p.flops, p.val_flops
-        self.log(f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
-                 f"token {p.position:,}")
+        self.log(
+            f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
+            f"token {p.position:,}"
+        )
         if p.phase == "end":
             return p.stage + 1, 0, [], False
         return p.stage, p.step, p.growth_checks, True
@@ -261,14 +299,19 @@ class Trainer:
         self.log(f"growth {growth_line(growth)}")
         self.log(f"growth (line {growth.line}): {kind} -> {self.shape.describe()}; {check}")
         if self.metrics:
-            self.metrics.growth(self.global_step, self.stream.position, self.flops,
-                                f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}")
+            self.metrics.growth(
+                self.global_step,
+                self.stream.position,
+                self.flops,
+                f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}",
+            )
         if not check.ok:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         if growth.learn is not None:
             if self.world.size > 1:
-                raise RunError(f"a learned growth map (`init {growth.operator}`, line {growth.line}) runs on one "
-                               f"process for now")
+                raise RunError(
+                    f"a learned growth map (`init {growth.operator}`, line {growth.line}) runs on one process for now"
+                )
             self._learn(op.learner(src, growth), growth, target, stage)
         self.state = operators.grown_state(growth.optimizer, self.state, growth)
         self.model = target
@@ -290,15 +333,22 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.flops += phase.flops
         learner.bake(target.state_dict())
-        self.log(f"growth map (line {growth.line}) trained for {phase.steps} steps (last loss {loss.item():.4f}) "
-                 f"and baked in")
+        self.log(
+            f"growth map (line {growth.line}) trained for {phase.steps} steps (last loss {loss.item():.4f}) "
+            f"and baked in"
+        )
 
     # ---- training --------------------------------------------------------------------------
 
     def _train(self, stage: Stage, log: StageLog, first_step: int = 0) -> None:
         t = stage.training
-        opt = torch.optim.AdamW(self.model.parameters(), lr=stage.lr.max_lr, betas=t.optimizer.betas,
-                                eps=t.optimizer.eps, weight_decay=t.optimizer.weight_decay)
+        opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=stage.lr.max_lr,
+            betas=t.optimizer.betas,
+            eps=t.optimizer.eps,
+            weight_decay=t.optimizer.weight_decay,
+        )
         if self.state:
             load_named_state(self.model, opt, self.state)
         if t.batch_seqs % self.world.size:
@@ -326,8 +376,10 @@ class Trainer:
                 parts.append(loss.detach())
             total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
             if not math.isfinite(total):
-                raise RunError(f"loss became {total} at stage {stage.index} step {step} "
-                               f"(token {self.stream.position:,}): lower the LR or check the data")
+                raise RunError(
+                    f"loss became {total} at stage {stage.index} step {step} "
+                    f"(token {self.stream.position:,}): lower the LR or check the data"
+                )
             clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -344,13 +396,24 @@ class Trainer:
             if self.progress:
                 self.progress.update(stage.index, step + 1, stage.steps, (step + 1) * t.tokens_per_step, total, rate)
             if self.metrics:
-                self.metrics.step(self.global_step, self.stream.position, self.flops, loss=total, lr=lr,
-                                  grad_norm=grad_norm, tokens_per_s=rate, memory_gib=memory_gib(self.device),
-                                  layers=stage.shape.n_layers, **extra)
+                self.metrics.step(
+                    self.global_step,
+                    self.stream.position,
+                    self.flops,
+                    loss=total,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    tokens_per_s=rate,
+                    memory_gib=memory_gib(self.device),
+                    layers=stage.shape.n_layers,
+                    **extra,
+                )
             if (step + 1) % self.log_every == 0 or step + 1 == stage.steps or step == first_step:  # the first: soon
                 mfu = f"  MFU {extra['mfu']:.2f}" if extra else ""
-                self.log(f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
-                         f"{rate:,.0f} tok/s{mfu}")
+                self.log(
+                    f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
+                    f"{rate:,.0f} tok/s{mfu}"
+                )
             self.state = named_state(self.model, opt)
             if self.global_step in val_points:
                 log.val_losses.append((self.global_step, self._validate(stage, step + 1, micro)))
@@ -382,10 +445,20 @@ class Trainer:
         self.val_flops += tokens * stage.flops_per_token // 3  # a forward pass: a third of training's
         seconds = time.perf_counter() - begin
         if self.metrics:
-            self.metrics.validation(self.global_step, self.stream.position, self.flops, loss=loss, val_tokens=tokens, val_data=self.val_data,
-                                    val_flops=self.val_flops, seconds=seconds)
-        self.log(f"val stage {stage.index} step {step}/{stage.steps}  loss {loss:.4f}  ({tokens:,} held-out tokens, "
-                 f"{seconds:.1f} s)")
+            self.metrics.validation(
+                self.global_step,
+                self.stream.position,
+                self.flops,
+                loss=loss,
+                val_tokens=tokens,
+                val_data=self.val_data,
+                val_flops=self.val_flops,
+                seconds=seconds,
+            )
+        self.log(
+            f"val stage {stage.index} step {step}/{stage.steps}  loss {loss:.4f}  ({tokens:,} held-out tokens, "
+            f"{seconds:.1f} s)"
+        )
         return loss
 
     def _evaluates_after(self, stage: Stage) -> bool:
@@ -399,8 +472,14 @@ class Trainer:
         forward needs them all)."""
         if self.evaluator is None:
             return
-        about = {"stage": stage.index, "step": step, "global_step": self.global_step, "layers": stage.shape.n_layers,
-                 "tokens": self.stream.position, "flops": self.flops}
+        about = {
+            "stage": stage.index,
+            "step": step,
+            "global_step": self.global_step,
+            "layers": stage.shape.n_layers,
+            "tokens": self.stream.position,
+            "flops": self.flops,
+        }
         results = self.evaluator(self.model, stage, about)
         if self.metrics:
             self.metrics.evaluation(self.global_step, self.stream.position, self.flops, results)
@@ -424,8 +503,10 @@ def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _describe_parallel(stage: Stage) -> str:
     p = stage.training.parallel
-    return (f"dp_shard {p.dp_shard or 'auto'}, dp_replicate {p.dp_replicate}, tp {p.tp}, "
-            f"ac {p.activation_checkpoint}, compile {'on' if p.compile else 'off'}")
+    return (
+        f"dp_shard {p.dp_shard or 'auto'}, dp_replicate {p.dp_replicate}, tp {p.tp}, "
+        f"ac {p.activation_checkpoint}, compile {'on' if p.compile else 'off'}"
+    )
 
 
 def _trained_part(stage: dict, current: bool) -> dict:

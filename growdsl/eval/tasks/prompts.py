@@ -50,7 +50,7 @@ def winogrande_text(doc):
 
 
 def winogrande_target(doc):
-    return doc["sentence"][doc["sentence"].index("_") + 1:].strip()
+    return doc["sentence"][doc["sentence"].index("_") + 1 :].strip()
 
 
 def winogrande_choices(doc):

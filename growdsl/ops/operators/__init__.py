@@ -8,7 +8,6 @@ from growdsl.ops.optimizer import State
 from growdsl.plan.operator import discover
 from growdsl.plan.plan import Growth
 
-
 OPERATORS: dict[str, GrowthOperator] = discover(__name__, __path__, GrowthOperator)
 
 

@@ -1,0 +1,303 @@
+"""Training settings: one typed value each, as a schedule sets them (at top level for every stage
+after, or with `with` for one stage), checked where they are written, then resolved into a stage's
+TrainingConfig once its model and batch are known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from growdsl.lang import ast
+from growdsl.lang.errors import Span, did_you_mean
+from growdsl.plan.plan import OptimizerConfig, Parallelism, TrainingConfig
+from growdsl.plan.presets import Preset
+from growdsl.plan.reading import Interval, Reader, as_amount, as_number, as_string, as_word
+from growdsl.plan.shape import ModelShape
+from growdsl.plan.tasks import EVAL_TASKS
+
+# Validation by default: about VAL_POINTS times over the run (and at every stage end), on 1% of the
+# run's training tokens held out, between VAL_MIN_SEQS sequences and VAL_MAX_TOKENS: its forward
+# passes then cost about a tenth of the training compute or less (more on very short runs, where
+# the VAL_MIN_SEQS floor dominates; `growdsl plan` shows the cost).
+VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
+
+LR_KEYS = ("lr_max", "lr_min", "warmup", "lr_schedule")  # what a stage's own LR schedule is made of
+
+
+@dataclass
+class Settings:
+    """Every setting in force at one point of a schedule."""
+
+    lr_max: float
+    lr_min: float
+    warmup: Interval
+    lr_schedule: Literal["cosine", "linear", "constant"]
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    grad_clip: float
+    batch: Interval | int  # tokens, or a number of sequences
+    seq_len: int
+    micro_batch: int | None = None
+    seed: int = 0
+    data: str | None = None
+    dp_shard: int | None = None
+    dp_replicate: int = 1
+    tp: int = 1
+    ac: Literal["none", "selective", "full"] = "none"
+    compile: bool = False
+    checkpoint: Interval | None = None
+    eval_every: Interval | None = None
+    eval_at_growth: bool = False
+    eval_at_end: bool = False
+    eval_tasks: tuple[str, ...] = ()
+    val: bool = True
+    val_every: Interval | None = None  # None: the run-wide default
+    val_tokens: int | None = None  # None: the run-wide default
+    where: dict[str, Span] = field(default_factory=dict)  # setting -> the statement that set it, for errors
+
+    @staticmethod
+    def of(preset: Preset) -> Settings:
+        t = preset.training
+        return Settings(
+            lr_max=preset.lr_max,
+            lr_min=preset.lr_min,
+            warmup=Interval(t["warmup"][1], t["warmup"][0]),
+            lr_schedule=t["lr_schedule"],
+            betas=t["betas"],
+            eps=t["eps"],
+            weight_decay=t["weight_decay"],
+            grad_clip=t["grad_clip"],
+            batch=t["batch_seqs"],
+            seq_len=t["seq_len"],
+        )
+
+    def copy(self) -> Settings:
+        return replace(self, where=dict(self.where))
+
+
+def apply_setting(reader: Reader, s: ast.Setting, target: Settings) -> list[str]:
+    """Check one setting and write it into `target`; returns the names of the settings it set."""
+    keys = _read(reader, s, target)
+    for key in keys:
+        target.where[key] = s.span
+    return keys
+
+
+def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    a, k = s.args, s.key
+    if k == "lr":
+        hi = reader.real(as_number(a[0]), "lr")
+        lo = reader.real(as_number(a[1]), "min LR", low_inclusive=True) if len(a) > 1 else (hi / 10 if hi else None)
+        if hi is None or lo is None:
+            return []
+        if lo > hi:
+            reader.error(s.span, f"min LR {lo:g} is above max LR {hi:g}", "write lr MAX to MIN")
+            return []
+        t.lr_max, t.lr_min = hi, lo
+        return ["lr_max", "lr_min"]
+    if k == "betas":
+        b1 = reader.real(as_number(a[0]), "beta1", low_inclusive=True, high=1.0)
+        b2 = reader.real(as_number(a[1]), "beta2", low_inclusive=True, high=1.0)
+        if b1 is None or b2 is None:
+            return []
+        t.betas = (b1, b2)
+        return ["betas"]
+    if k == "batch":
+        num, unit = as_number(a[0]), as_word(a[1])
+        if unit == "tokens":
+            tokens = reader.count(num, "batch")
+            batch: Interval | int | None = None if tokens is None else Interval(tokens, "tokens", s.span)
+            least = tokens
+        else:
+            batch = least = reader.integer(num, "batch (sequences)")
+        if batch is None or least is None:
+            return []
+        if least < 1:
+            reader.error(num.span, "batch must be at least 1")
+            return []
+        t.batch = batch
+        return ["batch"]
+    if k == "data":
+        path = as_string(a[0])
+        if not path.value.strip():
+            reader.error(path.span, "empty data path", 'name a file or directory: data "corpus/train.bin"')
+            return []
+        t.data = path.value
+        return ["data"]
+    if k == "checkpoint":
+        if as_word(a[0]) == "off":
+            t.checkpoint = None
+            return ["checkpoint"]
+        every = reader.interval(as_amount(a[1]), "checkpoint interval")
+        if every is None:
+            return []
+        t.checkpoint = every
+        return ["checkpoint"]
+    if k == "eval":
+        return _eval(reader, s, t)
+    if k == "val":
+        return _val(reader, s, t)
+    if k == "optimizer":
+        return []  # adamw is the only optimizer, and the default
+    if k in ("lr_schedule", "ac", "compile"):
+        word = as_word(a[0])
+        if k == "compile":
+            t.compile = word == "on"
+        else:
+            setattr(t, k, word)  # the grammar admits only the Literal's words
+        return [k]
+    if k == "warmup":
+        warmup = reader.interval(as_amount(a[0]), "warmup")
+        if warmup is None:
+            return []
+        t.warmup = warmup
+        return ["warmup"]
+    reals = {
+        "min_lr": ("lr_min", True),
+        "eps": ("eps", False),
+        "weight_decay": ("weight_decay", True),
+        "clip": ("grad_clip", True),
+    }
+    if k in reals:
+        key, inclusive = reals[k]
+        value = reader.real(as_number(a[0]), k, low_inclusive=inclusive)
+        if value is None:
+            return []
+        setattr(t, key, value)
+        return [key]
+    counts = {
+        "micro_batch": ("micro_batch", 1),
+        "seq": ("seq_len", 1),
+        "seed": ("seed", 0),
+        "dp_shard": ("dp_shard", 1),
+        "dp_replicate": ("dp_replicate", 1),
+        "tp": ("tp", 1),
+    }
+    if k in counts:
+        key, minimum = counts[k]
+        number = reader.integer(as_number(a[0]), k, minimum=minimum, maximum=2**63 - 1 if k == "seed" else 10**7)
+        if number is None:
+            return []
+        setattr(t, key, number)
+        return [key]
+    raise AssertionError(f"setting {k} is in the grammar but not in the compiler")
+
+
+def _eval(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    a = s.args
+    word = as_word(a[0])
+    if word == "off":
+        t.eval_every, t.eval_at_growth, t.eval_at_end = None, False, False
+    elif word == "every":
+        every = reader.interval(as_amount(a[1]), "eval interval")
+        if every is None:
+            return []
+        t.eval_every = every
+    elif word == "at":
+        if as_word(a[1]) == "growth":
+            t.eval_at_growth = True
+        else:
+            t.eval_at_end = True
+    else:  # tasks
+        named = as_string(a[1])
+        tasks = tuple(x for x in named.value.replace(",", " ").split() if x)
+        if not tasks:
+            reader.error(named.span, "no eval tasks named", 'e.g. eval tasks "arc_easy piqa heldout"')
+            return []
+        unknown = [x for x in tasks if x not in EVAL_TASKS]
+        if unknown:
+            reader.error(
+                named.span,
+                f"unknown eval task {unknown[0]!r}",
+                did_you_mean(unknown[0], EVAL_TASKS) or f"tasks: {', '.join(EVAL_TASKS)}",
+            )
+            return []
+        t.eval_tasks = tasks
+    return ["eval"]
+
+
+def _val(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    a = s.args
+    word = as_word(a[0])
+    if word == "off":
+        t.val = False
+    elif word == "every":
+        every = reader.interval(as_amount(a[1]), "val interval")
+        if every is None:
+            return []
+        t.val, t.val_every = True, every
+    else:  # tokens
+        count = reader.count(as_number(a[1]), "val tokens")
+        if count is None:
+            return []
+        t.val, t.val_tokens = True, count
+    return ["val"]
+
+
+def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) -> TrainingConfig | None:
+    """The settings of a stage training `shape`, resolved at its batch; None (and errors) if they
+    do not fit it."""
+    seq, where = t.seq_len, t.where
+    if isinstance(t.batch, Interval):
+        if t.batch.count % seq:
+            seqs = max(1, round(t.batch.count / seq))
+            reader.error(
+                where.get("batch", span),
+                f"batch of {t.batch.count:,} tokens is not a whole number of {seq}-token sequences",
+                f"use batch {seqs} seqs ({seqs * seq:,} tokens)",
+            )
+            return None
+        batch_seqs = t.batch.count // seq
+    else:
+        batch_seqs = t.batch
+    if t.micro_batch is not None and batch_seqs % t.micro_batch:
+        reader.error(
+            where.get("micro_batch", span),
+            f"micro_batch {t.micro_batch} does not divide the batch of {batch_seqs} sequences",
+            "every step is micro_batch x data-parallel ranks x accumulation steps",
+        )
+        return None
+    if shape.n_heads % t.tp or shape.n_kv_heads % t.tp:
+        reader.error(
+            where.get("tp", span),
+            f"tp {t.tp} does not divide {shape.n_heads} heads and {shape.n_kv_heads} kv heads",
+            "tensor parallelism splits whole heads across ranks",
+        )
+        return None
+    tps = batch_seqs * seq
+
+    def every(interval: Interval | None, what: str) -> int | None:
+        return None if interval is None else reader.steps(interval, tps, what)
+
+    return TrainingConfig(
+        seq_len=seq,
+        batch_seqs=batch_seqs,
+        micro_batch=t.micro_batch,
+        seed=t.seed,
+        data=t.data,
+        optimizer=OptimizerConfig(betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip),
+        parallel=Parallelism(
+            dp_shard=t.dp_shard, dp_replicate=t.dp_replicate, tp=t.tp, activation_checkpoint=t.ac, compile=t.compile
+        ),
+        checkpoint_every_steps=every(t.checkpoint, "checkpoint interval"),
+        eval_every_steps=every(t.eval_every, "eval interval"),
+        eval_at_growth=t.eval_at_growth,
+        eval_at_end=t.eval_at_end,
+        eval_tasks=t.eval_tasks,
+        val_every_steps=every(t.val_every, "val interval") if t.val else None,
+        val_tokens=_val_tokens(reader, t, span),
+    )
+
+
+def _val_tokens(reader: Reader, t: Settings, span: Span) -> int:
+    if not t.val or t.val_tokens is None:
+        return 0  # off, or the run-wide default (the compiler fills it in)
+    if t.val_tokens < t.seq_len:
+        reader.error(
+            t.where.get("val", span),
+            f"val tokens {t.val_tokens:,} is less than one {t.seq_len}-token sequence",
+            f"validate on at least {t.seq_len} tokens, e.g. val tokens {VAL_MIN_SEQS * t.seq_len}",
+        )
+        return 0
+    return t.val_tokens
