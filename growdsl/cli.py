@@ -380,6 +380,7 @@ def _run(args) -> int:
 
 def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume: bool) -> int:
     """Train one plan into run_dir (every rank), with its log, metrics and end-of-run summary."""
+    from growdsl.eval.in_run import in_run_evaluator
     from growdsl.runtime.metrics import Metrics
     from growdsl.runtime.trainer import RunError, Trainer
 
@@ -405,7 +406,7 @@ def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume
         print(line, file=log_file, flush=True)
 
     try:
-        evaluator = _evaluator(plan, data_dir, run_dir, world, log)
+        evaluator = in_run_evaluator(plan, data_dir, run_dir, world, log)
         trainer = Trainer(
             plan,
             data_dir,
@@ -463,56 +464,6 @@ def _record_run(run_dir: Path, data_dir: Path, world_size: int) -> None:
 
     (run_dir / "run.json").write_text(json.dumps({"data": str(data_dir.resolve()), "processes": world_size}))
     shutil.copy(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
-
-
-def _evaluator(plan, data_dir: Path, run_dir: Path, world, log):
-    """The schedule's in-run evaluation, or None when it evaluates nowhere. The benchmarks are
-    fetched (once, by rank 0) before training starts, so a fetch problem stops nothing midway."""
-    from growdsl.runtime.trainer import RunError
-
-    stages = [
-        s for s in plan.stages if s.training.eval_every_steps or s.training.eval_at_growth or s.training.eval_at_end
-    ]
-    if not stages:
-        return None
-    from tokenizers import Tokenizer
-
-    from growdsl.eval import benchmarks
-    from growdsl.eval.evaluate import default_tasks, run_tasks, summary, write_results
-    from growdsl.eval.lm import GrowLM
-    from growdsl.runtime.data import EOT
-
-    heldout = data_dir / "val.jsonl"
-    chosen = {s.index: list(s.training.eval_tasks) or default_tasks(heldout) for s in stages}
-    if any("heldout" in tasks for tasks in chosen.values()) and not heldout.exists():
-        raise RunError(
-            f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
-            f"(growdsl data prepare) or leave heldout out"
-        )
-    if world.main:
-        try:
-            benchmarks.ensure(sorted({t for tasks in chosen.values() for t in tasks}))
-        except benchmarks.BenchmarkError as e:
-            raise RunError(str(e)) from None
-    world.barrier()
-    tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
-
-    def evaluate(model, stage, about):
-        lm = GrowLM(
-            model,
-            tokenizer,
-            tokenizer.token_to_id(EOT),
-            stage.training.seq_len,
-            device=world.device,
-            mixed=world.device.type == "cuda",
-        )
-        results = run_tasks(lm, chosen[stage.index], heldout)
-        if world.main:
-            write_results(run_dir, f"stage{about['stage']}-step{about['step']}", results, about)
-            log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
-        return results
-
-    return evaluate
 
 
 def _eval(args) -> int:

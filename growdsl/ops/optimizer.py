@@ -19,8 +19,15 @@ State = dict[str, dict[str, torch.Tensor]]
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
-def named_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> State:
-    names = {id(p): name for name, p in named_parameters(model).items()}
+def parameter_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its state-dict name. Taken when an optimizer is built over the model: a
+    sharded model's forward may swap its parameters for unsharded ones for a while."""
+    return {id(p): name for name, p in named_parameters(model).items()}
+
+
+def named_state(model: nn.Module | dict[int, str], optimizer: torch.optim.Optimizer) -> State:
+    """The optimizer's state by parameter name (names from the model, or from parameter_names)."""
+    names = model if isinstance(model, dict) else parameter_names(model)
     return {names[id(p)]: dict(st) for p, st in optimizer.state.items()}
 
 

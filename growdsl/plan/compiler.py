@@ -3,48 +3,46 @@
 One pass walks the statements in order (settings hold from where they stand; growth statements
 change the current shape at once), a backward pass resolves `auto` token amounts (each depends
 on the tokens trained after it), then LR schedules, FLOPs and totals are laid out. Every error
-found on the way is collected and raised together."""
+found on the way is collected and raised together. What each kind of statement means lives beside
+it: numbers in plan/reading, settings in plan/settings, shapes in plan/shapes, growths in
+plan/growths, LR schedules in plan/lr; this module walks the schedule and assembles the plan."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
-from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
 from growdsl.lang import ast
-from growdsl.lang.errors import Diagnostic, ScheduleError, Span, did_you_mean
-from growdsl.plan import guideline, operators
-from growdsl.plan.layermap import (
-    MAX_LAYERS,
-    PatternError,
-    connection_rate,
-    gstack,
-    interpolation,
-    parse_pattern,
-    pattern_of,
+from growdsl.lang.errors import Diagnostic, ScheduleError, did_you_mean
+from growdsl.plan import guideline
+from growdsl.plan.growths import (
+    GrowthDraft,
+    build_growth,
+    depth_growth,
+    growth_knobs,
+    operator_of,
+    policies_of,
+    width_growth,
 )
-from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
+from growdsl.plan.layermap import MAX_LAYERS
+from growdsl.plan.lr import LRStage, lr_schedules
 from growdsl.plan.plan import (
     Baseline,
-    DepthGrowth,
     GrowthTiming,
     LayerOrigin,
-    LearnPhase,
     LRSchedule,
     Plan,
     PlanWarning,
     Stage,
     Totals,
     TrainingConfig,
-    WidthGrowth,
     validation_steps,
 )
 from growdsl.plan.presets import DEFAULT_PRESET, FAMILY, PRESETS, find_preset
-from growdsl.plan.reading import MAX_COUNT, Reader, as_number
+from growdsl.plan.reading import Reader
 from growdsl.plan.settings import (
-    LR_KEYS,
     VAL_MAX_TOKENS,
     VAL_MIN_SEQS,
     VAL_POINTS,
@@ -54,9 +52,7 @@ from growdsl.plan.settings import (
     training_config,
 )
 from growdsl.plan.shape import ModelShape, llama_ffn_dim
-
-LEARN_WARMUP = 50  # a learned growth map warms its LR up over min(this, half its steps)
-
+from growdsl.plan.shapes import check_same_shape, check_shape, resolve_width, shape_fields
 
 # The statements that cannot change the model (the grammar's settings, and `growth` policies).
 _SETTINGS = {
@@ -92,23 +88,11 @@ def compile_schedule(schedule: ast.Schedule) -> Plan:
 
 
 @dataclass
-class _GrowthDraft:
-    """A growth whose token-dependent knobs (ramp, LiGO phase) wait for the next stage's batch."""
-
-    node: ast.Growth
-    kind: Literal["depth", "width"]
-    operator: Operator
-    options: dict[str, ast.InitOption]  # the options as written, by name
-    policies: dict[str, Any]  # optimizer: reset | carry, lr: restart | continue (the grammar's words)
-    fields: dict[str, Any]  # the rest of DepthGrowth / WidthGrowth
-
-
-@dataclass
 class _StageDraft:
     node: ast.Train
     shape: ModelShape
     layers: list[LayerOrigin]
-    growths: list[_GrowthDraft]
+    growths: list[GrowthDraft]
     settings: Settings
     overridden: set[str]
     training: TrainingConfig | None = None  # None: its settings do not fit its model (an error)
@@ -144,7 +128,7 @@ class _Compiler(Reader):
         self.model_node: ast.Model | None = None
         self.shape: ModelShape | None = None
         self.layers: list[LayerOrigin] = []
-        self.pending: list[_GrowthDraft] = []
+        self.pending: list[GrowthDraft] = []
         self.stages: list[_StageDraft] = []
         self.broken = False  # a shape error happened: later shape checks would only echo it
         self.last_setting: ast.Setting | None = None
@@ -159,7 +143,7 @@ class _Compiler(Reader):
                 apply_setting(self, st, self.settings)
                 self.last_setting = st
             elif isinstance(st, ast.GrowthDefaults):
-                self._policies(st.policies, self.policy)
+                policies_of(self, st.policies, self.policy)
             elif isinstance(st, ast.Growth):
                 self._growth(st)
             elif isinstance(st, ast.Train):
@@ -176,7 +160,7 @@ class _Compiler(Reader):
         return self._build_plan()
 
     def _sorted(self) -> list[Diagnostic]:
-        return sorted(self.diagnostics, key=lambda d: (d.span.line, d.span.col) if d.span else (0, 0))
+        return sorted(self.diagnostics, key=lambda d: d.order)
 
     def _finish_statements(self) -> None:
         if not self.stages:
@@ -254,7 +238,7 @@ class _Compiler(Reader):
                 rope_theta=10000.0,
                 tied_embeddings=False,
             )
-        given = self._shape_fields(node.fields)
+        given = shape_fields(self, node.fields)
         if given is None:
             self.broken = True
             return
@@ -273,81 +257,12 @@ class _Compiler(Reader):
             self.family["n_kv_heads"] = self.family["n_heads"]
         if self.family["ffn_dim"] is None:
             self.family["ffn_dim"] = llama_ffn_dim(self.family["dim"])
-        if not self._check_shape(self.family, node.span):
+        if not check_shape(self, self.family, node.span):
             self.broken = True
         elif self.family["n_layers"] is not None:
             self.declared = ModelShape(**self.family)
 
-    _FIELD_NAMES = {
-        "dim": "dim",
-        "heads": "n_heads",
-        "kv_heads": "n_kv_heads",
-        "ffn": "ffn_dim",
-        "layers": "n_layers",
-        "vocab": "vocab_size",
-    }
-
-    def _shape_fields(self, fields: tuple[ast.Setting, ...]) -> dict[str, Any] | None:
-        out: dict[str, Any] = {}
-        ok = True
-        for f in fields:
-            if f.key in self._FIELD_NAMES:
-                value: int | float | bool | None = self.integer(
-                    as_number(f.args[0]), f.key, maximum=MAX_LAYERS if f.key == "layers" else MAX_COUNT
-                )
-                key = self._FIELD_NAMES[f.key]
-            elif f.key in ("norm_eps", "rope_theta"):
-                value, key = self.real(as_number(f.args[0]), f.key), f.key
-            else:  # tied / untied
-                value, key = f.key == "tied", "tied_embeddings"
-            if value is None:
-                ok = False
-            elif key in out and out[key] != value:
-                self.error(f.span, f"{f.key} is given twice with different values", "keep one")
-                ok = False
-            out[key] = value
-        return out if ok else None
-
-    def _check_shape(self, s: dict[str, Any], span: Span) -> bool:
-        """Divisibility rules every Llama shape must satisfy."""
-        dim, heads, kv = s["dim"], s["n_heads"], s["n_kv_heads"]
-        if dim % heads:
-            self.error(
-                span,
-                f"dim {dim} does not divide by {heads} heads",
-                f"dim must be a multiple of heads; e.g. dim {dim // heads * heads or heads} "
-                f"or heads {_divisor_near(dim, heads)}",
-            )
-            return False
-        if heads % kv:
-            self.error(
-                span,
-                f"{heads} heads do not divide into {kv} kv heads",
-                f"kv_heads must divide heads, e.g. kv_heads {_divisor_near(heads, kv)}",
-            )
-            return False
-        if (dim // heads) % 2:
-            self.error(
-                span,
-                f"head_dim {dim // heads} (dim {dim} / {heads} heads) is odd: RoPE needs an even one",
-                "choose dim and heads so that dim / heads is even",
-            )
-            return False
-        return True
-
     # ---- growth ----------------------------------------------------------------------------
-
-    def _policies(self, policies: tuple[ast.Policy, ...], target: dict[str, str]) -> None:
-        seen: dict[str, ast.Policy] = {}
-        for p in policies:
-            if p.key in seen and seen[p.key].value.text != p.value.text:
-                self.error(
-                    p.span,
-                    f"contradictory policies: {seen[p.key].value.text} and {p.value.text}",
-                    f"keep one {p.key} policy",
-                )
-            seen[p.key] = p
-            target[p.key] = p.value.text
 
     def _growth(self, node: ast.Growth) -> None:
         if self.shape is None:
@@ -359,261 +274,20 @@ class _Compiler(Reader):
                 )
             return
         policies = dict(self.policy)
-        self._policies(node.policies, policies)
-        found = self._operator(node)
+        policies_of(self, node.policies, policies)
+        found = operator_of(self, node)
         if found is None:
             draft = None
         elif node.kind == "widen":
-            draft = self._width(node, *found, policies, self.shape)
+            draft = width_growth(self, node, *found, policies, self.shape, self.layers)
         else:
-            draft = self._depth(node, *found, policies, self.shape)
+            draft = depth_growth(self, node, *found, policies, self.shape, self.layers)
         if draft is None:
             self.broken = True
             self.shape = None  # later statements can no longer be checked against a shape
             return
+        self.shape, self.layers = draft.shape, draft.layers
         self.pending.append(draft)
-
-    def _operator(self, node: ast.Growth) -> tuple[Operator, dict[str, ast.InitOption]] | None:
-        """The growth's operator (`init NAME`, direct without one) and its options by name, checked
-        against its description."""
-        if node.init is None:
-            return operators.OPERATORS[operators.DEFAULT], {}
-        name = node.init.name
-        op = operators.find(name.text)
-        if op is None:
-            self.error(
-                name.span,
-                f"unknown growth operator '{name.text}'",
-                did_you_mean(name.text, operators.OPERATORS) or f"operators: {', '.join(operators.OPERATORS)}",
-            )
-            return None
-        kind: Literal["depth", "width"] = "width" if node.kind == "widen" else "depth"
-        if op.mode(kind) is None:
-            able = [o.name for o in operators.OPERATORS.values() if o.mode(kind)]
-            self.error(
-                name.span,
-                f"{op.name} does not grow {kind}: it grows {'depth' if op.depth else 'width'} only",
-                f"operators that grow {kind}: {', '.join(able)}",
-            )
-            return None
-        given: dict[str, ast.InitOption] = {}
-        ok = True
-        for written in node.init.options:
-            option = op.option(written.words)
-            what = f"'{written.words}' of init {op.name}" if option else ""
-            if option is None:
-                takes = "; ".join(
-                    f"{o.words + ' ' if o.words else ''}{'AMOUNT' if o.kind == 'steps' else 'NUMBER'}: {o.help}"
-                    for o in op.options
-                )
-                self.error(
-                    written.span,
-                    f"init {op.name} takes no " + (f"option '{written.words}'" if written.words else "bare amount"),
-                    f"its options: {takes}" if takes else f"init {op.name} takes no options",
-                )
-                ok = False
-            elif option.name in given:
-                self.error(written.span, f"{what} is given twice", "keep one")
-                ok = False
-            elif option.kind == "number" and self.number_of(written.value, what, option.low, option.inclusive) is None:
-                ok = False
-            else:
-                given[option.name] = written
-        return (op, given) if ok else None
-
-    def _depth(
-        self,
-        node: ast.Growth,
-        operator: Operator,
-        options: dict[str, ast.InitOption],
-        policies: dict[str, str],
-        shape: ModelShape,
-    ) -> _GrowthDraft | None:
-        base = shape.n_layers
-        factor = None
-        if node.factor is not None:
-            factor = node.factor.value
-            if factor < 2:
-                self.error(
-                    node.factor.span,
-                    f"x{factor} does not grow the model",
-                    "a growth factor must be at least 2 (the paper uses 4)",
-                )
-                return None
-            if base * factor > MAX_LAYERS:
-                self.error(node.factor.span, f"x{factor} makes {base * factor:,} layers, more than {MAX_LAYERS}")
-                return None
-        if node.kind == "interpolate":
-            assert factor is not None  # the grammar requires it
-            sources, method = interpolation(base, factor), "interpolate"
-            pattern = pattern_of(sources)
-        elif node.pattern is not None:
-            try:
-                sources = parse_pattern(node.pattern.value, base)
-            except PatternError as e:
-                col = node.pattern.span.col + 1 + e.start
-                line = node.pattern.span.line
-                self.error(Span(line, col, line, col + e.length), e.message, e.hint)
-                return None
-            if factor is not None and len(sources) != base * factor:
-                self.error(
-                    node.span,
-                    f"x{factor} and the pattern disagree: x{factor} makes {base * factor} layers "
-                    f"from {base}, the pattern makes {len(sources)}",
-                    f"drop x{factor}, or change the pattern to {base * factor} layers",
-                )
-                return None
-            g = len(sources) // base
-            method = "stack" if len(sources) % base == 0 and sources == gstack(base, g) else "pattern"
-            pattern = node.pattern.value
-            unused = sorted(set(range(base)) - set(sources))
-            if unused and len(sources) > base:
-                self.warn(
-                    node.pattern.span,
-                    "the pattern drops base layers " + ", ".join(str(u + 1) for u in unused),
-                    "their trained weights are not used by the grown model",
-                )
-        elif factor is not None:
-            sources, method = gstack(base, factor), "stack"
-            pattern = pattern_of(sources)
-        else:
-            self.error(node.span, "stack needs a factor or a pattern", 'write stack x4, or stack layers "123456*4"')
-            return None
-        if len(sources) <= base:
-            self.error(
-                node.span,
-                f"a growth that does not grow: {base} layers become {len(sources)}",
-                "the target must have more layers than the base",
-            )
-            return None
-        mode = operator.depth
-        assert mode is not None  # _operator checked it grows depth
-        origins = []
-        seen: set[int] = set()
-        for src in sources:
-            init = mode.first if src not in seen else mode.starts
-            seen.add(src)
-            root = None if init == "random" else self.layers[src].root
-            origins.append(LayerOrigin(source=src, init=init, root=root))
-        ratio = Fraction(len(sources), base)
-        if not guideline.g_in_range(ratio):
-            self.warn(
-                node.span,
-                f"growth factor g = {_fmt_fraction(ratio)} is outside the paper's 2-4",
-                f"the paper finds g between 2 and 4 best and uses g = {guideline.G_RECOMMENDED}",
-            )
-        target = replace(shape, n_layers=len(sources))
-        if operator.refuses and (why := operator.refuses(shape, target)):
-            self.error(node.init.name.span if node.init else node.span, why)
-            return None
-        self.shape = target
-        self.layers = origins
-        return _GrowthDraft(
-            node,
-            "depth",
-            operator,
-            options,
-            policies,
-            dict(
-                method=method,
-                pattern=pattern,
-                source_layers=base,
-                target_layers=len(sources),
-                factor=ratio,
-                layer_map=tuple(origins),
-                connection_rate=connection_rate(sources),
-            ),
-        )
-
-    def _width(
-        self,
-        node: ast.Growth,
-        operator: Operator,
-        options: dict[str, ast.InitOption],
-        policies: dict[str, str],
-        old: ModelShape,
-    ) -> _GrowthDraft | None:
-        target = self._resolve_width(old, node.fields, node.span, grow=True)
-        if target is None:
-            return None
-        if operator.refuses and (why := operator.refuses(old, target)):
-            self.error(node.init.name.span if node.init else node.span, why)
-            return None
-        assert operator.width is not None  # _operator checked it grows width
-        self.shape = target
-        starts = operator.width.starts
-        self.layers = [LayerOrigin(source=i, init=starts, root=o.root) for i, o in enumerate(self.layers)]
-        return _GrowthDraft(node, "width", operator, options, policies, dict(source=old, target=target))
-
-    def _resolve_width(
-        self, old: ModelShape, fields: tuple[ast.Setting, ...], span: Span, grow: bool
-    ) -> ModelShape | None:
-        """The shape `fields` (dim/heads/kv_heads/ffn) ask for, keeping head_dim and the GQA group;
-        an FFN not given scales with dim."""
-        given = self._shape_fields(fields)
-        if given is None:
-            return None
-        hd, group = old.head_dim, old.n_heads // old.n_kv_heads
-        dim: int | None = given.get("dim")
-        heads: int | None = given.get("n_heads")
-        if heads is None:  # from dim (the old one when neither is given)
-            dim = old.dim if dim is None else dim
-            if dim % hd:
-                self.error(
-                    span,
-                    f"dim {dim} is not a whole number of {hd}-wide heads",
-                    f"width changes by whole heads of head_dim {hd}: try dim {round(dim / hd) * hd}",
-                )
-                return None
-            heads = dim // hd
-        elif dim is None:
-            dim = heads * hd
-        elif dim != heads * hd:
-            self.error(
-                span,
-                f"dim {dim} with {heads} heads changes head_dim from {hd} to {dim / heads:g}",
-                f"width changes by whole heads: dim {dim} needs {dim // hd} heads of {hd}",
-            )
-            return None
-        kv = given.get("n_kv_heads")
-        if kv is None:
-            if heads % group:
-                self.error(
-                    span,
-                    f"{heads} heads do not keep the GQA group of {group} query heads per kv head",
-                    "give kv_heads explicitly",
-                )
-                return None
-            kv = heads // group
-        ffn = given.get("ffn_dim")
-        if ffn is None:
-            scaled = Fraction(old.ffn_dim * dim, old.dim)
-            if scaled.denominator != 1:
-                self.error(
-                    span, f"ffn {old.ffn_dim} does not scale to a whole width at dim {dim}", "give ffn explicitly"
-                )
-                return None
-            ffn = int(scaled)
-        shape = dict(asdict(old), dim=dim, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
-        if not self._check_shape(shape, span):
-            return None
-        if grow:
-            for key, name in (("dim", "dim"), ("n_heads", "heads"), ("n_kv_heads", "kv_heads"), ("ffn_dim", "ffn")):
-                if shape[key] < getattr(old, key):
-                    self.error(
-                        span,
-                        f"widen cannot shrink {name}: {getattr(old, key)} -> {shape[key]}",
-                        "width growth only adds units",
-                    )
-                    return None
-            if (dim, ffn, kv) == (old.dim, old.ffn_dim, old.n_kv_heads):
-                self.error(
-                    span,
-                    f"a growth that does not grow: the model is already dim {dim}, ffn {ffn}",
-                    "name a larger width, e.g. widen dim " + str(2 * old.dim),
-                )
-                return None
-        return ModelShape(**shape)
 
     # ---- training stages ----------------------------------------------------------------------
 
@@ -631,7 +305,7 @@ class _Compiler(Reader):
             self._check_without_shape(node)  # an earlier error left no shape to train
             return
         elif node.shape is not None:
-            self._check_same_shape(node.shape, self.shape)
+            check_same_shape(self, node.shape, self.shape)
         settings = self.settings.copy()
         overridden: set[str] = set()
         seen: dict[str, ast.Setting] = {}
@@ -646,7 +320,7 @@ class _Compiler(Reader):
         if draft.training is not None:
             tps = draft.training.tokens_per_step
             for g in draft.growths:
-                self._growth_knobs(g, tps)
+                growth_knobs(self, g, tps)
             if node.amount.kind != "auto":
                 r = self.amount(node.amount, tps, "the amount to train")
                 if r:
@@ -689,51 +363,8 @@ class _Compiler(Reader):
             return None
         shape = ModelShape(**fam)
         if node.shape is not None and node.shape.fields:
-            return self._resolve_width(shape, node.shape.fields, node.shape.span, grow=False)
+            return resolve_width(self, shape, node.shape.fields, node.shape.span, grow=False)
         return shape
-
-    def _check_same_shape(self, written: ast.Shape, shape: ModelShape) -> None:
-        if written.layers is not None:
-            num = written.layers
-            if num.unit == "L" and num.is_integer and int(num.value) != shape.n_layers:
-                self.error(
-                    num.span,
-                    f"the model has {shape.n_layers} layers here, not {int(num.value)}",
-                    "drop the layer count, or add a growth step before this train",
-                )
-        for f in written.fields:
-            key = self._FIELD_NAMES.get(f.key)
-            value = as_number(f.args[0]) if key else None
-            if key and value and value.is_integer and int(value.value) != getattr(shape, key):
-                self.error(
-                    f.span,
-                    f"the model has {f.key} {getattr(shape, key)} here, not {value.text}",
-                    "drop it, or add a widen step before this train",
-                )
-
-    def _growth_knobs(self, g: _GrowthDraft, tps: int) -> None:
-        """The operator's options, defaults filled in and amounts made steps at the stage's batch; the
-        ones the trainer runs (a ramp, a learned map) become their own fields."""
-        values: dict[str, float] = {}
-        for option in g.operator.options:
-            written = g.options.get(option.name)
-            if written is None:
-                values[option.name] = option.default
-            elif option.kind == "steps":
-                r = self.amount(written.value, tps, f"the {option.name} of init {g.operator.name}")
-                if r is None:
-                    return
-                values[option.name] = r[0]
-            else:
-                number = written.value.number
-                assert number is not None  # _operator checked it is a plain number
-                values[option.name] = number.value
-        if RAMP in values:
-            g.fields["ramp_steps"] = int(values.pop(RAMP))
-        if LEARN in values:
-            steps, lr = int(values.pop(LEARN)), values.pop(LEARN_LR)
-            g.fields["learn"] = dict(steps=steps, lr=lr, warmup_steps=min(LEARN_WARMUP, steps // 2), tokens=steps * tps)
-        g.fields["options"] = values
 
     def _resolve_auto(self) -> None:
         """`train ... for auto`: d from the guideline, last stage first (d depends on the tokens after)."""
@@ -777,7 +408,7 @@ class _Compiler(Reader):
         cum_tokens = cum_flops = val_flops = global_step = 0
         for i, d in enumerate(self.stages):
             fpt = d.shape.flops_per_token(d.config.seq_len)
-            growths = [self._build_growth(g, d) for g in d.growths]
+            growths = [build_growth(g, fpt) for g in d.growths]
             learn_tokens = sum(g.learn.tokens for g in growths if g.learn)
             flops = fpt * d.n_tokens + sum(g.learn.flops for g in growths if g.learn)
             cum_tokens += d.n_tokens + learn_tokens
@@ -829,82 +460,22 @@ class _Compiler(Reader):
             warnings=warnings,
         )
 
-    def _build_growth(self, g: _GrowthDraft, stage: _StageDraft) -> DepthGrowth | WidthGrowth:
-        mode = g.operator.mode(g.kind)
-        assert mode is not None  # _operator checked it grows this way
-        fields = dict(g.fields)
-        if "learn" in fields:
-            learn = fields["learn"]
-            fields["learn"] = LearnPhase(
-                flops=learn["tokens"] * stage.shape.flops_per_token(stage.config.seq_len), **learn
-            )
-        cls: type[DepthGrowth] | type[WidthGrowth] = DepthGrowth if g.kind == "depth" else WidthGrowth
-        return cls(
-            operator=g.operator.name,
-            guarantee=mode.guarantee,
-            guarantee_note=mode.note,
-            optimizer=g.policies["optimizer"],
-            lr=g.policies["lr"],
-            line=g.node.span.line,
-            **fields,
-        )
-
     def _lr_schedules(self) -> list[LRSchedule]:
-        """Group stages into LR schedules: a new one at the start, at every growth with `lr restart`,
-        and at a stage without growth that sets its own LR settings."""
-        groups: list[list[int]] = []
-        for i, d in enumerate(self.stages):
-            policies = {g.policies["lr"] for g in d.growths}
-            own = d.overridden & set(LR_KEYS)
-            if i == 0:
-                groups.append([i])
-            elif "continue" in policies and "restart" in policies:
-                self.error(
-                    d.node.span,
-                    "contradictory lr policies in the growths before this stage",
-                    "use one of lr restart / lr continue",
-                )
-                groups.append([i])
-            elif policies == {"continue"}:
-                if own:
-                    self.error(
-                        d.node.span,
-                        f"this stage continues the LR schedule (lr continue) but sets its own {', '.join(sorted(own))}",
-                        "drop the stage's LR settings, or use lr restart",
-                    )
-                groups[-1].append(i)
-            elif policies == {"restart"} or own:
-                groups.append([i])
-            else:
-                groups[-1].append(i)
-        if self.errors():
+        stages = [
+            LRStage(
+                d.node.span,
+                frozenset(g.policies["lr"] for g in d.growths),
+                frozenset(d.overridden),
+                d.settings,
+                d.config.tokens_per_step,
+                d.n_steps,
+            )
+            for d in self.stages
+        ]
+        schedules = lr_schedules(self, stages)
+        if schedules is None or self.errors():
             raise ScheduleError(self._sorted())
-        out: list[LRSchedule] = [None] * len(self.stages)  # type: ignore[list-item]
-        for group in groups:
-            head = self.stages[group[0]]
-            st = head.settings
-            warmup_steps = self.steps(st.warmup, head.config.tokens_per_step, "warmup") or 0
-            total = sum(self.stages[i].n_steps for i in group)
-            start = 0
-            for i in group:
-                out[i] = LRSchedule(
-                    kind=st.lr_schedule,
-                    max_lr=st.lr_max,
-                    min_lr=st.lr_min,
-                    warmup_steps=warmup_steps,
-                    total_steps=total,
-                    start_step=start,
-                )
-                start += self.stages[i].n_steps
-            if warmup_steps >= total:
-                self.warn(
-                    head.node.span,
-                    f"warmup ({warmup_steps} steps) is as long as the schedule ({total} steps): the LR never decays",
-                    "shorten the warmup or train longer",
-                )
-        if self.errors():
-            raise ScheduleError(self._sorted())
-        return out
+        return schedules
 
     def _timing(self, i: int, growths: list) -> GrowthTiming | None:
         if i == 0 or not growths:
@@ -943,12 +514,3 @@ def _baseline(stages: list[Stage]) -> Baseline | None:
     per_step = final.flops_per_token * final.training.tokens_per_step
     steps = max(1, round(final.cumulative_flops / per_step))
     return Baseline(steps=steps, tokens=steps * final.training.tokens_per_step, flops=steps * per_step)
-
-
-def _divisor_near(n: int, d: int) -> int:
-    divisors = [k for k in range(1, n + 1) if n % k == 0]
-    return min(divisors, key=lambda k: abs(k - d))
-
-
-def _fmt_fraction(f: Fraction) -> str:
-    return str(f.numerator) if f.denominator == 1 else f"{float(f):.2f}"

@@ -270,6 +270,16 @@ class Plan:
         return _adapter().validate_json(text)
 
 
+def stage_record(stage: Stage) -> dict:
+    """A stage as JSON-ready data (fractions as "20/23"): what a checkpoint records of its plan."""
+    return json.loads(json.dumps(asdict(stage), default=_fraction_text))
+
+
+def stage_from_record(record: dict) -> Stage:
+    """A stage a checkpoint recorded, validated (pydantic's ValidationError, a ValueError, if it is not one)."""
+    return _stage_adapter().validate_python(record)
+
+
 def _fraction_text(value) -> str:
     if isinstance(value, Fraction):
         return str(value)
@@ -281,3 +291,10 @@ def _adapter():
     from pydantic import TypeAdapter
 
     return TypeAdapter(Plan)
+
+
+@functools.lru_cache(maxsize=1)
+def _stage_adapter():
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Stage)

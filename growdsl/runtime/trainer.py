@@ -13,7 +13,6 @@ re-applying or skipping a growth, and refuses a schedule changed before that poi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -29,9 +28,9 @@ from growdsl.ops import operators
 from growdsl.ops.check import check_preservation
 from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.model import build_model
-from growdsl.ops.optimizer import load_named_state, named_state
+from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
-from growdsl.plan.plan import DepthGrowth, Plan, Stage, validation_steps
+from growdsl.plan.plan import DepthGrowth, Growth, Plan, Stage, stage_from_record, stage_record, validation_steps
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import HeldOut, Meta, TokenStream, load_meta
@@ -84,7 +83,6 @@ class Trainer:
         self.global_step = 0  # optimizer steps over all stages
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
         self.val_flops = 0  # forward FLOPs of the validation loss, counted apart
-        self.stages_json = json.loads(plan.to_json())["stages"]
         self.meta: Meta = load_meta(data_dir)
         widest = max(s.shape.vocab_size for s in plan.stages)
         if self.meta.vocab_size > widest:
@@ -109,7 +107,9 @@ class Trainer:
         torch.manual_seed(first.seed)
         self.shape = plan.stages[0].shape
         self.model = self._parallel(self._build(), plan.stages[0])
-        self.state: dict = {}  # AdamW state by parameter name, carried across a growth
+        self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
+        self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
+        self.opt_names: dict[int, str] = {}  # its parameters' names
         self.ramps: list[Ramp] = []
 
     def _check_memory(self) -> None:
@@ -237,13 +237,18 @@ class Trainer:
             global_step=self.global_step,
             flops=self.flops,
             val_flops=self.val_flops,
-            plan_prefix=self.stages_json[: stage + 1],
+            plan_prefix=[stage_record(s) for s in self.plan.stages[: stage + 1]],
             ramps=[r.describe() for r in self.ramps],
             growth_checks=list(checks),
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
-            checkpoint.save(self.checkpoint_dir, self.model, self.state, progress, self.world)
+            checkpoint.save(self.checkpoint_dir, self.model, self._optimizer_state(), progress, self.world)
+
+    def _optimizer_state(self) -> State:
+        """AdamW state by parameter name: the training optimizer's, named only when asked (a checkpoint),
+        or between stages what the next one starts from."""
+        return named_state(self.opt_names, self.opt) if self.opt is not None else self.state
 
     def _restore(self) -> tuple[int, int, list[str], bool]:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
@@ -252,13 +257,17 @@ class Trainer:
         if path is None:
             raise RunError(f"nothing to resume: no complete checkpoint in {self.checkpoint_dir}")
         p = checkpoint.read_progress(path)
-        if len(self.stages_json) < len(p.plan_prefix):
-            raise RunError(f"the schedule now has {len(self.stages_json)} stages; the checkpoint is in stage {p.stage}")
-        for old, new in zip(p.plan_prefix, self.stages_json):
-            current = old["index"] == p.stage
-            if _trained_part(old, current) != _trained_part(new, current) or (current and new["steps"] < p.step):
+        if len(self.plan.stages) < len(p.plan_prefix):
+            raise RunError(f"the schedule now has {len(self.plan.stages)} stages; the checkpoint is in stage {p.stage}")
+        try:
+            trained = [stage_from_record(record) for record in p.plan_prefix]
+        except ValueError as e:
+            raise RunError(f"{path.name} records a plan this growdsl does not read: {str(e).splitlines()[0]}") from None
+        for old, new in zip(trained, self.plan.stages):
+            current = old.index == p.stage
+            if _trained_part(old, current) != _trained_part(new, current) or (current and new.steps < p.step):
                 raise RunError(
-                    f"the schedule changed in stage {old['index']} (line {old['line']}), which the "
+                    f"the schedule changed in stage {old.index} (line {old.line}), which the "
                     f"checkpoint {path.name} has already trained: resume only with changes to what "
                     f"is still to come"
                 )
@@ -282,31 +291,15 @@ class Trainer:
 
     # ---- growth ----------------------------------------------------------------------------
 
-    def _grow(self, growth, stage: Stage) -> str:
-        """Build the target, let the growth's operator attach its ramps and write the weights, check
-        its guarantee, train its learned map if it has one, and map the AdamW state through it."""
-        before, op = self.model, operators.get(growth.operator)
-        depth = isinstance(growth, DepthGrowth)
-        self.shape = replace(self.shape, n_layers=growth.target_layers) if depth else growth.target
-        torch.manual_seed(stage.training.seed + stage.index)
-        target = self._build()  # whole on every rank, then sharded
-        self.ramps = op.ramps(target, growth)
-        target = self._parallel(target, stage)
-        src, dst = before.state_dict(), target.state_dict()
-        op.grow(src, dst, growth)
-        check = check_preservation(before, target, self.probe, growth.guarantee)
-        kind = f"{growth.kind} {growth.operator}"
-        self.log(f"growth {growth_line(growth)}")
-        self.log(f"growth (line {growth.line}): {kind} -> {self.shape.describe()}; {check}")
-        if self.metrics:
-            self.metrics.growth(
-                self.global_step,
-                self.stream.position,
-                self.flops,
-                f"line {growth.line}: {kind} -> {self.shape.describe()}; {check}",
-            )
-        if not check.ok:
-            raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
+    def _grow(self, growth: Growth, stage: Stage) -> str:
+        """One growth, step by step: build the target and lay it out (with the operator's ramps), write
+        its weights, check the operator's guarantee, learn its map if it has one, carry the optimizer
+        state through it. Returns the check, as logged."""
+        op = operators.get(growth.operator)
+        target = self._build_target(growth, stage, op)
+        src = self.model.state_dict()
+        op.grow(src, target.state_dict(), growth)
+        check = self._check_growth(growth, target)
         if growth.learn is not None:
             if self.world.size > 1:
                 raise RunError(
@@ -315,6 +308,31 @@ class Trainer:
             self._learn(op.learner(src, growth), growth, target, stage)
         self.state = operators.grown_state(growth.optimizer, self.state, growth)
         self.model = target
+        return check
+
+    def _build_target(self, growth: Growth, stage: Stage, op: operators.GrowthOperator) -> torch.nn.Module:
+        """The grown model, freshly initialised (its own init is what new units keep), with the
+        operator's ramps, laid out as the stage trains it."""
+        self.shape = (
+            replace(self.shape, n_layers=growth.target_layers) if isinstance(growth, DepthGrowth) else growth.target
+        )
+        torch.manual_seed(stage.training.seed + stage.index)
+        target = self._build()  # whole on every rank, then sharded
+        self.ramps = op.ramps(target, growth)
+        return self._parallel(target, stage)
+
+    def _check_growth(self, growth: Growth, target: torch.nn.Module) -> str:
+        """Base and grown model on the probe batch: logged, and a broken guarantee stops the run."""
+        check = check_preservation(self.model, target, self.probe, growth.guarantee)
+        kind, shape = f"{growth.kind} {growth.operator}", self.shape.describe()
+        self.log(f"growth {growth_line(growth)}")
+        self.log(f"growth (line {growth.line}): {kind} -> {shape}; {check}")
+        if self.metrics:
+            self.metrics.growth(
+                self.global_step, self.stream.position, self.flops, f"line {growth.line}: {kind} -> {shape}; {check}"
+            )
+        if not check.ok:
+            raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
         return str(check)
 
     def _learn(self, learner, growth, target, stage: Stage) -> None:
@@ -351,6 +369,7 @@ class Trainer:
         )
         if self.state:
             load_named_state(self.model, opt, self.state)
+        self.opt, self.opt_names, self.state = opt, parameter_names(self.model), {}
         if t.batch_seqs % self.world.size:
             raise RunError(f"a batch of {t.batch_seqs} sequences does not split over {self.world.size} processes")
         local = t.batch_seqs // self.world.size
@@ -414,13 +433,13 @@ class Trainer:
                     f"stage {stage.index} step {step + 1}/{stage.steps}  loss {total:.4f}  lr {lr:.2e}  "
                     f"{rate:,.0f} tok/s{mfu}"
                 )
-            self.state = named_state(self.model, opt)
             if self.global_step in val_points:
                 log.val_losses.append((self.global_step, self._validate(stage, step + 1, micro)))
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < stage.steps:
                 self._evaluate(stage, step + 1)
+        self.state, self.opt = named_state(self.opt_names, opt), None
 
     def _validate(self, stage: Stage, step: int, micro: int) -> float:
         """The loss on the fixed held-out tokens (the stage's `val tokens`, each rank a share), in
@@ -509,13 +528,15 @@ def _describe_parallel(stage: Stage) -> str:
     )
 
 
-def _trained_part(stage: dict, current: bool) -> dict:
-    """What of a stage (plan JSON) a checkpoint has already trained: all of a finished stage but the
-    guideline notes, its validation settings and the length of an LR schedule that runs on into later
-    stages; of the stage
-    in progress, its model and growths."""
+def _trained_part(stage: Stage, current: bool) -> object:
+    """What of a stage a checkpoint has already trained: all of a finished stage but the guideline
+    notes, its validation settings (validation trains nothing) and the length of an LR schedule that
+    runs on into later stages; of the stage in progress, its model and growths."""
     if current:
-        return {k: stage[k] for k in ("shape", "growths", "layers")}
-    lr = {k: v for k, v in stage["lr"].items() if k != "total_steps"}
-    training = {k: v for k, v in stage["training"].items() if not k.startswith("val_")}  # validation trains nothing
-    return {**{k: v for k, v in stage.items() if k not in ("timing", "lr", "training")}, "lr": lr, "training": training}
+        return (stage.shape, stage.growths, stage.layers)
+    return replace(
+        stage,
+        timing=None,
+        lr=replace(stage.lr, total_steps=0),
+        training=replace(stage.training, val_every_steps=None, val_tokens=0),
+    )

@@ -1,0 +1,280 @@
+"""Growth statements: the operator and its options checked against its description, the depth map or
+the wider shape resolved, policies, and the options that wait for the next stage's batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Literal
+
+from growdsl.lang import ast
+from growdsl.lang.errors import Span, did_you_mean
+from growdsl.plan import guideline, operators
+from growdsl.plan.layermap import (
+    MAX_LAYERS,
+    PatternError,
+    connection_rate,
+    gstack,
+    interpolation,
+    parse_pattern,
+    pattern_of,
+)
+from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
+from growdsl.plan.plan import DepthGrowth, LayerOrigin, LearnPhase, WidthGrowth
+from growdsl.plan.reading import Reader
+from growdsl.plan.shape import ModelShape
+from growdsl.plan.shapes import resolve_width
+
+LEARN_WARMUP = 50  # a learned growth map warms its LR up over min(this, half its steps)
+
+
+@dataclass
+class GrowthDraft:
+    """A growth whose token-dependent knobs (ramp, LiGO phase) wait for the next stage's batch."""
+
+    node: ast.Growth
+    kind: Literal["depth", "width"]
+    operator: Operator
+    options: dict[str, ast.InitOption]  # the options as written, by name
+    policies: dict[str, Any]  # optimizer: reset | carry, lr: restart | continue (the grammar's words)
+    fields: dict[str, Any]  # the rest of DepthGrowth / WidthGrowth
+    shape: ModelShape  # the model after it
+    layers: list[LayerOrigin]  # where each of its layers comes from
+
+
+def policies_of(reader: Reader, policies: tuple[ast.Policy, ...], target: dict[str, str]) -> None:
+    """The growth policies written (`optimizer carry`, `lr continue`) into `target`, contradictions reported."""
+    seen: dict[str, ast.Policy] = {}
+    for p in policies:
+        if p.key in seen and seen[p.key].value.text != p.value.text:
+            reader.error(
+                p.span,
+                f"contradictory policies: {seen[p.key].value.text} and {p.value.text}",
+                f"keep one {p.key} policy",
+            )
+        seen[p.key] = p
+        target[p.key] = p.value.text
+
+
+def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, ast.InitOption]] | None:
+    """The growth's operator (`init NAME`, direct without one) and its options by name, checked
+    against its description."""
+    if node.init is None:
+        return operators.OPERATORS[operators.DEFAULT], {}
+    name = node.init.name
+    op = operators.find(name.text)
+    if op is None:
+        reader.error(
+            name.span,
+            f"unknown growth operator '{name.text}'",
+            did_you_mean(name.text, operators.OPERATORS) or f"operators: {', '.join(operators.OPERATORS)}",
+        )
+        return None
+    kind: Literal["depth", "width"] = "width" if node.kind == "widen" else "depth"
+    if op.mode(kind) is None:
+        able = [o.name for o in operators.OPERATORS.values() if o.mode(kind)]
+        reader.error(
+            name.span,
+            f"{op.name} does not grow {kind}: it grows {'depth' if op.depth else 'width'} only",
+            f"operators that grow {kind}: {', '.join(able)}",
+        )
+        return None
+    given: dict[str, ast.InitOption] = {}
+    ok = True
+    for written in node.init.options:
+        option = op.option(written.words)
+        what = f"'{written.words}' of init {op.name}" if option else ""
+        if option is None:
+            takes = "; ".join(
+                f"{o.words + ' ' if o.words else ''}{'AMOUNT' if o.kind == 'steps' else 'NUMBER'}: {o.help}"
+                for o in op.options
+            )
+            reader.error(
+                written.span,
+                f"init {op.name} takes no " + (f"option '{written.words}'" if written.words else "bare amount"),
+                f"its options: {takes}" if takes else f"init {op.name} takes no options",
+            )
+            ok = False
+        elif option.name in given:
+            reader.error(written.span, f"{what} is given twice", "keep one")
+            ok = False
+        elif option.kind == "number" and reader.number_of(written.value, what, option.low, option.inclusive) is None:
+            ok = False
+        else:
+            given[option.name] = written
+    return (op, given) if ok else None
+
+
+def depth_growth(
+    reader: Reader,
+    node: ast.Growth,
+    operator: Operator,
+    options: dict[str, ast.InitOption],
+    policies: dict[str, str],
+    shape: ModelShape,
+    layers: list[LayerOrigin],
+) -> GrowthDraft | None:
+    base = shape.n_layers
+    factor = None
+    if node.factor is not None:
+        factor = node.factor.value
+        if factor < 2:
+            reader.error(
+                node.factor.span,
+                f"x{factor} does not grow the model",
+                "a growth factor must be at least 2 (the paper uses 4)",
+            )
+            return None
+        if base * factor > MAX_LAYERS:
+            reader.error(node.factor.span, f"x{factor} makes {base * factor:,} layers, more than {MAX_LAYERS}")
+            return None
+    if node.kind == "interpolate":
+        assert factor is not None  # the grammar requires it
+        sources, method = interpolation(base, factor), "interpolate"
+        pattern = pattern_of(sources)
+    elif node.pattern is not None:
+        try:
+            sources = parse_pattern(node.pattern.value, base)
+        except PatternError as e:
+            col = node.pattern.span.col + 1 + e.start
+            line = node.pattern.span.line
+            reader.error(Span(line, col, line, col + e.length), e.message, e.hint)
+            return None
+        if factor is not None and len(sources) != base * factor:
+            reader.error(
+                node.span,
+                f"x{factor} and the pattern disagree: x{factor} makes {base * factor} layers "
+                f"from {base}, the pattern makes {len(sources)}",
+                f"drop x{factor}, or change the pattern to {base * factor} layers",
+            )
+            return None
+        g = len(sources) // base
+        method = "stack" if len(sources) % base == 0 and sources == gstack(base, g) else "pattern"
+        pattern = node.pattern.value
+        unused = sorted(set(range(base)) - set(sources))
+        if unused and len(sources) > base:
+            reader.warn(
+                node.pattern.span,
+                "the pattern drops base layers " + ", ".join(str(u + 1) for u in unused),
+                "their trained weights are not used by the grown model",
+            )
+    elif factor is not None:
+        sources, method = gstack(base, factor), "stack"
+        pattern = pattern_of(sources)
+    else:
+        reader.error(node.span, "stack needs a factor or a pattern", 'write stack x4, or stack layers "123456*4"')
+        return None
+    if len(sources) <= base:
+        reader.error(
+            node.span,
+            f"a growth that does not grow: {base} layers become {len(sources)}",
+            "the target must have more layers than the base",
+        )
+        return None
+    mode = operator.depth
+    assert mode is not None  # operator_of checked it grows depth
+    origins = []
+    seen: set[int] = set()
+    for src in sources:
+        init = mode.first if src not in seen else mode.starts
+        seen.add(src)
+        root = None if init == "random" else layers[src].root
+        origins.append(LayerOrigin(source=src, init=init, root=root))
+    ratio = Fraction(len(sources), base)
+    if not guideline.g_in_range(ratio):
+        reader.warn(
+            node.span,
+            f"growth factor g = {_fmt_fraction(ratio)} is outside the paper's 2-4",
+            f"the paper finds g between 2 and 4 best and uses g = {guideline.G_RECOMMENDED}",
+        )
+    target = replace(shape, n_layers=len(sources))
+    if operator.refuses and (why := operator.refuses(shape, target)):
+        reader.error(node.init.name.span if node.init else node.span, why)
+        return None
+    return GrowthDraft(
+        node,
+        "depth",
+        operator,
+        options,
+        policies,
+        dict(
+            method=method,
+            pattern=pattern,
+            source_layers=base,
+            target_layers=len(sources),
+            factor=ratio,
+            layer_map=tuple(origins),
+            connection_rate=connection_rate(sources),
+        ),
+        target,
+        origins,
+    )
+
+
+def width_growth(
+    reader: Reader,
+    node: ast.Growth,
+    operator: Operator,
+    options: dict[str, ast.InitOption],
+    policies: dict[str, str],
+    old: ModelShape,
+    layers: list[LayerOrigin],
+) -> GrowthDraft | None:
+    target = resolve_width(reader, old, node.fields, node.span, grow=True)
+    if target is None:
+        return None
+    if operator.refuses and (why := operator.refuses(old, target)):
+        reader.error(node.init.name.span if node.init else node.span, why)
+        return None
+    assert operator.width is not None  # operator_of checked it grows width
+    starts = operator.width.starts
+    grown = [LayerOrigin(source=i, init=starts, root=o.root) for i, o in enumerate(layers)]
+    return GrowthDraft(node, "width", operator, options, policies, dict(source=old, target=target), target, grown)
+
+
+def growth_knobs(reader: Reader, g: GrowthDraft, tps: int) -> None:
+    """The operator's options, defaults filled in and amounts made steps at the stage's batch; the
+    ones the trainer runs (a ramp, a learned map) become their own fields."""
+    values: dict[str, float] = {}
+    for option in g.operator.options:
+        written = g.options.get(option.name)
+        if written is None:
+            values[option.name] = option.default
+        elif option.kind == "steps":
+            r = reader.amount(written.value, tps, f"the {option.name} of init {g.operator.name}")
+            if r is None:
+                return
+            values[option.name] = r[0]
+        else:
+            number = written.value.number
+            assert number is not None  # operator_of checked it is a plain number
+            values[option.name] = number.value
+    if RAMP in values:
+        g.fields["ramp_steps"] = int(values.pop(RAMP))
+    if LEARN in values:
+        steps, lr = int(values.pop(LEARN)), values.pop(LEARN_LR)
+        g.fields["learn"] = dict(steps=steps, lr=lr, warmup_steps=min(LEARN_WARMUP, steps // 2), tokens=steps * tps)
+    g.fields["options"] = values
+
+
+def build_growth(g: GrowthDraft, flops_per_token: int) -> DepthGrowth | WidthGrowth:
+    mode = g.operator.mode(g.kind)
+    assert mode is not None  # operator_of checked it grows this way
+    fields = dict(g.fields)
+    if "learn" in fields:
+        learn = fields["learn"]
+        fields["learn"] = LearnPhase(flops=learn["tokens"] * flops_per_token, **learn)
+    cls: type[DepthGrowth] | type[WidthGrowth] = DepthGrowth if g.kind == "depth" else WidthGrowth
+    return cls(
+        operator=g.operator.name,
+        guarantee=mode.guarantee,
+        guarantee_note=mode.note,
+        optimizer=g.policies["optimizer"],
+        lr=g.policies["lr"],
+        line=g.node.span.line,
+        **fields,
+    )
+
+
+def _fmt_fraction(f: Fraction) -> str:
+    return str(f.numerator) if f.denominator == 1 else f"{float(f):.2f}"

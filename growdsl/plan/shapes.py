@@ -1,0 +1,167 @@
+"""What a schedule's shape fields ask for: model fields read and checked, the divisibility every Llama
+shape needs, and the wider shape a `widen` names (whole heads, the GQA group kept)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from fractions import Fraction
+from typing import Any
+
+from growdsl.lang import ast
+from growdsl.lang.errors import Span
+from growdsl.plan.layermap import MAX_LAYERS
+from growdsl.plan.reading import MAX_COUNT, Reader, as_number
+from growdsl.plan.shape import ModelShape
+
+FIELD_NAMES = {
+    "dim": "dim",
+    "heads": "n_heads",
+    "kv_heads": "n_kv_heads",
+    "ffn": "ffn_dim",
+    "layers": "n_layers",
+    "vocab": "vocab_size",
+}
+
+
+def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    ok = True
+    for f in fields:
+        if f.key in FIELD_NAMES:
+            value: int | float | bool | None = reader.integer(
+                as_number(f.args[0]), f.key, maximum=MAX_LAYERS if f.key == "layers" else MAX_COUNT
+            )
+            key = FIELD_NAMES[f.key]
+        elif f.key in ("norm_eps", "rope_theta"):
+            value, key = reader.real(as_number(f.args[0]), f.key), f.key
+        else:  # tied / untied
+            value, key = f.key == "tied", "tied_embeddings"
+        if value is None:
+            ok = False
+        elif key in out and out[key] != value:
+            reader.error(f.span, f"{f.key} is given twice with different values", "keep one")
+            ok = False
+        out[key] = value
+    return out if ok else None
+
+
+def check_shape(reader: Reader, s: dict[str, Any], span: Span) -> bool:
+    """Divisibility rules every Llama shape must satisfy."""
+    dim, heads, kv = s["dim"], s["n_heads"], s["n_kv_heads"]
+    if dim % heads:
+        reader.error(
+            span,
+            f"dim {dim} does not divide by {heads} heads",
+            f"dim must be a multiple of heads; e.g. dim {dim // heads * heads or heads} "
+            f"or heads {_divisor_near(dim, heads)}",
+        )
+        return False
+    if heads % kv:
+        reader.error(
+            span,
+            f"{heads} heads do not divide into {kv} kv heads",
+            f"kv_heads must divide heads, e.g. kv_heads {_divisor_near(heads, kv)}",
+        )
+        return False
+    if (dim // heads) % 2:
+        reader.error(
+            span,
+            f"head_dim {dim // heads} (dim {dim} / {heads} heads) is odd: RoPE needs an even one",
+            "choose dim and heads so that dim / heads is even",
+        )
+        return False
+    return True
+
+
+def resolve_width(
+    reader: Reader, old: ModelShape, fields: tuple[ast.Setting, ...], span: Span, grow: bool
+) -> ModelShape | None:
+    """The shape `fields` (dim/heads/kv_heads/ffn) ask for, keeping head_dim and the GQA group;
+    an FFN not given scales with dim."""
+    given = shape_fields(reader, fields)
+    if given is None:
+        return None
+    hd, group = old.head_dim, old.n_heads // old.n_kv_heads
+    dim: int | None = given.get("dim")
+    heads: int | None = given.get("n_heads")
+    if heads is None:  # from dim (the old one when neither is given)
+        dim = old.dim if dim is None else dim
+        if dim % hd:
+            reader.error(
+                span,
+                f"dim {dim} is not a whole number of {hd}-wide heads",
+                f"width changes by whole heads of head_dim {hd}: try dim {round(dim / hd) * hd}",
+            )
+            return None
+        heads = dim // hd
+    elif dim is None:
+        dim = heads * hd
+    elif dim != heads * hd:
+        reader.error(
+            span,
+            f"dim {dim} with {heads} heads changes head_dim from {hd} to {dim / heads:g}",
+            f"width changes by whole heads: dim {dim} needs {dim // hd} heads of {hd}",
+        )
+        return None
+    kv = given.get("n_kv_heads")
+    if kv is None:
+        if heads % group:
+            reader.error(
+                span,
+                f"{heads} heads do not keep the GQA group of {group} query heads per kv head",
+                "give kv_heads explicitly",
+            )
+            return None
+        kv = heads // group
+    ffn = given.get("ffn_dim")
+    if ffn is None:
+        scaled = Fraction(old.ffn_dim * dim, old.dim)
+        if scaled.denominator != 1:
+            reader.error(span, f"ffn {old.ffn_dim} does not scale to a whole width at dim {dim}", "give ffn explicitly")
+            return None
+        ffn = int(scaled)
+    shape = dict(asdict(old), dim=dim, n_heads=heads, n_kv_heads=kv, ffn_dim=ffn)
+    if not check_shape(reader, shape, span):
+        return None
+    if grow:
+        for key, name in (("dim", "dim"), ("n_heads", "heads"), ("n_kv_heads", "kv_heads"), ("ffn_dim", "ffn")):
+            if shape[key] < getattr(old, key):
+                reader.error(
+                    span,
+                    f"widen cannot shrink {name}: {getattr(old, key)} -> {shape[key]}",
+                    "width growth only adds units",
+                )
+                return None
+        if (dim, ffn, kv) == (old.dim, old.ffn_dim, old.n_kv_heads):
+            reader.error(
+                span,
+                f"a growth that does not grow: the model is already dim {dim}, ffn {ffn}",
+                "name a larger width, e.g. widen dim " + str(2 * old.dim),
+            )
+            return None
+    return ModelShape(**shape)
+
+
+def check_same_shape(reader: Reader, written: ast.Shape, shape: ModelShape) -> None:
+    if written.layers is not None:
+        num = written.layers
+        if num.unit == "L" and num.is_integer and int(num.value) != shape.n_layers:
+            reader.error(
+                num.span,
+                f"the model has {shape.n_layers} layers here, not {int(num.value)}",
+                "drop the layer count, or add a growth step before this train",
+            )
+    for f in written.fields:
+        key = FIELD_NAMES.get(f.key)
+        value = as_number(f.args[0]) if key else None
+        if key and value and value.is_integer and int(value.value) != getattr(shape, key):
+            reader.error(
+                f.span,
+                f"the model has {f.key} {getattr(shape, key)} here, not {value.text}",
+                "drop it, or add a widen step before this train",
+            )
+
+
+def _divisor_near(n: int, d: int) -> int:
+    divisors = [k for k in range(1, n + 1) if n % k == 0]
+    return min(divisors, key=lambda k: abs(k - d))
