@@ -83,7 +83,7 @@ def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, a
     ok = True
     for written in node.init.options:
         option = op.option(written.words)
-        what = f"'{written.words}' of init {op.name}" if option else ""
+        what = f"'{option.words or option.name}' of init {op.name}" if option else ""
         if option is None:
             takes = "; ".join(
                 f"{o.words + ' ' if o.words else ''}{'AMOUNT' if o.kind == 'steps' else 'NUMBER'}: {o.help}"
@@ -241,7 +241,7 @@ def growth_knobs(reader: Reader, g: GrowthDraft, tps: int) -> None:
         if written is None:
             values[option.name] = option.default
         elif option.kind == "steps":
-            r = reader.amount(written.value, tps, f"the {option.name} of init {g.operator.name}")
+            r = reader.amount(written.value, tps, f"the {option.words or 'amount'} of init {g.operator.name}")
             if r is None:
                 return
             values[option.name] = r[0]
