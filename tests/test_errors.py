@@ -204,15 +204,18 @@ def test_errors_on_one_line_come_together(errors):
     ]
 
 
-@pytest.mark.parametrize("growth,message", [
-    ("stack x2 init rand", "unknown growth operator 'rand'"),
-    ("stack x2 init direct ramp 10 steps", "init direct takes no option 'ramp'"),
-    ("stack x2 init random 5 steps", "init random takes no bare amount"),
-    ("stack x2 init learn 5 steps 6 steps", "'learn' of init learn is given twice"),
-    ("stack x2 init random ramp 3 steps ramp 4 steps", "'ramp' of init random is given twice"),
-    ("stack x2 init learn 10 steps at lr 0", "'at lr' of init learn must be above 0, not 0"),
-    ("stack x2 init random ramp 10", "'10' has no unit: steps or tokens?"),
-])
+@pytest.mark.parametrize(
+    "growth,message",
+    [
+        ("stack x2 init rand", "unknown growth operator 'rand'"),
+        ("stack x2 init direct ramp 10 steps", "init direct takes no option 'ramp'"),
+        ("stack x2 init random 5 steps", "init random takes no bare amount"),
+        ("stack x2 init learn 5 steps 6 steps", "'learn' of init learn is given twice"),
+        ("stack x2 init random ramp 3 steps ramp 4 steps", "'ramp' of init random is given twice"),
+        ("stack x2 init learn 10 steps at lr 0", "'at lr' of init learn must be above 0, not 0"),
+        ("stack x2 init random ramp 10", "'10' has no unit: steps or tokens?"),
+    ],
+)
 def test_operator_options_are_checked_against_the_operators_description(errors, growth, message):
     found = errors(f"model tiny\ntrain 2L for 10 steps\n{growth}\ntrain 10 steps\n")
     assert [(d.span.line, d.message) for d in found] == [(3, message)]
