@@ -237,3 +237,31 @@ def test_resume_reads_the_data_the_run_started_on_and_refuses_another_tokenizer(
     prepare([tmp_path / "other"], tmp_path / "other-data", vocab_size=300)
     assert main(["run", str(schedule), "--data", str(tmp_path / "other-data"), "--run-dir", str(run), "--resume"]) == 2
     assert "another tokenizer than the one" in capsys.readouterr().err
+
+
+def test_non_finite_training_stops_before_any_checkpoint_holds_it(data_dir, tmp_path, capsys):
+    from growdsl.cli import main
+    from growdsl.eval import export
+    from growdsl.eval.checkpoints import load
+    from growdsl.ops.check import non_finite
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(TINY_RUN + "lr 1e3\ncheckpoint every 1 steps\nval off\ntrain 2L for 8 steps\n")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)]) == 1
+    said = capsys.readouterr().out
+    assert "not finite" in said or "became nan" in said or "became inf" in said, said
+    kept = sorted(p for p in (run_dir / "checkpoints").iterdir() if not p.name.endswith(".partial"))
+    assert kept, "the steps before the blow-up are checkpointed"
+    for ckpt in kept:
+        assert non_finite(load(ckpt).model) is None, ckpt.name  # no checkpoint holds a NaN
+    trained = load(kept[-1])
+    with torch.no_grad():
+        next(trained.model.parameters()).view(-1)[0] = float("nan")
+    original, export.load = export.load, lambda path: trained
+    try:
+        with pytest.raises(export.ExportError, match="non-finite weights"):
+            export.export_hf(run_dir, tmp_path / "hf")
+    finally:
+        export.load = original
+    assert not (tmp_path / "hf").exists()

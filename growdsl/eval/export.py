@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from growdsl.eval.checkpoints import Trained, load
+from growdsl.ops.check import non_finite
 from growdsl.ops.model import model_args
 from growdsl.plan.plan import Plan
 from growdsl.plan.render import growth_line
@@ -33,6 +34,9 @@ def export_hf(path: Path, out: Path) -> Path:
             f"{trained.path.name} is in the middle of a growth ramp (a mask mixes new layers in, "
             f"which a Llama model cannot express): export a checkpoint {steps} or more steps later"
         )
+    bad = non_finite(trained.model)
+    if bad is not None:
+        raise ExportError(f"{trained.path.name} holds non-finite weights ({bad}): export an earlier checkpoint")
     from safetensors.torch import save_file
     from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 

@@ -63,3 +63,13 @@ def check_preservation(
 ) -> Preservation:
     """Logits of `before` and `after` on the same probe batch, compared."""
     return compare(logits(before, tokens), logits(after, tokens), guarantee, tolerance)
+
+
+@torch.no_grad()
+def non_finite(model: nn.Module) -> str | None:
+    """The first parameter holding a NaN or an infinity (this process's shard of it), or None."""
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if not torch.isfinite(local).all():
+            return name
+    return None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from growdsl.ops import operators
-from growdsl.ops.check import check_preservation
+from growdsl.ops.check import check_preservation, non_finite
 from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
@@ -227,6 +227,12 @@ class Trainer:
     def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
         if self.checkpoint_dir is None:
             return
+        bad = non_finite(self.model)
+        if self.world.mean(float(bad is not None)) > 0:  # every rank checks its own shards
+            raise RunError(
+                f"stage {stage} step {step}: the weights are not finite ({bad or 'on another process'}), so no "
+                f"checkpoint is written: lower the LR and resume from the last checkpoint"
+            )
         self.saves += 1
         progress = checkpoint.Progress(
             seq=self.saves,
@@ -394,14 +400,14 @@ class Trainer:
                 loss.backward()
                 parts.append(loss.detach())
             total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
+            where = f"stage {stage.index} step {step + 1}/{stage.steps} (token {self.stream.position:,})"
             if not math.isfinite(total):
-                raise RunError(
-                    f"loss became {total} at stage {stage.index} step {step} "
-                    f"(token {self.stream.position:,}): lower the LR or check the data"
-                )
+                raise RunError(f"the loss became {total} at {where}, before its update: lower the LR or check the data")
             clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            if not math.isfinite(grad_norm):
+                raise RunError(f"the gradient norm became {grad_norm} at {where}, before its update: lower the LR")
             opt.step()
             opt.zero_grad(set_to_none=True)
             self._advance_ramps()
