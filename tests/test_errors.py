@@ -214,8 +214,20 @@ def test_errors_on_one_line_come_together(errors):
         ("stack x2 init random ramp 3 steps ramp 4 steps", "'ramp' of init random is given twice"),
         ("stack x2 init learn 10 steps at lr 0", "'at lr' of init learn must be above 0, not 0"),
         ("stack x2 init random ramp 10", "'10' has no unit: steps or tokens?"),
+        ("stack x2 init random rampp", "init random takes no option 'rampp'"),
+        ("stack x2 init random ramp 5 stepsize", "init random takes no option 'stepsize'"),
+        ("stack x2 init random ramp", "'ramp' of init random needs a value"),
+        ("stack x2 init direct init zero", "init is given twice"),
+        ("stack x2 init learn at lr 1e-4B", "'at lr' of init learn takes a plain number; 'B' is not a unit here"),
     ],
 )
 def test_operator_options_are_checked_against_the_operators_description(errors, growth, message):
     found = errors(f"model tiny\ntrain 2L for 10 steps\n{growth}\ntrain 10 steps\n")
     assert [(d.span.line, d.message) for d in found] == [(3, message)]
+
+
+def test_a_setting_that_does_not_parse_leaves_what_depends_on_it_unchecked(errors):
+    found = errors("model tiny\nbatch 8\ntrain 2L for 1M\nstack x2\ntrain 2M\n")
+    assert [(d.span.line, d.message) for d in found] == [
+        (2, "statement ends too early: expected 'seqs', 'sequences' or 'tokens'")
+    ]

@@ -114,7 +114,7 @@ class InitOption:
     or a bare amount right after the name (words "")."""
 
     words: str
-    value: Amount
+    value: Amount | None  # None: the words alone (an error the compiler names)
     span: Span
 
 
@@ -146,6 +146,7 @@ class Growth:
     fields: tuple[Setting, ...]  # widen's target width
     init: Init | None
     policies: tuple[Policy, ...]
+    extra_inits: tuple[Init, ...]  # any `init` after the first: an error
     span: Span
 
 

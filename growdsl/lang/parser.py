@@ -271,6 +271,7 @@ class _ToAst(Transformer):
             pattern=next((c for c in children if isinstance(c, ast.Str)), None),
             fields=tuple(c for c in children if isinstance(c, ast.Setting)),
             init=next((c for c in children if isinstance(c, ast.Init)), None),
+            extra_inits=tuple(c for c in children if isinstance(c, ast.Init))[1:],
             policies=tuple(c for c in children if isinstance(c, ast.Policy)),
             span=_span(meta),
         )
@@ -288,8 +289,9 @@ class _ToAst(Transformer):
         return ast.Init(children[0], tuple(children[1:]), _span(meta))
 
     def init_option(self, meta, children):
-        words = " ".join(c.text if isinstance(c, ast.Word) else str(c) for c in children[:-1])
-        return ast.InitOption(words, children[-1], _span(meta))
+        value = children[-1] if isinstance(children[-1], ast.Amount) else None
+        words = " ".join(c.text if isinstance(c, ast.Word) else str(c) for c in children if c is not value)
+        return ast.InitOption(words, value, _span(meta))
 
     def optimizer_policy(self, meta, children):
         return ast.Policy("optimizer", _word(children[1]), _span(meta))

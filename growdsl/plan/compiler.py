@@ -131,6 +131,7 @@ class _Compiler(Reader):
         self.pending: list[GrowthDraft] = []
         self.stages: list[_StageDraft] = []
         self.broken = False  # a shape error happened: later shape checks would only echo it
+        self.settings_unknown = False  # a setting did not parse: stages resolve no steps from settings
         self.last_setting: ast.Setting | None = None
 
     # ---- driver ----------------------------------------------------------------------------
@@ -151,6 +152,8 @@ class _Compiler(Reader):
                 self.last_setting = None
             elif st.keyword not in _SETTINGS:  # a statement that did not parse, and may have changed the model
                 self.broken, self.shape = True, None
+            else:  # a setting that did not parse: what later stages resolve from settings is unknown
+                self.settings_unknown = True
         if not self.schedule.syntax_errors:  # else a missing statement may be what these would miss
             self._finish_statements()
         if not self.errors():
@@ -316,7 +319,12 @@ class _Compiler(Reader):
             overridden.update(apply_setting(self, s, settings))
         draft = _StageDraft(node, self.shape, list(self.layers), self.pending, settings, overridden)
         self.pending = []
-        draft.training = training_config(self, settings, self.shape, node.span)
+        if self.settings_unknown:
+            draft.training = None
+            if node.amount.kind != "auto":
+                self.interval(node.amount, "the amount to train")
+        else:
+            draft.training = training_config(self, settings, self.shape, node.span)
         if draft.training is not None:
             tps = draft.training.tokens_per_step
             for g in draft.growths:

@@ -61,6 +61,9 @@ def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, a
     against its description."""
     if node.init is None:
         return operators.OPERATORS[operators.DEFAULT], {}
+    for extra in node.extra_inits:
+        reader.error(extra.span, "init is given twice", f"keep one: this growth's operator is {node.init.name.text}")
+        return None
     name = node.init.name
     op = operators.find(name.text)
     if op is None:
@@ -93,6 +96,13 @@ def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, a
                 written.span,
                 f"init {op.name} takes no " + (f"option '{written.words}'" if written.words else "bare amount"),
                 f"its options: {takes}" if takes else f"init {op.name} takes no options",
+            )
+            ok = False
+        elif written.value is None:
+            reader.error(
+                written.span,
+                f"{what} needs a value",
+                f"e.g. {option.words} {option.default:g}{' steps' if option.kind == 'steps' else ''}",
             )
             ok = False
         elif option.name in given:
@@ -238,17 +248,17 @@ def growth_knobs(reader: Reader, g: GrowthDraft, tps: int) -> None:
     values: dict[str, float] = {}
     for option in g.operator.options:
         written = g.options.get(option.name)
-        if written is None:
+        value = written.value if written else None  # operator_of kept only options given a value
+        if value is None:
             values[option.name] = option.default
         elif option.kind == "steps":
-            r = reader.amount(written.value, tps, f"the {option.words or 'amount'} of init {g.operator.name}")
+            r = reader.amount(value, tps, f"the {option.words or 'amount'} of init {g.operator.name}")
             if r is None:
                 return
             values[option.name] = r[0]
         else:
-            number = written.value.number
-            assert number is not None  # operator_of checked it is a plain number
-            values[option.name] = number.value
+            assert value.number is not None  # operator_of checked it is a plain number
+            values[option.name] = value.number.value
     if RAMP in values:
         g.fields["ramp_steps"] = int(values.pop(RAMP))
     if LEARN in values:

@@ -151,7 +151,7 @@ class Reader:
 
     def number_of(self, amount: ast.Amount, what: str, low: float, inclusive: bool) -> float | None:
         """A plain number written where an amount may stand (an operator's number option)."""
-        if amount.kind != "bare" or amount.number is None:
+        if amount.kind not in ("bare", "tokens") or amount.number is None:  # tokens: a number with a unit
             self.error(amount.span, f"{what} takes a plain number")
             return None
         return self.real(amount.number, what, low, inclusive)
