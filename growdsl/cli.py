@@ -268,6 +268,17 @@ def _predict(args) -> int:
         print(f"growdsl plan: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(render_prediction(prediction))
+    if not guideline.FITTED[0] <= n <= guideline.FITTED[1]:
+        print(
+            f"growdsl plan: note: N = {args.params} is outside the 410M-7B the fit was made on: d is an extrapolation",
+            file=sys.stderr,
+        )
+    if prediction.d >= d:
+        print(
+            f"growdsl plan: note: d exceeds D (the target's whole {args.tokens} tokens): at this size and "
+            f"budget the fit says the base would train longer than the target, i.e. growing does not pay",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

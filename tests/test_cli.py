@@ -134,3 +134,18 @@ def test_a_source_checkout_plans_without_being_installed(tmp_path):
     )
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and int(out.stdout) >= 1, out.stderr
+
+
+@pytest.mark.parametrize(
+    "params,tokens,code,said",
+    [
+        ("1e400", "2T", 2, "'1e400' is too large"),
+        ("7", "2T", 0, "N = 7 is outside the 410M-7B the fit was made on"),
+        ("1B", "1M", 0, "d exceeds D"),
+    ],
+)
+def test_predict_d_refuses_what_is_not_a_number_and_warns_outside_the_fit(params, tokens, code, said, capsys):
+    assert main(["plan", "--predict-d", "--params", params, "--tokens", tokens]) == code
+    assert said in capsys.readouterr().err
+    assert main(["plan", "--predict-d", "--params", "7B", "--tokens", "2T"]) == 0
+    assert capsys.readouterr().err == ""  # Llama2-7B on 2T: inside the fit, d well below D

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 G_RECOMMENDED = 4
+FITTED = (4e8, 1e10)  # the model sizes the paper fitted the guideline on (410M to 7B), with margin
 G_RANGE = (2, 4)
 
 
@@ -29,8 +30,8 @@ def compute_budget(params: float, tokens: float) -> float:
 
 def predict_d(params: float, tokens: float) -> Prediction:
     """Growth timing d for a target of `params` parameters trained on `tokens` tokens."""
-    if params <= 0 or tokens <= 0:
-        raise ValueError("params and tokens must be positive")
+    if not (0 < params < math.inf and 0 < tokens < math.inf):
+        raise ValueError("params and tokens must be positive and finite")
     c = compute_budget(params, tokens)
     log_c = math.log10(c)
     if log_c <= 0:

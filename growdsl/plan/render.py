@@ -138,7 +138,8 @@ def _timing_line(s: Stage) -> str:
     if t.factor is not None:
         flag = "" if guideline.g_in_range(t.factor) else " (outside 2-4!)"
         g = f", g = {float(t.factor):g}{flag}"
-    outside = "" if 4e8 <= t.target_params <= 1e10 else " (N is outside the 410M-7B the fit was made on)"
+    fitted = guideline.FITTED[0] <= t.target_params <= guideline.FITTED[1]
+    outside = "" if fitted else " (N is outside the 410M-7B the fit was made on)"
     return (
         f"^ guideline: N = {human(t.target_params)} params, D = {human(t.target_tokens)} tokens, "
         f"C = {t.compute:.3g} -> d = {_tokens(t.predicted_d)} tokens{outside}; schedule: {_tokens(t.used_d)}{g}"

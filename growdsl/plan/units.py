@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
@@ -14,7 +15,10 @@ def parse_count(text: str) -> float:
     m = _COUNT.fullmatch(text)
     if not m:
         raise ValueError(f"'{text}' is not a count such as 7B, 2T, 410M or 6.74e9")
-    return float(m[1].replace("_", "")) * UNITS.get(m[2], 1)
+    value = float(m[1].replace("_", "")) * UNITS.get(m[2], 1)
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is too large")
+    return value
 
 
 def human(n: float, digits: int = 3) -> str:
