@@ -16,6 +16,7 @@ from growdsl import __version__
 from growdsl.lang.errors import ScheduleError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+MAX_VOCAB = 2**20  # a BPE vocabulary; far larger ones abort inside the tokenizers library
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,8 +286,12 @@ def _predict(args) -> int:
 def _data_prepare(args) -> int:
     from growdsl.runtime import data
 
-    if not 0 < args.holdout < 1 or args.vocab < 260:
-        print("growdsl data prepare: --holdout must be in (0, 1) and --vocab at least 260", file=sys.stderr)
+    if not 0 < args.holdout <= 0.5 or not 260 <= args.vocab <= MAX_VOCAB:
+        print(
+            f"growdsl data prepare: --holdout must be above 0 and at most 0.5, and --vocab between 260 and "
+            f"{MAX_VOCAB:,}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.sources and args.corpus:
         print("growdsl data prepare: give PATHs or --corpus, not both", file=sys.stderr)

@@ -120,6 +120,11 @@ def test_data_prepare_command(corpus, tmp_path, capsys):
     assert load_meta(out).vocab_size == 300
     assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
+    capsys.readouterr()
+    for bad in (["--holdout", "0.99"], ["--vocab", "1000000000"]):  # were a numpy error and a Rust abort
+        assert main(["data", "prepare", str(root), "--out", str(tmp_path / "x"), *bad]) == 2
+        assert "--holdout must be above 0 and at most 0.5, and --vocab between 260 and" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # a refused command writes nothing
 
 
 def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
