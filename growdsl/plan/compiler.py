@@ -9,6 +9,7 @@ plan/growths, LR schedules in plan/lr; this module walks the schedule and assemb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
@@ -16,6 +17,7 @@ from typing import Any
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, did_you_mean
+from growdsl.lang.parser import lark_parser
 from growdsl.plan import guideline
 from growdsl.plan.growths import (
     GrowthDraft,
@@ -54,32 +56,12 @@ from growdsl.plan.settings import (
 from growdsl.plan.shape import ModelShape, llama_ffn_dim
 from growdsl.plan.shapes import check_same_shape, check_shape, resolve_width, shape_fields
 
-# The statements that cannot change the model (the grammar's settings, and `growth` policies).
-_SETTINGS = {
-    "lr",
-    "min_lr",
-    "warmup",
-    "lr_schedule",
-    "optimizer",
-    "betas",
-    "eps",
-    "weight_decay",
-    "clip",
-    "batch",
-    "micro_batch",
-    "seq",
-    "seed",
-    "data",
-    "dp_shard",
-    "dp_replicate",
-    "tp",
-    "ac",
-    "compile",
-    "checkpoint",
-    "eval",
-    "val",
-    "growth",
-}
+
+@functools.cache
+def _settings_keywords() -> frozenset[str]:
+    """The statements that cannot change the model: the grammar's settings, and `growth` policies."""
+    rules = lark_parser().rules
+    return frozenset({r.expansion[0].name for r in rules if r.origin.name == "setting"} | {"growth"})
 
 
 def compile_schedule(schedule: ast.Schedule) -> Plan:
@@ -150,7 +132,9 @@ class _Compiler(Reader):
             elif isinstance(st, ast.Train):
                 self._train(st)
                 self.last_setting = None
-            elif st.keyword not in _SETTINGS:  # a statement that did not parse, and may have changed the model
+            elif (
+                st.keyword not in _settings_keywords()
+            ):  # a statement that did not parse, and may have changed the model
                 self.broken, self.shape = True, None
             else:  # a setting that did not parse: what later stages resolve from settings is unknown
                 self.settings_unknown = True

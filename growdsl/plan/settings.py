@@ -11,7 +11,7 @@ from growdsl.lang import ast
 from growdsl.lang.errors import Span, did_you_mean
 from growdsl.plan.plan import OptimizerConfig, Parallelism, TrainingConfig
 from growdsl.plan.presets import Preset
-from growdsl.plan.reading import Interval, Reader, as_amount, as_number, as_string, as_word
+from growdsl.plan.reading import MAX_COUNT, Interval, Reader, as_amount, as_number, as_string, as_word
 from growdsl.plan.shape import ModelShape
 from growdsl.plan.tasks import EVAL_TASKS
 
@@ -176,7 +176,7 @@ def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     }
     if k in counts:
         key, minimum = counts[k]
-        number = reader.integer(as_number(a[0]), k, minimum=minimum, maximum=2**63 - 1 if k == "seed" else 10**7)
+        number = reader.integer(as_number(a[0]), k, minimum=minimum, maximum=2**63 - 1 if k == "seed" else MAX_COUNT)
         if number is None:
             return []
         setattr(t, key, number)
