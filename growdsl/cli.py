@@ -17,6 +17,7 @@ from growdsl.lang.errors import ScheduleError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 MAX_VOCAB = 2**20  # a BPE vocabulary; far larger ones abort inside the tokenizers library
+MAX_SCHEDULE_BYTES = 2**16  # schedules are a few KB; at most ~3,000 statements, planned in about a second
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +145,23 @@ def _positive(text: str) -> int:
 
 
 def _read(path: str) -> tuple[str | None, int]:
+    """A schedule's text: a regular file of at most MAX_SCHEDULE_BYTES (not a device, a pipe or a
+    folder: those would block or never end)."""
     try:
-        return Path(path).read_text(encoding="utf-8"), EXIT_OK
+        file = Path(path)
+        if file.exists() and not file.is_file():
+            print(f"growdsl: {path} is not a regular file: a schedule is a .grow text file", file=sys.stderr)
+            return None, EXIT_USAGE
+        with file.open("rb") as f:
+            data = f.read(MAX_SCHEDULE_BYTES + 1)
+        if len(data) > MAX_SCHEDULE_BYTES:
+            print(
+                f"{path}: error: larger than {MAX_SCHEDULE_BYTES // 2**10} KiB: a schedule is a short text "
+                f"(is this the right file?)",
+                file=sys.stderr,
+            )
+            return None, EXIT_INVALID
+        return data.decode("utf-8"), EXIT_OK
     except UnicodeDecodeError:
         print(f"{path}: error: not a UTF-8 text file", file=sys.stderr)
         return None, EXIT_INVALID
@@ -191,9 +207,10 @@ def _plan(args) -> int:
     from growdsl.plan.render import render_plan
 
     print(render_plan(plan, predict_d=args.predict_d))
+    lines = source.splitlines()
     for w in plan.warnings:
         span = Span(w.line, w.col, w.end_line, w.end_col) if w.line else None
-        print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file), file=sys.stderr)
+        print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file, lines), file=sys.stderr)
     return EXIT_OK
 
 
@@ -317,11 +334,20 @@ def _data_prepare(args) -> int:
             else corpora.HOME / "data" / f"{name}-{args.vocab}"
         )
         out = Path(args.out) if args.out else default
+    from growdsl.runtime import folders
+
+    why = folders.writable(out)
+    if why:
+        print(f"growdsl data prepare: --out: {why}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         data.prepare(sources, out, args.vocab, args.holdout)
-    except (ValueError, UnicodeDecodeError, KeyError) as e:
+    except (ValueError, UnicodeDecodeError) as e:
         print(f"growdsl data prepare: {e}", file=sys.stderr)
         return EXIT_INVALID
+    except OSError as e:
+        print(f"growdsl data prepare: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     meta = data.load_meta(out)
     held = (
         f"{meta.val_documents} held out"
@@ -352,26 +378,31 @@ def _run(args) -> int:
     from growdsl.runtime.distributed import from_environment
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
-    run_dir = _run_dir(args, time.strftime("%Y%m%d-%H%M%S")) if world.main else None
-    data_dir = _data_dir(args, plan, run_dir) if world.main and run_dir else None
-    data_dir, run_dir = world.share(data_dir), world.share(run_dir)  # every rank uses rank 0's
-    if data_dir is None or run_dir is None:
-        return EXIT_USAGE
-    if args.baseline:  # written and read back before anything trains
-        path = run_dir / "baseline.grow"
-        try:
-            text, base_plan = baseline.planned(plan, str(data_dir.resolve()), args.file, str(path))
-        except baseline.BaselineError as e:
-            print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
-            return EXIT_INVALID
-    status = _train(plan, source, data_dir, run_dir, world, args, args.resume)
+    run = data_dir = None
+    if world.main:
+        run = _claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
+        data_dir = _data_dir(args, plan, run) if run else None
+    try:
+        data_dir, run_dir = world.share(data_dir), world.share(run.path if run and data_dir else None)
+        if data_dir is None or run_dir is None:  # every rank uses rank 0's
+            return EXIT_USAGE
+        if args.baseline:  # written and read back before anything trains
+            path = run_dir / "baseline.grow"
+            try:
+                text, base_plan = baseline.planned(plan, str(data_dir.resolve()), args.file, str(path))
+            except baseline.BaselineError as e:
+                print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
+                return EXIT_INVALID
+        status = _train(plan, source, data_dir, run, run_dir, world, args.log_every)
+    finally:
+        if run:
+            run.release()
     if status or not args.baseline:
         return status
     # The from-scratch baseline on the same FLOPs, in RUN/baseline, then the comparison.
-    from growdsl.runtime.checkpoint import latest
+    from growdsl.runtime.rundir import RECORD
 
-    base_dir = run_dir / "baseline"
-    resume = None
+    base_dir, base = run_dir / "baseline", None
     if world.main:
         path.write_text(text)
         b = plan.totals.baseline
@@ -379,8 +410,14 @@ def _run(args) -> int:
             f"\nbaseline: {plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps on the same FLOPs "
             f"({path})"
         )
-        resume = args.resume and (base_dir / "checkpoints").is_dir() and latest(base_dir / "checkpoints") is not None
-    status = _train(base_plan, text, data_dir, base_dir, world, args, world.share(resume))
+        base = _claim(base_dir, args.resume and (base_dir / RECORD).exists())
+    try:
+        if not world.share(base is not None):
+            return EXIT_USAGE
+        status = _train(base_plan, text, data_dir, base, base_dir, world, args.log_every)
+    finally:
+        if base:
+            base.release()
     if status or not world.main:
         return status
     from growdsl.eval.compare import CompareError, compare, render, verdict
@@ -394,47 +431,72 @@ def _run(args) -> int:
     return EXIT_OK
 
 
-def _train(plan, source: str, data_dir: Path, run_dir: Path, world, args, resume: bool) -> int:
-    """Train one plan into run_dir (every rank), with its log, metrics and end-of-run summary."""
+def _claim(path: Path | None, resume: bool):
+    """The run directory, claimed (see growdsl.runtime.rundir), or None with the reason printed."""
+    from growdsl.runtime.rundir import RunDirError, claim
+
+    if path is None:
+        return None
+    try:
+        return claim(path, resume)
+    except RunDirError as e:
+        print(f"growdsl run: {e}", file=sys.stderr)
+        return None
+
+
+def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_every: int) -> int:
+    """Train one plan into run_dir (every rank; `run`, the claimed directory, on the first), with its
+    log, metrics and end-of-run summary. Until the trainer has accepted the run (the model fits, the
+    checkpoint resumes on this schedule) nothing is written: its lines wait, and a refusal leaves
+    the directory as it was."""
     from growdsl.eval.in_run import in_run_evaluator
     from growdsl.runtime.metrics import Metrics
     from growdsl.runtime.trainer import RunError, Trainer
 
     log_file = metrics = progress = None
-    if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plan.json").write_text(plan.to_json(indent=2))
-        (run_dir / "schedule.grow").write_text(source)
-        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
-        print(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
-        log_file = (run_dir / "log.txt").open("a")
-        metrics = Metrics(run_dir)
-        _record_run(run_dir, data_dir, world.size)
-        if sys.stdout.isatty():
-            from growdsl.runtime.progress import StageProgress
+    waiting: list[str] = []  # lines said before the run is accepted, for log.txt once it is
+    if world.main and sys.stdout.isatty():
+        from growdsl.runtime.progress import StageProgress
 
-            progress = StageProgress()
+        progress = StageProgress()
 
     def log(line: str) -> None:
         if progress:
             progress.clear()
         print(line, flush=True)
-        print(line, file=log_file, flush=True)
+        if log_file:
+            print(line, file=log_file, flush=True)
+        else:
+            waiting.append(line)
 
+    if world.main:
+        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
+        log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
+    resume = world.share(run.resume if world.main else None)
     try:
         evaluator = in_run_evaluator(plan, data_dir, run_dir, world, log)
         trainer = Trainer(
             plan,
             data_dir,
             log=log,
-            log_every=args.log_every,
+            log_every=log_every,
             checkpoint_dir=run_dir / "checkpoints",
             resume=resume,
-            metrics=metrics,
             world=world,
             progress=progress,
             evaluator=evaluator,
         )
+        trainer.start()
+    except RunError as e:
+        if world.main:
+            print(f"growdsl run: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if world.main:
+        run.accept(plan.to_json(indent=2), source, data_dir, world.size)
+        log_file = (run_dir / "log.txt").open("a")
+        log_file.write("".join(line + "\n" for line in waiting))
+        trainer.metrics = metrics = Metrics(run_dir, owner=True)
+    try:
         logs = trainer.run()
         if world.main:
             for line in _summary(plan, trainer, logs):
@@ -473,15 +535,6 @@ def _summary(plan, trainer, logs) -> list[str]:
     return out
 
 
-def _record_run(run_dir: Path, data_dir: Path, world_size: int) -> None:
-    """What eval and export need later: the data folder (held-out text) and a copy of the tokenizer."""
-    import json
-    import shutil
-
-    (run_dir / "run.json").write_text(json.dumps({"data": str(data_dir.resolve()), "processes": world_size}))
-    shutil.copy(data_dir / "tokenizer.json", run_dir / "tokenizer.json")
-
-
 def _eval(args) -> int:
     import torch
 
@@ -494,10 +547,10 @@ def _eval(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         trained = load(Path(args.path), device)
+        data = data_dir(trained.run_dir)
     except LoadError as e:
         print(f"growdsl eval: {e}", file=sys.stderr)
         return EXIT_USAGE
-    data = data_dir(trained.run_dir)
     heldout = data / "val.jsonl" if data else None
     tasks = args.tasks or default_tasks(heldout)
     lm = GrowLM(
@@ -525,10 +578,14 @@ def _eval(args) -> int:
         "flops": p.flops,
         "limit": args.limit,
     }
-    path = write_results(trained.run_dir, trained.label, results, about)
-    metrics = Metrics(trained.run_dir)
-    metrics.evaluation(p.global_step, p.position, p.flops, results, limit=args.limit)
-    metrics.close()
+    try:
+        path = write_results(trained.run_dir, trained.label, results, about)
+        metrics = Metrics(trained.run_dir)
+        metrics.evaluation(p.global_step, p.position, p.flops, results, limit=args.limit)
+        metrics.close()
+    except OSError as e:
+        print(f"growdsl eval: cannot write the results into {trained.run_dir}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{trained.path} ({trained.shape.describe()}, {p.position:,} tokens)")
     for task, values in results.items():
         print(f"  {task:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "samples"))
@@ -545,6 +602,9 @@ def _export(args) -> int:
     except (LoadError, ExportError) as e:
         print(f"growdsl export: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        print(f"growdsl export: cannot write {args.hf}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {out} (transformers: LlamaForCausalLM.from_pretrained({str(out)!r}))")
     return EXIT_OK
 
@@ -556,6 +616,9 @@ def _compare(args) -> int:
         report = compare([Path(r) for r in args.runs], Path(args.out), smooth=args.smooth)
     except CompareError as e:
         print(f"growdsl compare: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"growdsl compare: cannot write {args.out}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
     print(render(report))
     return EXIT_OK
@@ -572,42 +635,35 @@ def _run_dir(args, stamp: str) -> Path | None:
     return Path(args.run_dir or Path("runs") / f"{stem}-{stamp}")
 
 
-def _data_dir(args, plan, run_dir: Path):
+def _data_dir(args, plan, run):
     """The prepared data the run reads: --data, else what a resumed run recorded, else the schedule's
-    `data`, else the default corpus; on a resume, only data with the run's own tokenizer."""
-    import json
-
+    `data`, else the default corpus; on a resume, only the data the run trained on (by identity)."""
     from growdsl.runtime import corpora, data
+    from growdsl.runtime.rundir import RunDirError
 
-    recorded = run_dir / "run.json"
     given = args.data or plan.stages[0].training.data
-    if args.resume and not args.data and recorded.exists():
-        try:  # the data it started on, wherever the default corpus has moved since
-            path = Path(json.loads(recorded.read_text())["data"])
-        except (ValueError, KeyError, TypeError, OSError):
-            print(f"growdsl run: {recorded} is unreadable: give the run's data with --data", file=sys.stderr)
+    try:
+        recorded = run.recorded()
+        if recorded and not args.data:  # the data it started on, wherever the default corpus has moved since
+            path = Path(recorded["data"])
+        elif given is None:
+            try:
+                path = data.default_corpus(say=lambda line: print(line, flush=True))
+            except corpora.FetchError as e:
+                print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
+                return None
+        else:
+            path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
+        if not (path / "meta.json").is_file():
+            print(
+                f"growdsl run: {path} is not a prepared data folder (no meta.json); "
+                f"prepare it first: growdsl data prepare SOURCES --out {path}",
+                file=sys.stderr,
+            )
             return None
-    elif given is None:
-        try:
-            return data.default_corpus(say=lambda line: print(line, flush=True))
-        except corpora.FetchError as e:
-            print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
-            return None
-    else:
-        path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
-    if not (path / "meta.json").exists():
-        print(
-            f"growdsl run: {path} is not a prepared data folder (no meta.json); "
-            f"prepare it first: growdsl data prepare SOURCES --out {path}",
-            file=sys.stderr,
-        )
-        return None
-    mine = run_dir / "tokenizer.json"
-    if args.resume and mine.exists() and mine.read_bytes() != (path / "tokenizer.json").read_bytes():
-        print(
-            f"growdsl run: {path} has another tokenizer than the one {run_dir} was trained with: resume on the "
-            f"run's own data (its run.json names it)",
-            file=sys.stderr,
-        )
+        data.load_meta(path)  # complete and consistent, or a DataError that says what is not
+        run.check_data(path)
+    except (RunDirError, data.DataError) as e:
+        print(f"growdsl run: {e}", file=sys.stderr)
         return None
     return path

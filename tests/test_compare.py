@@ -185,9 +185,9 @@ def test_a_broken_history_line_is_named(tmp_path):
 @pytest.mark.parametrize(
     "bad, problem",
     [
-        ('{"step": 3, "tokens": 3, "flops": 3, "loss": NaN}', "loss is not a finite number"),
-        ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a finite number"),
-        ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a finite number"),
+        ('{"step": 3, "tokens": 3, "flops": Infinity, "loss": 1.0}', "flops is not a finite number"),
+        ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a number"),
+        ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a number"),
         ('{"event": "eval", "step": 3, "results": [1, 2]}', "eval without {task: {metric: number}} results"),
         ('{"event": "eval", "step": 3}', "eval without"),
         (

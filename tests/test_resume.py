@@ -111,8 +111,13 @@ def test_resuming_a_changed_schedule_is_refused_unless_only_the_future_changed(r
     longer = plan_source(SCHEDULE.replace("train 15 steps", "train 16 steps"))  # only stage 2, not reached yet
     logs = Trainer(longer, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
     assert len(logs[-1].losses) == 16
-    with pytest.raises(RunError, match="nothing to resume"):
-        Trainer(plan, data_dir, checkpoint_dir=tmp_path / "empty", resume=True).run()
+
+
+def test_killed_before_the_first_checkpoint_starts_over(reference, data_dir, tmp_path):
+    plan, ref = reference
+    resumed, said = resume_after(kill_on("stage 0 step 3/20"), plan, data_dir, tmp_path)
+    assert said == "no checkpoint to resume from yet: the run starts from its first step"
+    assert resumed == ref
 
 
 def test_killed_mid_width_ramp(data_dir, tmp_path):

@@ -112,8 +112,9 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     vals = [r for r in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines()) if r.get("event") == "val"]
     assert {r["val_tokens"] for r in vals} == {16 * 32} and len({r["val_data"] for r in vals}) == 1
     assert vals[-1]["flops"] == plan.totals.flops and vals[-1]["val_flops"] == plan.totals.val_flops  # counted apart
-    assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(run_dir)]) == 2
+    assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run2")]) == 2
     assert "not a prepared data folder" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_run_resume_on_a_finished_run_has_nothing_left(data_dir, tmp_path, capsys):
@@ -236,7 +237,7 @@ def test_resume_reads_the_data_the_run_started_on_and_refuses_another_tokenizer(
     (tmp_path / "other" / "u.txt").write_text("and a second document for the held-out split\n\n" * 400)
     prepare([tmp_path / "other"], tmp_path / "other-data", vocab_size=300)
     assert main(["run", str(schedule), "--data", str(tmp_path / "other-data"), "--run-dir", str(run), "--resume"]) == 2
-    assert "another tokenizer than the one" in capsys.readouterr().err
+    assert "its tokenizer, its corpus and its number of training tokens differ" in capsys.readouterr().err
 
 
 def test_non_finite_training_stops_before_any_checkpoint_holds_it(data_dir, tmp_path, capsys):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
@@ -43,46 +42,75 @@ class Trained:
 
 
 def find(path: Path) -> Path:
-    """The checkpoint `path` names: itself, or a run directory's newest complete one."""
-    if (path / "progress.json").exists():
+    """The checkpoint `path` names: itself, or a run directory's newest committed one."""
+    if (path / checkpoint.MANIFEST).exists() or (path / "progress.json").exists():
         return path
     if path.name.endswith(".partial"):
         raise LoadError(f"{path} is a checkpoint whose write never finished")
-    newest = checkpoint.latest(path / "checkpoints") if (path / "checkpoints").is_dir() else None
+    newest = checkpoint.latest(path / "checkpoints")
     if newest is None:
         raise LoadError(f"{path} is neither a checkpoint nor a run directory with a complete checkpoint")
     return newest
 
 
 def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
+    """The checkpoint `path` names, verified against its manifest and loaded without running any of
+    its code (growdsl.runtime.checkpoint); a damaged one is named, with the newest good one to use."""
     from tokenizers import Tokenizer
 
     from growdsl.ops.ramp import Ramp
+    from growdsl.plan.plan import stage_from_record, with_fields_since
 
     ckpt = find(path)
     run_dir = ckpt.parent.parent
-    progress = checkpoint.read_progress(ckpt)
-    stage = progress.plan_prefix[progress.stage]
-    shape = ModelShape(**stage["shape"])
-    plan = json.loads((run_dir / "plan.json").read_text())
-    max_seq = max(s["training"]["seq_len"] for s in plan["stages"])  # the RoPE table the run built
-    model = build_model(shape, max_seq, device=device)
-    for r in progress.ramps:
-        Ramp.restore(model, r)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*single process.*")
-        dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt))
+    if ckpt.parent.name != "checkpoints" or not (run_dir / "plan.json").is_file():
+        raise LoadError(
+            f"{ckpt} is not inside a run directory (RUN/checkpoints/{ckpt.name} beside RUN/plan.json): eval and "
+            f"export read the run's plan and tokenizer; give the checkpoint in its run"
+        )
+    try:
+        progress = checkpoint.check(ckpt)
+    except checkpoint.CheckpointError as e:
+        good = checkpoint.newest_good(ckpt.parent)
+        hint = (
+            f"; the newest checkpoint that checks out is {good[0]}"
+            if good
+            else "; no checkpoint of this run checks out"
+        )
+        raise LoadError(f"{e}{hint}") from None
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+        record = progress.plan_prefix[progress.stage]
+        stage = stage_from_record(with_fields_since(record, plan["stages"][progress.stage]))
+        max_seq = max(int(s["training"]["seq_len"]) for s in plan["stages"])  # the RoPE table the run built
+    except (ValueError, KeyError, TypeError) as e:
+        raise LoadError(
+            f"{ckpt} or {run_dir / 'plan.json'} does not describe a model: {str(e).splitlines()[0]}"
+        ) from None
+    model = build_model(stage.shape, max(max_seq, stage.training.seq_len), device=device)
+    try:
+        for r in progress.ramps:
+            Ramp.restore(model, r)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            checkpoint.read(ckpt, {"model": model.state_dict()})
+    except (checkpoint.CheckpointError, ValueError) as e:
+        raise LoadError(str(e)) from None
     model.eval()
-    tokenizer = Tokenizer.from_file(str(tokenizer_file(run_dir)))
+    file = tokenizer_file(run_dir)
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises its own Exception
+        raise LoadError(f"{file} is not a tokenizer: {e}") from None
     return Trained(
         model,
-        shape,
+        stage.shape,
         progress,
         ckpt,
         run_dir,
         tokenizer,
         tokenizer.token_to_id(EOT),
-        stage["training"]["seq_len"],
+        stage.training.seq_len,
         progress.ramps,
     )
 
@@ -90,15 +118,22 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
 def tokenizer_file(run_dir: Path) -> Path:
     """The tokenizer a run trained with: its own copy, else the one of the data it names."""
     own = run_dir / "tokenizer.json"
-    if own.exists():
+    if own.is_file():
         return own
     data = data_dir(run_dir)
-    if data is None or not (data / "tokenizer.json").exists():
+    if data is None or not (data / "tokenizer.json").is_file():
         raise LoadError(f"{run_dir} has no tokenizer.json and names no data folder that has one")
     return data / "tokenizer.json"
 
 
 def data_dir(run_dir: Path) -> Path | None:
-    """The prepared data folder the run read (recorded in run.json)."""
-    info = run_dir / "run.json"
-    return Path(json.loads(info.read_text())["data"]) if info.exists() else None
+    """The prepared data folder the run read (recorded in run.json), if it is still a prepared folder."""
+    from growdsl.runtime.rundir import RunDirError, read_record
+
+    if not (run_dir / "run.json").is_file():
+        return None
+    try:
+        data = Path(read_record(run_dir)["data"])
+    except RunDirError as e:
+        raise LoadError(str(e)) from None
+    return data if (data / "meta.json").is_file() else None

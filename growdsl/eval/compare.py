@@ -16,6 +16,7 @@ labelled; the runs' final benchmark scores, one panel per metric."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class Curve:
     val: Points | None = None  # the validation loss, where the run measured it
     val_tokens: int | None = None  # how many held-out tokens it was measured on
     val_data: str | None = None  # which held-out split (a digest of its tokens)
+    diverged: int | None = None  # the first step whose loss was not finite (left out of the curve)
 
     def smoothed(self, window: int) -> np.ndarray:
         cumulative = np.concatenate([[0.0], np.cumsum(self.loss)])
@@ -65,6 +67,7 @@ def read_run(run_dir: Path) -> Curve:
     if not history.exists():
         raise CompareError(f"{run_dir} has no history.jsonl: is it a growdsl run directory?")
     steps, vals, growths, evals = {}, {}, {}, {}
+    diverged = None
     for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -76,6 +79,9 @@ def read_run(run_dir: Path) -> Curve:
         if problem:
             raise CompareError(f"{history}:{number}: not a history record ({problem}): {line[:80]!r}")
         event = record.get("event")
+        if event in (None, "val") and not math.isfinite(record["loss"]):  # the run diverged: not a point
+            diverged = record["step"] if diverged is None else min(diverged, record["step"])
+            continue
         if event == "growth":
             growths[(record["step"], record["text"])] = record
         elif event == "eval":
@@ -92,6 +98,7 @@ def read_run(run_dir: Path) -> Curve:
         sorted(growths.values(), key=lambda g: g["step"]),
         [e for k in sorted(evals) for e in evals[k]],
     )
+    curve.diverged = diverged
     if vals:
         curve.val = Points(*_columns(vals))
         curve.val_tokens = vals[max(vals)].get("val_tokens")
@@ -114,7 +121,9 @@ def _problem(record) -> str | None:
         return f"unknown event {event!r}"
     for key in needed:
         value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key} is not a number"
+        if key != "loss" and not math.isfinite(value):  # a non-finite loss is a diverged run's
             return f"{key} is not a finite number"
     if not isinstance(record["step"], int):
         return "step is not a whole number"
@@ -175,7 +184,13 @@ class Report:
 def compare(run_dirs: list[Path], out: Path, smooth: int | None = None, n_levels: int = 5) -> Report:
     if len(run_dirs) < 2:
         raise CompareError("give at least two runs: the baseline first, then the runs to compare with it")
+    from growdsl.runtime import folders
+
+    why = folders.writable(out)
+    if why:
+        raise CompareError(f"--out: {why}")
     runs = [read_run(r) for r in run_dirs]
+    _same_tokenizer(run_dirs)
     yardstick, why = _yardstick(runs)
     if yardstick == "validation":
         window = 1
@@ -190,6 +205,22 @@ def compare(run_dirs: list[Path], out: Path, smooth: int | None = None, n_levels
     report = Report(runs, yardstick, why, window, curves, levels, compute, [])
     report.plots = plot(report, out)
     return report
+
+
+def _same_tokenizer(run_dirs: list[Path]) -> None:
+    """Losses are in nats per token: runs whose tokenizers differ measure different things."""
+    digests = {}
+    for run in run_dirs:
+        file = run / "tokenizer.json"
+        if file.is_file():
+            digests[run] = hashlib.sha256(file.read_bytes()).hexdigest()
+    if len(set(digests.values())) > 1:
+        first = next(iter(digests))
+        other = next(r for r, d in digests.items() if d != digests[first])
+        raise CompareError(
+            f"{first} and {other} were trained with different tokenizers: their losses are per token of "
+            f"different vocabularies and do not compare; compare runs on the same prepared data"
+        )
 
 
 def _yardstick(runs: list[Curve]) -> tuple[str, str]:
@@ -231,6 +262,11 @@ def render(report: Report) -> str:
         lines.append(f"{'L' + str(i + 1):>5}  {level:>8.4f}  {base:>14.4g}" + "".join(f"  {c}" for c in cells))
     final = "  ".join(f"{r.name} {c.loss[-1]:.4f}" for r, c in zip(report.runs, report.curves))
     lines += ["", f"final {report.yardstick} loss: {final}"]
+    lines += [
+        f"note: {r.name}'s loss was not finite from step {r.diverged} on: its curve ends before it"
+        for r in report.runs
+        if r.diverged is not None
+    ]
     scores, notes = final_scores(report.runs)
     if any(scores):
         lines += ["", "final benchmark scores:"]

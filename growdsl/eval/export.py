@@ -9,6 +9,7 @@ without it the logits would differ."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,11 @@ class ExportError(Exception):
 
 
 def export_hf(path: Path, out: Path) -> Path:
+    from growdsl.runtime import folders
+
+    why = folders.writable(out)  # before a load that may take minutes
+    if why:
+        raise ExportError(f"--hf: {why}")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty: give a new folder")
     trained = load(path)
@@ -47,11 +53,18 @@ def export_hf(path: Path, out: Path) -> Path:
     if shape.tied_embeddings:
         hf.pop("lm_head.weight")  # safetensors stores a shared tensor once; config.json ties it
     hf = {k: v.contiguous() for k, v in hf.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(hf, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config(trained), indent=2))
-    _tokenizer_files(trained, out)
-    (out / "README.md").write_text(model_card(trained))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")  # written whole, then renamed: never half a model
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        save_file(hf, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        (partial / "config.json").write_text(json.dumps(config(trained), indent=2))
+        _tokenizer_files(trained, partial)
+        (partial / "README.md").write_text(model_card(trained))
+        os.replace(partial, out)  # onto a missing or empty folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 

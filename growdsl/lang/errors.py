@@ -40,11 +40,13 @@ class Diagnostic:
         """Where it sorts: by line and column, a file-wide one first."""
         return (self.span.line, self.span.col) if self.span else (0, 0)
 
-    def render(self, source: str, filename: str) -> str:
+    def render(self, source: str, filename: str, lines: list[str] | None = None) -> str:
+        """The diagnostic with its line and a caret under the span; `lines`: source.splitlines(), if
+        the caller has them (rendering many diagnostics splits the source once)."""
         where = f"{filename}:{self.span.line}:{self.span.col}" if self.span else filename
         out = [f"{where}: {self.severity}: {self.message}"]
         if self.span:
-            lines = source.splitlines()
+            lines = source.splitlines() if lines is None else lines
             if 0 < self.span.line <= len(lines):
                 text = lines[self.span.line - 1].expandtabs(1)
                 end = self.span.end_col if self.span.end_line == self.span.line else len(text) + 1
@@ -69,8 +71,16 @@ class ScheduleError(Exception):
         return [d for d in self.diagnostics if d.severity == "error"]
 
     def render(self, source: str, filename: str) -> str:
-        """The errors, rendered (warnings are for schedules that compile)."""
-        return "\n".join(d.render(source, filename) for d in self.errors)
+        """The errors, rendered (warnings are for schedules that compile): the first MAX_SHOWN of
+        them, then how many more there are."""
+        lines, errors = source.splitlines(), self.errors
+        out = [d.render(source, filename, lines) for d in errors[:MAX_SHOWN]]
+        if len(errors) > MAX_SHOWN:
+            out.append(f"{filename}: ... and {len(errors) - MAX_SHOWN:,} more errors (fix the ones above first)")
+        return "\n".join(out)
+
+
+MAX_SHOWN = 50  # errors shown of one schedule: beyond them, a count
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -148,7 +148,10 @@ class Ramp:
     @staticmethod
     def restore(model: nn.Module, d: dict) -> Ramp:
         """Put a recorded ramp back on a freshly built model."""
-        module = model.get_submodule(d["name"])
+        try:
+            module = model.get_submodule(d["name"])
+        except AttributeError:
+            raise ValueError(f"a ramp on {d['name']!r}, which the model does not have") from None
         old = tuple(d["old"]) if d["old"] else None
         if old:
             attach_width_ramp(module, *old)

@@ -275,6 +275,18 @@ def stage_record(stage: Stage) -> dict:
     return json.loads(json.dumps(asdict(stage), default=_fraction_text))
 
 
+def with_fields_since(record: dict, current: dict) -> dict:
+    """An older growdsl's stage record with the fields it predates taken from `current` (the same
+    stage as this growdsl records it): what it never recorded, it cannot contradict."""
+    out = dict(record)
+    for key, value in current.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_fields_since(out[key], value)
+    return out
+
+
 def stage_from_record(record: dict) -> Stage:
     """A stage a checkpoint recorded, validated (pydantic's ValidationError, a ValueError, if it is not one)."""
     return _stage_adapter().validate_python(record)

@@ -3,24 +3,42 @@
 so they reshard across world sizes.
 
 A checkpoint is written into `NAME.partial/` and renamed to `NAME/` only when complete: a write
-killed halfway leaves a `.partial` folder that `latest` never picks."""
+killed halfway leaves a `.partial` folder that is never picked; a damaged one that a resumed run
+passes over is kept aside as `.damaged` when its name comes round again. Its last file, `manifest.json`,
+holds the size and SHA-256 of every other file; reading a checkpoint checks them first, so a
+truncated or flipped file is named instead of loaded.
+
+Reading runs no code from the checkpoint: DCP's `.metadata` is a pickle, read here with an
+unpickler that builds only DCP's own tensor-metadata types (`SafeReader`); the tensors themselves
+are read by DCP with torch.load(weights_only=True); `progress.json` is JSON, every field checked."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from growdsl import __version__
 from growdsl.ops.layout import named_parameters
 from growdsl.ops.optimizer import MOMENTS, State
 
 PREFIX = "ckpt-"
+MANIFEST = "manifest.json"
+SCHEMA = 1  # the layout of progress.json and its plan records; a newer one is refused, older ones read
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and says why."""
 
 
 @dataclass
@@ -35,50 +53,247 @@ class Progress:
     position: int
     global_step: int
     flops: int
-    plan_prefix: list  # the JSON of stages 0..stage: resuming needs them unchanged
+    plan_prefix: list  # the records of stages 0..stage: resuming needs them unchanged
     ramps: list[dict] = field(default_factory=list)
     optimizer_names: list[str] = field(default_factory=list)
     growth_checks: list[str] = field(default_factory=list)
     val_flops: int = 0  # validation's forward passes so far (not training compute)
+    growdsl: str = ""  # the version that wrote it ("" before versions were recorded)
+    schema: int = 0  # SCHEMA when written (0: before it was recorded)
 
 
 def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:
-    """Every rank writes its shards (DCP); the first rank commits the checkpoint by renaming it."""
+    """Every rank writes its shards (DCP); the first rank writes progress and the manifest and commits
+    the checkpoint by renaming it."""
     final = directory / f"{PREFIX}{progress.seq:06d}"
     partial = final.with_name(final.name + ".partial")
     if world.main:
         shutil.rmtree(partial, ignore_errors=True)
     world.barrier()
     progress.optimizer_names = sorted(state)
+    progress.growdsl, progress.schema = __version__, SCHEMA
     dcp.save(
         {"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()}, checkpoint_id=str(partial)
     )
     if world.main:
         (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
+        files = sorted(p.name for p in partial.iterdir() if p.is_file())
+        manifest = {
+            "files": {
+                name: {"bytes": (partial / name).stat().st_size, "sha256": _sha256(partial / name)} for name in files
+            }
+        }
+        _write_synced(partial / MANIFEST, json.dumps(manifest, indent=1).encode())
+        if final.exists():  # a damaged checkpoint the run resumed before: kept aside, not overwritten
+            aside = final.with_name(final.name + ".damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
         os.replace(partial, final)  # the commit point
     world.barrier()
     return final
 
 
+def committed(directory: Path) -> list[Path]:
+    """The committed checkpoints of a run's checkpoint folder, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob(f"{PREFIX}*") if p.is_dir() and re.fullmatch(r"\d{6,}", p.name[len(PREFIX) :])]
+    return sorted(found, reverse=True)
+
+
 def latest(directory: Path) -> Path | None:
-    done = sorted(p for p in directory.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".partial"))
-    return done[-1] if done else None
+    """The newest committed checkpoint (checked or not)."""
+    found = committed(directory)
+    return found[0] if found else None
+
+
+def newest_good(directory: Path, say: Callable[[str], None] = lambda line: None) -> tuple[Path, Progress] | None:
+    """The newest checkpoint that passes `check`, saying of every newer one why it was passed over."""
+    for path in committed(directory):
+        try:
+            return path, check(path)
+        except CheckpointError as e:
+            say(f"checkpoint {path.name} is damaged and skipped: {e}")
+    return None
+
+
+def check(path: Path) -> Progress:
+    """Verify a checkpoint's files against its manifest and read its progress; CheckpointError names
+    the first file that is missing, of another size or another checksum."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{manifest} is missing: the checkpoint cannot be verified")
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+        entries = [(name, int(v["bytes"]), str(v["sha256"])) for name, v in listed.items()]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise CheckpointError(f"{manifest} is not a checkpoint manifest") from None
+    names = {name for name, _, _ in entries}
+    if not {"progress.json", ".metadata"} <= names:
+        raise CheckpointError(f"{manifest} does not list progress.json and .metadata")
+    for name, size, digest in entries:
+        file = path / name
+        if name != Path(name).name or name in ("", ".", "..") or not file.is_file():
+            raise CheckpointError(f"{file} is missing" if name == Path(name).name else f"{manifest} names {name!r}")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{file} has {file.stat().st_size:,} bytes, not the {size:,} it was written with")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{file} does not match its checksum: it changed after it was written")
+    return read_progress(path)
 
 
 def read_progress(path: Path) -> Progress:
-    return Progress(**json.loads((path / "progress.json").read_text()))
+    """progress.json, every field of the type it must have (a value of another type, or a stage or
+    phase that cannot be, is refused before anything uses it)."""
+    file = path / "progress.json"
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{file} is unreadable: {e}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file} is not an object")
+    if not _REQUIRED <= raw.keys():
+        raise CheckpointError(f"{file} lacks {', '.join(sorted(_REQUIRED - raw.keys()))}")
+    known = {f.name for f in fields(Progress)}  # fields a newer growdsl added are left out
+    p = Progress(**{k: v for k, v in raw.items() if k in known})
+    wrong = _wrong_field(p)
+    if wrong:
+        raise CheckpointError(f"{file}: {wrong}")
+    if p.schema > SCHEMA:
+        raise CheckpointError(
+            f"{path.name} was written by growdsl {p.growdsl or '?'} (checkpoint schema {p.schema}); this growdsl "
+            f"{__version__} reads schema {SCHEMA} and older: upgrade growdsl"
+        )
+    return p
+
+
+_REQUIRED = {f.name for f in fields(Progress) if f.default is MISSING and f.default_factory is MISSING}
+
+
+def _wrong_field(p: Progress) -> str | None:
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for name in ("seq", "stage", "step", "position", "global_step", "flops", "val_flops", "schema"):
+        if not count(getattr(p, name)):
+            return f"{name} is {getattr(p, name)!r}, not a whole number"
+    if p.phase not in ("start", "end"):
+        return f"phase is {p.phase!r}, not start or end"
+    if not isinstance(p.plan_prefix, list) or not all(isinstance(r, dict) for r in p.plan_prefix):
+        return "plan_prefix is not a list of stage records"
+    if p.stage != len(p.plan_prefix) - 1:
+        return f"stage {p.stage} is not the last of the {len(p.plan_prefix)} stages it records"
+    if not isinstance(p.growdsl, str):
+        return "growdsl is not a version"
+    for name in ("optimizer_names", "growth_checks"):
+        if not isinstance(getattr(p, name), list) or not all(isinstance(s, str) for s in getattr(p, name)):
+            return f"{name} is not a list of strings"
+    ramp = {"name": str, "steps": int, "step": int}
+    for r in p.ramps if isinstance(p.ramps, list) else [None]:
+        if not isinstance(r, dict) or "old" not in r or any(not isinstance(r.get(k), t) for k, t in ramp.items()):
+            return "ramps is not a list of ramps (name, steps, step, old)"
+        old = r.get("old")
+        if old is not None and not (isinstance(old, list) and all(count(v) for v in old)):
+            return f"ramp {r['name']!r} has old {old!r}"
+    return None
 
 
 def load(path: Path, model: nn.Module, progress: Progress) -> State:
     """Load weights into `model` (built in the checkpoint's shape, ramps attached) and return the
     optimizer state by parameter name."""
     params = named_parameters(model)
+    missing = [name for name in progress.optimizer_names if name not in params]
+    if missing:
+        raise CheckpointError(f"{path / 'progress.json'} names optimizer state for {missing[0]}, not in the model")
     state = {
         name: {"step": torch.zeros(()), **{m: torch.zeros_like(params[name]) for m in MOMENTS}}
         for name in progress.optimizer_names
     }
-    rng = torch.get_rng_state()
-    holder = {"model": model.state_dict(), "optimizer": state, "rng": rng}
-    dcp.load(holder, checkpoint_id=str(path))
+    holder = {"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()}
+    read(path, holder)
     torch.set_rng_state(holder["rng"])
     return state
+
+
+def read(path: Path, holder: dict) -> None:
+    """dcp.load into `holder` through SafeReader; a checkpoint that does not fit is a CheckpointError."""
+    try:
+        SafeReader(path).read_metadata()  # refused here, its own message, before DCP wraps it
+        dcp.load(holder, storage_reader=SafeReader(path))
+    except CheckpointError:
+        raise
+    except Exception as e:  # DCP wraps a rank's failure in CheckpointException; the first line says it
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{path} does not load: {first[-1] if first else type(e).__name__}") from None
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's file reader whose `.metadata` unpickler builds only the types a checkpoint of tensors
+    holds; anything else (a function to call, a class to build) is refused before it runs."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except CheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(f"{path} is not checkpoint metadata ({e or type(e).__name__})") from None
+        if type(metadata).__name__ != "Metadata" or not isinstance(
+            getattr(metadata, "state_dict_metadata", None), dict
+        ):
+            raise CheckpointError(f"{path} is not checkpoint metadata")
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # a layout by its name
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name in _ALLOWED.get(module, ()) or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        ):
+            return super().find_class(module, name)
+        raise CheckpointError(
+            f".metadata asks to build {module}.{name}, which checkpoint metadata never holds: refused, nothing "
+            f"of it was run (a checkpoint from an untrusted source, or damaged)"
+        )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

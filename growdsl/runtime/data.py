@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,13 +57,49 @@ def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
         elif path.suffix == ".jsonl":
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
                 if line.strip():
-                    docs.append((f"{path}:{i + 1}", json.loads(line)["text"]))
+                    docs.append((f"{path}:{i + 1}", _jsonl_text(line, f"{path}:{i + 1}")))
         else:
             docs.append((str(path), path.read_text(encoding="utf-8", errors="replace")))
     return [(name, text) for name, text in docs if text.strip()]
 
 
+def _jsonl_text(line: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise DataError(f"{where}: not JSON ({e})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f'{where}: a .jsonl line must be an object with a string "text"')
+    return record["text"]
+
+
+class DataError(ValueError):
+    """Data that cannot be prepared or read; the message names the file."""
+
+
 def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float = 0.05, seed: int = 0) -> Meta:
+    """Tokenize `paths` into the prepared folder `out`, written whole into a fresh folder beside it
+    and swapped in at the end: `out` is the old prepared folder or the new one, never a mix."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").exists())):
+        raise DataError(
+            f"{out} exists and is not a prepared data folder: nothing in it is replaced; give another --out"
+        )
+    fresh = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(fresh, ignore_errors=True)  # left by a prepare that was killed
+    try:
+        meta = _prepare(paths, fresh, vocab_size, holdout, seed)
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.replace(old)
+        fresh.replace(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return meta
+
+
+def _prepare(paths: list[Path], out: Path, vocab_size: int, holdout: float, seed: int) -> Meta:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     docs = read_documents(paths)
@@ -87,7 +124,7 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     eot = tokenizer.token_to_id(EOT)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     counts = {}
     for split_name, part in (("train", train), ("val", val)):
         ids = [np.array(e.ids + [eot], dtype=dtype) for e in tokenizer.encode_batch([t for _, t in part])]
@@ -157,7 +194,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def load_meta(directory: Path) -> Meta:
-    return Meta(**json.loads((directory / "meta.json").read_text()))
+    """A prepared folder's meta.json, checked against the folder: its fields of the right types, its
+    token files present with exactly the tokens it counts (else DataError, naming what is wrong)."""
+    file = directory / "meta.json"
+    try:
+        raw = json.loads(file.read_text())
+        meta = Meta(**raw)
+    except FileNotFoundError:
+        raise DataError(f"{directory} is not a prepared data folder (no meta.json)") from None
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{file} is unreadable: {e}") from None
+    ints = (meta.vocab_size, meta.eot_id, meta.train_tokens, meta.val_tokens, meta.documents, meta.val_documents)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints) or meta.dtype not in (
+        "uint16",
+        "uint32",
+    ):
+        raise DataError(f"{file} is not a prepared folder's meta.json")
+    for name, tokens in (("train.bin", meta.train_tokens), ("val.bin", meta.val_tokens)):
+        path = directory / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != tokens * np.dtype(meta.dtype).itemsize:
+            raise DataError(
+                f"{path} {'is missing' if size is None else f'holds {size:,} bytes'}, not the {tokens:,} tokens "
+                f"meta.json counts: prepare {directory} again"
+            )
+    if not (directory / "tokenizer.json").is_file():
+        raise DataError(f"{directory / 'tokenizer.json'} is missing: prepare {directory} again")
+    return meta
 
 
 def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:

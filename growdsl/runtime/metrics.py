@@ -19,11 +19,16 @@ class Metrics:
     (what `growdsl compare` reads: a step's line, a validation's, a growth's, an evaluation's; after a resume the
     steps redone appear again, and the last line of a step is the one that counts)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, owner: bool = False):
+        """`owner`: this process holds the run directory (growdsl.runtime.rundir), so it may cut off a
+        line a killed run left torn; an evaluation beside a running training only appends."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        self.history = (run_dir / "history.jsonl").open("a", buffering=1)
+        history = run_dir / "history.jsonl"
+        if owner:
+            _drop_torn_line(history)
+        self.history = history.open("a", buffering=1)
 
     def step(self, step: int, tokens: int, flops: int, **scalars: float) -> None:
         for name, value in scalars.items():
@@ -64,6 +69,22 @@ class Metrics:
     def close(self) -> None:
         self.writer.close()
         self.history.close()
+
+
+def _drop_torn_line(path: Path) -> None:
+    """A run killed while writing a line leaves it torn: cut it off before a resume appends."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return
+        f.seek(max(0, size - (1 << 16)))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        f.truncate(size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else size))
 
 
 def memory_gib(device: torch.device = torch.device("cpu")) -> float:

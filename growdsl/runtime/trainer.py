@@ -30,10 +30,19 @@ from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
-from growdsl.plan.plan import DepthGrowth, Growth, Plan, Stage, stage_from_record, stage_record, validation_steps
+from growdsl.plan.plan import (
+    DepthGrowth,
+    Growth,
+    Plan,
+    Stage,
+    stage_from_record,
+    stage_record,
+    validation_steps,
+    with_fields_since,
+)
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
-from growdsl.runtime.data import HeldOut, Meta, TokenStream, load_meta
+from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta
 from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 
@@ -83,7 +92,10 @@ class Trainer:
         self.global_step = 0  # optimizer steps over all stages
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
         self.val_flops = 0  # forward FLOPs of the validation loss, counted apart
-        self.meta: Meta = load_meta(data_dir)
+        try:
+            self.meta: Meta = load_meta(data_dir)
+        except DataError as e:
+            raise RunError(str(e)) from None
         widest = max(s.shape.vocab_size for s in plan.stages)
         if self.meta.vocab_size > widest:
             raise RunError(
@@ -111,6 +123,7 @@ class Trainer:
         self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
         self.opt_names: dict[int, str] = {}  # its parameters' names
         self.ramps: list[Ramp] = []
+        self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
 
     def _check_memory(self) -> None:
         """Refuse up front a model that cannot fit, rather than be killed while building it: every
@@ -161,11 +174,17 @@ class Trainer:
                 )
                 noted = True
 
+    def start(self) -> None:
+        """Where training starts: the first step, or (resuming) the newest good checkpoint, loaded and
+        checked against the schedule. Separate from `run` so that a caller can refuse before anything
+        is written; `run` calls it if the caller did not."""
+        self.started = self._restore() if self.resume else (0, 0, [], False)
+
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
-        first, start_step, checks, grown = 0, 0, [], False
-        if self.resume:
-            first, start_step, checks, grown = self._restore()
+        if self.started is None:
+            self.start()
+        first, start_step, checks, grown = self.started
         logs = []
         for stage in self.plan.stages[first:]:
             resumed_here = grown and stage.index == first  # its growths are in the checkpoint already
@@ -259,14 +278,22 @@ class Trainer:
     def _restore(self) -> tuple[int, int, list[str], bool]:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
         checks, whether its growths are already applied)."""
-        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir else None
-        if path is None:
-            raise RunError(f"nothing to resume: no complete checkpoint in {self.checkpoint_dir}")
-        p = checkpoint.read_progress(path)
+        directory = self.checkpoint_dir
+        if directory is None or not checkpoint.committed(directory):
+            self.log("no checkpoint to resume from yet: the run starts from its first step")
+            return 0, 0, [], False
+        found = checkpoint.newest_good(directory, say=self.log) if self.world.main else None
+        found = self.world.share(found)  # verified once, by the first rank
+        if found is None:
+            raise RunError(f"every checkpoint in {directory} is damaged (see above): nothing to resume from")
+        path, p = found
         if len(self.plan.stages) < len(p.plan_prefix):
             raise RunError(f"the schedule now has {len(self.plan.stages)} stages; the checkpoint is in stage {p.stage}")
         try:
-            trained = [stage_from_record(record) for record in p.plan_prefix]
+            trained = [
+                stage_from_record(with_fields_since(record, stage_record(stage)))
+                for record, stage in zip(p.plan_prefix, self.plan.stages)
+            ]
         except ValueError as e:
             raise RunError(f"{path.name} records a plan this growdsl does not read: {str(e).splitlines()[0]}") from None
         for old, new in zip(trained, self.plan.stages):
@@ -280,11 +307,14 @@ class Trainer:
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
         model = self._build()
-        self.ramps = [Ramp.restore(model, r) for r in p.ramps]
-        self.model = self._parallel(model, stage)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*single process.*")
-            self.state = checkpoint.load(path, self.model, p)
+        try:
+            self.ramps = [Ramp.restore(model, r) for r in p.ramps]
+            self.model = self._parallel(model, stage)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*single process.*")
+                self.state = checkpoint.load(path, self.model, p)
+        except (checkpoint.CheckpointError, ValueError) as e:
+            raise RunError(f"cannot resume from {path.name}: {e}") from None
         self.stream.position = p.position
         self.saves, self.global_step, self.flops, self.val_flops = p.seq, p.global_step, p.flops, p.val_flops
         self.log(

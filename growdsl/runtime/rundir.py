@@ -1,0 +1,184 @@
+"""The run directory, owned by one growdsl at a time.
+
+A run directory holds a run's record (schedule.grow, plan.json, run.json, tokenizer.json), its log,
+metrics and checkpoints. `claim` takes it for this process (an exclusive lock on the folder itself,
+released when the process ends, however it ends) after checking that it can be used at all. Nothing
+is written into it until the run is accepted (`accept`: the schedule compiled, the data is the run's,
+the checkpoint resumes), so a refused command leaves the folder as it found it, or none at all.
+
+run.json names the data by identity (its tokenizer's and corpus's digests, its token count), so a
+resume on other data is refused even where the folder has moved."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from growdsl import __version__
+from growdsl.runtime import folders
+
+RECORD = "run.json"
+
+
+class RunDirError(Exception):
+    """The run directory cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What makes a prepared data folder the same data: its tokenizer, its corpus, its tokens."""
+
+    tokenizer: str  # SHA-256 of tokenizer.json
+    corpus: str  # meta.json's digest of the source documents
+    train_tokens: int
+
+    @staticmethod
+    def of(data_dir: Path) -> DataIdentity:
+        from growdsl.runtime.data import load_meta
+
+        meta = load_meta(data_dir)
+        digest = hashlib.sha256((data_dir / "tokenizer.json").read_bytes()).hexdigest()
+        return DataIdentity(digest, meta.sources_sha256, meta.train_tokens)
+
+    def differences(self, other: DataIdentity) -> list[str]:
+        return [
+            what
+            for what, a, b in (
+                ("its tokenizer", self.tokenizer, other.tokenizer),
+                ("its corpus", self.corpus, other.corpus),
+                ("its number of training tokens", self.train_tokens, other.train_tokens),
+            )
+            if a != b
+        ]
+
+
+class RunDir:
+    """A claimed run directory (see `claim`)."""
+
+    def __init__(self, path: Path, resume: bool, created: Path | None, lock: int):
+        self.path, self.resume, self.created, self._lock = path, resume, created, lock
+        self.accepted = False
+
+    def recorded(self) -> dict:
+        """run.json of a run being resumed: {} for a new run; its fields checked."""
+        if not self.resume:
+            return {}
+        return read_record(self.path)
+
+    def check_data(self, data_dir: Path) -> None:
+        """The data must not be the run directory, and a resumed run's data must be the data it
+        trained on (the same tokenizer, corpus and tokens, wherever the folder is now)."""
+        if data_dir.resolve() == self.path.resolve():
+            raise RunDirError(f"--run-dir and the data are the same folder ({self.path}): give the run its own")
+        record = self.recorded()
+        now = DataIdentity.of(data_dir)
+        if "identity" in record:
+            differs = DataIdentity(**record["identity"]).differences(now)
+        else:  # a run recorded before identities: its copy of the tokenizer
+            mine = self.path / "tokenizer.json"
+            differs = (
+                ["its tokenizer"]
+                if mine.is_file() and mine.read_bytes() != (data_dir / "tokenizer.json").read_bytes()
+                else []
+            )
+        if differs:
+            said = " and ".join([", ".join(differs[:-1]), differs[-1]] if len(differs) > 1 else differs)
+            raise RunDirError(
+                f"{data_dir} is not the data {self.path} trained on ({said} differ): resume on the "
+                f"run's own data (its run.json names the folder it was prepared in: {record.get('data', '?')})"
+            )
+
+    def accept(self, plan_json: str, source: str, data_dir: Path, processes: int) -> None:
+        """The run goes ahead: write its record."""
+        record = {
+            "data": str(data_dir.resolve()),
+            "identity": asdict(DataIdentity.of(data_dir)),
+            "processes": processes,
+            "growdsl": __version__,
+        }
+        _write(self.path / "schedule.grow", source.encode())
+        _write(self.path / "plan.json", plan_json.encode())
+        _write(self.path / "tokenizer.json", (data_dir / "tokenizer.json").read_bytes())
+        _write(self.path / RECORD, json.dumps(record, indent=1).encode())
+        self.accepted = True
+
+    def release(self) -> None:
+        """Let the folder go; one this claim created and no run was accepted into is removed."""
+        if self.created is not None and not self.accepted:
+            shutil.rmtree(self.created, ignore_errors=True)
+        os.close(self._lock)
+
+
+def claim(path: Path, resume: bool) -> RunDir:
+    """Take `path` for a new run (a folder that does not exist yet, or an empty one) or a resumed one
+    (a folder with a run's record), locked against any other growdsl until this process ends."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file: --run-dir must name a folder")
+    if resume:
+        if not (path / RECORD).is_file():
+            raise RunDirError(f"nothing to resume in {path}: it holds no run ({RECORD} missing)")
+        created = None
+    else:
+        if path.is_dir() and any(path.iterdir()):
+            if (path / RECORD).exists() or (path / "checkpoints").exists():
+                raise RunDirError(
+                    f"{path} holds a run already: add --resume to go on with it, or give another --run-dir"
+                )
+            raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
+        created = _make(path)
+    try:
+        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise RunDirError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise RunDirError(f"another growdsl is running in {path}: wait for it to end, or stop it") from None
+    return RunDir(path, resume, created, lock)
+
+
+def read_record(run_dir: Path) -> dict:
+    """A run's run.json, its fields checked: `data` an absolute path, `identity` complete if present."""
+    file = run_dir / RECORD
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{file} is unreadable: {e}") from None
+    ok = isinstance(record, dict) and isinstance(record.get("data"), str) and Path(record["data"]).is_absolute()
+    identity = record.get("identity") if isinstance(record, dict) else None
+    if identity is not None:
+        ok = ok and isinstance(identity, dict) and set(identity) == {"tokenizer", "corpus", "train_tokens"}
+        ok = ok and isinstance(identity["tokenizer"], str) and isinstance(identity["corpus"], str)
+        ok = ok and isinstance(identity["train_tokens"], int)
+    if not ok:
+        raise RunDirError(f"{file} is not a run record (data, identity, processes)")
+    return record
+
+
+def _make(path: Path) -> Path | None:
+    """Make the folder (and its missing parents); return the topmost folder made, or None."""
+    why = folders.writable(path)
+    if why:
+        raise RunDirError(why)
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    if path.exists():
+        return None
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise RunDirError(f"cannot make {path}: {e.strerror}") from None
+    return top
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,433 @@
+"""The run directory can be trusted with someone else's checkpoint and with bad luck: loading runs no
+code, damage is named and passed over, one growdsl owns a run directory at a time, a refused command
+writes nothing, and paths read from a run are checked before use."""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from ops_helpers import TINY_RUN
+
+from growdsl.cli import main
+from growdsl.runtime import checkpoint, data, rundir
+
+SCHEDULE = (
+    TINY_RUN
+    + """seed 3
+checkpoint every 4 steps
+train 1L for 8 steps
+stack x2
+train 4 steps
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """A finished run (checkpoints 1..4: step 4, stage 0 end, after the growth, stage 1 end) and its schedule."""
+    root = tmp_path_factory.mktemp("trust")
+    schedule = root / "s.grow"
+    schedule.write_text(SCHEDULE)
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(root / "run")]) == 0
+    return root / "run", schedule
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A copy of the finished run to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished[0], copy)
+    return copy
+
+
+def newest(run_dir):
+    return checkpoint.latest(run_dir / "checkpoints")
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes' digest: equal snapshots, nothing written."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def remanifest(ckpt):
+    """Rewrite a checkpoint's manifest to match its files, as an attacker would."""
+    files = sorted(p.name for p in ckpt.iterdir() if p.is_file() and p.name != checkpoint.MANIFEST)
+    entries = {n: {"bytes": (ckpt / n).stat().st_size, "sha256": checkpoint._sha256(ckpt / n)} for n in files}
+    (ckpt / checkpoint.MANIFEST).write_text(json.dumps({"files": entries}))
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ---- 1. no code from a checkpoint --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "resume"])
+def test_a_crafted_metadata_pickle_never_runs(run, finished, data_dir, tmp_path, command, capsys):
+    marker = tmp_path / "MARKER"
+    ckpt = newest(run)
+    (ckpt / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    remanifest(ckpt)  # the manifest agrees: only the unpickler stands in the way
+    argv = {
+        "export": ["export", str(run), "--hf", str(tmp_path / "hf")],
+        "eval": ["eval", str(run), "--tasks", "heldout"],
+        "resume": ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"],
+    }[command]
+    assert main(argv) != 0
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "posix.system" in err and "refused, nothing of it was run" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_only_tensor_metadata_is_built():
+    """DCP loads a non-tensor entry with torch.load(weights_only=False): metadata declaring one is refused."""
+    unpickler = checkpoint._MetadataUnpickler(io.BytesIO(b""))
+    for module, name in [
+        ("torch.distributed.checkpoint.metadata", "BytesStorageMetadata"),
+        ("builtins", "eval"),
+        ("torch", "load"),
+        ("pathlib", "Path.write_text"),
+    ]:
+        with pytest.raises(checkpoint.CheckpointError, match="never holds"):
+            unpickler.find_class(module, name)
+    assert unpickler.find_class("torch", "bfloat16") is torch.bfloat16
+
+
+# ---- 3. integrity ------------------------------------------------------------------------------
+
+
+def test_every_checkpoint_has_a_manifest_that_checks_out(finished):
+    run_dir, _ = finished
+    for ckpt in checkpoint.committed(run_dir / "checkpoints"):
+        progress = checkpoint.check(ckpt)
+        assert progress.schema == checkpoint.SCHEMA and progress.growdsl
+        listed = json.loads((ckpt / checkpoint.MANIFEST).read_text())["files"]
+        assert {".metadata", "progress.json", "__0_0.distcp"} <= set(listed)
+
+
+def _flip(path, at=100):
+    data = bytearray(path.read_bytes())
+    data[at : at + 64] = bytes(b ^ 0xFF for b in data[at : at + 64])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda c: _flip(c / "__0_0.distcp"), "does not match its checksum"),
+        (lambda c: (c / "__0_0.distcp").write_bytes((c / "__0_0.distcp").read_bytes()[:1000]), "bytes, not the"),
+        (lambda c: (c / ".metadata").write_bytes(b""), "bytes, not the"),
+        (lambda c: (c / "progress.json").unlink(), "progress.json is missing"),
+        (lambda c: (c / checkpoint.MANIFEST).unlink(), "manifest.json is missing"),
+        (lambda c: (c / checkpoint.MANIFEST).write_text("{"), "not a checkpoint manifest"),
+    ],
+)
+def test_damage_is_named_by_file(run, damage, said):
+    ckpt = newest(run)
+    damage(ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match=said):
+        checkpoint.check(ckpt)
+    path, _ = checkpoint.newest_good(run / "checkpoints")
+    assert path.name < ckpt.name
+
+
+def test_without_a_manifest_empty_metadata_and_truncated_progress_are_errors(run):
+    ckpt = newest(run)
+    (ckpt / ".metadata").write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match="is not checkpoint metadata"):
+        checkpoint.read(ckpt, {})
+    (ckpt / "progress.json").write_text('{"seq": 4, "stage"')
+    with pytest.raises(checkpoint.CheckpointError, match="progress.json is unreadable"):
+        checkpoint.read_progress(ckpt)
+
+
+def test_export_and_eval_name_the_damaged_file_and_the_good_one(run, tmp_path, capsys):
+    ckpt = newest(run)
+    _flip(ckpt / "__0_0.distcp")
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt / '__0_0.distcp'} does not match its checksum" in err
+    assert "the newest checkpoint that checks out is" in err and "ckpt-000003" in err
+    assert not (tmp_path / "hf").exists()
+    assert main(["eval", str(run), "--tasks", "heldout"]) == 2
+    assert "does not match its checksum" in capsys.readouterr().err
+
+
+def test_resume_passes_over_a_damaged_checkpoint_and_says_so(run, finished, data_dir, capsys):
+    # Take the run back to the growth's checkpoint, damaged: it resumes from stage 0's end.
+    checkpoints = checkpoint.committed(run / "checkpoints")
+    shutil.rmtree(checkpoints[0])  # stage 1's end: the run is not finished
+    _flip(checkpoints[1] / "__0_0.distcp")
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {checkpoints[1].name} is damaged and skipped" in out
+    assert f"resumed from {checkpoints[2].name}: stage 0 done" in out
+
+
+# ---- 4. the run directory has one owner ---------------------------------------------------------
+
+
+def test_a_second_growdsl_is_locked_out(finished, data_dir, capsys):
+    run_dir, schedule = finished
+    held = rundir.claim(run_dir, resume=True)
+    try:
+        before = snapshot(run_dir)
+        argv = ["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir), "--resume"]
+        assert main(argv) == 2
+        assert "another growdsl is running in" in capsys.readouterr().err
+        assert snapshot(run_dir) == before
+    finally:
+        held.release()
+
+
+def test_a_finished_run_is_not_retrained_without_resume(finished, data_dir, capsys):
+    run_dir, schedule = finished
+    before = snapshot(run_dir)
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)]) == 2
+    assert "holds a run already: add --resume" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+
+def test_a_refused_resume_writes_nothing(run, finished, data_dir, tmp_path, capsys):
+    changed = tmp_path / "changed.grow"
+    changed.write_text(SCHEDULE.replace("lr 1e-2 to 1e-3", "lr 2e-2 to 1e-3"))
+    before = snapshot(run)
+    assert main(["run", str(changed), "--data", str(data_dir), "--run-dir", str(run), "--resume"]) == 1
+    assert "the schedule changed in stage" in capsys.readouterr().err
+    assert snapshot(run) == before  # schedule.grow, plan.json, log.txt, history.jsonl untouched
+
+
+def test_resume_on_other_data_is_refused(run, finished, data_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"] = {k[::-1]: v for k, v in tokenizer["model"]["vocab"].items()}
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    before = snapshot(run)
+    assert main(["run", str(finished[1]), "--data", str(other), "--run-dir", str(run), "--resume"]) == 2
+    assert "its tokenizer differ" in capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+def test_resume_into_a_missing_folder_leaves_nothing(finished, tmp_path, capsys):
+    missing = tmp_path / "missing" / "run"
+    assert main(["run", str(finished[1]), "--run-dir", str(missing), "--resume"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_refused_new_run_removes_the_folder_it_made(finished, tmp_path, capsys):
+    big = tmp_path / "big.grow"
+    big.write_text(SCHEDULE.replace("vocab 400", "vocab 300"))  # the data's tokenizer has 394 tokens
+    data_dir = json.loads((finished[0] / "run.json").read_text())["data"]
+    assert main(["run", str(big), "--data", data_dir, "--run-dir", str(tmp_path / "new" / "run")]) == 1
+    assert "set vocab 394 (or more)" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_dir_equal_to_the_data_is_refused(tmp_path):
+    run = rundir.claim(tmp_path / "both", resume=False)
+    try:
+        with pytest.raises(rundir.RunDirError, match="are the same folder"):
+            run.check_data(tmp_path / "both")
+    finally:
+        run.release()
+    assert not (tmp_path / "both").exists()
+
+
+def test_a_newer_checkpoint_schema_is_refused_and_an_older_record_still_resumes(run, finished, data_dir, capsys):
+    checkpoints = checkpoint.committed(run / "checkpoints")
+    shutil.rmtree(checkpoints[0])
+    ckpt = checkpoints[1]
+    progress = json.loads((ckpt / "progress.json").read_text())
+    (ckpt / "progress.json").write_text(json.dumps({**progress, "schema": checkpoint.SCHEMA + 1}))
+    remanifest(ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match="upgrade growdsl"):
+        checkpoint.read_progress(ckpt)
+    # An older growdsl: no version, no schema, and a plan record without a field added since (its default).
+    older = {k: v for k, v in progress.items() if k not in ("growdsl", "schema")}
+    for record in older["plan_prefix"]:
+        record["training"].pop("val_tokens")
+    (ckpt / "progress.json").write_text(json.dumps(older))
+    remanifest(ckpt)
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 0
+    assert f"resumed from {ckpt.name}" in capsys.readouterr().out
+
+
+def test_a_torn_history_line_is_cut_before_a_resume_appends(run, finished, data_dir):
+    checkpoints = checkpoint.committed(run / "checkpoints")
+    shutil.rmtree(checkpoints[0])
+    history = run / "history.jsonl"
+    history.write_text(history.read_text() + '{"step": 99, "tok')  # killed mid-line
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 0
+    for line in history.read_text().splitlines():
+        json.loads(line)
+
+
+# ---- 5. paths read from a run ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("stage", "/../../../ESCAPED"), ("step", -1), ("phase", "../x"), ("ramps", [{"name": 1}]), ("seq", True)],
+)
+def test_progress_fields_are_checked_before_use(run, tmp_path, field, value, capsys):
+    ckpt = newest(run)
+    progress = json.loads((ckpt / "progress.json").read_text())
+    (ckpt / "progress.json").write_text(json.dumps({**progress, field: value}))
+    remanifest(ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match=field):
+        checkpoint.read_progress(ckpt)
+    before = snapshot(tmp_path)
+    assert main(["eval", str(ckpt), "--tasks", "heldout"]) == 2
+    assert "progress.json" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_crafted_run_record_is_refused(run, tmp_path, capsys):
+    (run / "run.json").write_text(json.dumps({"data": "relative/../../etc"}))
+    assert main(["eval", str(run), "--tasks", "heldout"]) == 2
+    assert "is not a run record" in capsys.readouterr().err
+
+
+# ---- 6. one-line errors ------------------------------------------------------------------------
+
+
+def test_eval_and_export_out_of_a_run_say_so(run, tmp_path, capsys):
+    alone = tmp_path / "alone"
+    shutil.copytree(newest(run), alone)
+    assert main(["export", str(alone), "--hf", str(tmp_path / "hf")]) == 2
+    assert "is not inside a run directory" in capsys.readouterr().err
+    (run / "plan.json").unlink()
+    assert main(["eval", str(run), "--tasks", "heldout"]) == 2
+    assert "is not inside a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["/dev/null/x", "FILE", "FILE/x"])
+def test_unwritable_targets_are_refused_before_any_work(finished, data_dir, tmp_path, target, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    out = target.replace("FILE", str(file))
+    run_dir, schedule = finished
+    commands = [
+        ["data", "prepare", str(schedule), str(schedule), "--out", out],
+        ["run", str(schedule), "--data", str(data_dir), "--run-dir", out],
+        ["export", str(run_dir), "--hf", out],
+        ["compare", str(run_dir), str(run_dir), "--out", out],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("file" in err or "not a folder" in err), err
+    assert file.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "line, said", [("[1, 2]", "an object with a string"), ('{"text": 5}', "an object with a string"), ("{", "not JSON")]
+)
+def test_bad_jsonl_lines_are_named(tmp_path, line, said, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "a b c"}\n' + line + "\n")
+    assert main(["data", "prepare", str(corpus), "--out", str(tmp_path / "out")]) == 1
+    assert f"{corpus}:2: " in capsys.readouterr().err and said
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_other_tokenizers_and_survives_a_nan_line(finished, tmp_path, capsys):
+    run_dir, _ = finished
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (other / "tokenizer.json").write_text("{}")
+    assert main(["compare", str(run_dir), str(other), "--out", str(tmp_path / "o")]) == 2
+    assert "different tokenizers" in capsys.readouterr().err
+    shutil.copy(run_dir / "tokenizer.json", other / "tokenizer.json")
+    lines = (other / "history.jsonl").read_text().splitlines()
+    last = max(json.loads(line)["step"] for line in lines)
+    nan = json.dumps({"step": last + 1, "tokens": 1, "flops": 1, "loss": float("nan")})
+    (other / "history.jsonl").write_text("\n".join(lines + [nan]) + "\n")
+    assert main(["compare", str(run_dir), str(other), "--out", str(tmp_path / "o")]) == 0
+    assert f"other's loss was not finite from step {last + 1} on" in capsys.readouterr().out
+
+
+# ---- 7. bounds ---------------------------------------------------------------------------------
+
+
+def test_validate_refuses_devices_pipes_and_huge_files(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["validate", "/dev/zero"]) == 2
+    assert main(["validate", str(fifo)]) == 2
+    assert capsys.readouterr().err.count("is not a regular file") == 2
+    big = tmp_path / "big.grow"
+    big.write_text("# x\n" * 20_000)
+    assert main(["validate", str(big)]) == 1
+    assert "larger than 64 KiB" in capsys.readouterr().err
+
+
+def test_thousands_of_errors_are_capped(tmp_path, capsys):
+    many = tmp_path / "many.grow"
+    many.write_text("model llama dim 32 heads 2 ffn 64 vocab 400\n" + "train 1L for -1 steps\n" * 2000)
+    assert main(["validate", str(many)]) == 1
+    err = capsys.readouterr().err
+    assert err.count(": error: ") <= 51
+
+
+# ---- 8. a prepared folder is whole or not one ---------------------------------------------------
+
+
+def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(3000)))
+    out = tmp_path / "prepared"
+    data.prepare([corpus], out, vocab_size=300, holdout=0.25)
+    before = snapshot(out)
+    real = data._atomic_write
+
+    def killed_after_the_tokens(path, payload):
+        real(path, payload)
+        if path.name == "train.bin":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_atomic_write", killed_after_the_tokens)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare([corpus], out, vocab_size=280, holdout=0.25)
+    assert snapshot(out) == before
+    assert data.load_meta(out).vocab_size <= 300
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_folder_whose_tokens_disagree_with_meta_is_not_a_prepared_folder(data_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    (copy / "train.bin").write_bytes((copy / "train.bin").read_bytes()[:-2])
+    with pytest.raises(data.DataError, match="not the .* tokens meta.json counts"):
+        data.load_meta(copy)
+
+
+def test_prepare_never_replaces_a_folder_that_is_not_prepared(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(data.DataError, match="is not a prepared data folder"):
+        data.prepare([tmp_path / "x.txt"], out)
+    assert (out / "notes.txt").read_text() == "mine"
