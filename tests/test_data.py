@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from growdsl.runtime.data import EOT, TokenStream, load_meta, prepare
+from growdsl.cli import main
+from growdsl.runtime.data import TokenStream, load_meta, prepare
+from growdsl.runtime.tokenizer import EOT
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
@@ -121,9 +123,13 @@ def test_data_prepare_command(corpus, tmp_path, capsys):
     assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
     capsys.readouterr()
-    for bad in (["--holdout", "0.99"], ["--vocab", "1000000000"]):  # were a numpy error and a Rust abort
+    for bad, said in (  # were a numpy error and a Rust abort
+        (["--holdout", "0.99"], "--holdout must be above 0 and at most 0.5"),
+        (["--vocab", "1000000000"], "bpe:N takes a vocabulary of 260 to 1,048,576 entries"),
+        (["--vocab", "300", "--tokenizer", "bpe:300"], "give --tokenizer or --vocab, not both"),
+    ):
         assert main(["data", "prepare", str(root), "--out", str(tmp_path / "x"), *bad]) == 2
-        assert "--holdout must be above 0 and at most 0.5, and --vocab between 260 and" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # a refused command writes nothing
 
 
@@ -174,3 +180,39 @@ def test_the_default_corpus_says_it_is_being_prepared_once(corpus, tmp_path, mon
     assert fetched == ["shakespeare"] and len(said) == 2
     assert said[0].startswith("the default corpus (Shakespeare) is not prepared yet: fetching it")
     assert data.default_corpus(said.append) == tmp_path / "default" and len(said) == 2  # prepared: silent
+
+
+def test_plan_shows_what_each_stage_reads_and_warns_when_the_run_repeats_its_data(data_dir, tmp_path, capsys):
+    from ops_helpers import TINY_RUN
+
+    meta = load_meta(data_dir)
+    per_step = 4 * 32
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(TINY_RUN + "train 1L for 10 steps\nstack x2\ntrain 30 steps\n")
+    assert main(["plan", str(schedule), "--data", str(data_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{meta.train_tokens:,} training tokens" in out
+    assert (
+        f"stage 1 reads {30 * per_step:,} tokens ({30 * per_step / meta.train_tokens:.2f} epochs), from token 1,280"
+        in out
+    )
+    assert "warning" not in err
+    steps = meta.train_tokens // per_step + 1  # one step more than the data holds
+    schedule.write_text(TINY_RUN + f"train 1L for {steps} steps\n")
+    assert main(["plan", str(schedule), "--data", str(data_dir)]) == 0
+    assert "warning: the run reads its data 1.0" in capsys.readouterr().err
+
+
+def test_plan_refuses_missing_and_half_prepared_data(data_dir, tmp_path, capsys):
+    import shutil
+
+    from ops_helpers import TINY_RUN
+
+    half = tmp_path / "half"
+    shutil.copytree(data_dir, half)
+    (half / "val.bin").unlink()
+    schedule = tmp_path / "s.grow"
+    for data, said in [("nowhere", "does not exist"), ("half", "val.bin is missing, not the")]:
+        schedule.write_text(TINY_RUN + f'data "{data}"\ntrain 1L for 10 steps\n')
+        assert main(["plan", str(schedule)]) == 1
+        assert said in capsys.readouterr().err

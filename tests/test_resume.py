@@ -121,7 +121,7 @@ def test_killed_before_the_first_checkpoint_starts_over(reference, data_dir, tmp
 
 
 def test_killed_mid_width_ramp(data_dir, tmp_path):
-    schedule = """model llama dim 32 heads 2 ffn 64 vocab 400
+    schedule = """model llama dim 32 heads 2 ffn 64 vocab 400 padded
 seq 32
 batch 4 seqs
 lr 1e-2 to 1e-3

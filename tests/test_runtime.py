@@ -153,7 +153,7 @@ def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeyp
     from growdsl.runtime import trainer
 
     monkeypatch.setattr(trainer, "free_memory_bytes", lambda device: 2**30)  # 1 GiB free
-    plan = plan_source("model 1.1B vocab 32000\ntrain 6L for 10 steps\nstack x4\ntrain 10 steps")
+    plan = plan_source("model 1.1B vocab 32000 padded\ntrain 6L for 10 steps\nstack x4\ntrain 10 steps")
     with pytest.raises(RunError, match=r"1.19B params\) needs about 2\d\.\d GiB a process"):
         Trainer(plan, data_dir)
 

@@ -237,7 +237,7 @@ def test_a_refused_new_run_removes_the_folder_it_made(finished, tmp_path, capsys
     big.write_text(SCHEDULE.replace("vocab 400", "vocab 300"))  # the data's tokenizer has 394 tokens
     data_dir = json.loads((finished[0] / "run.json").read_text())["data"]
     assert main(["run", str(big), "--data", data_dir, "--run-dir", str(tmp_path / "new" / "run")]) == 1
-    assert "set vocab 394 (or more)" in capsys.readouterr().err
+    assert "set vocab 394 in the model statement" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 

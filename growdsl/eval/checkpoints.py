@@ -13,7 +13,7 @@ import torch
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
 from growdsl.runtime import checkpoint
-from growdsl.runtime.data import EOT
+from growdsl.runtime.tokenizer import Specials, TokenizerError, read_prepared
 
 
 class LoadError(Exception):
@@ -28,9 +28,17 @@ class Trained:
     path: Path  # the checkpoint
     run_dir: Path
     tokenizer: object  # tokenizers.Tokenizer
-    eot_id: int
+    specials: Specials  # how a document starts and ends
     seq_len: int  # what the checkpoint's stage trained on: the evaluation window
     ramps: list[dict]
+
+    @property
+    def eot_id(self) -> int:
+        return self.tokenizer.token_to_id(self.specials.eos)
+
+    @property
+    def bos_id(self) -> int | None:
+        return None if self.specials.bos is None else self.tokenizer.token_to_id(self.specials.bos)
 
     @property
     def label(self) -> str:
@@ -56,8 +64,6 @@ def find(path: Path) -> Path:
 def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     """The checkpoint `path` names, verified against its manifest and loaded without running any of
     its code (growdsl.runtime.checkpoint); a damaged one is named, with the newest good one to use."""
-    from tokenizers import Tokenizer
-
     from growdsl.ops.ramp import Ramp
     from growdsl.plan.plan import stage_from_record, with_fields_since
 
@@ -97,11 +103,10 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     except (checkpoint.CheckpointError, ValueError) as e:
         raise LoadError(str(e)) from None
     model.eval()
-    file = tokenizer_file(run_dir)
     try:
-        tokenizer = Tokenizer.from_file(str(file))
-    except Exception as e:  # the tokenizers library raises its own Exception
-        raise LoadError(f"{file} is not a tokenizer: {e}") from None
+        tokenizer, specials = read_prepared(tokenizer_file(run_dir).parent)
+    except TokenizerError as e:
+        raise LoadError(str(e)) from None
     return Trained(
         model,
         stage.shape,
@@ -109,7 +114,7 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
         ckpt,
         run_dir,
         tokenizer,
-        tokenizer.token_to_id(EOT),
+        specials,
         stage.training.seq_len,
         progress.ramps,
     )

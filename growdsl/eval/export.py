@@ -18,7 +18,6 @@ from growdsl.ops.check import non_finite
 from growdsl.ops.model import model_args
 from growdsl.plan.plan import Plan
 from growdsl.plan.render import growth_line
-from growdsl.runtime.data import EOT
 
 
 class ExportError(Exception):
@@ -99,7 +98,7 @@ def config(trained: Trained) -> dict:
         "tie_word_embeddings": shape.tied_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
-        "bos_token_id": trained.eot_id,
+        "bos_token_id": trained.eot_id if trained.bos_id is None else trained.bos_id,
         "eos_token_id": trained.eot_id,
         "torch_dtype": str(next(trained.model.parameters()).dtype).removeprefix("torch."),
     }
@@ -108,14 +107,19 @@ def config(trained: Trained) -> dict:
 def _tokenizer_files(trained: Trained, out: Path) -> None:
     from growdsl.eval.checkpoints import tokenizer_file
 
-    shutil.copy(tokenizer_file(trained.run_dir), out / "tokenizer.json")
-    special = {"bos_token": EOT, "eos_token": EOT}
+    source = tokenizer_file(trained.run_dir)
+    shutil.copy(source, out / "tokenizer.json")
+    if (source.parent / "tokenizer.model").is_file():  # a SentencePiece model, for the slow tokenizer
+        shutil.copy(source.parent / "tokenizer.model", out / "tokenizer.model")
+    s = trained.specials
+    special = {"bos_token": s.eos if s.bos is None else s.bos, "eos_token": s.eos}
     (out / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "model_max_length": trained.seq_len,
-                "add_bos_token": False,
+                "add_bos_token": s.bos is not None,
+                "add_eos_token": False,
                 **special,
             },
             indent=2,
@@ -155,8 +159,10 @@ def model_card(trained: Trained) -> str:
         f"checkpoint `{trained.path.name}`: stage {p.stage} at {where}, after {p.position:,} training tokens and "
         f"{p.flops:.4g} training FLOPs in all (the smaller models' compute counted).",
         "",
-        f"Trained on sequences of {trained.seq_len} tokens; tokenizer: byte-level BPE, "
-        f"{trained.shape.vocab_size} entries, `{EOT}` = {trained.eot_id}.",
+        f"Trained on sequences of {trained.seq_len} tokens, each document "
+        f"{'' if trained.bos_id is None else f'`{trained.specials.bos}` = {trained.bos_id} + '}its text + "
+        f"`{trained.specials.eos}` = {trained.eot_id}; {trained.tokenizer.get_vocab_size():,} tokenizer entries, "
+        f"{trained.shape.vocab_size:,} model rows.",
         "",
         "## Growth lineage",
         "",

@@ -20,12 +20,10 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
     ]
     if not stages:
         return None
-    from tokenizers import Tokenizer  # lm-eval and the rest only for runs that evaluate
-
     from growdsl.eval import benchmarks
     from growdsl.eval.evaluate import default_tasks, run_tasks, summary, write_results
     from growdsl.eval.lm import GrowLM
-    from growdsl.runtime.data import EOT
+    from growdsl.runtime.tokenizer import TokenizerError, read_prepared
 
     heldout = data_dir / "val.jsonl"
     chosen = {s.index: list(s.training.eval_tasks) or default_tasks(heldout) for s in stages}
@@ -40,14 +38,18 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
         except benchmarks.BenchmarkError as e:
             raise RunError(str(e)) from None
     world.barrier()
-    tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
+    try:
+        tokenizer, specials = read_prepared(data_dir)
+    except TokenizerError as e:
+        raise RunError(str(e)) from None
 
     def evaluate(model, stage, about):
         lm = GrowLM(
             model,
             tokenizer,
-            tokenizer.token_to_id(EOT),
+            tokenizer.token_to_id(specials.eos),
             stage.training.seq_len,
+            bos_id=None if specials.bos is None else tokenizer.token_to_id(specials.bos),
             device=world.device,
             mixed=world.device.type == "cuda",
         )

@@ -25,12 +25,16 @@ class GrowLM(LM):
         eot_id: int,
         max_length: int,
         *,
+        bos_id: int | None = None,
         device: torch.device = torch.device("cpu"),
         batch_size: int = 32,
         mixed: bool = False,
     ):
+        """`eot_id` ends a document, `bos_id` (where the tokenizer's convention has one) starts it:
+        texts are scored as the model read documents in training."""
         super().__init__()
-        self.model, self.tokenizer, self.eot_id = model, tokenizer, eot_id
+        self.model, self.tokenizer, self.eot_id, self.bos_id = model, tokenizer, eot_id, bos_id
+        self.prefix = [eot_id] if bos_id is None else [bos_id]  # what comes before a document's first token
         self.max_length, self._device, self.batch_size, self.mixed = max_length, device, batch_size, mixed
 
     # ---- tokens ------------------------------------------------------------------------------
@@ -40,14 +44,16 @@ class GrowLM(LM):
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Context and continuation tokens, split where the context's own tokens end (so a word is
-        tokenized as it would be in running text); an empty context becomes the end-of-text token."""
+        tokenized as it would be in running text), the context after the document start (the BOS token,
+        where the tokenizer has one; an empty context is the end-of-text token otherwise)."""
         if not context:
-            return [self.eot_id], self.encode(continuation)
+            return self.prefix, self.encode(continuation)
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, head = self.encode(context + continuation), self.encode(context)
-        return head, whole[len(head) :]
+        start = [] if self.bos_id is None else [self.bos_id]
+        return start + head, whole[len(head) :]
 
     # ---- lm-eval's three request types -------------------------------------------------------
 
@@ -58,7 +64,7 @@ class GrowLM(LM):
         """The log-likelihood of each whole text, scored in disjoint windows of the model's length."""
         windows, owner = [], []
         for i, r in enumerate(requests):
-            for w in get_rolling_token_windows(self.encode(r.args[0]), self.eot_id, self.max_length, 1):
+            for w in get_rolling_token_windows(self.encode(r.args[0]), self.prefix[0], self.max_length, 1):
                 windows.append(make_disjoint_window(w))
                 owner.append(i)
         totals = [0.0] * len(requests)
@@ -73,7 +79,8 @@ class GrowLM(LM):
             context, kwargs = r.args
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            tokens, new = self.encode(context) or [self.eot_id], []
+            tokens = ([] if self.bos_id is None else [self.bos_id]) + self.encode(context)
+            tokens, new = tokens or self.prefix, []
             text = ""
             for _ in range(int(kwargs.get("max_gen_toks", 256))):
                 window = torch.tensor([(tokens + new)[-self.max_length :]], device=self._device)

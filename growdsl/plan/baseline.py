@@ -77,7 +77,9 @@ def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
         f"#   growdsl compare runs/{_stem(this)}-TIME runs/{_stem(grown)}-TIME",
         f"model llama dim {shape.dim} layers {shape.n_layers} heads {shape.n_heads} kv_heads {shape.n_kv_heads} "
         f"ffn {shape.ffn_dim} vocab {shape.vocab_size} norm_eps {_num(shape.norm_eps)} "
-        f"rope_theta {_num(shape.rope_theta)}" + (" tied" if shape.tied_embeddings else ""),
+        f"rope_theta {_num(shape.rope_theta)}"
+        + (" tied" if shape.tied_embeddings else "")
+        + (" padded" if shape.vocab_padded else ""),
         f"seq {t.seq_len}",
         f"batch {t.batch_seqs} seqs",
     ]

@@ -21,6 +21,7 @@ class ModelShape:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     tied_embeddings: bool = False
+    vocab_padded: bool = False  # vocab_size above the tokenizer's on purpose (`padded`): rows no token uses
 
     @property
     def head_dim(self) -> int:
@@ -61,7 +62,7 @@ class ModelShape:
         tied = " · tied" if self.tied_embeddings else ""
         return (
             f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}"
-            f" · vocab {self.vocab_size}{tied}"
+            f" · vocab {self.vocab_size}{' (padded)' if self.vocab_padded else ''}{tied}"
         )
 
 

@@ -34,6 +34,8 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
             key = FIELD_NAMES[f.key]
         elif f.key in ("norm_eps", "rope_theta"):
             value, key = reader.real(as_number(f.args[0]), f.key), f.key
+        elif f.key == "padded":
+            value, key = True, "vocab_padded"
         else:  # tied / untied
             value, key = f.key == "tied", "tied_embeddings"
         if value is None:

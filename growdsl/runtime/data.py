@@ -1,12 +1,13 @@
 """Training data: a corpus tokenized once into memory-mapped token files with a held-out split,
 and a deterministic stream over them.
 
-`prepare` trains a byte-level BPE tokenizer on the corpus, holds out a share of it (by size, with a
-floor; whole documents where there are enough of them, else pieces of all of them: `split`), cuts
-the rest into pieces of a few paragraphs and shuffles them (so any stretch of the stream
-mixes the corpus rather than following one long document), and writes train.bin / val.bin
-(uint16 or uint32 token ids, pieces joined by an end-of-text token), tokenizer.json, val.jsonl
-(the held-out documents' text, for `growdsl eval`), meta.json. The stream reads the token file
+`prepare` holds out a share of the corpus (by size, with a floor; whole documents where there are
+enough of them, else pieces of all of them: `split`), cuts the rest into pieces of a few paragraphs
+and shuffles them (so any stretch of the stream mixes the corpus rather than following one long
+document), tokenizes them with a BPE trained on them or a tokenizer the user has
+(growdsl.runtime.tokenizer), and writes train.bin / val.bin (uint16 or uint32 token ids, every piece
+[bos] + tokens + [eos] as the tokenizer's conventions say), tokenizer.json and tokenizer_config.json,
+val.jsonl (the held-out documents' text, for `growdsl eval`), meta.json. The stream reads the token file
 front to back: its whole state is one integer, the tokens consumed so far, so a grown model goes
 on exactly where its base stopped and a resumed run at the exact next token."""
 
@@ -17,17 +18,18 @@ import json
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from growdsl.plan.data import DataError, read_meta
 from growdsl.runtime import corpora
+from growdsl.runtime import tokenizer as tokenizers
 from growdsl.runtime.corpora import HOME
 
-EOT = "<|endoftext|>"
 DEFAULT_VOCAB = 4096  # the tiny preset's: a small head keeps a CPU step around 0.1 s
-DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v2"  # v2: the held-out split sized by characters
+DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v2"  # v2: the held-out split sized by characters (cli.py too)
 PIECE_CHARS = 2000  # training documents are shuffled in pieces of a few paragraphs
 HOLDOUT_FLOOR = 400_000  # characters held out at least (~100K tokens or more): a validation set that means something
 MIN_HELDOUT_DOCUMENTS = 10
@@ -44,6 +46,8 @@ class Meta:
     val_documents: int  # held-out documents, or pieces of documents (holdout_unit)
     sources_sha256: str
     holdout_unit: str = "documents"  # "documents" or "pieces" (see `split`)
+    bos_id: int | None = None  # the token that starts every document, where the tokenizer's convention has one
+    tokenizer: str = "bpe"  # trained here ("bpe"), or given: "tokenizer.json", "sentencepiece"
 
 
 def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
@@ -73,13 +77,20 @@ def _jsonl_text(line: str, where: str) -> str:
     return record["text"]
 
 
-class DataError(ValueError):
-    """Data that cannot be prepared or read; the message names the file."""
-
-
-def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float = 0.05, seed: int = 0) -> Meta:
-    """Tokenize `paths` into the prepared folder `out`, written whole into a fresh folder beside it
-    and swapped in at the end: `out` is the old prepared folder or the new one, never a mix."""
+def prepare(
+    paths: list[Path],
+    out: Path,
+    vocab_size: int = 8192,
+    holdout: float = 0.05,
+    seed: int = 0,
+    tokenizer: str | None = None,
+) -> Meta:
+    """Tokenize `paths` into the prepared folder `out` with `tokenizer` (see growdsl.runtime.tokenizer:
+    bpe:N or a file; default a BPE of `vocab_size` trained on the corpus), written whole into a fresh
+    folder beside `out` and swapped in at the end: `out` is the old prepared folder or the new one,
+    never a mix."""
+    kind, what = tokenizers.parse(tokenizer or f"bpe:{vocab_size}")
+    chosen = tokenizers.load(what) if kind == "file" else None  # a bad tokenizer is refused before any work
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").exists())):
         raise DataError(
             f"{out} exists and is not a prepared data folder: nothing in it is replaced; give another --out"
@@ -87,7 +98,7 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     fresh = out.with_name(f".{out.name}.partial")
     shutil.rmtree(fresh, ignore_errors=True)  # left by a prepare that was killed
     try:
-        meta = _prepare(paths, fresh, vocab_size, holdout, seed)
+        meta = _prepare(paths, fresh, chosen or int(what), holdout, seed)
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
@@ -99,51 +110,46 @@ def prepare(paths: list[Path], out: Path, vocab_size: int = 8192, holdout: float
     return meta
 
 
-def _prepare(paths: list[Path], out: Path, vocab_size: int, holdout: float, seed: int) -> Meta:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
+def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> Meta:
     docs = read_documents(paths)
     if len(docs) < 2:
-        raise ValueError("a corpus needs at least two documents (one is held out)")
+        raise DataError("a corpus needs at least two documents (one is held out)")
     rng = random.Random(seed)
     rng.shuffle(docs)
     val, train, unit = split(docs, holdout, rng)
     train = [(name, piece) for name, text in train for piece in _pieces(text)]
     rng.shuffle(train)
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator((text for _, text in train), trainer)
-    eot = tokenizer.token_to_id(EOT)
-    dtype = np.uint16 if tokenizer.get_vocab_size() <= 2**16 else np.uint32
+    if isinstance(tokenizer, int):
+        chosen = tokenizers.train_bpe((text for _, text in train), tokenizer)
+    else:
+        chosen = tokenizer
+        if chosen.kind == "sentencepiece":
+            tokenizers.check_sentencepiece(chosen, docs)
 
     out.mkdir(parents=True)
     counts = {}
     for split_name, part in (("train", train), ("val", val)):
-        ids = [np.array(e.ids + [eot], dtype=dtype) for e in tokenizer.encode_batch([t for _, t in part])]
-        tokens = np.concatenate(ids)
+        tokens = np.concatenate(chosen.documents([t for _, t in part]))
         _atomic_write(out / f"{split_name}.bin", tokens.tobytes())
         counts[split_name] = len(tokens)
     digest = hashlib.sha256("".join(f"{n}\0{hashlib.sha256(t.encode()).hexdigest()}" for n, t in sorted(docs)).encode())
     meta = Meta(
-        tokenizer.get_vocab_size(),
-        eot,
-        np.dtype(dtype).name,
+        chosen.vocab_size,
+        chosen.id(chosen.specials.eos),
+        "uint16" if chosen.vocab_size <= 2**16 else "uint32",
         counts["train"],
         counts["val"],
         len(docs),
         len(val),
         digest.hexdigest(),
         unit,
+        chosen.id(chosen.specials.bos),
+        chosen.kind,
     )
-    _atomic_write(out / "tokenizer.json", tokenizer.to_str().encode())
+    _atomic_write(out / "tokenizer.json", chosen.tokenizer.to_str().encode())
+    _atomic_write(out / tokenizers.CONFIG, json.dumps(chosen.config(), indent=2).encode())
+    for name, payload in chosen.files.items():
+        _atomic_write(out / name, payload)
     held_out = "".join(json.dumps({"name": name, "text": text}) + "\n" for name, text in val)
     _atomic_write(out / "val.jsonl", held_out.encode())  # the held-out documents as text, for evaluation
     _atomic_write(out / "meta.json", json.dumps(asdict(meta), indent=2).encode())  # last: marks it complete
@@ -194,33 +200,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def load_meta(directory: Path) -> Meta:
-    """A prepared folder's meta.json, checked against the folder: its fields of the right types, its
-    token files present with exactly the tokens it counts (else DataError, naming what is wrong)."""
-    file = directory / "meta.json"
+    """A prepared folder's meta.json, checked against the folder (growdsl.plan.data.read_meta): a
+    DataError names what is missing or inconsistent."""
+    raw = read_meta(directory)
+    known = {f.name for f in fields(Meta)}
     try:
-        raw = json.loads(file.read_text())
-        meta = Meta(**raw)
-    except FileNotFoundError:
-        raise DataError(f"{directory} is not a prepared data folder (no meta.json)") from None
-    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
-        raise DataError(f"{file} is unreadable: {e}") from None
-    ints = (meta.vocab_size, meta.eot_id, meta.train_tokens, meta.val_tokens, meta.documents, meta.val_documents)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints) or meta.dtype not in (
-        "uint16",
-        "uint32",
-    ):
-        raise DataError(f"{file} is not a prepared folder's meta.json")
-    for name, tokens in (("train.bin", meta.train_tokens), ("val.bin", meta.val_tokens)):
-        path = directory / name
-        size = path.stat().st_size if path.is_file() else None
-        if size != tokens * np.dtype(meta.dtype).itemsize:
-            raise DataError(
-                f"{path} {'is missing' if size is None else f'holds {size:,} bytes'}, not the {tokens:,} tokens "
-                f"meta.json counts: prepare {directory} again"
-            )
-    if not (directory / "tokenizer.json").is_file():
-        raise DataError(f"{directory / 'tokenizer.json'} is missing: prepare {directory} again")
-    return meta
+        return Meta(**{k: v for k, v in raw.items() if k in known})
+    except TypeError as e:
+        raise DataError(f"{directory / 'meta.json'} is not a prepared folder's meta.json: {e}") from None
 
 
 def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
@@ -232,6 +219,7 @@ def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
             f"{DEFAULT_VOCAB:,}-token BPE tokenizer, once, into {DEFAULT} (about a minute)"
         )
         texts = corpora.fetch("shakespeare")
+        shutil.rmtree(DEFAULT, ignore_errors=True)  # growdsl's own cache: whatever is there is incomplete
         prepare([texts], DEFAULT, vocab_size=DEFAULT_VOCAB)
         say(f"prepared the default corpus in {DEFAULT}")
     return DEFAULT

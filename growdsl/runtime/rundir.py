@@ -23,6 +23,7 @@ from growdsl import __version__
 from growdsl.runtime import folders
 
 RECORD = "run.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 class RunDirError(Exception):
@@ -103,7 +104,9 @@ class RunDir:
         }
         _write(self.path / "schedule.grow", source.encode())
         _write(self.path / "plan.json", plan_json.encode())
-        _write(self.path / "tokenizer.json", (data_dir / "tokenizer.json").read_bytes())
+        for name in TOKENIZER_FILES:  # what eval and export need of the tokenizer, wherever the data goes
+            if (data_dir / name).is_file():
+                _write(self.path / name, (data_dir / name).read_bytes())
         _write(self.path / RECORD, json.dumps(record, indent=1).encode())
         self.accepted = True
 

@@ -96,12 +96,7 @@ class Trainer:
             self.meta: Meta = load_meta(data_dir)
         except DataError as e:
             raise RunError(str(e)) from None
-        widest = max(s.shape.vocab_size for s in plan.stages)
-        if self.meta.vocab_size > widest:
-            raise RunError(
-                f"the data's tokenizer has {self.meta.vocab_size} tokens but the model's vocab is {widest}: "
-                f"set vocab {self.meta.vocab_size} (or more) in the model statement"
-            )
+        self._check_vocab()
         self._check_memory()
         self.stream = TokenStream(data_dir / "train.bin", self.meta.dtype)
         if plan.totals.tokens > self.meta.train_tokens:
@@ -124,6 +119,24 @@ class Trainer:
         self.opt_names: dict[int, str] = {}  # its parameters' names
         self.ramps: list[Ramp] = []
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
+
+    def _check_vocab(self) -> None:
+        """The model's vocab and the tokenizer's agree, both ways: a smaller model cannot read the
+        data; a larger one has rows no token uses, which only a stated `padded` allows."""
+        have = self.meta.vocab_size
+        for stage in self.plan.stages:
+            v = stage.shape.vocab_size
+            if v < have:
+                raise RunError(
+                    f"the data's tokenizer has {have:,} tokens but the model's vocab is {v:,} (stage {stage.index}): "
+                    f"set vocab {have} in the model statement"
+                )
+            if v > have and not stage.shape.vocab_padded:
+                raise RunError(
+                    f"the model's vocab is {v:,} but the data's tokenizer has {have:,} tokens (stage {stage.index}): "
+                    f"set vocab {have} in the model statement, or `vocab {v} padded` if the extra rows are on "
+                    f"purpose (padding to a multiple of 64 or 128 is common)"
+                )
 
     def _check_memory(self) -> None:
         """Refuse up front a model that cannot fit, rather than be killed while building it: every
