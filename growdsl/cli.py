@@ -427,10 +427,10 @@ def _run(args) -> int:
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
     run = data_dir = None
-    if world.main:
-        run = _claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
-        data_dir = _data_dir(args, plan, run) if run else None
     try:
+        if world.main:
+            run = _claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
+            data_dir = _data_dir(args, plan, run) if run else None
         data_dir, run_dir = world.share(data_dir), world.share(run.path if run and data_dir else None)
         if data_dir is None or run_dir is None:  # every rank uses rank 0's
             return EXIT_USAGE
@@ -535,9 +535,12 @@ def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_eve
             evaluator=evaluator,
         )
         trainer.start()
+        refused = None
     except RunError as e:
+        refused = str(e)
+    if world.mean(float(refused is not None)) > 0:  # every process accepts the run, or none does
         if world.main:
-            print(f"growdsl run: {e}", file=sys.stderr)
+            print(f"growdsl run: {refused or 'refused by another process (see its message)'}", file=sys.stderr)
         return EXIT_INVALID
     if world.main:
         run.accept(plan.to_json(indent=2), source, data_dir, world.size)
@@ -714,5 +717,8 @@ def _data_dir(args, plan, run):
         run.check_data(path)
     except (RunDirError, data.DataError) as e:
         print(f"growdsl run: {e}", file=sys.stderr)
+        return None
+    except OSError as e:  # preparing the default corpus: a full disk, ...
+        print(f"growdsl run: the data: {e}", file=sys.stderr)
         return None
     return path

@@ -50,12 +50,14 @@ def newest(run_dir):
 
 
 def snapshot(folder):
-    """Every file under `folder` with its bytes' digest: equal snapshots, nothing written."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+    """Every entry under `folder`: a file's digest, a link's target, a folder: equal snapshots, nothing written."""
+
+    def what(p):
+        if p.is_symlink():
+            return "-> " + os.readlink(p)
+        return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+
+    return {str(p.relative_to(folder)): what(p) for p in sorted(folder.rglob("*"))}
 
 
 def remanifest(ckpt):
@@ -244,7 +246,7 @@ def test_a_refused_new_run_removes_the_folder_it_made(finished, tmp_path, capsys
 def test_run_dir_equal_to_the_data_is_refused(tmp_path):
     run = rundir.claim(tmp_path / "both", resume=False)
     try:
-        with pytest.raises(rundir.RunDirError, match="are the same folder"):
+        with pytest.raises(rundir.RunDirError, match="are the same folder or one holds the other"):
             run.check_data(tmp_path / "both")
     finally:
         run.release()
@@ -347,7 +349,7 @@ def test_bad_jsonl_lines_are_named(tmp_path, line, said, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "a b c"}\n' + line + "\n")
     assert main(["data", "prepare", str(corpus), "--out", str(tmp_path / "out")]) == 1
-    assert f"{corpus}:2: " in capsys.readouterr().err and said
+    assert f"{corpus}:2: " in (err := capsys.readouterr().err) and said in err
     assert not (tmp_path / "out").exists()
 
 
@@ -428,6 +430,140 @@ def test_prepare_never_replaces_a_folder_that_is_not_prepared(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(data.DataError, match="is not a prepared data folder"):
+    with pytest.raises(data.DataError, match="holds notes.txt, which is not part of a prepared data folder"):
         data.prepare([tmp_path / "x.txt"], out)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---- found by a hostile review ------------------------------------------------------------------
+
+
+def test_metadata_cannot_change_a_class_or_point_outside_the_checkpoint(run, tmp_path):
+    ckpt = newest(run)
+    genuine = (ckpt / ".metadata").read_bytes()
+    # setattr(PosixPath, "_str", ...) through BUILD on the class itself, then the genuine metadata
+    (ckpt / ".metadata").write_bytes(b"cpathlib\nPosixPath\nN}X\x04\x00\x00\x00_strX\x01\x00\x00\x00xs\x86b0" + genuine)
+    with pytest.raises(checkpoint.CheckpointError, match="sets the state of PosixPath"):
+        checkpoint.SafeReader(ckpt).read_metadata()
+    assert str(tmp_path) != "x"
+    (ckpt / ".metadata").write_bytes(genuine)
+    outside = tmp_path / "weights.distcp"
+    shutil.move(ckpt / "__0_0.distcp", outside)
+    (ckpt / ".metadata").write_bytes(genuine.replace(b"__0_0.distcp", str(outside).encode()[-12:]))
+    with pytest.raises(checkpoint.CheckpointError, match="not a file of this checkpoint"):
+        checkpoint.SafeReader(ckpt).read_metadata()
+
+
+def test_a_checkpoint_whose_record_and_tensors_disagree_is_one_line(run, tmp_path, capsys):
+    ckpt = newest(run)
+    progress = json.loads((ckpt / "progress.json").read_text())
+    progress["plan_prefix"][-1]["shape"]["ffn_dim"] = 96
+    (ckpt / "progress.json").write_text(json.dumps(progress))
+    remanifest(ckpt)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its tensors are not that model's" in err
+
+
+def test_a_failing_dcp_load_is_a_checkpoint_error(run):
+    import torch
+
+    from growdsl.ops.model import build_model
+    from growdsl.plan.plan import stage_from_record
+
+    ckpt = newest(run)
+    stage = stage_from_record(checkpoint.read_progress(ckpt).plan_prefix[-1])
+    wrong = build_model(stage.shape.__class__(**{**stage.shape.__dict__, "ffn_dim": 96}), 32)
+    with pytest.raises(checkpoint.CheckpointError, match="does not load: Size mismatch between saved"):
+        checkpoint.read(ckpt, {"model": wrong.state_dict()})
+    assert torch.is_tensor(wrong.output.weight)
+
+
+@pytest.mark.parametrize("name", ["history.jsonl", "log.txt", "run.json.tmp", "schedule.grow"])
+def test_a_link_in_a_run_directory_is_refused(run, finished, data_dir, tmp_path, name, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not growdsl's")
+    (run / name).unlink(missing_ok=True)
+    (run / name).symlink_to(victim)
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 2
+    assert f"{run / name} is a symbolic link" in capsys.readouterr().err
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "not growdsl's" and not (tmp_path / "hf").exists()
+
+
+def test_a_refused_run_removes_only_what_it_made(finished, tmp_path):
+    parent = tmp_path / "runs"
+    b = rundir.claim(parent / "b", resume=False)  # made runs/ and runs/b
+    (parent / "a").mkdir()  # another run, made meanwhile
+    (parent / "a" / "run.json").write_text("{}")
+    b.release()  # refused
+    assert (parent / "a" / "run.json").exists() and not (parent / "b").exists()
+    c = rundir.claim(tmp_path / "fresh" / "c", resume=False)
+    c.release()
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_newer_checkpoint_stops_the_resume_instead_of_being_skipped(run, finished, data_dir, capsys):
+    checkpoints = checkpoint.committed(run / "checkpoints")
+    shutil.rmtree(checkpoints[0])
+    ckpt = checkpoints[1]
+    progress = json.loads((ckpt / "progress.json").read_text())
+    (ckpt / "progress.json").write_text(json.dumps({**progress, "schema": checkpoint.SCHEMA + 1}))
+    remanifest(ckpt)
+    before = snapshot(run)
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 1
+    assert "upgrade growdsl" in capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+def test_prepare_refuses_a_folder_holding_more_than_its_data_or_its_own_sources(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(2000)))
+    out = tmp_path / "prepared"
+    data.prepare([corpus], out, vocab_size=300, holdout=0.25)
+    (out / "my-notes.txt").write_text("mine")
+    with pytest.raises(data.DataError, match="holds my-notes.txt"):
+        data.prepare([corpus, out / "my-notes.txt"], out, vocab_size=300)
+    (out / "my-notes.txt").unlink()
+    with pytest.raises(data.DataError, match="lies inside --out"):
+        data.prepare([out / "val.jsonl"], out, vocab_size=300)
+    assert data.load_meta(out).documents == 3
+
+
+def test_the_corpus_identity_does_not_depend_on_how_its_path_is_spelled(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(2000)))
+    data.prepare([corpus], tmp_path / "a", vocab_size=300)
+    monkeypatch.chdir(tmp_path)
+    data.prepare([data.Path("corpus")], tmp_path / "b", vocab_size=300)
+    assert data.load_meta(tmp_path / "a").sources_sha256 == data.load_meta(tmp_path / "b").sources_sha256
+
+
+def test_an_eval_after_a_torn_line_starts_its_own(run, tmp_path):
+    from growdsl.runtime.metrics import Metrics
+
+    history = run / "history.jsonl"
+    history.write_text(history.read_text() + '{"step": 99, "tok')
+    metrics = Metrics(run)  # not the owner: it appends, on a line of its own
+    metrics.evaluation(1, 1, 1, {"heldout": {"ppl": 2.0}})
+    metrics.close()
+    assert json.loads(history.read_text().splitlines()[-1])["event"] == "eval"
+
+
+def test_a_step_redone_finite_after_a_nan_is_not_divergence(finished, tmp_path):
+    from growdsl.eval.compare import read_run
+
+    copy = tmp_path / "r"
+    copy.mkdir()
+    lines = (finished[0] / "history.jsonl").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if "event" not in json.loads(line))  # a training step's line
+    nan = json.dumps({**json.loads(lines[at]), "loss": float("nan")})
+    (copy / "history.jsonl").write_text("\n".join(lines[:at] + [nan] + lines[at:]) + "\n")  # redone after
+    assert read_run(copy).diverged is None

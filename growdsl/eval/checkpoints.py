@@ -13,6 +13,7 @@ import torch
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
 from growdsl.runtime import checkpoint
+from growdsl.runtime.rundir import RunDirError, check_no_links
 from growdsl.runtime.tokenizer import Specials, TokenizerError, read_prepared
 
 
@@ -75,9 +76,18 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
             f"export read the run's plan and tokenizer; give the checkpoint in its run"
         )
     try:
+        check_no_links(run_dir)
+    except RunDirError as e:
+        raise LoadError(str(e)) from None
+    try:
         progress = checkpoint.check(ckpt)
+    except checkpoint.NewerCheckpoint as e:
+        raise LoadError(str(e)) from None
     except checkpoint.CheckpointError as e:
-        good = checkpoint.newest_good(ckpt.parent)
+        try:
+            good = checkpoint.newest_good(ckpt.parent)
+        except checkpoint.NewerCheckpoint:
+            good = None
         hint = (
             f"; the newest checkpoint that checks out is {good[0]}"
             if good
@@ -89,11 +99,15 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
         record = progress.plan_prefix[progress.stage]
         stage = stage_from_record(with_fields_since(record, plan["stages"][progress.stage]))
         max_seq = max(int(s["training"]["seq_len"]) for s in plan["stages"])  # the RoPE table the run built
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         raise LoadError(
-            f"{ckpt} or {run_dir / 'plan.json'} does not describe a model: {str(e).splitlines()[0]}"
+            f"{ckpt} or {run_dir / 'plan.json'} does not describe a model: {str(e).splitlines()[0][:200]}"
         ) from None
-    model = build_model(stage.shape, max(max_seq, stage.training.seq_len), device=device)
+    max_seq = max(max_seq, stage.training.seq_len)
+    if max_seq > MAX_SEQ:
+        raise LoadError(f"{run_dir / 'plan.json'} asks for {max_seq:,}-token sequences: not a run growdsl made")
+    _check_tensors(ckpt, stage.shape, max_seq)
+    model = build_model(stage.shape, max_seq, device=device)
     try:
         for r in progress.ramps:
             Ramp.restore(model, r)
@@ -120,6 +134,33 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
     )
 
 
+MAX_SEQ = 2**20
+
+
+def _check_tensors(ckpt: Path, shape, seq_len: int) -> None:
+    """The model progress.json records must be the one whose tensors the checkpoint holds, and those
+    tensors must fit in its files: checked on the metadata, before a model is built."""
+    from growdsl.ops.model import Transformer, model_args
+
+    try:
+        held = checkpoint.SafeReader(ckpt).read_metadata().state_dict_metadata
+    except checkpoint.CheckpointError as e:
+        raise LoadError(str(e)) from None
+    with torch.device("meta"):
+        wanted = Transformer(model_args(shape, seq_len)).state_dict()
+    for name, t in wanted.items():
+        have = held.get(f"model.{name}")
+        if name != "freqs_cis" and (have is None or tuple(have.size) != tuple(t.shape)):
+            raise LoadError(
+                f"{ckpt}: its progress.json records a {shape.describe()} model, but its tensors are not that "
+                f"model's ({name}: {tuple(have.size) if have else 'missing'}, not {tuple(t.shape)})"
+            )
+    claimed = sum(m.size.numel() * m.properties.dtype.itemsize for m in held.values())
+    stored = sum(p.stat().st_size for p in ckpt.glob("*.distcp"))
+    if claimed > stored:
+        raise LoadError(f"{ckpt / '.metadata'} claims {claimed:,} bytes of tensors; its files hold {stored:,}")
+
+
 def tokenizer_file(run_dir: Path) -> Path:
     """The tokenizer a run trained with: its own copy, else the one of the data it names."""
     own = run_dir / "tokenizer.json"
@@ -133,7 +174,7 @@ def tokenizer_file(run_dir: Path) -> Path:
 
 def data_dir(run_dir: Path) -> Path | None:
     """The prepared data folder the run read (recorded in run.json), if it is still a prepared folder."""
-    from growdsl.runtime.rundir import RunDirError, read_record
+    from growdsl.runtime.rundir import read_record
 
     if not (run_dir / "run.json").is_file():
         return None

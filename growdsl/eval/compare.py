@@ -67,7 +67,7 @@ def read_run(run_dir: Path) -> Curve:
     if not history.exists():
         raise CompareError(f"{run_dir} has no history.jsonl: is it a growdsl run directory?")
     steps, vals, growths, evals = {}, {}, {}, {}
-    diverged = None
+    nonfinite: dict[int, bool] = {}  # step -> whether its last training loss was not finite
     for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -80,8 +80,10 @@ def read_run(run_dir: Path) -> Curve:
             raise CompareError(f"{history}:{number}: not a history record ({problem}): {line[:80]!r}")
         event = record.get("event")
         if event in (None, "val") and not math.isfinite(record["loss"]):  # the run diverged: not a point
-            diverged = record["step"] if diverged is None else min(diverged, record["step"])
+            nonfinite[record["step"]] = True
             continue
+        if event is None:
+            nonfinite[record["step"]] = False  # redone after a resume, finite this time
         if event == "growth":
             growths[(record["step"], record["text"])] = record
         elif event == "eval":
@@ -98,7 +100,7 @@ def read_run(run_dir: Path) -> Curve:
         sorted(growths.values(), key=lambda g: g["step"]),
         [e for k in sorted(evals) for e in evals[k]],
     )
-    curve.diverged = diverged
+    curve.diverged = min((step for step, bad in nonfinite.items() if bad), default=None)
     if vals:
         curve.val = Points(*_columns(vals))
         curve.val_tokens = vals[max(vals)].get("val_tokens")

@@ -9,6 +9,7 @@ activation checkpointing stay as they are. `remove_ramp` takes both away once m 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,14 +148,19 @@ class Ramp:
 
     @staticmethod
     def restore(model: nn.Module, d: dict) -> Ramp:
-        """Put a recorded ramp back on a freshly built model."""
+        """Put a recorded ramp back on a freshly built model: a width ramp (old dim, heads, ffn) on
+        the model itself, a depth ramp on one of its blocks; anything else is a ValueError."""
+        name, old = d["name"], tuple(d["old"]) if d["old"] else None
+        width = old is not None and len(old) == 3 and name == ""
+        depth = old is None and isinstance(name, str) and re.fullmatch(r"layers\.\d+", name) is not None
         try:
-            module = model.get_submodule(d["name"])
+            module = model.get_submodule(name) if width or depth else None
         except AttributeError:
-            raise ValueError(f"a ramp on {d['name']!r}, which the model does not have") from None
-        old = tuple(d["old"]) if d["old"] else None
+            module = None
+        if module is None:
+            raise ValueError(f"a ramp on {name!r} with old {d['old']!r}, which this model cannot have")
         if old:
             attach_width_ramp(module, *old)
         else:
             attach_ramp(module)
-        return Ramp(module, d["steps"], d["name"], old, d["step"])
+        return Ramp(module, d["steps"], name, old, d["step"])

@@ -278,6 +278,8 @@ def stage_record(stage: Stage) -> dict:
 def with_fields_since(record: dict, current: dict) -> dict:
     """An older growdsl's stage record with the fields it predates taken from `current` (the same
     stage as this growdsl records it): what it never recorded, it cannot contradict."""
+    if not isinstance(record, dict) or not isinstance(current, dict):
+        return record
     out = dict(record)
     for key, value in current.items():
         if key not in out:

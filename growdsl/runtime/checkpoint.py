@@ -4,7 +4,7 @@ so they reshard across world sizes.
 
 A checkpoint is written into `NAME.partial/` and renamed to `NAME/` only when complete: a write
 killed halfway leaves a `.partial` folder that is never picked; a damaged one that a resumed run
-passes over is kept aside as `.damaged` when its name comes round again. Its last file, `manifest.json`,
+passes over is kept aside as `.damaged-N` when its name comes round again. Its last file, `manifest.json`,
 holds the size and SHA-256 of every other file; reading a checkpoint checks them first, so a
 truncated or flipped file is named instead of loaded.
 
@@ -20,13 +20,15 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
 from growdsl.ops.layout import named_parameters
@@ -39,6 +41,10 @@ SCHEMA = 1  # the layout of progress.json and its plan records; a newer one is r
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message names the file and says why."""
+
+
+class NewerCheckpoint(CheckpointError):
+    """A checkpoint a newer growdsl wrote: not damaged, and not to be passed over."""
 
 
 @dataclass
@@ -84,10 +90,11 @@ def save(directory: Path, model: nn.Module, state: State, progress: Progress, wo
             }
         }
         _write_synced(partial / MANIFEST, json.dumps(manifest, indent=1).encode())
-        if final.exists():  # a damaged checkpoint the run resumed before: kept aside, not overwritten
-            aside = final.with_name(final.name + ".damaged")
-            shutil.rmtree(aside, ignore_errors=True)
-            final.rename(aside)
+        if final.exists():  # a damaged checkpoint the run resumed before: kept aside, never overwritten
+            n = 1
+            while final.with_name(f"{final.name}.damaged-{n}").exists():
+                n += 1
+            final.rename(final.with_name(f"{final.name}.damaged-{n}"))
         os.replace(partial, final)  # the commit point
     world.barrier()
     return final
@@ -112,6 +119,8 @@ def newest_good(directory: Path, say: Callable[[str], None] = lambda line: None)
     for path in committed(directory):
         try:
             return path, check(path)
+        except NewerCheckpoint:
+            raise
         except CheckpointError as e:
             say(f"checkpoint {path.name} is damaged and skipped: {e}")
     return None
@@ -126,7 +135,7 @@ def check(path: Path) -> Progress:
     try:
         listed = json.loads(manifest.read_text())["files"]
         entries = [(name, int(v["bytes"]), str(v["sha256"])) for name, v in listed.items()]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, RecursionError):
         raise CheckpointError(f"{manifest} is not a checkpoint manifest") from None
     names = {name for name, _, _ in entries}
     if not {"progress.json", ".metadata"} <= names:
@@ -150,8 +159,8 @@ def read_progress(path: Path) -> Progress:
         raw = json.loads(file.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise CheckpointError(f"{file} is unreadable: {e}") from None
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
+        raise CheckpointError(f"{file} is unreadable: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file} is not an object")
     if not _REQUIRED <= raw.keys():
@@ -162,7 +171,7 @@ def read_progress(path: Path) -> Progress:
     if wrong:
         raise CheckpointError(f"{file}: {wrong}")
     if p.schema > SCHEMA:
-        raise CheckpointError(
+        raise NewerCheckpoint(
             f"{path.name} was written by growdsl {p.growdsl or '?'} (checkpoint schema {p.schema}); this growdsl "
             f"{__version__} reads schema {SCHEMA} and older: upgrade growdsl"
         )
@@ -221,17 +230,23 @@ def read(path: Path, holder: dict) -> None:
     """dcp.load into `holder` through SafeReader; a checkpoint that does not fit is a CheckpointError."""
     try:
         SafeReader(path).read_metadata()  # refused here, its own message, before DCP wraps it
-        dcp.load(holder, storage_reader=SafeReader(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.load(holder, storage_reader=SafeReader(path))
     except CheckpointError:
         raise
-    except Exception as e:  # DCP wraps a rank's failure in CheckpointException; the first line says it
-        first = str(e).strip().splitlines()
-        raise CheckpointError(f"{path} does not load: {first[-1] if first else type(e).__name__}") from None
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        failures = getattr(e, "failures", None)
+        cause = next(iter(failures.values())) if isinstance(failures, dict) and failures else e
+        cause = cause[0] if isinstance(cause, tuple) else cause  # DCP keeps (exception, traceback) per rank
+        first = str(cause).strip().splitlines()
+        raise CheckpointError(f"{path} does not load: {first[-1] if first else type(cause).__name__}") from None
 
 
 class SafeReader(dcp.FileSystemReader):
     """DCP's file reader whose `.metadata` unpickler builds only the types a checkpoint of tensors
-    holds; anything else (a function to call, a class to build) is refused before it runs."""
+    holds, and sets only their own fields (anything else, a function to call, a class to build or
+    change, is refused before it runs); every entry must name a file of this checkpoint."""
 
     def read_metadata(self, *args, **kwargs):
         path = Path(self.path) / ".metadata"
@@ -240,18 +255,46 @@ class SafeReader(dcp.FileSystemReader):
                 metadata = _MetadataUnpickler(f).load()
         except CheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
             raise CheckpointError(f"{path} is not checkpoint metadata ({e or type(e).__name__})") from None
-        if type(metadata).__name__ != "Metadata" or not isinstance(
-            getattr(metadata, "state_dict_metadata", None), dict
-        ):
-            raise CheckpointError(f"{path} is not checkpoint metadata")
+        _check_metadata(metadata, path)
         from torch.distributed.checkpoint.metadata import StorageMeta
 
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _check_metadata(metadata, path: Path) -> None:
+    """Every entry a tensor, stored in a file of this checkpoint at a place that can be."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+    if type(metadata) is not Metadata or not isinstance(metadata.state_dict_metadata, dict):
+        raise CheckpointError(f"{path} is not checkpoint metadata")
+    if not all(type(m) is TensorStorageMetadata for m in metadata.state_dict_metadata.values()):
+        raise CheckpointError(f"{path} declares an entry that is not a tensor: refused (growdsl writes only tensors)")
+    storage = metadata.storage_data if isinstance(metadata.storage_data, dict) else None
+    for info in (storage or {None: None}).values():
+        where = getattr(info, "relative_path", None)
+        ok = (
+            type(info) is _StorageInfo
+            and isinstance(where, str)
+            and where == Path(where).name
+            and where not in ("", ".", "..")
+            and (path.parent / where).is_file()
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (info.offset, info.length))
+            and not info.transform_descriptors
+        )
+        if not ok:
+            raise CheckpointError(f"{path} places a tensor at {where!r}, not a file of this checkpoint: refused")
+
+
+def _allowed(module: str, name: str) -> bool:
+    return name in _ALLOWED.get(module, ()) or (
+        module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+    )
 
 
 _ALLOWED = {
@@ -272,16 +315,31 @@ _ALLOWED = {
 }
 
 
-class _MetadataUnpickler(pickle.Unpickler):
+class _MetadataUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be checked
     def find_class(self, module: str, name: str):
-        if name in _ALLOWED.get(module, ()) or (
-            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        ):
+        if _allowed(module, name):
             return super().find_class(module, name)
         raise CheckpointError(
             f".metadata asks to build {module}.{name}, which checkpoint metadata never holds: refused, nothing "
             f"of it was run (a checkpoint from an untrusted source, or damaged)"
         )
+
+    def load_build(self):
+        """BUILD sets an object's state: only on an instance of a DCP metadata class, and (unless the
+        class reads its own state) only its own fields."""
+        state, inst = self.stack[-1], self.stack[-2]
+        kind = type(inst)
+        fields_of = {f.name for f in fields(kind)} if is_dataclass(kind) and not isinstance(inst, type) else None
+        own = "__setstate__" in vars(kind) and kind.__module__.startswith("torch.distributed.checkpoint")
+        plain = isinstance(state, dict) and fields_of is not None and set(state) <= fields_of
+        if fields_of is None or not _allowed(kind.__module__, kind.__name__) or not (own or plain):
+            raise CheckpointError(
+                f".metadata sets the state of {getattr(inst, '__name__', kind.__name__)} in a way checkpoint "
+                f"metadata never does: refused (a checkpoint from an untrusted source, or damaged)"
+            )
+        super().load_build()
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
 
 
 def _sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -91,23 +92,41 @@ def prepare(
     never a mix."""
     kind, what = tokenizers.parse(tokenizer or f"bpe:{vocab_size}")
     chosen = tokenizers.load(what) if kind == "file" else None  # a bad tokenizer is refused before any work
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").exists())):
-        raise DataError(
-            f"{out} exists and is not a prepared data folder: nothing in it is replaced; give another --out"
-        )
-    fresh = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(fresh, ignore_errors=True)  # left by a prepare that was killed
+    _replaceable(out, paths)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a prepare that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    fresh = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         meta = _prepare(paths, fresh, chosen or int(what), holdout, seed)
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             out.replace(old)
         fresh.replace(out)
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return meta
+
+
+PREPARED = {"meta.json", "train.bin", "val.bin", "val.jsonl", "tokenizer.json", tokenizers.CONFIG, "tokenizer.model"}
+
+
+def _replaceable(out: Path, sources: list[Path]) -> None:
+    """`out` may be written: it does not exist, is empty, or is a prepared folder holding nothing
+    else; and no source lies inside it (it is replaced whole)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"{out} is not a folder: give another --out")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if names and ("meta.json" not in names or not names <= PREPARED):
+            extra = sorted(names - PREPARED) or sorted(names)
+            raise DataError(
+                f"{out} holds {extra[0]}, which is not part of a prepared data folder: nothing in it is "
+                f"replaced; give another --out"
+            )
+    inside = [p for p in sources if out.resolve() in p.resolve().parents or p.resolve() == out.resolve()]
+    if inside:
+        raise DataError(f"{inside[0]} lies inside --out {out}, which is replaced whole: give another --out")
 
 
 def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> Meta:
@@ -132,7 +151,8 @@ def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, h
         tokens = np.concatenate(chosen.documents([t for _, t in part]))
         _atomic_write(out / f"{split_name}.bin", tokens.tobytes())
         counts[split_name] = len(tokens)
-    digest = hashlib.sha256("".join(f"{n}\0{hashlib.sha256(t.encode()).hexdigest()}" for n, t in sorted(docs)).encode())
+    # the corpus's identity: its documents' contents, however their paths were spelled
+    digest = hashlib.sha256("".join(sorted(hashlib.sha256(t.encode()).hexdigest() for _, t in docs)).encode())
     meta = Meta(
         chosen.vocab_size,
         chosen.id(chosen.specials.eos),

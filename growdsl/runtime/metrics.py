@@ -29,6 +29,8 @@ class Metrics:
         if owner:
             _drop_torn_line(history)
         self.history = history.open("a", buffering=1)
+        if not owner and _ends_torn(history):  # its own line must not be glued to a torn one
+            self.history.write("\n")
 
     def step(self, step: int, tokens: int, flops: int, **scalars: float) -> None:
         for name, value in scalars.items():
@@ -69,6 +71,12 @@ class Metrics:
     def close(self) -> None:
         self.writer.close()
         self.history.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        return size > 0 and f.seek(size - 1) >= 0 and f.read(1) != b"\n"
 
 
 def _drop_torn_line(path: Path) -> None:

@@ -61,8 +61,8 @@ class DataIdentity:
 class RunDir:
     """A claimed run directory (see `claim`)."""
 
-    def __init__(self, path: Path, resume: bool, created: Path | None, lock: int):
-        self.path, self.resume, self.created, self._lock = path, resume, created, lock
+    def __init__(self, path: Path, resume: bool, made: list[Path], lock: int):
+        self.path, self.resume, self.made, self._lock = path, resume, made, lock  # made: folders this claim made
         self.accepted = False
 
     def recorded(self) -> dict:
@@ -74,8 +74,12 @@ class RunDir:
     def check_data(self, data_dir: Path) -> None:
         """The data must not be the run directory, and a resumed run's data must be the data it
         trained on (the same tokenizer, corpus and tokens, wherever the folder is now)."""
-        if data_dir.resolve() == self.path.resolve():
-            raise RunDirError(f"--run-dir and the data are the same folder ({self.path}): give the run its own")
+        data, run = data_dir.resolve(), self.path.resolve()
+        if data == run or data in run.parents or run in data.parents:
+            raise RunDirError(
+                f"--run-dir {self.path} and the data {data_dir} are the same folder or one holds the other: "
+                f"give the run a folder of its own"
+            )
         record = self.recorded()
         now = DataIdentity.of(data_dir)
         if "identity" in record:
@@ -111,39 +115,76 @@ class RunDir:
         self.accepted = True
 
     def release(self) -> None:
-        """Let the folder go; one this claim created and no run was accepted into is removed."""
-        if self.created is not None and not self.accepted:
-            shutil.rmtree(self.created, ignore_errors=True)
+        """Let the folder go; the folders this claim made are removed if no run was accepted into
+        them (the run directory, then each parent it made while that is empty)."""
+        if self.made and not self.accepted:
+            shutil.rmtree(self.made[0], ignore_errors=True)
+            for parent in self.made[1:]:
+                try:
+                    parent.rmdir()  # only while empty: another run may have been made beside
+                except OSError:
+                    break
         os.close(self._lock)
 
 
 def claim(path: Path, resume: bool) -> RunDir:
     """Take `path` for a new run (a folder that does not exist yet, or an empty one) or a resumed one
-    (a folder with a run's record), locked against any other growdsl until this process ends."""
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path} is a file: --run-dir must name a folder")
+    (a folder with a run's record and no symbolic links), locked against any other growdsl until this
+    process ends."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RunDirError(f"{path} is {'a link' if path.is_symlink() else 'a file'}: --run-dir must name a folder")
+    _usable(path, resume)
+    made = [] if resume else _make(path)
+    try:
+        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise RunDirError(f"cannot open {path}: {e.strerror}") from None
+    run = RunDir(path, resume, made, lock)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            run.made = []  # the other growdsl's now
+            raise RunDirError(f"another growdsl is running in {path}: wait for it to end, or stop it") from None
+        except OSError as e:  # a file system without locks
+            raise RunDirError(f"cannot lock {path}: {e.strerror}") from None
+        if not made:
+            _usable(path, resume)  # again, now that it is ours: nothing can change it from here on
+        links = _links(path)
+        if links:
+            raise RunDirError(
+                f"{links[0]} is a symbolic link: growdsl reads and writes only plain files and folders in a run "
+                f"directory (a link could send them anywhere)"
+            )
+    except RunDirError:
+        run.release()
+        raise
+    return run
+
+
+def _usable(path: Path, resume: bool) -> None:
     if resume:
         if not (path / RECORD).is_file():
             raise RunDirError(f"nothing to resume in {path}: it holds no run ({RECORD} missing)")
-        created = None
-    else:
-        if path.is_dir() and any(path.iterdir()):
-            if (path / RECORD).exists() or (path / "checkpoints").exists():
-                raise RunDirError(
-                    f"{path} holds a run already: add --resume to go on with it, or give another --run-dir"
-                )
-            raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
-        created = _make(path)
-    try:
-        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:
-        raise RunDirError(f"cannot open {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        raise RunDirError(f"another growdsl is running in {path}: wait for it to end, or stop it") from None
-    return RunDir(path, resume, created, lock)
+    elif path.is_dir() and any(path.iterdir()):
+        if (path / RECORD).exists() or (path / "checkpoints").exists():
+            raise RunDirError(f"{path} holds a run already: add --resume to go on with it, or give another --run-dir")
+        raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
+
+
+def _links(path: Path) -> list[Path]:
+    """The symbolic links anywhere under `path` (never followed)."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        found += [Path(root) / n for n in dirs + files if (Path(root) / n).is_symlink()]
+    return found
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run directory with a symbolic link in it (eval and export read from it)."""
+    links = _links(run_dir)
+    if links:
+        raise RunDirError(f"{links[0]} is a symbolic link: growdsl reads only plain files in a run directory")
 
 
 def read_record(run_dir: Path) -> dict:
@@ -164,21 +205,21 @@ def read_record(run_dir: Path) -> dict:
     return record
 
 
-def _make(path: Path) -> Path | None:
-    """Make the folder (and its missing parents); return the topmost folder made, or None."""
+def _make(path: Path) -> list[Path]:
+    """Make the folder and its missing parents; the folders made, the run directory first."""
     why = folders.writable(path)
     if why:
         raise RunDirError(why)
-    top = path
-    while not top.parent.exists():
-        top = top.parent
-    if path.exists():
-        return None
+    missing = []
+    folder = path
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
     try:
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot make {path}: {e.strerror}") from None
-    return top
+    return missing
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -295,8 +295,15 @@ class Trainer:
         if directory is None or not checkpoint.committed(directory):
             self.log("no checkpoint to resume from yet: the run starts from its first step")
             return 0, 0, [], False
-        found = checkpoint.newest_good(directory, say=self.log) if self.world.main else None
-        found = self.world.share(found)  # verified once, by the first rank
+        found = newer = None
+        if self.world.main:  # verified once, by the first rank
+            try:
+                found = checkpoint.newest_good(directory, say=self.log)
+            except checkpoint.NewerCheckpoint as e:
+                newer = str(e)
+        found, newer = self.world.share((found, newer))
+        if newer:
+            raise RunError(newer)
         if found is None:
             raise RunError(f"every checkpoint in {directory} is damaged (see above): nothing to resume from")
         path, p = found
