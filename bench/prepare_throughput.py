@@ -5,8 +5,9 @@ the same text, and how its peak memory grows with the corpus.
 
 For each share of the corpus (a quarter, a half, all of it) one fresh process runs `prepare` and
 another `encode_batch` over the same documents (all cores, no special tokens); each reports its
-wall time, its tokens and its peak resident memory. Prints a table (paste it into bench/RESULTS.md
-with the date and machine)."""
+wall time, its tokens and its peak resident memory. Then prepare's peak memory on a quarter of the
+corpus and on ten copies of it. Prints two tables (paste them into bench/RESULTS.md with the date
+and machine)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 mode, spec, share, root, out = sys.argv[1:6]
-files = sorted(p for p in Path(root).rglob("*.txt"))
+files = sorted(p for p in Path(root).rglob("*.txt")) or sorted(Path(root).glob("*.jsonl"))
 files = files[: max(2, round(len(files) * float(share)))]
 begin = time.perf_counter()
 if mode == "prepare":
     from growdsl.runtime import data
     meta = data.prepare(files, Path(out), tokenizer=spec)
-    tokens, chars = meta.train_tokens + meta.val_tokens, sum(p.stat().st_size for p in files)
+    tokens, chars = meta.train_tokens + meta.val_tokens, sum(p.stat().st_size for p in files)  # bytes of input
 else:
     from growdsl.runtime import tokenizer as tokenizers
     kind, what = tokenizers.parse(spec)
@@ -75,6 +77,18 @@ def main() -> None:
             f"{share:>5.2f}  {prep['mb']:>6.1f}  {prep['tokens']:>11,}  {a:>13,.0f}  {b:>18,.0f}  {a / b:>5.2f}  "
             f"{prep['peak_mib']:>16,.0f}  {enc['peak_mib']:>15,.0f}"
         )
+    # Memory against the corpus's size: a quarter of it, then ten copies of that quarter (as .jsonl).
+    print(f"\n{'copies':>6}  {'MB':>6}  {'tokens':>11}  {'prepare tok/s':>13}  {'prepare peak MiB':>16}")
+    texts = sorted(Path(root).rglob("*.txt"))
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in texts[: round(len(texts) * 0.25)]]
+    for copies in (1, 10):
+        with tempfile.TemporaryDirectory() as tmp:
+            for k in range(copies):
+                with open(os.path.join(tmp, f"copy{k:02d}.jsonl"), "w") as f:
+                    f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+            prep = child("prepare", spec, 1.0, tmp, os.path.join(tmp, "out"))
+        rate = prep["tokens"] / prep["seconds"]
+        print(f"{copies:>6}  {prep['mb']:>6.1f}  {prep['tokens']:>11,}  {rate:>13,.0f}  {prep['peak_mib']:>16,.0f}")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "sources",
         nargs="*",
         metavar="PATH",
-        help='text files, .jsonl files ({"text": ...} per line) or folders of them; none: a named --corpus',
+        help='.txt files, .jsonl/.jsonl.gz/.jsonl.zst ({"text": ...} per line), .parquet (a text column), '
+        "Hugging Face datasets saved to disk, or folders of them; none: a named --corpus",
     )
     prep.add_argument(
         "--corpus",
@@ -230,7 +231,7 @@ def _plan_data(plan, args) -> int:
     if named is None:
         from growdsl.runtime.corpora import HOME
 
-        path = HOME / "data" / "shakespeare-4096-v2"  # growdsl.runtime.data.DEFAULT, without numpy
+        path = HOME / "data" / "shakespeare-4096-v3"  # growdsl.runtime.data.DEFAULT, without numpy
         if not (path / "meta.json").is_file():
             print("\ndata: none named: `growdsl run` prepares and reads the default corpus (Shakespeare, ~2.0M tokens)")
             return EXIT_OK

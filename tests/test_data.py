@@ -9,13 +9,18 @@ import pytest
 import torch
 
 from growdsl.cli import main
-from growdsl.runtime.data import TokenStream, load_meta, prepare
+from growdsl.runtime.data import TokenStream, load_meta, prepare, train_files
 from growdsl.runtime.tokenizer import EOT
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
     "silver rivers under the pale moon"
 ).split()
+
+
+def training(out, meta):
+    """The training stream's tokens, its shards one after the other."""
+    return np.concatenate([np.fromfile(p, dtype=meta.dtype) for p in train_files(out, meta)])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,7 @@ def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
     root, out, meta = corpus
     assert meta == load_meta(out) and (meta.documents, meta.holdout_unit) == (40, "documents")
     assert meta.val_documents in (10, 11)  # documents differ a little in size: as many as make a quarter
-    train = np.fromfile(out / "train.bin", dtype=meta.dtype)
+    train = training(out, meta)
     val = np.fromfile(out / "val.bin", dtype=meta.dtype)
     assert (len(train), len(val)) == (meta.train_tokens, meta.val_tokens)
     assert (train == meta.eot_id).sum() == 40 - meta.val_documents and (val == meta.eot_id).sum() == meta.val_documents
@@ -76,14 +81,14 @@ def test_prepare_is_deterministic(corpus, tmp_path):
     root, out, meta = corpus
     again = prepare([root], tmp_path / "again", vocab_size=300, holdout=0.25)
     assert again == meta
-    for name in ("train.bin", "val.bin", "tokenizer.json"):
+    for name in ("train-00000.bin", "val.bin", "tokenizer.json"):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes()
 
 
 def test_stream_reads_front_to_back_across_batch_and_length_changes(corpus):
     _, out, meta = corpus
-    stream = TokenStream(out / "train.bin", meta.dtype)
-    tokens = np.fromfile(out / "train.bin", dtype=meta.dtype).astype(np.int64)
+    stream = TokenStream(train_files(out, meta), meta.dtype)
+    tokens = training(out, meta).astype(np.int64)
     seen = []
     for batch, seq in [(2, 8), (2, 8), (4, 16), (3, 5)]:  # a growth may change batch and length
         x, y = stream.next_batch(batch, seq)
@@ -95,17 +100,17 @@ def test_stream_reads_front_to_back_across_batch_and_length_changes(corpus):
 
 def test_resume_at_a_position_gives_the_exact_next_batch(corpus):
     _, out, meta = corpus
-    a = TokenStream(out / "train.bin", meta.dtype)
+    a = TokenStream(train_files(out, meta), meta.dtype)
     for _ in range(5):
         a.next_batch(4, 32)
-    b = TokenStream(out / "train.bin", meta.dtype, position=a.position)
+    b = TokenStream(train_files(out, meta), meta.dtype, position=a.position)
     assert all(torch.equal(u, v) for u, v in zip(a.next_batch(4, 32), b.next_batch(4, 32)))
 
 
 def test_ranks_split_the_global_batch_and_the_stream_wraps(corpus):
     _, out, meta = corpus
-    whole = TokenStream(out / "train.bin", meta.dtype, position=meta.train_tokens - 40)
-    parts = [TokenStream(out / "train.bin", meta.dtype, position=meta.train_tokens - 40) for _ in range(2)]
+    whole = TokenStream(train_files(out, meta), meta.dtype, position=meta.train_tokens - 40)
+    parts = [TokenStream(train_files(out, meta), meta.dtype, position=meta.train_tokens - 40) for _ in range(2)]
     x, _ = whole.next_batch(4, 16)  # runs past the end: wraps to the start
     xs = [p.next_batch(4, 16, rank=r, world=2)[0] for r, p in enumerate(parts)]
     assert torch.equal(torch.cat(xs), x)
@@ -142,7 +147,7 @@ def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
     (tmp_path / "c.txt").write_text("held out " * 50)
     meta = prepare([tmp_path], tmp_path / "out", vocab_size=280, holdout=0.34, seed=1)
     tok = Tokenizer.from_file(str(tmp_path / "out" / "tokenizer.json"))
-    text = tok.decode(np.fromfile(tmp_path / "out" / "train.bin", dtype=meta.dtype).tolist(), skip_special_tokens=False)
+    text = tok.decode(training(tmp_path / "out", meta).tolist(), skip_special_tokens=False)
     pieces = text.split(EOT)[:-1]
     assert len(pieces) > 4  # two documents became many pieces
     firsts = [p.split()[0] for p in pieces]

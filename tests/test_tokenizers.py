@@ -115,7 +115,7 @@ def test_prepare_with_a_sentencepiece_model_keeps_its_conventions(sp_data, sente
     meta = data.load_meta(sp_data)
     assert (meta.tokenizer, meta.vocab_size, meta.bos_id, meta.eot_id) == ("sentencepiece", 400, 1, 2)
     assert (sp_data / "tokenizer.model").read_bytes() == sentencepiece_model.read_bytes()
-    tokens = np.fromfile(sp_data / "train.bin", dtype=meta.dtype)
+    tokens = np.concatenate([np.fromfile(p, dtype=meta.dtype) for p in data.train_files(sp_data, meta)])
     starts, ends = np.flatnonzero(tokens == 1), np.flatnonzero(tokens == 2)
     assert tokens[0] == 1 and tokens[-1] == 2 and len(starts) == len(ends)
     assert (starts[1:] == ends[:-1] + 1).all()  # every document is <s> ... </s>, back to back

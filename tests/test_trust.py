@@ -411,7 +411,7 @@ def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypat
 
     def killed_after_the_tokens(path, payload):
         real(path, payload)
-        if path.name == "train.bin":
+        if path.name == "tokenizer.json":
             raise KeyboardInterrupt
 
     monkeypatch.setattr(data, "_atomic_write", killed_after_the_tokens)
@@ -425,7 +425,8 @@ def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypat
 def test_a_folder_whose_tokens_disagree_with_meta_is_not_a_prepared_folder(data_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)
-    (copy / "train.bin").write_bytes((copy / "train.bin").read_bytes()[:-2])
+    shard = copy / data.load_meta(copy).shards[0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(data.DataError, match="not the .* tokens meta.json counts"):
         data.load_meta(copy)
 

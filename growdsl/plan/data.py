@@ -42,7 +42,18 @@ def read_meta(directory: Path) -> dict:
         or meta.get("dtype") not in DTYPES
     ):
         raise DataError(f"{file} is not a prepared folder's meta.json")
-    for name, tokens in (("train.bin", meta["train_tokens"]), ("val.bin", meta["val_tokens"])):
+    shards = meta.get("shards") or [{"file": "train.bin", "tokens": meta["train_tokens"]}]
+    ok = isinstance(shards, list) and all(
+        isinstance(s, dict)
+        and isinstance(s.get("file"), str)
+        and Path(s["file"]).name == s["file"]
+        and s["file"].endswith(".bin")
+        and isinstance(s.get("tokens"), int)
+        for s in shards
+    )
+    if not ok or sum(s["tokens"] for s in shards) != meta["train_tokens"]:
+        raise DataError(f"{file} lists its training shards wrongly")
+    for name, tokens in [(s["file"], s["tokens"]) for s in shards] + [("val.bin", meta["val_tokens"])]:
         path = directory / name
         size = path.stat().st_size if path.is_file() else None
         if size != tokens * DTYPES[meta["dtype"]]:

@@ -1,15 +1,18 @@
-"""Training data: a corpus tokenized once into memory-mapped token files with a held-out split,
-and a deterministic stream over them.
+"""Training data: a corpus tokenized once into memory-mapped token shards with a held-out split, and
+a deterministic stream over them.
 
-`prepare` holds out a share of the corpus (by size, with a floor; whole documents where there are
-enough of them, else pieces of all of them: `split`), cuts the rest into pieces of a few paragraphs
-and shuffles them (so any stretch of the stream mixes the corpus rather than following one long
-document), tokenizes them with a BPE trained on them or a tokenizer the user has
-(growdsl.runtime.tokenizer), and writes train.bin / val.bin (uint16 or uint32 token ids, every piece
-[bos] + tokens + [eos] as the tokenizer's conventions say), tokenizer.json and tokenizer_config.json,
-val.jsonl (the held-out documents' text, for `growdsl eval`), meta.json. The stream reads the token file
-front to back: its whole state is one integer, the tokens consumed so far, so a grown model goes
-on exactly where its base stopped and a resumed run at the exact next token."""
+`prepare` streams the corpus (growdsl.runtime.sources: text, jsonl, compressed jsonl, parquet, saved
+datasets) three times and never holds it in memory: it indexes the documents, holds out a share of
+them (by size, with a floor; whole documents where there are enough of them, else pieces of all of
+them: `split`), trains a BPE on the rest if asked (or takes the user's tokenizer,
+growdsl.runtime.tokenizer), then tokenizes in batches on all cores: the held-out share into val.bin,
+the rest cut into pieces of a few paragraphs scattered over shuffle buckets, each bucket shuffled into
+a shard train-NNNNN.bin (so any stretch of the stream mixes the corpus rather than following one long
+document). Every piece is [bos] + tokens + [eos] as the tokenizer's conventions say. Beside them:
+tokenizer.json and tokenizer_config.json, val.jsonl (the held-out text, for `growdsl eval`), and
+meta.json, written last. The stream reads the shards front to back: its whole state is one integer,
+the tokens consumed so far, so a grown model goes on exactly where its base stopped and a resumed run
+at the exact next token."""
 
 from __future__ import annotations
 
@@ -17,20 +20,24 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import sys
+import time
+from array import array
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from growdsl.plan.data import DataError, read_meta
-from growdsl.runtime import corpora
+from growdsl.runtime import corpora, sources
 from growdsl.runtime import tokenizer as tokenizers
 from growdsl.runtime.corpora import HOME
 
 DEFAULT_VOCAB = 4096  # the tiny preset's: a small head keeps a CPU step around 0.1 s
-DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v2"  # v2: the held-out split sized by characters (cli.py too)
+DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v3"  # v3: shards, BOS/EOS conventions (cli.py names it too)
 PIECE_CHARS = 2000  # training documents are shuffled in pieces of a few paragraphs
 HOLDOUT_FLOOR = 400_000  # characters held out at least (~100K tokens or more): a validation set that means something
 MIN_HELDOUT_DOCUMENTS = 10
@@ -49,33 +56,7 @@ class Meta:
     holdout_unit: str = "documents"  # "documents" or "pieces" (see `split`)
     bos_id: int | None = None  # the token that starts every document, where the tokenizer's convention has one
     tokenizer: str = "bpe"  # trained here ("bpe"), or given: "tokenizer.json", "sentencepiece"
-
-
-def read_documents(paths: list[Path]) -> list[tuple[str, str]]:
-    """(name, text) of every document: a .txt file is one, a .jsonl line with "text" is one."""
-    docs = []
-    for path in sorted(paths):
-        if path.is_dir():
-            docs += read_documents(
-                [p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and not (p.parent / "meta.json").exists()]
-            )  # not a prepared folder's val.jsonl
-        elif path.suffix == ".jsonl":
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-                if line.strip():
-                    docs.append((f"{path}:{i + 1}", _jsonl_text(line, f"{path}:{i + 1}")))
-        else:
-            docs.append((str(path), path.read_text(encoding="utf-8", errors="replace")))
-    return [(name, text) for name, text in docs if text.strip()]
-
-
-def _jsonl_text(line: str, where: str) -> str:
-    try:
-        record = json.loads(line)
-    except ValueError as e:
-        raise DataError(f"{where}: not JSON ({e})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise DataError(f'{where}: a .jsonl line must be an object with a string "text"')
-    return record["text"]
+    shards: list = field(default_factory=list)  # [{"file", "tokens"}] of the training stream ([]: train.bin)
 
 
 def prepare(
@@ -111,91 +92,253 @@ def prepare(
 PREPARED = {"meta.json", "train.bin", "val.bin", "val.jsonl", "tokenizer.json", tokenizers.CONFIG, "tokenizer.model"}
 
 
-def _replaceable(out: Path, sources: list[Path]) -> None:
+def _replaceable(out: Path, inputs: list[Path]) -> None:
     """`out` may be written: it does not exist, is empty, or is a prepared folder holding nothing
     else; and no source lies inside it (it is replaced whole)."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise DataError(f"{out} is not a folder: give another --out")
     if out.is_dir():
         names = {p.name for p in out.iterdir()}
-        if names and ("meta.json" not in names or not names <= PREPARED):
-            extra = sorted(names - PREPARED) or sorted(names)
+        foreign = {n for n in names if n not in PREPARED and not re.fullmatch(r"train-\d{5,}\.bin", n)}
+        if names and ("meta.json" not in names or foreign):
+            extra = sorted(foreign) or sorted(names)
             raise DataError(
                 f"{out} holds {extra[0]}, which is not part of a prepared data folder: nothing in it is "
                 f"replaced; give another --out"
             )
-    inside = [p for p in sources if out.resolve() in p.resolve().parents or p.resolve() == out.resolve()]
+    inside = [p for p in inputs if out.resolve() in p.resolve().parents or p.resolve() == out.resolve()]
     if inside:
         raise DataError(f"{inside[0]} lies inside --out {out}, which is replaced whole: give another --out")
 
 
 def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> Meta:
-    docs = read_documents(paths)
-    if len(docs) < 2:
+    """Three streaming passes over the sources, memory flat in the corpus's size: index the documents
+    (sizes, digests, pieces), train the tokenizer if asked (on the training text), then tokenize in
+    batches on all cores, the held-out share into val.bin and the training pieces scattered over
+    shuffle buckets, each bucket then shuffled in memory into a shard."""
+    srcs = sources.find(paths)
+    index = _index(srcs)
+    if index.count < 2:
         raise DataError("a corpus needs at least two documents (one is held out)")
-    rng = random.Random(seed)
-    rng.shuffle(docs)
-    val, train, unit = split(docs, holdout, rng)
-    train = [(name, piece) for name, text in train for piece in _pieces(text)]
-    rng.shuffle(train)
+    held, unit = split(index, holdout, random.Random(seed))
     if isinstance(tokenizer, int):
-        chosen = tokenizers.train_bpe((text for _, text in train), tokenizer)
+        training = (p for d, _, text in _stream(srcs, index) for k, p in enumerate(_pieces(text)) if not held(d, k))
+        chosen = tokenizers.train_bpe(training, tokenizer)
     else:
         chosen = tokenizer
         if chosen.kind == "sentencepiece":
-            tokenizers.check_sentencepiece(chosen, docs)
-
+            tokenizers.check_sentencepiece(chosen, ((name, text) for _, name, text in _stream(srcs, index)))
+    dtype = np.uint16 if chosen.vocab_size <= 2**16 else np.uint32
     out.mkdir(parents=True)
-    counts = {}
-    for split_name, part in (("train", train), ("val", val)):
-        tokens = np.concatenate(chosen.documents([t for _, t in part]))
-        _atomic_write(out / f"{split_name}.bin", tokens.tobytes())
-        counts[split_name] = len(tokens)
-    # the corpus's identity: its documents' contents, however their paths were spelled
-    digest = hashlib.sha256("".join(sorted(hashlib.sha256(t.encode()).hexdigest() for _, t in docs)).encode())
+    buckets = max(1, -(-index.train_chars(held) // SHARD_CHARS))
+    writer = _Writer(out, chosen, buckets, dtype, np.random.default_rng(seed), _Progress(index.chars))
+    with (out / "val.jsonl").open("w") as held_text:  # the held-out text, for `growdsl eval`
+        for d, name, text in _stream(srcs, index):
+            if unit == "documents" and held(d, 0):
+                writer.add(text, held=True)
+                held_text.write(json.dumps({"name": name, "text": text}) + "\n")
+            else:
+                for k, piece in enumerate(_pieces(text)):
+                    writer.add(piece, held=held(d, k))
+                    if held(d, k):
+                        held_text.write(json.dumps({"name": f"{name}#{k + 1}", "text": piece}) + "\n")
+            writer.progress.document(len(text))
+    shards = writer.finish(np.random.default_rng(seed + 1))
     meta = Meta(
         chosen.vocab_size,
         chosen.id(chosen.specials.eos),
-        "uint16" if chosen.vocab_size <= 2**16 else "uint32",
-        counts["train"],
-        counts["val"],
-        len(docs),
-        len(val),
-        digest.hexdigest(),
+        np.dtype(dtype).name,
+        sum(n for _, n in shards),
+        writer.val_tokens,
+        index.count,
+        writer.val_units,
+        index.digest(),
         unit,
         chosen.id(chosen.specials.bos),
         chosen.kind,
+        [{"file": f, "tokens": n} for f, n in shards],
     )
     _atomic_write(out / "tokenizer.json", chosen.tokenizer.to_str().encode())
     _atomic_write(out / tokenizers.CONFIG, json.dumps(chosen.config(), indent=2).encode())
     for name, payload in chosen.files.items():
         _atomic_write(out / name, payload)
-    held_out = "".join(json.dumps({"name": name, "text": text}) + "\n" for name, text in val)
-    _atomic_write(out / "val.jsonl", held_out.encode())  # the held-out documents as text, for evaluation
     _atomic_write(out / "meta.json", json.dumps(asdict(meta), indent=2).encode())  # last: marks it complete
     return meta
 
 
-def split(docs: list[tuple[str, str]], holdout: float, rng: random.Random):
-    """(held out, training, unit): `holdout` of the corpus's characters, but at least HOLDOUT_FLOOR
-    (a quarter of a smaller corpus), held out as whole documents when that takes at least
-    MIN_HELDOUT_DOCUMENTS of them, else as pieces drawn from every document (a corpus of a few long
-    works, like Shakespeare's plays, would otherwise be judged on two or three of them)."""
-    total = sum(len(text) for _, text in docs)
+SHARD_CHARS = 64_000_000  # training text per shuffle bucket and shard (~16-20M tokens): what one shuffle holds
+BATCH_CHARS = 4_000_000  # text tokenized at once: encode_batch spreads it over all cores
+
+
+class _Index:
+    """What the first pass learns of every document, compactly: its size, its digest, its pieces'
+    sizes. Some tens of bytes a document, never its text."""
+
+    def __init__(self):
+        self.sizes = array("Q")
+        self.digests = bytearray()
+        self.piece_start = array("Q", [0])
+        self.piece_sizes = array("Q")
+
+    def add(self, text: str) -> None:
+        self.sizes.append(len(text))
+        self.digests += hashlib.sha256(text.encode()).digest()
+        self.piece_sizes.extend(len(p) for p in _pieces(text))
+        self.piece_start.append(len(self.piece_sizes))
+
+    @property
+    def count(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def chars(self) -> int:
+        return sum(self.sizes)
+
+    def pieces(self, d: int) -> range:
+        return range(self.piece_start[d + 1] - self.piece_start[d])
+
+    def piece_size(self, d: int, k: int) -> int:
+        return self.piece_sizes[self.piece_start[d] + k]
+
+    def train_chars(self, held) -> int:
+        return sum(self.piece_size(d, k) for d in range(self.count) for k in self.pieces(d) if not held(d, k))
+
+    def digest(self) -> str:
+        """The corpus's identity: its documents' contents, however their paths were spelled."""
+        each = sorted(self.digests[i : i + 32].hex() for i in range(0, len(self.digests), 32))
+        return hashlib.sha256("".join(each).encode()).hexdigest()
+
+
+def _index(srcs: list[sources.Source]) -> _Index:
+    index = _Index()
+    for _, text in sources.documents(srcs):
+        index.add(text)
+    return index
+
+
+def _stream(srcs: list[sources.Source], index: _Index):
+    """(document number, name, text) again, each checked against the first pass: a source that
+    changes while it is prepared is an error, not a corpus that is half one and half another."""
+    for d, (name, text) in enumerate(sources.documents(srcs)):
+        if d >= index.count or hashlib.sha256(text.encode()).digest() != index.digests[32 * d : 32 * d + 32]:
+            raise DataError(f"{name} changed while it was being prepared: prepare again")
+        yield d, name, text
+
+
+class _Writer:
+    """Tokenizes what it is given in batches (all cores); held-out text goes to val.bin in order,
+    each training piece to a random shuffle bucket (its tokens to the bucket's file, its length to a
+    list), and `finish` shuffles every bucket's pieces into a shard."""
+
+    def __init__(self, out: Path, chosen, buckets: int, dtype, rng, progress):
+        self.out, self.chosen, self.dtype, self.rng, self.progress = out, chosen, dtype, rng, progress
+        self.pending: list[tuple[str, bool]] = []
+        self.pending_chars = 0
+        self.val = (out / "val.bin").open("wb")
+        self.val_tokens = self.val_units = 0
+        self.buckets = [(out / f".bucket-{k:05d}").open("wb") for k in range(buckets)]
+        self.lengths = [array("Q") for _ in range(buckets)]
+
+    def add(self, text: str, held: bool) -> None:
+        self.pending.append((text, held))
+        self.pending_chars += len(text)
+        if self.pending_chars >= BATCH_CHARS:
+            self._flush()
+
+    def _flush(self) -> None:
+        encoded = self.chosen.documents([t for t, _ in self.pending])
+        where = self.rng.integers(len(self.buckets), size=len(encoded))
+        for (_, held), ids, k in zip(self.pending, encoded, where):
+            if held:
+                self.val.write(ids.astype(self.dtype).tobytes())
+                self.val_tokens += len(ids)
+                self.val_units += 1
+            else:
+                self.buckets[k].write(ids.astype(self.dtype).tobytes())
+                self.lengths[k].append(len(ids))
+            self.progress.tokens(len(ids))
+        self.pending, self.pending_chars = [], 0
+
+    def finish(self, rng) -> list[tuple[str, int]]:
+        """Each bucket's pieces shuffled into a shard, train-NNNNN.bin; (file, tokens) of each."""
+        self._flush()
+        self.val.close()
+        out = []
+        for k, (bucket, lengths) in enumerate(zip(self.buckets, self.lengths)):
+            bucket.close()
+            path = self.out / f".bucket-{k:05d}"
+            if lengths:
+                tokens = np.fromfile(path, dtype=self.dtype)
+                ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+                starts = ends - np.asarray(lengths, dtype=np.int64)
+                name = f"train-{len(out):05d}.bin"
+                pieces = [tokens[starts[i] : ends[i]] for i in rng.permutation(len(lengths))]
+                np.concatenate(pieces).tofile(self.out / name)
+                out.append((name, int(ends[-1])))
+            path.unlink()
+        self.progress.done()
+        return out
+
+
+class _Progress:
+    """Documents, tokens, MB/s and ETA on one line of a terminal's stderr, redrawn twice a second."""
+
+    def __init__(self, total_chars: int, out=sys.stderr):
+        self.total, self.out, self.on = total_chars, out, out.isatty()
+        self.chars = self.docs = self.toks = 0
+        self.begin = self.last = time.monotonic()
+
+    def document(self, chars: int) -> None:
+        self.docs += 1
+        self.chars += chars
+        self._draw()
+
+    def tokens(self, n: int) -> None:
+        self.toks += n
+
+    def _draw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.on or (now - self.last < 0.5 and not force):
+            return
+        self.last = now
+        rate = self.chars / max(now - self.begin, 1e-9)
+        eta = (self.total - self.chars) / rate if rate else 0
+        self.out.write(
+            f"\r\x1b[Kprepare: {self.docs:,} documents, {self.toks:,} tokens, {rate / 1e6:.1f} MB/s, "
+            f"ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        )
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.on:
+            self._draw(force=True)
+            self.out.write("\n")
+
+
+def split(index: _Index, holdout: float, rng: random.Random):
+    """(held(document, piece) -> bool, unit): `holdout` of the corpus's characters, but at least
+    HOLDOUT_FLOOR (a quarter of a smaller corpus), held out as whole documents when that takes at
+    least MIN_HELDOUT_DOCUMENTS of them, else as pieces drawn from every document (a corpus of a few
+    long works, like Shakespeare's plays, would otherwise be judged on two or three of them)."""
+    total = index.chars
     target = max(holdout * total, min(HOLDOUT_FLOOR, total / 4))
+    order = list(range(index.count))
+    rng.shuffle(order)
     taken = size = 0
-    while size < target and taken < len(docs):
-        size += len(docs[taken][1])
+    while size < target and taken < len(order):
+        size += index.sizes[order[taken]]
         taken += 1
-    if MIN_HELDOUT_DOCUMENTS <= taken < len(docs):
-        return docs[:taken], docs[taken:], "documents"
-    pieces = [(f"{name}#{k + 1}", piece) for name, text in docs for k, piece in enumerate(_pieces(text))]
+    if MIN_HELDOUT_DOCUMENTS <= taken < len(order):
+        documents = set(order[:taken])
+        return (lambda d, k: d in documents), "documents"
+    pieces = [(d, k) for d in order for k in index.pieces(d)]
     rng.shuffle(pieces)
     taken = size = 0
     while size < target and taken < len(pieces) - 1:
-        size += len(pieces[taken][1])
+        size += index.piece_size(*pieces[taken])
         taken += 1
-    return pieces[:taken], pieces[taken:], "pieces"
+    chosen = set(pieces[:taken])
+    return (lambda d, k: (d, k) in chosen), "pieces"
 
 
 def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
@@ -278,16 +421,22 @@ class HeldOut:
 
 
 class TokenStream:
-    """Batches of (inputs, targets) read front to back from a token file, wrapping at the end.
+    """Batches of (inputs, targets) read front to back from the token files (a prepared folder's
+    shards, one after the other, as one stream), wrapping at the end.
 
     `position` counts the tokens consumed (over all ranks); a batch of B sequences of T tokens
     consumes B*T. Rank r of R takes sequences [r*B/R, (r+1)*B/R) of each global batch."""
 
-    def __init__(self, path: Path, dtype: str, position: int = 0):
-        self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        if len(self.tokens) < 2:
-            raise ValueError(f"{path} holds fewer than two tokens")
+    def __init__(self, paths: Path | list[Path], dtype: str, position: int = 0):
+        files = [paths] if isinstance(paths, Path) else list(paths)
+        self.parts = [np.memmap(p, dtype=np.dtype(dtype), mode="r") for p in files if p.stat().st_size]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        if self.starts[-1] < 2:
+            raise ValueError(f"{', '.join(map(str, files))} hold fewer than two tokens")
         self.position = position
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
 
     def next_batch(self, batch: int, seq_len: int, rank: int = 0, world: int = 1):
         import torch
@@ -295,7 +444,7 @@ class TokenStream:
         if batch % world:
             raise ValueError(f"batch {batch} does not split over {world} ranks")
         local = batch // world
-        n = len(self.tokens) - 1  # the last token is only ever a target
+        n = len(self) - 1  # the last token is only ever a target
         starts = [(self.position + (rank * local + i) * seq_len) % n for i in range(local)]
         rows = [self._window(s, seq_len + 1) for s in starts]
         self.position += batch * seq_len
@@ -303,7 +452,19 @@ class TokenStream:
         return x[:, :-1], x[:, 1:]
 
     def _window(self, start: int, length: int) -> np.ndarray:
-        end = start + length
-        if end <= len(self.tokens):
-            return np.asarray(self.tokens[start:end])
-        return np.concatenate([self.tokens[start:], self.tokens[: end - len(self.tokens)]])
+        """Tokens [start, start + length) of the stream, across shards, wrapping at its end."""
+        out, at = [], start
+        while length > 0:
+            at %= len(self)
+            part = int(np.searchsorted(self.starts, at, side="right")) - 1
+            offset = at - int(self.starts[part])
+            piece = np.asarray(self.parts[part][offset : offset + length])
+            out.append(piece)
+            at, length = at + len(piece), length - len(piece)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def train_files(directory: Path, meta: Meta) -> list[Path]:
+    """A prepared folder's training stream: its shards in order (train.bin for a folder prepared
+    before shards)."""
+    return [directory / s["file"] for s in meta.shards] if meta.shards else [directory / "train.bin"]

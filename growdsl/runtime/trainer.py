@@ -42,7 +42,7 @@ from growdsl.plan.plan import (
 )
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
-from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta
+from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta, train_files
 from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 
@@ -98,7 +98,7 @@ class Trainer:
             raise RunError(str(e)) from None
         self._check_vocab()
         self._check_memory()
-        self.stream = TokenStream(data_dir / "train.bin", self.meta.dtype)
+        self.stream = TokenStream(train_files(data_dir, self.meta), self.meta.dtype)
         if plan.totals.tokens > self.meta.train_tokens:
             self.log(
                 f"note: the run reads {plan.totals.tokens:,} tokens, {plan.totals.tokens / self.meta.train_tokens:.1f} "
