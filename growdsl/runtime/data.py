@@ -268,13 +268,15 @@ class _Writer:
             bucket.close()
             path = self.out / f".bucket-{k:05d}"
             if lengths:
-                tokens = np.fromfile(path, dtype=self.dtype)
+                tokens = np.memmap(path, dtype=self.dtype, mode="r")  # read piece by piece, never whole
                 ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
                 starts = ends - np.asarray(lengths, dtype=np.int64)
                 name = f"train-{len(out):05d}.bin"
-                pieces = [tokens[starts[i] : ends[i]] for i in rng.permutation(len(lengths))]
-                np.concatenate(pieces).tofile(self.out / name)
+                with (self.out / name).open("wb") as shard:
+                    for i in rng.permutation(len(lengths)):
+                        shard.write(tokens[starts[i] : ends[i]].tobytes())
                 out.append((name, int(ends[-1])))
+                del tokens
             path.unlink()
         self.progress.done()
         return out
