@@ -345,8 +345,8 @@ def _data_prepare(args) -> int:
     if args.vocab is not None and args.tokenizer:
         print("growdsl data prepare: give --tokenizer or --vocab, not both", file=sys.stderr)
         return EXIT_USAGE
-    spec = args.tokenizer or f"bpe:{args.vocab or data.DEFAULT_VOCAB}"
-    tag = spec.removeprefix("bpe:") if spec.startswith("bpe:") else Path(spec).stem  # names the default --out
+    spec = args.tokenizer or f"bpe:{data.DEFAULT_VOCAB if args.vocab is None else args.vocab}"
+    tag = spec.removeprefix("bpe:") if spec.startswith("bpe:") else spec  # names the default --out
     if spec in corpora.TOKENIZERS:
         try:
             spec = str(corpora.fetch_tokenizer(spec))
@@ -380,7 +380,9 @@ def _data_prepare(args) -> int:
         default = (
             data.DEFAULT
             if name == "shakespeare" and spec == f"bpe:{data.DEFAULT_VOCAB}"
-            else corpora.HOME / "data" / f"{name}-{tag}"
+            else corpora.HOME
+            / "data"
+            / f"{name}-{tag if tag in corpora.TOKENIZERS or kind == 'bpe' else _file_tag(spec)}"
         )
         out = Path(args.out) if args.out else default
     from growdsl.runtime import folders
@@ -408,6 +410,15 @@ def _data_prepare(args) -> int:
         f"{meta.train_tokens:,} training and {meta.val_tokens:,} held-out tokens"
     )
     return EXIT_OK
+
+
+def _file_tag(path: str) -> str:
+    """A tokenizer file's name and a short digest of its bytes: two tokenizer.json files never share a folder."""
+    import hashlib
+
+    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:8] if file.is_file() else "x"
+    return f"{Path(path).stem}-{digest}"
 
 
 def _run(args) -> int:

@@ -113,3 +113,78 @@ def test_a_source_that_changes_while_it_is_prepared_is_an_error(tmp_path, monkey
     with pytest.raises(data.DataError, match="d2.txt changed while it was being prepared"):
         prepare([tmp_path], tmp_path / "out", vocab_size=300)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst", "parquet"])
+def test_damaged_files_are_one_line_errors_naming_them(tmp_path, kind):
+    zstandard = pytest.importorskip("zstandard")
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS)
+    if kind == "gz":
+        whole, path = gzip.compress(lines.encode()), tmp_path / "c.jsonl.gz"
+    elif kind == "zst":
+        whole, path = zstandard.ZstdCompressor().compress(lines.encode()), tmp_path / "c.jsonl.zst"
+    else:
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": TEXTS}), tmp_path / "x.parquet")
+        whole, path = (tmp_path / "x.parquet").read_bytes(), tmp_path / "c.parquet"
+        (tmp_path / "x.parquet").unlink()
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(sources.SourceError, match=f"{path.name}"):
+        list(sources.documents(sources.find([tmp_path])))
+
+
+def test_what_is_not_a_corpus_is_refused_and_what_is_is_not_skipped(tmp_path):
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"text"))
+    with pytest.raises(sources.SourceError, match="notes.txt.gz is not text"):
+        sources.find([tmp_path / "notes.txt.gz"])
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "meta.json").write_text("{}")  # someone's metadata, not a prepared folder
+    (books / "a.txt").write_text("a book")
+    assert [s.path.name for s in sources.find([books])] == ["a.txt"]
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(sources.SourceError, match='"text" column holds int64, not strings'):
+        list(sources.documents(sources.find([tmp_path / "n.parquet"])))
+
+
+def test_a_saved_dataset_gives_its_train_split_and_not_its_caches(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": TEXTS[:5]}), "test": datasets.Dataset.from_dict({"text": ["x"]})}
+    )
+    splits.save_to_disk(str(tmp_path / "dd"))
+    (tmp_path / "dd" / "train" / "cache-123.arrow").write_bytes(
+        (tmp_path / "dd" / "test" / "data-00000-of-00001.arrow").read_bytes()
+    )
+    assert [t for _, t in sources.documents(sources.find([tmp_path / "dd"]))] == TEXTS[:5]
+
+
+def test_a_source_that_shrinks_while_it_is_prepared_is_an_error(tmp_path, monkeypatch):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:4]))
+    real = data._Index.add
+    calls = []
+
+    def then_shortened(index, text):
+        real(index, text)
+        calls.append(text)
+        if len(calls) == 4:  # its last line goes
+            corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:3]))
+
+    monkeypatch.setattr(data._Index, "add", then_shortened)
+    with pytest.raises(data.DataError, match="held 4 documents, then 3"):
+        prepare([tmp_path], tmp_path / "out", vocab_size=300)
+
+
+def test_one_huge_document_is_not_the_whole_held_out_share(tmp_path):
+    lines = "".join(json.dumps({"text": TEXTS[i % 24] + f" n{i}"}) + "\n" for i in range(300))
+    (tmp_path / "small.jsonl").write_text(lines)
+    (tmp_path / "dump.txt").write_text(" ".join(TEXTS) * 40)  # as large as everything else together, and more
+    for seed in range(4):
+        meta = prepare([tmp_path], tmp_path / f"out{seed}", vocab_size=300, holdout=0.05, seed=seed)
+        assert meta.val_tokens < 0.3 * (meta.train_tokens + meta.val_tokens), seed

@@ -150,3 +150,25 @@ def test_the_model_and_the_tokenizer_agree_on_the_vocab(data_dir):
         Trainer(plan_source(schedule.replace("vocab 400", "vocab 300")), data_dir)
     Trainer(plan_source(schedule.replace("vocab 400", "vocab 394")), data_dir)
     Trainer(plan_source(schedule.replace("vocab 400", "vocab 400 padded")), data_dir)
+
+
+def test_eval_reads_a_document_as_training_did(sp_data):
+    from growdsl.eval.lm import GrowLM
+
+    tokenizer, specials = tokenizers.read_prepared(sp_data)
+    lm = GrowLM(None, tokenizer, 2, 64, bos_id=1)
+    text = tokenizer.encode("w1 w2 w3", add_special_tokens=False).ids
+    assert lm.encode_pair("w1 w2", " w3")[0][:2] != [1, 1]
+    context, continuation = lm.encode_pair("w1 w2", " w3")
+    assert context + continuation == [1, *text]  # one <s>, as every training document starts
+
+
+def test_vocab_size_is_the_highest_id_plus_one(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    vocab = {"a": 0, "b": 1, "</s>": 70_000}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    tok.add_special_tokens(["</s>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    chosen = tokenizers.load(tmp_path / "tokenizer.json")
+    assert chosen.vocab_size == 70_001 and chosen.documents(["a b"])[0].dtype == np.uint32

@@ -40,7 +40,8 @@ class GrowLM(LM):
     # ---- tokens ------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        """The text's own tokens: the document's start (BOS) is added where the conventions say, once."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Context and continuation tokens, split where the context's own tokens end (so a word is

@@ -75,18 +75,37 @@ def prepare(
     chosen = tokenizers.load(what) if kind == "file" else None  # a bad tokenizer is refused before any work
     _replaceable(out, paths)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a prepare that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     fresh = out.with_name(f".{out.name}.partial-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    made = [p for p in out.parents if not p.exists()]
     try:
         meta = _prepare(paths, fresh, chosen or int(what), holdout, seed)
         if out.exists():
             out.replace(old)
         fresh.replace(out)
+        made = []
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+        for parent in made:  # a refused prepare leaves no folders behind
+            try:
+                parent.rmdir()
+            except OSError:
+                break
     return meta
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process of this number runs (a prepare still writing its folder)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 PREPARED = {"meta.json", "train.bin", "val.bin", "val.jsonl", "tokenizer.json", tokenizers.CONFIG, "tokenizer.model"}
@@ -126,8 +145,12 @@ def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, h
         chosen = tokenizers.train_bpe(training, tokenizer)
     else:
         chosen = tokenizer
-        if chosen.kind == "sentencepiece":
-            tokenizers.check_sentencepiece(chosen, ((name, text) for _, name, text in _stream(srcs, index)))
+        if chosen.kind == "sentencepiece":  # on pieces, as they are encoded: a huge document is not encoded whole
+            pieces = (
+                (f"{name}#{k + 1}", p) for _, name, text in _stream(srcs, index) for k, p in enumerate(_pieces(text))
+            )
+            tokenizers.check_sentencepiece(chosen, pieces)
+    tokenizers.match_template(chosen)  # Hugging Face users of the export get the conventions training had
     dtype = np.uint16 if chosen.vocab_size <= 2**16 else np.uint32
     out.mkdir(parents=True)
     buckets = max(1, -(-index.train_chars(held) // SHARD_CHARS))
@@ -219,10 +242,16 @@ def _index(srcs: list[sources.Source]) -> _Index:
 def _stream(srcs: list[sources.Source], index: _Index):
     """(document number, name, text) again, each checked against the first pass: a source that
     changes while it is prepared is an error, not a corpus that is half one and half another."""
+    seen = 0
     for d, (name, text) in enumerate(sources.documents(srcs)):
         if d >= index.count or hashlib.sha256(text.encode()).digest() != index.digests[32 * d : 32 * d + 32]:
             raise DataError(f"{name} changed while it was being prepared: prepare again")
+        seen = d + 1
         yield d, name, text
+    if seen != index.count:
+        raise DataError(
+            f"the sources held {index.count} documents, then {seen}: one changed while it was being prepared"
+        )
 
 
 class _Writer:
@@ -236,7 +265,7 @@ class _Writer:
         self.pending_chars = 0
         self.val = (out / "val.bin").open("wb")
         self.val_tokens = self.val_units = 0
-        self.buckets = [(out / f".bucket-{k:05d}").open("wb") for k in range(buckets)]
+        self.buckets = [out / f".bucket-{k:05d}" for k in range(buckets)]  # opened per batch: no file limit
         self.lengths = [array("Q") for _ in range(buckets)]
 
     def add(self, text: str, held: bool) -> None:
@@ -248,15 +277,19 @@ class _Writer:
     def _flush(self) -> None:
         encoded = self.chosen.documents([t for t, _ in self.pending])
         where = self.rng.integers(len(self.buckets), size=len(encoded))
+        scattered: dict[int, list[bytes]] = {}
         for (_, held), ids, k in zip(self.pending, encoded, where):
             if held:
                 self.val.write(ids.astype(self.dtype).tobytes())
                 self.val_tokens += len(ids)
                 self.val_units += 1
             else:
-                self.buckets[k].write(ids.astype(self.dtype).tobytes())
+                scattered.setdefault(int(k), []).append(ids.astype(self.dtype).tobytes())
                 self.lengths[k].append(len(ids))
             self.progress.tokens(len(ids))
+        for k, chunks in scattered.items():
+            with self.buckets[k].open("ab") as bucket:
+                bucket.writelines(chunks)
         self.pending, self.pending_chars = [], 0
 
     def finish(self, rng) -> list[tuple[str, int]]:
@@ -264,9 +297,7 @@ class _Writer:
         self._flush()
         self.val.close()
         out = []
-        for k, (bucket, lengths) in enumerate(zip(self.buckets, self.lengths)):
-            bucket.close()
-            path = self.out / f".bucket-{k:05d}"
+        for path, lengths in zip(self.buckets, self.lengths):
             if lengths:
                 tokens = np.memmap(path, dtype=self.dtype, mode="r")  # read piece by piece, never whole
                 ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
@@ -277,7 +308,7 @@ class _Writer:
                         shard.write(tokens[starts[i] : ends[i]].tobytes())
                 out.append((name, int(ends[-1])))
                 del tokens
-            path.unlink()
+            path.unlink(missing_ok=True)
         self.progress.done()
         return out
 
@@ -326,12 +357,15 @@ def split(index: _Index, holdout: float, rng: random.Random):
     target = max(holdout * total, min(HOLDOUT_FLOOR, total / 4))
     order = list(range(index.count))
     rng.shuffle(order)
-    taken = size = 0
-    while size < target and taken < len(order):
-        size += index.sizes[order[taken]]
-        taken += 1
-    if MIN_HELDOUT_DOCUMENTS <= taken < len(order):
-        documents = set(order[:taken])
+    documents: set[int] = set()
+    size = 0
+    for d in order:  # a document that would overshoot the target by half stays in training
+        if size >= target:
+            break
+        if size + index.sizes[d] <= max(1.5 * target, target + PIECE_CHARS):
+            documents.add(d)
+            size += index.sizes[d]
+    if MIN_HELDOUT_DOCUMENTS <= len(documents) < len(order) and size >= target:
         return (lambda d, k: d in documents), "documents"
     pieces = [(d, k) for d in order for k in index.pieces(d)]
     rng.shuffle(pieces)
@@ -344,10 +378,11 @@ def split(index: _Index, holdout: float, rng: random.Random):
 
 
 def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
-    """Consecutive paragraphs gathered into pieces of at least `min_chars` (the last may be short)."""
+    """Consecutive paragraphs gathered into pieces of at least `min_chars` (the last may be short); a
+    paragraph longer than twice that (text without blank lines) is cut at a line break or a space."""
     pieces, current = [], []
     size = 0
-    for paragraph in text.split("\n\n"):
+    for paragraph in (part for block in text.split("\n\n") for part in _cut(block, min_chars)):
         current.append(paragraph)
         size += len(paragraph)
         if size >= min_chars:
@@ -356,6 +391,16 @@ def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
     if current:
         pieces.append("\n\n".join(current))
     return [p for p in pieces if p.strip()]
+
+
+def _cut(paragraph: str, size: int) -> list[str]:
+    parts = []
+    while len(paragraph) > 2 * size:
+        at = max(paragraph.rfind("\n", size, 2 * size), paragraph.rfind(" ", size, 2 * size))
+        at = at if at > 0 else 2 * size
+        parts.append(paragraph[:at])
+        paragraph = paragraph[at:]
+    return [*parts, paragraph]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

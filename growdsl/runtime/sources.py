@@ -34,25 +34,40 @@ class Source:
         return self.path.stat().st_size
 
 
-KINDS = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet"}
+KINDS = {".txt": "text", ".jsonl": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+BINARY = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1", b"BZh", b"\xfd7zXZ", b"PK\x03\x04")  # gz zst parquet bz2 xz zip
 
 
 def find(paths: list[Path]) -> list[Source]:
-    """The sources under `paths`, in a fixed order (sorted): folders are searched for the kinds above."""
+    """The sources under `paths`, in a fixed order (sorted): folders are searched for the kinds above;
+    a file named explicitly is read as text unless it is binary (compressed otherwise, say)."""
     found: list[Source] = []
     for path in sorted(paths):
         if path.is_dir():
             found += _folder(path)
         else:
-            found.append(Source(path, _kind(path) or "text"))  # a file named explicitly is read as text
+            kind = _kind(path)
+            if kind is None:
+                with path.open("rb") as f:
+                    head = f.read(4096)
+                if head.startswith(BINARY) or b"\x00" in head:
+                    raise SourceError(
+                        f"{path} is not text, nor a format growdsl reads (.txt, .jsonl, .jsonl.gz, .jsonl.zst, "
+                        f".parquet, a saved dataset's folder)"
+                    )
+            found.append(Source(path, kind or "text"))
     return found
 
 
 def _folder(folder: Path) -> list[Source]:
-    if (folder / "meta.json").exists():  # a prepared folder (its val.jsonl is not a corpus)
-        return []
-    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
-        return [Source(p, "arrow") for p in sorted(folder.rglob("*.arrow"))]
+    if all((folder / n).is_file() for n in ("meta.json", "tokenizer.json", "val.bin")):
+        return []  # a prepared folder (its val.jsonl is not a corpus)
+    if (folder / "dataset_dict.json").is_file():
+        return _dataset_dict(folder)
+    if (folder / "state.json").is_file():
+        return _saved_dataset(folder)
     found = []
     for child in sorted(folder.iterdir()):
         if child.is_dir():
@@ -60,6 +75,30 @@ def _folder(folder: Path) -> list[Source]:
         elif _kind(child):
             found.append(Source(child, _kind(child)))
     return found
+
+
+def _dataset_dict(folder: Path) -> list[Source]:
+    """A saved DatasetDict: its train split (the others are not training text)."""
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+    except (ValueError, KeyError, TypeError, OSError):
+        raise SourceError(f"{folder / 'dataset_dict.json'} is not a saved dataset's split list") from None
+    if "train" not in splits:
+        raise SourceError(
+            f"{folder} has no train split (it has {', '.join(map(str, splits))}): give the split's folder"
+        )
+    return _saved_dataset(folder / "train")
+
+
+def _saved_dataset(folder: Path) -> list[Source]:
+    """A saved Dataset: the arrow files its state.json names (not the caches `map` leaves beside them)."""
+    try:
+        files = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError, OSError):
+        raise SourceError(f"{folder / 'state.json'} is not a saved dataset's state") from None
+    if not all(isinstance(f, str) and f == Path(f).name for f in files):
+        raise SourceError(f"{folder / 'state.json'} names files outside its folder")
+    return [Source(folder / f, "arrow") for f in files]
 
 
 def _kind(path: Path) -> str | None:
@@ -79,6 +118,20 @@ def documents(sources: list[Source]) -> Iterator[tuple[str, str]]:
 
 
 def _read(source: Source) -> Iterator[tuple[str, str]]:
+    """The documents of one source; a damaged file is a SourceError naming it, never a traceback."""
+    try:
+        yield from _documents_of(source)
+    except SourceError:
+        raise
+    except (OSError, EOFError, ValueError, UnicodeError) as e:  # truncated or corrupt archives, ...
+        raise SourceError(f"{source.path}: cannot be read as {source.kind}: {e}") from None
+    except Exception as e:  # zstandard's and pyarrow's own errors
+        if type(e).__module__.split(".")[0] not in ("zstandard", "pyarrow"):
+            raise
+        raise SourceError(f"{source.path}: cannot be read as {source.kind}: {e}") from None
+
+
+def _documents_of(source: Source) -> Iterator[tuple[str, str]]:
     path = source.path
     if source.kind == "text":
         yield str(path), path.read_text(encoding="utf-8", errors="replace")
@@ -98,13 +151,44 @@ def _open_lines(source: Source):
     if source.kind == "jsonl.gz":
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
     if source.kind == "jsonl.zst":
+        return io.TextIOWrapper(_Zstd(path), encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
+
+
+class _Zstd(io.RawIOBase):
+    """A .zst file's text, frame after frame; a file that ends inside a frame is an error (zstandard's
+    stream reader would end quietly, dropping the rest)."""
+
+    def __init__(self, path: Path):
         try:
             import zstandard
         except ImportError:
             raise SourceError(f"{path}: reading .zst needs the zstandard package: pip install zstandard") from None
-        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"))
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
-    return path.open(encoding="utf-8", errors="replace")
+        self.path, self.file, self.zstd = path, path.open("rb"), zstandard
+        self.decoder = zstandard.ZstdDecompressor().decompressobj()
+        self.buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, into) -> int:
+        while not self.buffer:
+            chunk = self.file.read(1 << 20)
+            if not chunk:
+                if not self.decoder.eof and self.decoder.unused_data == b"":
+                    raise SourceError(f"{self.path} ends inside a compressed frame: the file is truncated")
+                return 0
+            if self.decoder.eof:  # the next frame
+                chunk = self.decoder.unused_data + chunk
+                self.decoder = self.zstd.ZstdDecompressor().decompressobj()
+            self.buffer = self.decoder.decompress(chunk)
+        n = min(len(into), len(self.buffer))
+        into[:n], self.buffer = self.buffer[:n], self.buffer[n:]
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
 
 
 def jsonl_text(line: str, where: str) -> str:
@@ -126,6 +210,7 @@ def _parquet(path: Path) -> Iterator[tuple[str, str]]:
         raise SourceError(f"{path} is not a parquet file: {e}") from None
     if "text" not in table.schema_arrow.names:
         raise SourceError(f'{path} has no "text" column (it has {", ".join(table.schema_arrow.names)})')
+    _strings(table.schema_arrow.field("text").type, path)
     row = 0
     for batch in table.iter_batches(columns=["text"], batch_size=1024):
         for text in batch.column(0).to_pylist():
@@ -142,8 +227,16 @@ def _arrow(path: Path) -> Iterator[tuple[str, str]]:
         raise SourceError(f"{path} is not a saved dataset's arrow file: {e}") from None
     if "text" not in reader.schema.names:
         raise SourceError(f'{path} has no "text" column (it has {", ".join(reader.schema.names)})')
+    _strings(reader.schema.field("text").type, path)
     row = 0
     for batch in reader:
         for text in batch.column("text").to_pylist():
             row += 1
             yield f"{path}#{row}", text or ""
+
+
+def _strings(kind, path: Path) -> None:
+    import pyarrow as pa
+
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SourceError(f'{path}: its "text" column holds {kind}, not strings')

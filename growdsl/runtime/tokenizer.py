@@ -43,7 +43,8 @@ class Chosen:
 
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
+        """The highest id + 1: what a model's embedding must hold (ids need not be contiguous)."""
+        return max(self.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
     def id(self, token: str | None) -> int | None:
         return None if token is None else self.tokenizer.token_to_id(token)
@@ -68,6 +69,20 @@ class Chosen:
             "add_eos_token": False,
             "growdsl_tokenizer": self.kind,
         }
+
+
+def match_template(chosen: Chosen) -> None:
+    """Make the tokenizer's own template say what `chosen.specials` says (a BOS before a text, or
+    nothing), so that a Hugging Face user of an exported model encodes as training did."""
+    from tokenizers import processors
+
+    bos = chosen.specials.bos
+    if bos is None:
+        chosen.tokenizer.post_processor = None
+    else:
+        chosen.tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, chosen.id(bos))]
+        )
 
 
 def parse(spec: str) -> tuple[str, int | Path]:
