@@ -153,7 +153,7 @@ def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, h
     tokenizers.match_template(chosen)  # Hugging Face users of the export get the conventions training had
     dtype = np.uint16 if chosen.vocab_size <= 2**16 else np.uint32
     out.mkdir(parents=True)
-    buckets = max(1, -(-index.train_chars(held) // SHARD_CHARS))
+    buckets = max(1, -(-index.chars // SHARD_CHARS))  # by the whole corpus: the held-out share is small
     writer = _Writer(out, chosen, buckets, dtype, np.random.default_rng(seed), _Progress(index.chars))
     with (out / "val.jsonl").open("w") as held_text:  # the held-out text, for `growdsl eval`
         for d, name, text in _stream(srcs, index):
@@ -222,9 +222,6 @@ class _Index:
 
     def piece_size(self, d: int, k: int) -> int:
         return self.piece_sizes[self.piece_start[d] + k]
-
-    def train_chars(self, held) -> int:
-        return sum(self.piece_size(d, k) for d in range(self.count) for k in self.pieces(d) if not held(d, k))
 
     def digest(self) -> str:
         """The corpus's identity: its documents' contents, however their paths were spelled."""
