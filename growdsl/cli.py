@@ -225,7 +225,7 @@ def _plan(args) -> int:
 def _plan_data(plan, args) -> int:
     """What the run will read: its data folder's tokens, each stage's share, and a warning when the run
     repeats its data; data that is missing or half-prepared is an error now, not after a model is built."""
-    from growdsl.plan.data import DataError, reading
+    from growdsl.plan.data import DataError, reading, vocab_problem
 
     named = args.data or plan.stages[0].training.data
     if named is None:
@@ -242,7 +242,17 @@ def _plan_data(plan, args) -> int:
     except DataError as e:
         print(f"{args.file}: error: {e}", file=sys.stderr)
         return EXIT_INVALID
+    problem = vocab_problem(plan, read.meta["vocab_size"])
+    if problem and named is None:  # the default corpus fits the small schedules, not every schedule
+        print(
+            f"\ndata: none named, and the default corpus (vocab {read.meta['vocab_size']:,}) does not fit this "
+            f"model's vocab {plan.stages[0].shape.vocab_size:,}: name its data with `data` or --data"
+        )
+        return EXIT_OK
     print("\n" + "\n".join(read.lines()))
+    if problem:
+        print(f"{args.file}: error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     if read.epochs > 1:
         print(
             f"{args.file}: warning: the run reads its data {read.epochs:.2f} times ({plan.totals.tokens:,} tokens of "
@@ -529,9 +539,6 @@ def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_eve
         else:
             waiting.append(line)
 
-    if world.main:
-        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
-        log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
     resume = world.share(run.resume if world.main else None)
     try:
         evaluator = in_run_evaluator(plan, data_dir, run_dir, world, log)
@@ -556,6 +563,8 @@ def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_eve
         return EXIT_INVALID
     if world.main:
         run.accept(plan.to_json(indent=2), source, data_dir, world.size)
+        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
+        log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
         log_file.write("".join(line + "\n" for line in waiting))
         trainer.metrics = metrics = Metrics(run_dir, owner=True)
@@ -718,13 +727,6 @@ def _data_dir(args, plan, run):
                 return None
         else:
             path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
-        if not (path / "meta.json").is_file():
-            print(
-                f"growdsl run: {path} is not a prepared data folder (no meta.json); "
-                f"prepare it first: growdsl data prepare SOURCES --out {path}",
-                file=sys.stderr,
-            )
-            return None
         data.load_meta(path)  # complete and consistent, or a DataError that says what is not
         run.check_data(path)
     except (RunDirError, data.DataError) as e:

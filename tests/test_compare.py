@@ -169,7 +169,7 @@ def test_scores_note_limited_and_unequal_evaluations(tmp_path, capsys):
     b = write_run(tmp_path / "b", flops, 10 - flops / 1e11, evals={"arc_easy": {"acc": 0.35}})
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o"), "--smooth", "1"]) == 0
     out = capsys.readouterr().out
-    assert "note: a was scored on the first 50 documents of each task (--limit)" in out
+    assert out.count("note: a was scored on the first 50 documents of arc_easy, heldout (--limit)") == 1
     assert "note: the runs were scored on different tasks: a: arc_easy, heldout; b: arc_easy" in out
     assert (tmp_path / "o" / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -205,3 +205,20 @@ def test_every_malformed_history_line_is_an_error_naming_it(tmp_path, bad, probl
     (run / "history.jsonl").write_text(good + bad + "\n")
     with pytest.raises(CompareError, match=r"history.jsonl:3: not a history record \(" + re.escape(problem)):
         read_run(run)
+
+
+def test_a_whole_task_score_wins_over_a_limited_one_at_the_same_step(tmp_path):
+    from growdsl.eval.compare import final_scores, read_run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    lines = [{"step": s, "tokens": s, "flops": s, "loss": 2.0} for s in (1, 2)]
+    lines += [
+        {"event": "eval", "step": 2, "results": {"heldout": {"bits_per_byte": 2.5}}},  # the schedule's, whole
+        {"event": "eval", "step": 2, "results": {"heldout": {"bits_per_byte": 2.3}}, "limit": 5},  # growdsl eval
+        {"event": "eval", "step": 2, "results": {"arc_easy": {"acc": 0.4}}, "limit": 5},
+    ]
+    (run / "history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    scores, notes = final_scores([read_run(run)])
+    assert scores == [{"heldout": {"bits_per_byte": 2.5}, "arc_easy": {"acc": 0.4}}]
+    assert notes == ["r was scored on the first 5 documents of arc_easy (--limit)"]

@@ -217,6 +217,9 @@ def test_plan_refuses_missing_and_half_prepared_data(data_dir, tmp_path, capsys)
     shutil.copytree(data_dir, half)
     (half / "val.bin").unlink()
     schedule = tmp_path / "s.grow"
+    schedule.write_text(TINY_RUN.replace(" padded", "") + "train 1L for 10 steps\n")  # vocab 400, the data's 394
+    assert main(["plan", str(schedule), "--data", str(data_dir)]) == 1
+    assert "set vocab 394 in the model statement" in capsys.readouterr().err
     for data, said in [("nowhere", "does not exist"), ("half", "val.bin is missing, not the")]:
         schedule.write_text(TINY_RUN + f'data "{data}"\ntrain 1L for 10 steps\n')
         assert main(["plan", str(schedule)]) == 1

@@ -304,12 +304,18 @@ def final_scores(runs: list[Curve]) -> tuple[list[dict], list[str]]:
     out, notes = [], []
     for run in runs:
         last = max((e["step"] for e in run.evals), default=None)
-        merged = {}
-        for e in run.evals:
-            if e["step"] == last:
-                merged.update(e["results"])
-                if e.get("limit"):
-                    notes.append(f"{run.name} was scored on the first {e['limit']} documents of each task (--limit)")
+        merged: dict = {}
+        limited: dict[str, int] = {}  # task -> the --limit its kept score was measured with
+        for e in sorted((e for e in run.evals if e["step"] == last), key=lambda e: not e.get("limit")):
+            for task, scores in e["results"].items():  # a whole-task score wins over a --limit one
+                if not e.get("limit") or task not in merged or task in limited:
+                    merged[task] = scores
+                    limited.pop(task, None)
+                    if e.get("limit"):
+                        limited[task] = e["limit"]
+        if limited:
+            n = max(limited.values())
+            notes.append(f"{run.name} was scored on the first {n} documents of {', '.join(sorted(limited))} (--limit)")
         out.append(merged)
     tasks = [set(s) for s in out if s]
     if tasks and any(t != tasks[0] for t in tasks):
@@ -431,7 +437,7 @@ def _plot_scores(runs: list[Curve], out: Path, plt) -> Path | None:
             ax.bar(k, v, color=f"C{k}", hatch="//" if run.name in limited else None, edgecolor="black", linewidth=0.5)
             ax.text(k, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(runs)), [r.name for r in runs], rotation=30, ha="right", fontsize=7)
-        ax.set_ylim(0, 1.15 * max(present))
+        ax.set_ylim(0, 1.15 * max(present) or 1.0)  # all zero: an axis that still shows the bars
         ax.set_title(f"{name}\n({'higher' if higher else 'lower'} is better)", fontsize=9)
     title = "final benchmark scores"
     if limited:

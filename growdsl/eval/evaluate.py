@@ -77,11 +77,19 @@ def _metrics(values: dict) -> dict[str, float]:
 
 
 def write_results(run_dir: Path, label: str, results: dict, about: dict) -> Path:
-    """RUN/eval/LABEL.json: the scores and what was scored (stage, step, tokens, FLOPs)."""
+    """RUN/eval/LABEL.json (LABEL-limitN.json for a --limit one): the scores and what was scored
+    (stage, step, tokens, FLOPs), merged with the other tasks already scored there."""
     folder = run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{label}.json"
-    path.write_text(json.dumps({**about, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}, indent=1))
+    path = folder / f"{label}{'-limit' + str(about['limit']) if about.get('limit') else ''}.json"
+    kept = {}
+    if path.is_file():  # scores of other tasks at the same point stay; a task scored again is replaced
+        try:
+            kept = json.loads(path.read_text()).get("results", {})
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            kept = {}
+    merged = {**(kept if isinstance(kept, dict) else {}), **results}
+    path.write_text(json.dumps({**about, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": merged}, indent=1))
     return path
 
 

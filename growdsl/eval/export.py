@@ -58,6 +58,7 @@ def export_hf(path: Path, out: Path) -> Path:
     partial.mkdir()
     try:
         save_file(hf, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        os.chmod(partial / "model.safetensors", 0o644)  # safetensors writes it private; the other files are not
         (partial / "config.json").write_text(json.dumps(config(trained), indent=2))
         _tokenizer_files(trained, partial)
         (partial / "README.md").write_text(model_card(trained))

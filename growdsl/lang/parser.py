@@ -190,9 +190,14 @@ def _diagnose(parser: Lark, e: UnexpectedInput, text: str) -> Diagnostic:
     span = Span(line, col, tok.end_line or line, tok.end_column or col + len(tok))
     words = _keywords(parser, e.expected)
     hint = did_you_mean(str(tok), words.values()) if tok.type in ("NAME", "FACTOR") or str(tok).isalpha() else None
+    if hint is None and str(tok).isalpha():  # a misspelt unit after a number (`80 stpes`)
+        hint = did_you_mean(str(tok), UNIT_WORDS)
     if tok.type == "NAME" and hint:
         return Diagnostic(f"unknown word '{tok}'", span, hint)
     return Diagnostic(f"unexpected '{tok}': expected {_expected_text(parser, e.expected)}", span, hint)
+
+
+UNIT_WORDS = ("steps", "step", "tokens", "seqs", "sequences")
 
 
 def _end_of_last_line(text: str) -> tuple[int, int]:

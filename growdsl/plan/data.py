@@ -25,6 +25,11 @@ def read_meta(directory: Path) -> dict:
     file = directory / "meta.json"
     if not directory.is_dir():
         raise DataError(f"{directory} does not exist: prepare it with growdsl data prepare SOURCES --out {directory}")
+    if not file.exists() and any(directory.iterdir()):
+        raise DataError(
+            f"{directory} is not a prepared data folder (no meta.json): if it holds your corpus, prepare it into "
+            f"a new folder, growdsl data prepare {directory} --out NEW_FOLDER, and name that"
+        )
     try:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
@@ -104,3 +109,22 @@ def reading(plan: Plan, directory: Path) -> Reading:
         stages.append((s.index, position, n))
         position += n
     return Reading(directory, meta, tuple(stages))
+
+
+def vocab_problem(plan: Plan, have: int) -> str | None:
+    """Why the model's vocab and a tokenizer of `have` tokens disagree, or None: a smaller model cannot
+    read the data; a larger one has rows no token uses, which only a stated `padded` allows."""
+    for stage in plan.stages:
+        v = stage.shape.vocab_size
+        if v < have:
+            return (
+                f"the data's tokenizer has {have:,} tokens but the model's vocab is {v:,} (stage {stage.index}): "
+                f"set vocab {have} in the model statement"
+            )
+        if v > have and not stage.shape.vocab_padded:
+            return (
+                f"the model's vocab is {v:,} but the data's tokenizer has {have:,} tokens (stage {stage.index}): "
+                f"set vocab {have} in the model statement, or `vocab {v} padded` if the extra rows are on "
+                f"purpose (padding to a multiple of 64 or 128 is common)"
+            )
+    return None

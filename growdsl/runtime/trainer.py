@@ -30,6 +30,7 @@ from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
+from growdsl.plan.data import vocab_problem
 from growdsl.plan.plan import (
     DepthGrowth,
     Growth,
@@ -121,22 +122,10 @@ class Trainer:
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
 
     def _check_vocab(self) -> None:
-        """The model's vocab and the tokenizer's agree, both ways: a smaller model cannot read the
-        data; a larger one has rows no token uses, which only a stated `padded` allows."""
-        have = self.meta.vocab_size
-        for stage in self.plan.stages:
-            v = stage.shape.vocab_size
-            if v < have:
-                raise RunError(
-                    f"the data's tokenizer has {have:,} tokens but the model's vocab is {v:,} (stage {stage.index}): "
-                    f"set vocab {have} in the model statement"
-                )
-            if v > have and not stage.shape.vocab_padded:
-                raise RunError(
-                    f"the model's vocab is {v:,} but the data's tokenizer has {have:,} tokens (stage {stage.index}): "
-                    f"set vocab {have} in the model statement, or `vocab {v} padded` if the extra rows are on "
-                    f"purpose (padding to a multiple of 64 or 128 is common)"
-                )
+        """The model's vocab and the tokenizer's agree, both ways (growdsl.plan.data.vocab_problem)."""
+        problem = vocab_problem(self.plan, self.meta.vocab_size)
+        if problem:
+            raise RunError(problem)
 
     def _check_memory(self) -> None:
         """Refuse up front a model that cannot fit, rather than be killed while building it: every
