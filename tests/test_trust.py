@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,14 @@ def remanifest(ckpt):
     files = sorted(p.name for p in ckpt.iterdir() if p.is_file() and p.name != checkpoint.MANIFEST)
     entries = {n: {"bytes": (ckpt / n).stat().st_size, "sha256": checkpoint._sha256(ckpt / n)} for n in files}
     (ckpt / checkpoint.MANIFEST).write_text(json.dumps({"files": entries}))
+
+
+def small_corpus(root, documents=4, words=3000):
+    """A folder of short documents over 50 words, for prepare."""
+    root.mkdir()
+    for i in range(documents):
+        (root / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(words)))
+    return root
 
 
 class Payload:
@@ -400,10 +409,7 @@ def test_thousands_of_errors_are_capped(tmp_path, capsys):
 
 
 def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypatch):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(4):
-        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(3000)))
+    corpus = small_corpus(tmp_path / "corpus")
     out = tmp_path / "prepared"
     data.prepare([corpus], out, vocab_size=300, holdout=0.25)
     before = snapshot(out)
@@ -450,11 +456,9 @@ def test_metadata_cannot_change_a_class_or_point_outside_the_checkpoint(run, tmp
     (ckpt / ".metadata").write_bytes(b"cpathlib\nPosixPath\nN}X\x04\x00\x00\x00_strX\x01\x00\x00\x00xs\x86b0" + genuine)
     with pytest.raises(checkpoint.CheckpointError, match="sets the state of PosixPath"):
         checkpoint.SafeReader(ckpt).read_metadata()
-    assert str(tmp_path) != "x"
     (ckpt / ".metadata").write_bytes(genuine)
-    outside = tmp_path / "weights.distcp"
-    shutil.move(ckpt / "__0_0.distcp", outside)
-    (ckpt / ".metadata").write_bytes(genuine.replace(b"__0_0.distcp", str(outside).encode()[-12:]))
+    shutil.move(ckpt / "__0_0.distcp", ckpt.parent / "ww.distcp")  # beside the checkpoint, outside it
+    (ckpt / ".metadata").write_bytes(genuine.replace(b"__0_0.distcp", b"../ww.distcp"))  # the same length
     with pytest.raises(checkpoint.CheckpointError, match="not a file of this checkpoint"):
         checkpoint.SafeReader(ckpt).read_metadata()
 
@@ -471,8 +475,6 @@ def test_a_checkpoint_whose_record_and_tensors_disagree_is_one_line(run, tmp_pat
 
 
 def test_a_failing_dcp_load_is_a_checkpoint_error(run):
-    import torch
-
     from growdsl.ops.model import build_model
     from growdsl.plan.plan import stage_from_record
 
@@ -481,7 +483,6 @@ def test_a_failing_dcp_load_is_a_checkpoint_error(run):
     wrong = build_model(stage.shape.__class__(**{**stage.shape.__dict__, "ffn_dim": 96}), 32)
     with pytest.raises(checkpoint.CheckpointError, match="does not load: Size mismatch between saved"):
         checkpoint.read(ckpt, {"model": wrong.state_dict()})
-    assert torch.is_tensor(wrong.output.weight)
 
 
 @pytest.mark.parametrize("name", ["history.jsonl", "log.txt", "run.json.tmp", "schedule.grow"])
@@ -511,10 +512,7 @@ def test_a_refused_run_removes_only_what_it_made(finished, tmp_path):
 
 
 def test_prepare_refuses_a_folder_holding_more_than_its_data_or_its_own_sources(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(3):
-        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(2000)))
+    corpus = small_corpus(tmp_path / "corpus", documents=3, words=2000)
     out = tmp_path / "prepared"
     data.prepare([corpus], out, vocab_size=300, holdout=0.25)
     (out / "my-notes.txt").write_text("mine")
@@ -527,13 +525,10 @@ def test_prepare_refuses_a_folder_holding_more_than_its_data_or_its_own_sources(
 
 
 def test_the_corpus_identity_does_not_depend_on_how_its_path_is_spelled(tmp_path, monkeypatch):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(3):
-        (corpus / f"d{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(2000)))
+    corpus = small_corpus(tmp_path / "corpus", documents=3, words=2000)
     data.prepare([corpus], tmp_path / "a", vocab_size=300)
     monkeypatch.chdir(tmp_path)
-    data.prepare([data.Path("corpus")], tmp_path / "b", vocab_size=300)
+    data.prepare([Path("corpus")], tmp_path / "b", vocab_size=300)
     assert data.load_meta(tmp_path / "a").sources_sha256 == data.load_meta(tmp_path / "b").sources_sha256
 
 

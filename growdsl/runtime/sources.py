@@ -208,14 +208,7 @@ def _parquet(path: Path) -> Iterator[tuple[str, str]]:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow's ArrowInvalid
         raise SourceError(f"{path} is not a parquet file: {e}") from None
-    if "text" not in table.schema_arrow.names:
-        raise SourceError(f'{path} has no "text" column (it has {", ".join(table.schema_arrow.names)})')
-    _strings(table.schema_arrow.field("text").type, path)
-    row = 0
-    for batch in table.iter_batches(columns=["text"], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            row += 1
-            yield f"{path}#{row}", text or ""
+    yield from _rows(path, table.schema_arrow, table.iter_batches(columns=["text"], batch_size=1024))
 
 
 def _arrow(path: Path) -> Iterator[tuple[str, str]]:
@@ -225,18 +218,20 @@ def _arrow(path: Path) -> Iterator[tuple[str, str]]:
         reader = pa.ipc.open_stream(pa.memory_map(str(path)))
     except Exception as e:  # pyarrow's ArrowInvalid
         raise SourceError(f"{path} is not a saved dataset's arrow file: {e}") from None
-    if "text" not in reader.schema.names:
-        raise SourceError(f'{path} has no "text" column (it has {", ".join(reader.schema.names)})')
-    _strings(reader.schema.field("text").type, path)
+    yield from _rows(path, reader.schema, reader)
+
+
+def _rows(path: Path, schema, batches) -> Iterator[tuple[str, str]]:
+    """Each row's "text" (a string column, checked before the first batch is read), named file#row."""
+    import pyarrow as pa
+
+    if "text" not in schema.names:
+        raise SourceError(f'{path} has no "text" column (it has {", ".join(schema.names)})')
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SourceError(f'{path}: its "text" column holds {kind}, not strings')
     row = 0
-    for batch in reader:
+    for batch in batches:
         for text in batch.column("text").to_pylist():
             row += 1
             yield f"{path}#{row}", text or ""
-
-
-def _strings(kind, path: Path) -> None:
-    import pyarrow as pa
-
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise SourceError(f'{path}: its "text" column holds {kind}, not strings')

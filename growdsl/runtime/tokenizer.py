@@ -12,6 +12,7 @@ original `tokenizer.model`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,9 +282,9 @@ def _from_sentencepiece(file: Path) -> Chosen:
     return Chosen(tokenizer, Specials(eos, bos), "sentencepiece", {"tokenizer.model": file.read_bytes()})
 
 
-def check_sentencepiece(chosen: Chosen, texts: list[tuple[str, str]], limit: int = 2_000_000) -> None:
-    """The converted tokenizer must encode the corpus as SentencePiece itself does: compared on its
-    documents up to `limit` characters (a difference names the first document that differs)."""
+def check_sentencepiece(chosen: Chosen, texts: Iterable[tuple[str, str]], limit: int = 2_000_000) -> None:
+    """The converted tokenizer must encode the corpus as SentencePiece itself does: compared on the
+    (name, text) pieces given, up to `limit` characters (a difference names the first that differs)."""
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor(model_proto=chosen.files["tokenizer.model"])
