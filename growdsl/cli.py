@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -223,43 +224,54 @@ def _plan(args) -> int:
 
 
 def _plan_data(plan, args) -> int:
-    """What the run will read: its data folder's tokens, each stage's share, and a warning when the run
-    repeats its data; data that is missing or half-prepared is an error now, not after a model is built."""
-    from growdsl.plan.data import DataError, reading, vocab_problem
+    """What the run will read: each data folder's tokens, each stage's share of them, and a warning
+    when the run repeats a folder; data that is missing, half-prepared or of two tokenizers is an
+    error now, not after a model is built."""
+    from growdsl.plan.data import DataError, RunData, reading, run_data, stage_data, vocab_problem
 
-    named = args.data or plan.stages[0].training.data
-    if named is None:
-        from growdsl.runtime.corpora import HOME
-
-        path = HOME / "data" / "shakespeare-4096-v3"  # growdsl.runtime.data.DEFAULT, without numpy
-        if not (path / "meta.json").is_file():
-            print("\ndata: none named: `growdsl run` prepares and reads the default corpus (Shakespeare, ~2.0M tokens)")
-            return EXIT_OK
-    else:
-        path = Path(named) if args.data or Path(named).is_absolute() else Path(args.file).parent / named
+    named = args.data or any(stage_data(plan))
     try:
-        read = reading(plan, path)
+        if named:  # relative to the schedule
+            sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
+        else:
+            from growdsl.runtime.corpora import HOME
+
+            path = HOME / "data" / "shakespeare-4096-v3"  # growdsl.runtime.data.DEFAULT, without numpy
+            if not (path / "meta.json").is_file():
+                print(
+                    "\ndata: none named: `growdsl run` prepares and reads the default corpus "
+                    "(Shakespeare, ~2.0M tokens)"
+                )
+                return EXIT_OK
+            sources = RunData.single(path, len(plan.stages))
+        readings = reading(plan, sources)
     except DataError as e:
         print(f"{args.file}: error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    problem = vocab_problem(plan, read.meta["vocab_size"])
-    if problem and named is None:  # the default corpus fits the small schedules, not every schedule
+    problem = vocab_problem(plan, readings[0].meta["vocab_size"])
+    if problem and not named:  # the default corpus fits the small schedules, not every schedule
         print(
-            f"\ndata: none named, and the default corpus (vocab {read.meta['vocab_size']:,}) does not fit this "
-            f"model's vocab {plan.stages[0].shape.vocab_size:,}: name its data with `data` or --data"
+            f"\ndata: none named, and the default corpus (vocab {readings[0].meta['vocab_size']:,}) does not fit "
+            f"this model's vocab {plan.stages[0].shape.vocab_size:,}: name its data with `data` or --data"
         )
         return EXIT_OK
-    print("\n" + "\n".join(read.lines()))
+    print("\n" + "\n".join(line for read in readings for line in read.lines()))
     if problem:
         print(f"{args.file}: error: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if read.epochs > 1:
-        print(
-            f"{args.file}: warning: the run reads its data {read.epochs:.2f} times ({plan.totals.tokens:,} tokens of "
-            f"{read.meta['train_tokens']:,}): repeated tokens teach less than new ones; prepare more data, or "
-            f"accept the repetition knowingly",
-            file=sys.stderr,
-        )
+
+    def what(read) -> str:
+        return "its data" if len(readings) == 1 else str(read.directory)
+
+    for read in readings:
+        if read.epochs > 1:
+            n = sum(tokens for _, _, tokens, _ in read.stages)
+            print(
+                f"{args.file}: warning: the run reads {what(read)} {read.epochs:.2f} times ({n:,} tokens of "
+                f"{read.meta['train_tokens']:,}): repeated tokens teach less than new ones; prepare more data, or "
+                f"accept the repetition knowingly",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -307,14 +319,20 @@ def _baseline(args) -> int:
     return EXIT_OK
 
 
-def _baseline_data(plan, schedule: str, out: Path | None) -> str | None:
-    """The run's data folder as the baseline file must name it: relative to where it is written
-    (the schedule's `data` is relative to the schedule), absolute when it is printed."""
-    data = plan.stages[0].training.data
-    if data is None:
+def _baseline_data(plan, schedule: str, out: Path | None) -> list[tuple[str, float | None]] | None:
+    """The run's data folders as the baseline file must name them, with their weights: relative to
+    where it is written (the schedule's `data` is relative to the schedule), absolute when printed."""
+    from growdsl.plan.data import stage_data
+
+    named = stage_data(plan)[0]
+    if not named:
         return None
-    path = Path(data) if Path(data).is_absolute() else Path(schedule).parent / data
-    return os.path.relpath(path, out.parent) if out else str(path.resolve())
+
+    def where(name: str) -> str:
+        path = _beside(schedule, name)
+        return os.path.relpath(path, out.parent) if out else str(path.resolve())
+
+    return [(where(name), None if len(named) == 1 and not plan.stages[0].training.mix else w) for name, w in named]
 
 
 def _predict(args) -> int:
@@ -377,7 +395,14 @@ def _data_prepare(args) -> int:
     if args.sources:
         missing = [p for p in args.sources if not Path(p).exists()]
         if missing:
-            print(f"growdsl data prepare: no such file or folder: {missing[0]}", file=sys.stderr)
+            hub = re.fullmatch(r"[\w.-]+/[\w.-]+", missing[0]) and not missing[0].startswith(".")
+            hint = (
+                ": if it names a Hugging Face hub dataset, growdsl never downloads (runs are offline): save it "
+                "on a machine with the hub, datasets.load_dataset(NAME).save_to_disk(DIR), and give DIR"
+                if hub
+                else ""
+            )
+            print(f"growdsl data prepare: no such file or folder: {missing[0]}{hint}", file=sys.stderr)
             return EXIT_USAGE
         sources, out = [Path(p) for p in args.sources], Path(args.out or "data")
     else:
@@ -438,6 +463,7 @@ def _run(args) -> int:
     if plan is None:
         return status
     from growdsl.plan import baseline
+    from growdsl.plan.data import RunData
 
     if args.baseline:
         try:
@@ -448,22 +474,25 @@ def _run(args) -> int:
     from growdsl.runtime.distributed import from_environment
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
-    run = data_dir = None
+    run = sources = None
     try:
         if world.main:
             run = _claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
-            data_dir = _data_dir(args, plan, run) if run else None
-        data_dir, run_dir = world.share(data_dir), world.share(run.path if run and data_dir else None)
-        if data_dir is None or run_dir is None:  # every rank uses rank 0's
+            sources = _run_data(args, plan, run) if run else None
+        sources, run_dir = world.share(sources), world.share(run.path if run and sources else None)
+        if sources is None or run_dir is None:  # every rank uses rank 0's
             return EXIT_USAGE
         if args.baseline:  # written and read back before anything trains
             path = run_dir / "baseline.grow"
+            named = [(str(f.resolve()), w) for f, w in zip(sources.folders, sources.weights[-1])]
             try:
-                text, base_plan = baseline.planned(plan, str(data_dir.resolve()), args.file, str(path))
+                text, base_plan = baseline.planned(
+                    plan, [(named[0][0], None)] if len(named) == 1 else named, args.file, str(path)
+                )
             except baseline.BaselineError as e:
                 print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
                 return EXIT_INVALID
-        status = _train(plan, source, data_dir, run, run_dir, world, args.log_every)
+        status = _train(plan, source, sources, run, run_dir, world, args.log_every)
     finally:
         if run:
             run.release()
@@ -484,7 +513,8 @@ def _run(args) -> int:
     try:
         if not world.share(base is not None):
             return EXIT_USAGE
-        status = _train(base_plan, text, data_dir, base, base_dir, world, args.log_every)
+        base_sources = RunData(sources.folders, (sources.weights[-1],))  # the final stage's mixture, throughout
+        status = _train(base_plan, text, base_sources, base, base_dir, world, args.log_every)
     finally:
         if base:
             base.release()
@@ -514,7 +544,7 @@ def _claim(path: Path | None, resume: bool):
         return None
 
 
-def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_every: int) -> int:
+def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int) -> int:
     """Train one plan into run_dir (every rank; `run`, the claimed directory, on the first), with its
     log, metrics and end-of-run summary. Until the trainer has accepted the run (the model fits, the
     checkpoint resumes on this schedule) nothing is written: its lines wait, and a refusal leaves
@@ -541,10 +571,10 @@ def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_eve
 
     resume = world.share(run.resume if world.main else None)
     try:
-        evaluator = in_run_evaluator(plan, data_dir, run_dir, world, log)
+        evaluator = in_run_evaluator(plan, sources.folders[0], run_dir, world, log)
         trainer = Trainer(
             plan,
-            data_dir,
+            sources,
             log=log,
             log_every=log_every,
             checkpoint_dir=run_dir / "checkpoints",
@@ -562,7 +592,7 @@ def _train(plan, source: str, data_dir: Path, run, run_dir: Path, world, log_eve
             print(f"growdsl run: {refused or 'refused by another process (see its message)'}", file=sys.stderr)
         return EXIT_INVALID
     if world.main:
-        run.accept(plan.to_json(indent=2), source, data_dir, world.size)
+        run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
         on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
         log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
@@ -708,31 +738,41 @@ def _run_dir(args, stamp: str) -> Path | None:
     return Path(args.run_dir or Path("runs") / f"{stem}-{stamp}")
 
 
-def _data_dir(args, plan, run):
-    """The prepared data the run reads: --data, else what a resumed run recorded, else the schedule's
-    `data`, else the default corpus; on a resume, only the data the run trained on (by identity)."""
+def _run_data(args, plan, run):
+    """The prepared folders the run reads (growdsl.plan.data.RunData): --data, else the schedule's
+    `data` (names relative to the schedule), else the default corpus (on a resume: the one the run
+    recorded, wherever the default has moved since). A resumed run's folders are checked, in order,
+    to be the data it recorded; a schedule may add folders after them, for stages still to come."""
+    from growdsl.plan.data import RunData, run_data, stage_data
     from growdsl.runtime import corpora, data
-    from growdsl.runtime.rundir import RunDirError
+    from growdsl.runtime.rundir import RunDirError, recorded_sources
 
-    given = args.data or plan.stages[0].training.data
     try:
-        recorded = run.recorded()
-        if recorded and not args.data:  # the data it started on, wherever the default corpus has moved since
-            path = Path(recorded["data"])
-        elif given is None:
+        recorded = [Path(path) for path, _ in recorded_sources(run.recorded())]
+        named = any(stage_data(plan))
+        if recorded and not args.data and not named:
+            sources = RunData.single(recorded[0], len(plan.stages))
+        elif args.data or named:
+            sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
+        else:
             try:
                 path = data.default_corpus(say=lambda line: print(line, flush=True))
             except corpora.FetchError as e:
                 print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
                 return None
-        else:
-            path = Path(given) if args.data or Path(given).is_absolute() else Path(args.file).parent / given
-        data.load_meta(path)  # complete and consistent, or a DataError that says what is not
-        run.check_data(path)
+            sources = RunData.single(path, len(plan.stages))
+        for folder in sources.folders:
+            data.load_meta(folder)  # complete and consistent, or a DataError that says what is not
+        run.check_data(sources.folders)
     except (RunDirError, data.DataError) as e:
         print(f"growdsl run: {e}", file=sys.stderr)
         return None
     except OSError as e:  # preparing the default corpus: a full disk, ...
         print(f"growdsl run: the data: {e}", file=sys.stderr)
         return None
-    return path
+    return sources
+
+
+def _beside(schedule: str, name: str) -> Path:
+    """A folder a schedule names: relative to the schedule's own folder."""
+    return Path(name) if Path(name).is_absolute() else Path(schedule).parent / name

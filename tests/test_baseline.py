@@ -9,7 +9,7 @@ from ops_helpers import TINY_RUN
 
 from growdsl.cli import main
 from growdsl.plan import plan_file, plan_source
-from growdsl.plan.baseline import BaselineError, schedule
+from growdsl.plan.baseline import BaselineError, check, planned, schedule
 
 GROWN = [p for p in SCHEDULES if plan_file(p).totals.baseline is not None and p.name != "overrides_1.1b.grow"]
 
@@ -155,8 +155,17 @@ def test_an_output_that_cannot_be_the_baseline_is_refused_and_nothing_is_written
 
 def test_the_baseline_reads_the_data_the_run_reads_and_refuses_stages_naming_other_data():
     plan = plan_source('model tiny\ndata "a"\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps with data "b"\n')
-    with pytest.raises(BaselineError, match=r"its stages name different data \(lines 3 and 5\)"):
-        schedule(plan, "a", "g.grow", None)
+    with pytest.raises(BaselineError, match=r"its stages read different data \(lines 3 and 5\)"):
+        schedule(plan, [("a", None)], "g.grow", None)
+    mixed = plan_source('model tiny\ndata "a" 0.7 + "b" 0.3\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\n')
+    text, written = planned(mixed, [("../a", 0.7), ("../b", 0.3)], "g.grow", "out/base.grow")
+    assert 'data "../a" 0.7 + "../b" 0.3\n' in text
+    assert written.stages[0].training.mix == (("../a", 0.7), ("../b", 0.3))
+    mixed = plan_source(
+        'model tiny\ndata "a" 0.7 + "b" 0.3\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps with data "a"\n'
+    )
+    with pytest.raises(BaselineError, match=r"its stages read different data \(lines 3 and 5\)"):
+        check(mixed)
 
 
 def test_run_with_baseline_refuses_a_data_path_a_schedule_cannot_name_before_training(data_dir, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Two CPU processes (gloo) with FSDP2 applied by torchtitan's parallelize_llama train the same
-schedule, grow in the middle, and match the one-process run (in float64, to 1e-9: in float32,
-Adam amplifies the different summation order to ~1% over 15 steps, which would hide a real bug)."""
+schedule on a mixture of data folders, grow in the middle, and match the one-process run (in
+float64, to 1e-9: in float32, Adam amplifies the different summation order to ~1% over 15 steps,
+which would hide a real bug)."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
+from growdsl.plan.data import run_data
 from growdsl.runtime.distributed import World
 from growdsl.runtime.trainer import Trainer
 
@@ -27,15 +29,24 @@ train 15 steps
 )
 
 
-def _worker(rank: int, init: str, data_dir: str, out: str, checkpoints: str) -> None:
+def mixed(folders) -> str:
+    """SCHEDULE on three folders, each stage its own mixture."""
+    a, b, c = folders
+    return SCHEDULE.replace("train 1L", f'data "{a}" 0.5 + "{b}" 0.2 + "{c}" 0.3\ntrain 1L').replace(
+        "train 15 steps\n", f'train 15 steps with data "{a}" 1 + "{c}" 3\n'
+    )
+
+
+def _worker(rank: int, init: str, schedule: str, out: str, checkpoints: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         world = World(rank, 2)
         lines = []
+        plan = plan_source(schedule)
         logs = Trainer(
-            plan_source(SCHEDULE),
-            Path(data_dir),
+            plan,
+            run_data(plan, Path),
             log=lines.append,
             world=world,
             checkpoint_dir=Path(checkpoints),
@@ -56,12 +67,14 @@ def _worker(rank: int, init: str, data_dir: str, out: str, checkpoints: str) -> 
         dist.destroy_process_group()
 
 
-def test_two_processes_with_fsdp_grow_and_match_one(data_dir, tmp_path):
+def test_two_processes_with_fsdp_grow_and_match_one(mixture_dirs, tmp_path):
     out = tmp_path / "two.json"
+    schedule = mixed(mixture_dirs)
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(os.path.join(tmp, "init"), str(data_dir), str(out), str(tmp_path / "ckpt")), nprocs=2)
+        mp.spawn(_worker, args=(os.path.join(tmp, "init"), schedule, str(out), str(tmp_path / "ckpt")), nprocs=2)
     two = json.loads(out.read_text())
-    one = Trainer(plan_source(SCHEDULE), data_dir, log=lambda _: None, dtype=torch.float64).run()
+    plan = plan_source(schedule)
+    one = Trainer(plan, run_data(plan, Path), log=lambda _: None, dtype=torch.float64).run()
     for a, b in zip(two["losses"], (log.losses for log in one)):  # float64: only summation order differs
         assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-9, atol=0), (a[-3:], b[-3:])
     assert two["positions"] == [log.data_position_at_start for log in one]
@@ -74,8 +87,8 @@ def test_two_processes_with_fsdp_grow_and_match_one(data_dir, tmp_path):
     shutil.rmtree(tmp_path / "ckpt" / "ckpt-000003")
     lines = []
     resumed = Trainer(
-        plan_source(SCHEDULE),
-        data_dir,
+        plan,
+        run_data(plan, Path),
         log=lines.append,
         dtype=torch.float64,
         checkpoint_dir=tmp_path / "ckpt",

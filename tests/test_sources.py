@@ -188,3 +188,15 @@ def test_one_huge_document_is_not_the_whole_held_out_share(tmp_path):
     for seed in range(4):
         meta = prepare([tmp_path], tmp_path / f"out{seed}", vocab_size=300, holdout=0.05, seed=seed)
         assert meta.val_tokens < 0.3 * (meta.train_tokens + meta.val_tokens), seed
+
+
+def test_a_hub_dataset_name_is_told_how_to_reach_growdsl_offline(tmp_path, monkeypatch, capsys):
+    from growdsl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "prepare", "cerebras/SlimPajama-627B", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder: cerebras/SlimPajama-627B: if it names a Hugging Face hub dataset" in err
+    assert "save_to_disk(DIR), and give DIR" in err and not (tmp_path / "out").exists()
+    assert main(["data", "prepare", "typo.txt"]) == 2
+    assert capsys.readouterr().err == "growdsl data prepare: no such file or folder: typo.txt\n"

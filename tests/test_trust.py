@@ -256,7 +256,7 @@ def test_run_dir_equal_to_the_data_is_refused(tmp_path):
     run = rundir.claim(tmp_path / "both", resume=False)
     try:
         with pytest.raises(rundir.RunDirError, match="are the same folder or one holds the other"):
-            run.check_data(tmp_path / "both")
+            run.check_data([tmp_path / "both"])
     finally:
         run.release()
     assert not (tmp_path / "both").exists()
@@ -276,10 +276,12 @@ def test_a_newer_checkpoint_schema_is_refused_and_an_older_record_still_resumes(
     assert main(argv) == 1
     assert "upgrade growdsl" in capsys.readouterr().err
     assert snapshot(run) == before
-    # An older growdsl: no version, no schema, and a plan record without a field added since (its default).
-    older = {k: v for k, v in progress.items() if k not in ("growdsl", "schema")}
+    # An older growdsl: no version, no schema, one data position, and plan records without fields added
+    # since (their defaults).
+    older = {k: v for k, v in progress.items() if k not in ("growdsl", "schema", "positions", "drawn")}
     for record in older["plan_prefix"]:
         record["training"].pop("val_tokens")
+        record["training"].pop("mix")
     (ckpt / "progress.json").write_text(json.dumps(older))
     remanifest(ckpt)
     assert main(argv) == 0
@@ -302,7 +304,15 @@ def test_a_torn_history_line_is_cut_before_a_resume_appends(run, finished, data_
 
 @pytest.mark.parametrize(
     "field, value",
-    [("stage", "/../../../ESCAPED"), ("step", -1), ("phase", "../x"), ("ramps", [{"name": 1}]), ("seq", True)],
+    [
+        ("stage", "/../../../ESCAPED"),
+        ("step", -1),
+        ("phase", "../x"),
+        ("ramps", [{"name": 1}]),
+        ("seq", True),
+        ("positions", [1, 2]),
+        ("drawn", [-1]),
+    ],
 )
 def test_progress_fields_are_checked_before_use(run, tmp_path, field, value, capsys):
     ckpt = newest(run)

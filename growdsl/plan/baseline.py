@@ -15,7 +15,6 @@ _SAME = (
     ("seq_len", "seq"),
     ("batch_seqs", "batch"),
     ("seed", "seed"),
-    ("data", "data"),
     ("optimizer", "optimizer settings"),
 )
 
@@ -32,11 +31,12 @@ def check(plan: Plan) -> Stage:
             "nothing grows in it: it already trains its final model from scratch, so it is its own baseline"
         )
     final = plan.stages[-1]
+    first = plan.stages[0].training
     for stage in plan.stages[1:]:
-        if stage.training.data != plan.stages[0].training.data:  # growdsl run reads the first stage's
+        if (stage.training.data, stage.training.mix) != (first.data, first.mix):
             raise BaselineError(
-                f"its stages name different data (lines {plan.stages[0].line} and {stage.line}); "
-                f"a run reads the first stage's data throughout: name it once, at the top"
+                f"its stages read different data (lines {plan.stages[0].line} and {stage.line}); one scratch "
+                f"run cannot mirror both: give every stage the same data, or write the baseline by hand"
             )
     for stage in plan.stages[grown[-1].index : -1]:
         for key, name in _SAME:
@@ -56,15 +56,20 @@ def _differ(what: str, stage: Stage, final: Stage) -> BaselineError:
     )
 
 
-def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
-    """The baseline schedule's text. `data`: the data path as the baseline file must say it (relative
-    to where it is written); `grown` and `out`: the schedule's path and the baseline's, for its header."""
+Data = list[tuple[str, float | None]]  # the data folders as the baseline file names them, and their weights
+
+
+def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
+    """The baseline schedule's text. `data`: the data folders as the baseline file must name them
+    (relative to where it is written) with their weights (None: one folder); `grown` and `out`: the
+    schedule's path and the baseline's, for its header."""
     final = check(plan)
-    if data is not None and ('"' in data or "\n" in data):
-        raise BaselineError(
-            f"the data path {data!r} holds a quote or a line break, which a schedule's string "
-            f"cannot: move or rename the data folder"
-        )
+    for path, _ in data or []:
+        if '"' in path or "\n" in path:
+            raise BaselineError(
+                f"the data path {path!r} holds a quote or a line break, which a schedule's string "
+                f"cannot: move or rename the data folder"
+            )
     b = plan.totals.baseline
     assert b is not None  # check() passed: the schedule grows
     shape, t, lr = final.shape, final.training, final.lr
@@ -94,7 +99,7 @@ def schedule(plan: Plan, data: str | None, grown: str, out: str | None) -> str:
         (True, f"weight_decay {_num(o.weight_decay)}"),
         (True, f"clip {_num(o.grad_clip)}"),
         (True, f"seed {t.seed}"),
-        (data is not None, f'data "{data}"'),
+        (data, "data " + " + ".join(f'"{path}"' + ("" if w is None else f" {_num(w)}") for path, w in data or [])),
         (p.dp_shard, f"dp_shard {p.dp_shard}"),
         (p.dp_replicate != 1, f"dp_replicate {p.dp_replicate}"),
         (p.tp != 1, f"tp {p.tp}"),
@@ -123,7 +128,7 @@ def _num(x: float) -> str:
     return str(int(x)) if x == int(x) and abs(x) < 1e15 else repr(x)
 
 
-def planned(plan: Plan, data: str | None, grown: str, out: str | None) -> tuple[str, Plan]:
+def planned(plan: Plan, data: Data | None, grown: str, out: str | None) -> tuple[str, Plan]:
     """The baseline's text and its plan, read back through the compiler: on the promised FLOPs."""
     from growdsl.lang.errors import ScheduleError
     from growdsl.plan import plan_source

@@ -5,7 +5,9 @@ meta.json through the same check."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,16 +74,89 @@ def read_meta(directory: Path) -> dict:
 
 
 @dataclass(frozen=True)
+class RunData:
+    """The prepared folders a run reads, in the order its schedule first names them, and each stage's
+    weights over them (0: the stage does not read that folder). One folder is a mixture of one."""
+
+    folders: tuple[Path, ...]
+    weights: tuple[tuple[float, ...], ...]  # per stage, one weight per folder
+
+    @staticmethod
+    def single(folder: Path, stages: int) -> RunData:
+        return RunData((folder,), ((1.0,),) * stages)
+
+
+def stage_data(plan: Plan) -> list[tuple[tuple[str, float], ...]]:
+    """Each stage's data as the schedule names it, (folder, weight) pairs: its mixture, its one folder
+    (weight 1), or () where it names none."""
+    return [s.training.mix or (((s.training.data, 1.0),) if s.training.data else ()) for s in plan.stages]
+
+
+def run_data(plan: Plan, where: Callable[[str], Path], given: Path | None = None) -> RunData:
+    """The folders the run reads: the schedule's (each name through `where`, e.g. relative to the
+    schedule's file), or `given` (--data, or the default corpus) for a schedule that names one
+    folder or none. Raises DataError for what cannot be read as one run."""
+    named = stage_data(plan)
+    stages = len(plan.stages)
+    if given is not None:
+        mixture = next((s for s, m in zip(plan.stages, named) if len(m) > 1), None)
+        if mixture is not None:
+            raise DataError(
+                f"stage {mixture.index} (line {mixture.line}) reads a mixture; --data stands in for one folder: "
+                f"name the mixture's folders in the schedule instead"
+            )
+        if len({m for m in named if m}) > 1:
+            raise DataError(
+                "the schedule's stages read different folders; --data stands in for one folder: name each "
+                "stage's data in the schedule instead"
+            )
+        return RunData.single(given, stages)
+    if not any(named):
+        raise DataError("the schedule names no data")
+    bare = next((s for s, m in zip(plan.stages, named) if not m), None)
+    if bare is not None:
+        raise DataError(
+            f"stage {bare.index} (line {bare.line}) names no data while other stages do: name the run's data "
+            f'once at the top (data "FOLDER"), and a stage\'s own with `with data`'
+        )
+    folders: list[Path] = []
+    keys: list[Path] = []  # resolved, so that two names of one folder are one source
+    weights = []
+    for pairs in named:
+        w: dict[int, float] = {}
+        for name, weight in pairs:
+            path = where(name)
+            key = path.resolve()
+            if key not in keys:
+                keys.append(key)
+                folders.append(path)
+            w[keys.index(key)] = w.get(keys.index(key), 0.0) + weight
+        weights.append(w)
+    return RunData(tuple(folders), tuple(tuple(w.get(i, 0.0) for i in range(len(folders))) for w in weights))
+
+
+def one_tokenizer(folders: tuple[Path, ...]) -> None:
+    """Every folder of a run is tokenized by the same tokenizer (byte for byte), or DataError."""
+    digests = [hashlib.sha256((f / "tokenizer.json").read_bytes()).hexdigest() for f in folders]
+    for folder, digest in zip(folders[1:], digests[1:]):
+        if digest != digests[0]:
+            raise DataError(
+                f"{folder} and {folders[0]} are tokenized by different tokenizers: a run reads one vocabulary; "
+                f"prepare them with the same --tokenizer"
+            )
+
+
+@dataclass(frozen=True)
 class Reading:
-    """How a run reads one prepared folder: its tokens, and the share of them every stage reads."""
+    """How a run reads one prepared folder: its tokens, and what every stage reading it takes."""
 
     directory: Path
     meta: dict
-    stages: tuple[tuple[int, int, int], ...]  # (stage, first token, tokens read), over the whole stream
+    stages: tuple[tuple[int, int, int, float], ...]  # (stage, first token, tokens read, share of the stage's)
 
     @property
     def epochs(self) -> float:
-        return sum(n for _, _, n in self.stages) / max(1, self.meta["train_tokens"])
+        return sum(n for _, _, n, _ in self.stages) / max(1, self.meta["train_tokens"])
 
     def lines(self) -> list[str]:
         m = self.meta
@@ -91,24 +166,33 @@ class Reading:
             f"{m['val_tokens']:,} held out ({m['val_documents']:,} {unit}); vocab {m['vocab_size']:,} "
             f"({m.get('tokenizer', 'bpe')})"
         ]
-        for stage, first, n in self.stages:
+        for stage, first, n, share in self.stages:
+            mixed = f", {share:.0%} of its mixture" if share < 1 else ""
             out.append(
-                f"  stage {stage} reads {n:,} tokens ({n / max(1, m['train_tokens']):.2f} epochs), from token {first:,}"
+                f"  stage {stage} reads {n:,} tokens ({n / max(1, m['train_tokens']):.2f} epochs{mixed}), "
+                f"from token {first:,}"
             )
         out.append(f"  the run reads {self.epochs:.2f} epochs of it")
         return out
 
 
-def reading(plan: Plan, directory: Path) -> Reading:
-    """The stream the trainer reads (one folder, front to back, every stage going on where the one
-    before stopped, LiGO phases included), stage by stage."""
-    meta = read_meta(directory)
-    stages, position = [], 0
-    for s in plan.stages:
+def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
+    """How the trainer reads each folder (front to back, every stage going on where the one before
+    stopped, LiGO phases included; a mixture's share of a stage by its weights), checked: every folder
+    prepared and all of one tokenizer."""
+    run = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
+    metas = [read_meta(folder) for folder in run.folders]
+    one_tokenizer(run.folders)
+    positions = [0] * len(run.folders)
+    taken: list[list[tuple[int, int, int, float]]] = [[] for _ in run.folders]
+    for s, weights in zip(plan.stages, run.weights):
         n = s.tokens + sum(g.learn.tokens for g in s.growths if g.learn is not None)  # a learned map reads too
-        stages.append((s.index, position, n))
-        position += n
-    return Reading(directory, meta, tuple(stages))
+        for i, w in enumerate(weights):
+            if w > 0:
+                share = w / sum(weights)
+                taken[i].append((s.index, positions[i], round(n * share), share))
+                positions[i] += round(n * share)
+    return [Reading(f, m, tuple(t)) for f, m, t in zip(run.folders, metas, taken)]
 
 
 def vocab_problem(plan: Plan, have: int) -> str | None:

@@ -52,6 +52,7 @@ class TrainingConfig:
     seed: int
     data: str | None
     optimizer: OptimizerConfig
+    mix: tuple[tuple[str, float], ...] = ()  # a mixture of prepared folders and their weights (data is None)
     parallel: Parallelism
     checkpoint_every_steps: int | None
     eval_every_steps: int | None

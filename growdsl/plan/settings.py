@@ -41,6 +41,7 @@ class Settings:
     micro_batch: int | None = None
     seed: int = 0
     data: str | None = None
+    mix: tuple[tuple[str, float], ...] = ()  # a mixture: (prepared folder, weight) of each source
     dp_shard: int | None = None
     dp_replicate: int = 1
     tp: int = 1
@@ -119,11 +120,13 @@ def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
         t.batch = batch
         return ["batch"]
     if k == "data":
-        path = as_string(a[0])
-        if not path.value.strip():
-            reader.error(path.span, "empty data path", 'name a file or directory: data "corpus/train.bin"')
+        sources = _sources(reader, a)
+        if sources is None:
             return []
-        t.data = path.value
+        if len(sources) == 1 and sources[0][1] is None:
+            t.data, t.mix = sources[0][0], ()
+        else:
+            t.data, t.mix = None, tuple((path, weight or 0.0) for path, weight in sources)
         return ["data"]
     if k == "checkpoint":
         if as_word(a[0]) == "off":
@@ -276,6 +279,7 @@ def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) 
         micro_batch=t.micro_batch,
         seed=t.seed,
         data=t.data,
+        mix=t.mix,
         optimizer=OptimizerConfig(betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip),
         parallel=Parallelism(
             dp_shard=t.dp_shard, dp_replicate=t.dp_replicate, tp=t.tp, activation_checkpoint=t.ac, compile=t.compile
@@ -301,3 +305,31 @@ def _val_tokens(reader: Reader, t: Settings, span: Span) -> int:
         )
         return 0
     return t.val_tokens
+
+
+def _sources(reader: Reader, args) -> list[tuple[str, float | None]] | None:
+    """`data "a"`, or a mixture `data "a" 0.7 + "b" 0.3`: each source a prepared folder, each weight
+    positive (a mixture names every weight; they need not sum to 1, they are shares)."""
+    sources: list[tuple[str, float | None]] = []
+    ok = True
+    for value in args:
+        if isinstance(value, ast.Str):
+            if not value.value.strip():
+                reader.error(value.span, "empty data path", 'name a prepared folder: data "corpus"')
+                ok = False
+            elif any(value.value == p for p, _ in sources):
+                reader.error(value.span, f'"{value.value}" is named twice in one mixture', "give it one weight")
+                ok = False
+            sources.append((value.value, None))
+        else:
+            weight = reader.real(as_number(value), "a source's weight")
+            if weight is None:
+                ok = False
+            sources[-1] = (sources[-1][0], weight)
+    if ok and len(sources) > 1 and any(w is None for _, w in sources):
+        missing = next(p for p, w in sources if w is None)
+        reader.error(
+            args[0].span, f'a mixture weighs every source: "{missing}" has no weight', 'e.g. data "a" 0.7 + "b" 0.3'
+        )
+        ok = False
+    return sources if ok else None

@@ -36,7 +36,8 @@ from growdsl.ops.optimizer import MOMENTS, State
 
 PREFIX = "ckpt-"
 MANIFEST = "manifest.json"
-SCHEMA = 1  # the layout of progress.json and its plan records; a newer one is refused, older ones read
+# The layout of progress.json and its plan records (2: positions per data folder); newer is refused, older read
+SCHEMA = 2
 
 
 class CheckpointError(Exception):
@@ -66,6 +67,8 @@ class Progress:
     val_flops: int = 0  # validation's forward passes so far (not training compute)
     growdsl: str = ""  # the version that wrote it ("" before versions were recorded)
     schema: int = 0  # SCHEMA when written (0: before it was recorded)
+    positions: list[int] = field(default_factory=list)  # per source of the run's data (schema 2; [] = one)
+    drawn: list[int] = field(default_factory=list)  # per source, sequences drawn under the stage's weights
 
 
 def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:
@@ -188,6 +191,11 @@ def _wrong_field(p: Progress) -> str | None:
     for name in ("seq", "stage", "step", "position", "global_step", "flops", "val_flops", "schema"):
         if not count(getattr(p, name)):
             return f"{name} is {getattr(p, name)!r}, not a whole number"
+    for name in ("positions", "drawn"):
+        if not isinstance(getattr(p, name), list) or not all(count(v) for v in getattr(p, name)):
+            return f"{name} is not a list of whole numbers"
+    if len(p.drawn) != len(p.positions) or (p.positions and sum(p.positions) != p.position):
+        return f"positions {p.positions} and drawn {p.drawn} do not agree with position {p.position}"
     if p.phase not in ("start", "end"):
         return f"phase is {p.phase!r}, not start or end"
     if not isinstance(p.plan_prefix, list) or not all(isinstance(r, dict) for r in p.plan_prefix):

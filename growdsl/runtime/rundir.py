@@ -6,8 +6,8 @@ released when the process ends, however it ends) after checking that it can be u
 is written into it until the run is accepted (`accept`: the schedule compiled, the data is the run's,
 the checkpoint resumes), so a refused command leaves the folder as it found it, or none at all.
 
-run.json names the data by identity (its tokenizer's and corpus's digests, its token count), so a
-resume on other data is refused even where the folder has moved."""
+run.json names the data by identity (each folder's tokenizer and corpus digests, its token count), so
+a resume on other data is refused even where the folders have moved."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,46 +72,46 @@ class RunDir:
             return {}
         return read_record(self.path)
 
-    def check_data(self, data_dir: Path) -> None:
-        """The data must not be the run directory, and a resumed run's data must be the data it
-        trained on (the same tokenizer, corpus and tokens, wherever the folder is now)."""
-        data, run = data_dir.resolve(), self.path.resolve()
-        if data == run or data in run.parents or run in data.parents:
-            raise RunDirError(
-                f"--run-dir {self.path} and the data {data_dir} are the same folder or one holds the other: "
-                f"give the run a folder of its own"
-            )
+    def check_data(self, folders: Sequence[Path]) -> None:
+        """No data folder may be the run directory, and a resumed run's data must be the data it
+        trained on (each folder the same tokenizer, corpus and tokens, wherever it is now)."""
+        run = self.path.resolve()
+        for folder in folders:
+            data = folder.resolve()
+            if data == run or data in run.parents or run in data.parents:
+                raise RunDirError(
+                    f"--run-dir {self.path} and the data {folder} are the same folder or one holds the other: "
+                    f"give the run a folder of its own"
+                )
         record = self.recorded()
-        now = DataIdentity.of(data_dir)
-        if "identity" in record:
-            differs = DataIdentity(**record["identity"]).differences(now)
-        else:  # a run recorded before identities: its copy of the tokenizer
-            mine = self.path / "tokenizer.json"
-            differs = (
-                ["its tokenizer"]
-                if mine.is_file() and mine.read_bytes() != (data_dir / "tokenizer.json").read_bytes()
-                else []
-            )
-        if differs:
-            said = " and ".join([", ".join(differs[:-1]), differs[-1]] if len(differs) > 1 else differs)
-            raise RunDirError(
-                f"{data_dir} is not the data {self.path} trained on ({said} differ): resume on the "
-                f"run's own data (its run.json names the folder it was prepared in: {record.get('data', '?')})"
-            )
+        for folder, (path, identity) in zip(folders, recorded_sources(record)):
+            now = DataIdentity.of(folder)
+            if identity is not None:
+                differs = DataIdentity(**identity).differences(now)
+            else:  # a run recorded before identities: its copy of the tokenizer
+                mine = self.path / "tokenizer.json"
+                differs = (
+                    ["its tokenizer"]
+                    if mine.is_file() and mine.read_bytes() != (folder / "tokenizer.json").read_bytes()
+                    else []
+                )
+            if differs:
+                said = " and ".join([", ".join(differs[:-1]), differs[-1]] if len(differs) > 1 else differs)
+                raise RunDirError(
+                    f"{folder} is not the data {self.path} trained on ({said} differ): resume on the "
+                    f"run's own data (its run.json names the folder it was prepared in: {path})"
+                )
 
-    def accept(self, plan_json: str, source: str, data_dir: Path, processes: int) -> None:
-        """The run goes ahead: write its record."""
-        record = {
-            "data": str(data_dir.resolve()),
-            "identity": asdict(DataIdentity.of(data_dir)),
-            "processes": processes,
-            "growdsl": __version__,
-        }
+    def accept(self, plan_json: str, source: str, folders: Sequence[Path], processes: int) -> None:
+        """The run goes ahead: write its record (the first data folder, whose tokenizer the run keeps,
+        as `data`; every folder under `sources`)."""
+        sources = [{"data": str(f.resolve()), "identity": asdict(DataIdentity.of(f))} for f in folders]
+        record = {**sources[0], "sources": sources, "processes": processes, "growdsl": __version__}
         _write(self.path / "schedule.grow", source.encode())
         _write(self.path / "plan.json", plan_json.encode())
         for name in TOKENIZER_FILES:  # what eval and export need of the tokenizer, wherever the data goes
-            if (data_dir / name).is_file():
-                _write(self.path / name, (data_dir / name).read_bytes())
+            if (folders[0] / name).is_file():
+                _write(self.path / name, (folders[0] / name).read_bytes())
         _write(self.path / RECORD, json.dumps(record, indent=1).encode())
         self.accepted = True
 
@@ -188,21 +189,32 @@ def check_no_links(run_dir: Path) -> None:
 
 
 def read_record(run_dir: Path) -> dict:
-    """A run's run.json, its fields checked: `data` an absolute path, `identity` complete if present."""
+    """A run's run.json, its fields checked: `data` an absolute path, `identity` complete if present,
+    `sources` (a run since mixtures) a list of both."""
     file = run_dir / RECORD
     try:
         record = json.loads(file.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise RunDirError(f"{file} is unreadable: {e}") from None
-    ok = isinstance(record, dict) and isinstance(record.get("data"), str) and Path(record["data"]).is_absolute()
-    identity = record.get("identity") if isinstance(record, dict) else None
+    sources = record.get("sources", [record]) if isinstance(record, dict) else None
+    if not (isinstance(sources, list) and sources and all(_is_source(s) for s in sources) and _is_source(record)):
+        raise RunDirError(f"{file} is not a run record (data, identity, sources, processes)")
+    return record
+
+
+def recorded_sources(record: dict) -> list[tuple[str, dict | None]]:
+    """The data folders a run record names, in order, and their identities (None before identities)."""
+    return [(s["data"], s.get("identity")) for s in record.get("sources", [record])] if record else []
+
+
+def _is_source(source) -> bool:
+    ok = isinstance(source, dict) and isinstance(source.get("data"), str) and Path(source["data"]).is_absolute()
+    identity = source.get("identity") if ok else None
     if identity is not None:
-        ok = ok and isinstance(identity, dict) and set(identity) == {"tokenizer", "corpus", "train_tokens"}
+        ok = isinstance(identity, dict) and set(identity) == {"tokenizer", "corpus", "train_tokens"}
         ok = ok and isinstance(identity["tokenizer"], str) and isinstance(identity["corpus"], str)
         ok = ok and isinstance(identity["train_tokens"], int)
-    if not ok:
-        raise RunDirError(f"{file} is not a run record (data, identity, processes)")
-    return record
+    return ok
 
 
 def _make(path: Path) -> list[Path]:

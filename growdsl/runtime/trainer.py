@@ -5,7 +5,8 @@ At a growth: build the target model (torchtitan's Transformer, meta -> init), le
 operator (growdsl.ops.operators, whichever it is) attach its ramps and write the grown weights, run
 the preservation check on a held-out probe batch and log it, train the operator's learned map first
 if it has one (LiGO), and start the target's AdamW from reset or the operator's carried state.
-The data stream goes on where the base stopped.
+The data goes on where the base stopped: one prepared folder read front to back, or a mixture of
+several (growdsl.runtime.mixture), reweighted as each stage begins.
 
 With a run directory it checkpoints at every stage end (before a growth), right after every growth,
 and at the plan's cadence; `resume=True` goes on from the newest complete checkpoint, never
@@ -30,7 +31,7 @@ from growdsl.ops.layout import full, named_parameters, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
-from growdsl.plan.data import vocab_problem
+from growdsl.plan.data import RunData, reading, vocab_problem
 from growdsl.plan.plan import (
     DepthGrowth,
     Growth,
@@ -46,6 +47,7 @@ from growdsl.runtime import checkpoint
 from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta, train_files
 from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
+from growdsl.runtime.mixture import Mixture, MixtureState
 
 
 class RunError(Exception):
@@ -66,7 +68,7 @@ class Trainer:
     def __init__(
         self,
         plan: Plan,
-        data_dir: Path,
+        data: Path | RunData,
         *,
         log: Callable[[str], None] = print,
         log_every: int = 50,
@@ -79,7 +81,10 @@ class Trainer:
         mixed_precision: bool | None = None,
         evaluator: Callable | None = None,
     ):
-        self.plan, self.data_dir, self.log_every, self.world, self.dtype = plan, data_dir, log_every, world, dtype
+        self.plan, self.log_every, self.world, self.dtype = plan, log_every, world, dtype
+        self.sources = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
+        # validation, the growth probe and the tokenizer come from the first folder
+        data_dir = self.data_dir = self.sources.folders[0]
         self.device = world.device
         # bf16 compute over float32 weights: on by default on GPUs (as torchtitan), off on CPUs
         self.mixed = self.device.type == "cuda" if mixed_precision is None else mixed_precision
@@ -94,17 +99,21 @@ class Trainer:
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
         self.val_flops = 0  # forward FLOPs of the validation loss, counted apart
         try:
-            self.meta: Meta = load_meta(data_dir)
+            metas = [load_meta(folder) for folder in self.sources.folders]
+            readings = reading(plan, self.sources)  # every folder of one tokenizer
         except DataError as e:
             raise RunError(str(e)) from None
+        self.meta: Meta = metas[0]
         self._check_vocab()
         self._check_memory()
-        self.stream = TokenStream(train_files(data_dir, self.meta), self.meta.dtype)
-        if plan.totals.tokens > self.meta.train_tokens:
-            self.log(
-                f"note: the run reads {plan.totals.tokens:,} tokens, {plan.totals.tokens / self.meta.train_tokens:.1f} "
-                f"times the {self.meta.train_tokens:,} of {data_dir}: it repeats its data"
-            )
+        streams = [TokenStream(train_files(f, m), m.dtype) for f, m in zip(self.sources.folders, metas)]
+        self.data = Mixture(streams, list(self.sources.weights[0]))
+        for read in readings:
+            if read.epochs > 1:
+                self.log(
+                    f"note: the run reads {read.epochs:.1f} times the {read.meta['train_tokens']:,} tokens of "
+                    f"{read.directory}: it repeats its data"
+                )
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
         probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
@@ -192,13 +201,14 @@ class Trainer:
             resumed_here = grown and stage.index == first  # its growths are in the checkpoint already
             log = StageLog(stage.index, growth_checks=list(checks) if resumed_here else [])
             if not resumed_here:
+                self.data.reweight(list(self.sources.weights[stage.index]))  # the stage's mixture, counted afresh
                 for growth in stage.growths:
                     log.growth_checks.append(self._grow(growth, stage))
                 if stage.growths:
                     self._save(stage.index, "start", 0, log.growth_checks)
                 elif stage.index and stage.training.parallel != self.plan.stages[stage.index - 1].training.parallel:
                     self._reparallelize(stage)
-            log.data_position_at_start = self.stream.position
+            log.data_position_at_start = self.data.position
             begin = time.perf_counter()
             self._train(stage, log, start_step if stage.index == first else 0)
             log.seconds = time.perf_counter() - begin
@@ -260,7 +270,9 @@ class Trainer:
             stage=stage,
             phase=phase,
             step=step,
-            position=self.stream.position,
+            position=self.data.position,
+            positions=self.data.state().positions,
+            drawn=self.data.state().drawn,
             global_step=self.global_step,
             flops=self.flops,
             val_flops=self.val_flops,
@@ -324,7 +336,7 @@ class Trainer:
                 self.state = checkpoint.load(path, self.model, p)
         except (checkpoint.CheckpointError, ValueError) as e:
             raise RunError(f"cannot resume from {path.name}: {e}") from None
-        self.stream.position = p.position
+        self._restore_data(path, p)
         self.saves, self.global_step, self.flops, self.val_flops = p.seq, p.global_step, p.flops, p.val_flops
         self.log(
             f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
@@ -333,6 +345,23 @@ class Trainer:
         if p.phase == "end":
             return p.stage + 1, 0, [], False
         return p.stage, p.step, p.growth_checks, True
+
+    def _restore_data(self, path: Path, p: checkpoint.Progress) -> None:
+        """Each folder's position and the mixture's count, as the checkpoint left them (one folder
+        before schema 2: `position`). A folder the schedule added for stages still to come starts
+        at its first token; one it dropped from them must not have been read."""
+        positions, drawn = (list(p.positions), list(p.drawn)) if p.positions else ([p.position], [0])
+        have = len(self.sources.folders)
+        while len(positions) > have and positions[-1] == 0:
+            positions.pop(), drawn.pop()
+        if len(positions) > have:
+            raise RunError(
+                f"{path.name} read {len(positions)} data folders; the schedule now names {have}: resume with "
+                f"the data it trained on"
+            )
+        pad = [0] * (have - len(positions))
+        self.data.reweight(list(self.sources.weights[p.stage]))
+        self.data.restore(MixtureState(positions + pad, drawn + pad))
 
     # ---- growth ----------------------------------------------------------------------------
 
@@ -374,7 +403,7 @@ class Trainer:
         self.log(f"growth (line {growth.line}): {kind} -> {shape}; {check}")
         if self.metrics:
             self.metrics.growth(
-                self.global_step, self.stream.position, self.flops, f"line {growth.line}: {kind} -> {shape}; {check}"
+                self.global_step, self.data.position, self.flops, f"line {growth.line}: {kind} -> {shape}; {check}"
             )
         if not check.ok:
             raise RunError(f"the {kind} growth on line {growth.line} broke its guarantee: {check}")
@@ -388,7 +417,7 @@ class Trainer:
         for step in range(phase.steps):
             for group in opt.param_groups:
                 group["lr"] = phase.lr * min(1.0, (step + 1) / max(1, phase.warmup_steps))
-            x, y = (b.to(self.device) for b in self.stream.next_batch(t.batch_seqs, t.seq_len))
+            x, y = (b.to(self.device) for b in self.data.next_batch(t.batch_seqs, t.seq_len))
             with self._autocast():
                 loss = F.cross_entropy(learner(target, x).flatten(0, 1), y.flatten())
             loss.backward()
@@ -439,7 +468,7 @@ class Trainer:
                 loss.backward()
                 parts.append(loss.detach())
             total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
-            where = f"stage {stage.index} step {step + 1}/{stage.steps} (token {self.stream.position:,})"
+            where = f"stage {stage.index} step {step + 1}/{stage.steps} (token {self.data.position:,})"
             if not math.isfinite(total):
                 raise RunError(f"the loss became {total} at {where}, before its update: lower the LR or check the data")
             clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
@@ -462,7 +491,7 @@ class Trainer:
             if self.metrics:
                 self.metrics.step(
                     self.global_step,
-                    self.stream.position,
+                    self.data.position,
                     self.flops,
                     loss=total,
                     lr=lr,
@@ -511,7 +540,7 @@ class Trainer:
         if self.metrics:
             self.metrics.validation(
                 self.global_step,
-                self.stream.position,
+                self.data.position,
                 self.flops,
                 loss=loss,
                 val_tokens=tokens,
@@ -541,16 +570,16 @@ class Trainer:
             "step": step,
             "global_step": self.global_step,
             "layers": stage.shape.n_layers,
-            "tokens": self.stream.position,
+            "tokens": self.data.position,
             "flops": self.flops,
         }
         results = self.evaluator(self.model, stage, about)
         if self.metrics:
-            self.metrics.evaluation(self.global_step, self.stream.position, self.flops, results)
+            self.metrics.evaluation(self.global_step, self.data.position, self.flops, results)
 
     def _micro_batch(self, micro: int, seq_len: int):
-        """This rank's share of the next `micro * world` sequences of the stream, on its device."""
-        x, y = self.stream.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
+        """This rank's share of the next `micro * world` sequences of the data, on its device."""
+        x, y = self.data.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _advance_ramps(self) -> None:
@@ -576,9 +605,9 @@ def _describe_parallel(stage: Stage) -> str:
 def _trained_part(stage: Stage, current: bool) -> object:
     """What of a stage a checkpoint has already trained: all of a finished stage but the guideline
     notes, its validation settings (validation trains nothing) and the length of an LR schedule that
-    runs on into later stages; of the stage in progress, its model and growths."""
+    runs on into later stages; of the stage in progress, its model, growths and data."""
     if current:
-        return (stage.shape, stage.growths, stage.layers)
+        return (stage.shape, stage.growths, stage.layers, stage.training.data, stage.training.mix)
     return replace(
         stage,
         timing=None,
