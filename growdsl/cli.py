@@ -295,9 +295,12 @@ def _baseline(args) -> int:
         if refusal:
             print(f"growdsl baseline: {refusal}", file=sys.stderr)
             return EXIT_USAGE
+    from growdsl.plan.data import DataError
+
     try:
+        baseline.check(plan)  # before its data: stages that read different data are the first thing to say
         text, _ = baseline.planned(plan, _baseline_data(plan, args.file, out), args.file, args.out)
-    except baseline.BaselineError as e:
+    except (baseline.BaselineError, DataError) as e:
         print(f"growdsl baseline: {args.file}: {e}", file=sys.stderr)
         return EXIT_INVALID
     if out is None:
@@ -321,18 +324,17 @@ def _baseline(args) -> int:
 
 def _baseline_data(plan, schedule: str, out: Path | None) -> list[tuple[str, float | None]] | None:
     """The run's data folders as the baseline file must name them, with their weights: relative to
-    where it is written (the schedule's `data` is relative to the schedule), absolute when printed."""
-    from growdsl.plan.data import stage_data
+    where it is written (the schedule's `data` is relative to the schedule), absolute when printed;
+    two names of one folder are one source."""
+    from growdsl.plan.data import run_data, stage_data
 
-    named = stage_data(plan)[0]
-    if not named:
+    if not any(stage_data(plan)):
         return None
-
-    def where(name: str) -> str:
-        path = _beside(schedule, name)
-        return os.path.relpath(path, out.parent) if out else str(path.resolve())
-
-    return [(where(name), None if len(named) == 1 and not plan.stages[0].training.mix else w) for name, w in named]
+    sources = run_data(plan, lambda name: _beside(schedule, name))
+    named = [os.path.relpath(f, out.parent) if out else str(f.resolve()) for f in sources.folders]
+    if len(named) == 1 and not plan.stages[0].training.mix:
+        return [(named[0], None)]
+    return list(zip(named, sources.weights[0]))
 
 
 def _predict(args) -> int:
@@ -551,6 +553,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     the directory as it was."""
     from growdsl.eval.in_run import in_run_evaluator
     from growdsl.runtime.metrics import Metrics
+    from growdsl.runtime.rundir import RunDirError
     from growdsl.runtime.trainer import RunError, Trainer
 
     log_file = metrics = progress = None
@@ -584,13 +587,17 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
             evaluator=evaluator,
         )
         trainer.start()
-        refused = None
+        if world.main and resume:  # the folders the checkpoint read are the data it read
+            run.check_trained_on(sources.folders, trainer.folders_read())
+        refused, status = None, EXIT_OK
     except RunError as e:
-        refused = str(e)
+        refused, status = str(e), EXIT_INVALID
+    except RunDirError as e:  # resumed on other data: as the other refusals of the run directory
+        refused, status = str(e), EXIT_USAGE
     if world.mean(float(refused is not None)) > 0:  # every process accepts the run, or none does
         if world.main:
             print(f"growdsl run: {refused or 'refused by another process (see its message)'}", file=sys.stderr)
-        return EXIT_INVALID
+        return status or EXIT_INVALID
     if world.main:
         run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
         on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
@@ -741,8 +748,8 @@ def _run_dir(args, stamp: str) -> Path | None:
 def _run_data(args, plan, run):
     """The prepared folders the run reads (growdsl.plan.data.RunData): --data, else the schedule's
     `data` (names relative to the schedule), else the default corpus (on a resume: the one the run
-    recorded, wherever the default has moved since). A resumed run's folders are checked, in order,
-    to be the data it recorded; a schedule may add folders after them, for stages still to come."""
+    recorded, wherever the default has moved since). Those a resumed run has read are checked to be
+    the data it read once its checkpoint is loaded (`_train`)."""
     from growdsl.plan.data import RunData, run_data, stage_data
     from growdsl.runtime import corpora, data
     from growdsl.runtime.rundir import RunDirError, recorded_sources

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from growdsl.plan.data import run_data
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import TokenStream, load_meta, train_files
 from growdsl.runtime.mixture import Mixture
-from growdsl.runtime.trainer import Trainer
+from growdsl.runtime.trainer import RunError, Trainer
 
 
 @pytest.fixture
@@ -41,8 +42,9 @@ def mixture(paths, weights=(0.5, 0.2, 0.3)):
 
 
 def one_by_one(weights, drawn, n):
-    """The rule as stated: each next sequence from the source whose (drawn + 1) / weight is least."""
-    out, drawn = [], list(drawn)
+    """The rule as stated, in exact arithmetic: each next sequence from the source whose
+    (drawn + 1) / weight is least, each weight as written."""
+    out, drawn, weights = [], list(drawn), [Fraction(repr(float(w))) for w in weights]
     for _ in range(n):
         s = min((i for i, w in enumerate(weights) if w > 0), key=lambda i: ((drawn[i] + 1) / weights[i], i))
         drawn[s] += 1
@@ -58,13 +60,23 @@ def test_proportions_are_exact_to_one_sequence_at_every_point(shards):
         assert np.all(np.abs(drawn - j * np.array([0.5, 0.2, 0.3])) <= 1), j
 
 
-@pytest.mark.parametrize("weights", [(0.5, 0.2, 0.3), (1, 1, 1), (3, 0, 1e-3), (0.7, 0.1, 0.2)])
+@pytest.mark.parametrize(
+    "weights", [(0.5, 0.2, 0.3), (1, 1, 1), (3, 0, 1e-3), (0.7, 0.1, 0.2), (0.123457, 0.234571, 0.345679)]
+)
 def test_batches_are_assigned_as_the_rule_assigns_one_sequence_at_a_time(shards, weights):
-    m = mixture(shards, weights)
-    expected = one_by_one(weights, [0, 0, 0], 5000)
-    assert sum((m.assign(n) for n in (1, 7, 992, 4000)), []) == expected and m.drawn == [
+    m = mixture(shards, weights)  # the last weights take the path of Python's whole numbers
+    expected = one_by_one(weights, [0, 0, 0], 3000)
+    assert sum((m.assign(n) for n in (1, 7, 992, 2000)), []) == expected and m.drawn == [
         expected.count(i) for i in range(3)
     ]
+
+
+def test_weights_are_taken_as_written_however_large_or_small(shards):
+    seventy = mixture(shards[:2], (0.7, 0.3)).assign(1000)
+    assert mixture(shards[:2], (7, 3)).assign(1000) == seventy  # 7/0.7 and 3/0.3 tie: the first folder
+    assert seventy[27:30] == one_by_one((7, 3), [0, 0], 30)[27:30]
+    for tiny_or_huge in (5e-324, 1e308):
+        assert mixture(shards[:2], (tiny_or_huge, tiny_or_huge)).assign(6) == [0, 1, 0, 1, 0, 1]
 
 
 def test_rows_come_from_their_source_front_to_back(shards):
@@ -108,15 +120,17 @@ def test_a_schedule_names_a_mixture_per_stage(errors):
     assert (first.data, first.mix) == (None, (("web", 0.7), ("code", 0.3)))
     assert (second.data, second.mix) == ("web", ())
     said = [
-        e.message for e in errors('model tiny layers 4\ndata "a" + "b" 0.3 + "a" 1 + "c" 0\ntrain 4L for 10 steps\n')
+        e.message for e in errors('model tiny layers 4\ndata "a" 1 + "b" 0.3 + "a" 1 + "c" 0\ntrain 4L for 9 steps\n')
     ]
-    assert '"a" is named twice in one mixture' in said and any("weight" in m for m in said)
+    assert said == ['"a" is named twice in one mixture', "a source's weight must be above 0, not 0"]
+    said = [e.message for e in errors('model tiny layers 4\ndata "a" + "b" 0.3\ntrain 4L for 9 steps\n')]
+    assert said == ['a mixture weighs every source: "a" has no weight']
 
 
 # ---- a run on a mixture --------------------------------------------------------------------------
 
 
-def mixed_schedule(folders, steps=(12, 12), every=5) -> str:
+def mixed_schedule(folders, steps=(12, 12), every=3) -> str:
     a, b, c = folders
     return TINY_RUN + (
         f'data "{a}" 0.5 + "{b}" 0.2 + "{c}" 0.3\nseed 3\ncheckpoint every {every} steps\nval off\n'
@@ -163,7 +177,8 @@ def test_a_mixture_killed_mid_stage_resumes_on_exactly_the_tokens_it_would_have_
     with pytest.raises(KeyboardInterrupt):
         Trainer(plan, run_data(plan, Path), log=dies, log_every=1, checkpoint_dir=tmp_path).run()
     logs = Trainer(plan, run_data(plan, Path), log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
-    first, step = logs[0].index, int(kill.split()[3].split("/")[0]) // 5 * 5  # the checkpoint before the kill
+    # the checkpoint before the kill: 6 steps, 24 sequences, whose counts are no whole period of the weights
+    first, step = logs[0].index, int(kill.split()[3].split("/")[0]) // 3 * 3
     assert logs[0].losses == reference[first][step:]
     assert [log.losses for log in logs[1:]] == [reference[i] for i in range(first + 1, len(plan.stages))]
     resumed = checkpoint.read_progress(checkpoint.committed(tmp_path)[0])
@@ -179,7 +194,7 @@ def history(run: Path) -> dict[int, tuple[int, float]]:
 
 def test_a_mixture_run_killed_with_sigkill_resumes_on_the_uninterrupted_tokens(mixture_dirs, tmp_path, capsys):
     schedule = tmp_path / "mix.grow"
-    schedule.write_text(mixed_schedule(mixture_dirs, steps=(60, 60), every=10))
+    schedule.write_text(mixed_schedule(mixture_dirs, steps=(60, 60), every=7))
     assert main(["run", str(schedule), "--run-dir", str(tmp_path / "whole"), "--log-every", "1000"]) == 0
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "growdsl", "run", str(schedule), "--run-dir", str(killed)]
@@ -208,8 +223,8 @@ def test_plan_shows_each_folder_and_its_share_of_every_stage(mixture_dirs, tmp_p
     out, err = capsys.readouterr()
     a, b, c = (load_meta(f).train_tokens for f in mixture_dirs)
     assert f"data {mixture_dirs[0]}: " in out and f"{a:,} training tokens" in out
-    assert "stage 0 reads 640 tokens (" in out and "50% of its mixture), from token 0" in out
-    assert "stage 1 reads 128,000 tokens (" in out and "from token 256" in out  # b: 20% of stage 0's 1,280
+    assert "stage 0 reads ~640 tokens (" in out and "50% of its mixture), from token ~0" in out
+    assert "stage 1 reads ~128,000 tokens (" in out and "from token ~256" in out  # b: 20% of stage 0's 1,280
     assert "stage 1" not in out.split(f"data {mixture_dirs[1]}")[0]  # the first folder is not read in stage 1
     assert f"warning: the run reads {mixture_dirs[1]} " in err and f"{mixture_dirs[0]} " not in err
     assert main(["plan", str(schedule), "--data", str(mixture_dirs[0])]) == 1
@@ -249,3 +264,64 @@ def test_a_resume_on_a_mixture_checks_every_folder_it_trained_on(mixture_dirs, t
     shutil.copytree(mixture_dirs[0], copies[2])  # other data under the third folder's name
     assert main(["run", str(schedule), "--run-dir", str(run), "--resume"]) == 2
     assert f"{copies[2]} is not the data {run} trained on (its corpus and its number of" in capsys.readouterr().err
+
+
+def kill_on(fragment: str):
+    def log(line: str) -> None:
+        if fragment in line:
+            raise KeyboardInterrupt(line)
+
+    return log
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def test_an_older_checkpoint_of_one_folder_refuses_a_mixture_in_the_stage_it_trained(mixture_dirs, tmp_path):
+    from test_trust import remanifest
+
+    old = plan_source(TINY_RUN + "seed 3\ncheckpoint every 3 steps\nval off\ntrain 1L for 8 steps\n")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(old, mixture_dirs[0], log=kill_on("step 5/8"), log_every=1, checkpoint_dir=tmp_path).run()
+    ckpt = checkpoint.committed(tmp_path)[0]  # as a growdsl before mixtures wrote it
+    progress = json.loads((ckpt / "progress.json").read_text())
+    for key in ("positions", "drawn", "schema", "growdsl"):
+        progress.pop(key)
+    progress["plan_prefix"][0]["training"].pop("mix")
+    (ckpt / "progress.json").write_text(json.dumps(progress))
+    remanifest(ckpt)
+    a, b = mixture_dirs[:2]
+    new = plan_source(
+        TINY_RUN + f'seed 3\ncheckpoint every 3 steps\nval off\ndata "{a}" 1 + "{b}" 1\ntrain 1L for 8 steps\n'
+    )
+    with pytest.raises(RunError, match="the schedule changed in stage 0"):
+        Trainer(new, run_data(new, Path), log=lambda _: None, checkpoint_dir=tmp_path, resume=True).start()
+    logs = Trainer(old, mixture_dirs[0], log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
+    assert len(logs[0].losses) == 5  # on its own data it resumes at step 3
+
+
+def test_a_folder_of_a_stage_still_to_come_may_change_before_it_is_read(mixture_dirs, tmp_path, capsys, monkeypatch):
+    a, b, c = mixture_dirs
+    schedule = tmp_path / "s.grow"
+    text = TINY_RUN + f'seed 3\ncheckpoint every 3 steps\nval off\ndata "{a}"\ntrain 1L for 8 steps\n'
+    schedule.write_text(text + f'train 4 steps with data "{b}"\n')
+    run = tmp_path / "run"
+    steps = iter(range(5))
+    with monkeypatch.context() as m:  # interrupted after 5 steps (Ctrl-C)
+        m.setattr(Trainer, "_advance_ramps", lambda self: next(steps, None) is None and _interrupt())
+        assert main(["run", str(schedule), "--run-dir", str(run)]) == 130
+    schedule.write_text(text + f'train 4 steps with data "{c}"\n')  # b was never read: c takes its place
+    assert main(["run", str(schedule), "--run-dir", str(run), "--resume"]) == 0
+    assert "resumed from ckpt-000001: stage 0 step 3" in capsys.readouterr().out
+    assert [s["data"] for s in json.loads((run / "run.json").read_text())["sources"]] == [str(a), str(c)]
+
+
+def test_the_baseline_names_a_folder_spelled_twice_once(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    schedule = tmp_path / "g.grow"
+    schedule.write_text(
+        'model tiny layers 4\ndata "a" 1 + "./a" 1 + "b" 1\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\n'
+    )
+    assert main(["baseline", str(schedule), "-o", str(tmp_path / "base.grow")]) == 0
+    assert 'data "a" 2 + "b" 1\n' in (tmp_path / "base.grow").read_text()

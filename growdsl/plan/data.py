@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from growdsl.plan.plan import Plan
@@ -135,6 +136,14 @@ def run_data(plan: Plan, where: Callable[[str], Path], given: Path | None = None
     return RunData(tuple(folders), tuple(tuple(w.get(i, 0.0) for i in range(len(folders))) for w in weights))
 
 
+def shares(weights: Sequence[float]) -> list[Fraction]:
+    """Weights as exact shares of their sum, each weight as written (0.7 is 7/10, not the float
+    nearest it): no weight, however large or small, changes a mixture by rounding."""
+    exact = [Fraction(repr(float(w))) for w in weights]
+    total = sum(exact)
+    return [w / total for w in exact]
+
+
 def one_tokenizer(folders: tuple[Path, ...]) -> None:
     """Every folder of a run is tokenized by the same tokenizer (byte for byte), or DataError."""
     digests = [hashlib.sha256((f / "tokenizer.json").read_bytes()).hexdigest() for f in folders]
@@ -152,7 +161,8 @@ class Reading:
 
     directory: Path
     meta: dict
-    stages: tuple[tuple[int, int, int, float], ...]  # (stage, first token, tokens read, share of the stage's)
+    # (stage, first token, tokens read, share of the stage's): of a mixture, to within a sequence per stage
+    stages: tuple[tuple[int, int, int, float], ...]
 
     @property
     def epochs(self) -> float:
@@ -167,10 +177,10 @@ class Reading:
             f"({m.get('tokenizer', 'bpe')})"
         ]
         for stage, first, n, share in self.stages:
-            mixed = f", {share:.0%} of its mixture" if share < 1 else ""
+            mixed, about = (f", {share:.0%} of its mixture", "~") if share < 1 else ("", "")
             out.append(
-                f"  stage {stage} reads {n:,} tokens ({n / max(1, m['train_tokens']):.2f} epochs{mixed}), "
-                f"from token {first:,}"
+                f"  stage {stage} reads {about}{n:,} tokens ({n / max(1, m['train_tokens']):.2f} epochs{mixed}), "
+                f"from token {about}{first:,}"
             )
         out.append(f"  the run reads {self.epochs:.2f} epochs of it")
         return out
@@ -178,8 +188,8 @@ class Reading:
 
 def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
     """How the trainer reads each folder (front to back, every stage going on where the one before
-    stopped, LiGO phases included; a mixture's share of a stage by its weights), checked: every folder
-    prepared and all of one tokenizer."""
+    stopped, LiGO phases included; a mixture's share of a stage by its weights, to within a sequence),
+    checked: every folder prepared and all of one tokenizer."""
     run = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
     metas = [read_meta(folder) for folder in run.folders]
     one_tokenizer(run.folders)
@@ -187,10 +197,9 @@ def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
     taken: list[list[tuple[int, int, int, float]]] = [[] for _ in run.folders]
     for s, weights in zip(plan.stages, run.weights):
         n = s.tokens + sum(g.learn.tokens for g in s.growths if g.learn is not None)  # a learned map reads too
-        for i, w in enumerate(weights):
-            if w > 0:
-                share = w / sum(weights)
-                taken[i].append((s.index, positions[i], round(n * share), share))
+        for i, share in enumerate(shares(weights)):
+            if share > 0:
+                taken[i].append((s.index, positions[i], round(n * share), float(share)))
                 positions[i] += round(n * share)
     return [Reading(f, m, tuple(t)) for f, m, t in zip(run.folders, metas, taken)]
 

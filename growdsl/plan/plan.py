@@ -276,15 +276,20 @@ def stage_record(stage: Stage) -> dict:
     return json.loads(json.dumps(asdict(stage), default=_fraction_text))
 
 
+# Fields whose absence from an older record says what they were: before mixtures, no mixture.
+_ABSENT_MEANS: dict[str, object] = {"mix": []}
+
+
 def with_fields_since(record: dict, current: dict) -> dict:
     """An older growdsl's stage record with the fields it predates taken from `current` (the same
-    stage as this growdsl records it): what it never recorded, it cannot contradict."""
+    stage as this growdsl records it): what it never recorded, it cannot contradict; except where
+    the absence itself says what the run did (_ABSENT_MEANS)."""
     if not isinstance(record, dict) or not isinstance(current, dict):
         return record
     out = dict(record)
     for key, value in current.items():
         if key not in out:
-            out[key] = value
+            out[key] = _ABSENT_MEANS.get(key, value)
         elif isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = with_fields_since(out[key], value)
     return out

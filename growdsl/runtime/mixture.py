@@ -5,14 +5,19 @@ Stride scheduling: sequence after sequence, the source drawn is the one whose (d
 least (ties: the first), where `drawn` counts the sequences drawn from it under the current weights.
 The proportions are exact to one sequence at every point, with no random state: the whole state is
 each source's position (tokens consumed, as TokenStream's) and each source's `drawn`. Every process
-assigns the whole global batch the same way and reads only its rows."""
+assigns the whole global batch the same way and reads only its rows. The weights are taken exactly
+as written (0.7 is 7/10; growdsl.plan.data.shares) and compared in whole numbers, so `0.7 + 0.3` and
+`7 + 3` are one mixture and no rounding decides a tie."""
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from growdsl.plan.data import shares
 from growdsl.runtime.data import TokenStream
 
 
@@ -35,6 +40,11 @@ class Mixture:
             raise ValueError(f"weights {weights} for {len(self.streams)} sources")
         self.weights = [float(w) for w in weights]
         self.drawn = [0] * len(self.streams)
+        # source i's k-th draw falls at k / share_i = k * stride_i / M: strides are whole numbers
+        exact = shares(self.weights)
+        whole = [int(s * math.lcm(*(s.denominator for s in exact))) for s in exact]
+        most = math.lcm(*(w for w in whole if w))
+        self.strides = [most // w if w else 0 for w in whole]
 
     @property
     def position(self) -> int:
@@ -51,13 +61,17 @@ class Mixture:
 
     def assign(self, n: int) -> list[int]:
         """The sources of the next `n` sequences (and the count moves on). The one-by-one rule, all at
-        once: source i's next draws fall at (drawn_i + k) / w_i, k = 1, 2, ...; the next `n` draws are
-        the `n` earliest of those, ties to the first source."""
-        live = [i for i, w in enumerate(self.weights) if w > 0]
-        k = np.arange(1, n + 1)
-        times = np.concatenate([(self.drawn[i] + k) / self.weights[i] for i in live])
-        sources = np.repeat(live, n)
-        chosen = sources[np.lexsort((sources, times))[:n]]
+        once: source i's next draws fall at (drawn_i + k) * stride_i, k = 1, 2, ...; the next `n`
+        draws are the `n` earliest of those, ties to the first source."""
+        live = [i for i, stride in enumerate(self.strides) if stride]
+        if max((self.drawn[i] + n) * self.strides[i] for i in live) < 2**62:  # whole numbers in int64
+            k = np.arange(1, n + 1, dtype=np.int64)
+            times = np.concatenate([(self.drawn[i] + k) * self.strides[i] for i in live])
+            sources = np.repeat(live, n)
+            chosen = sources[np.lexsort((sources, times))[:n]]
+        else:  # weights of many digits: Python's whole numbers
+            draws = (((self.drawn[i] + k) * self.strides[i], i) for i in live for k in range(1, n + 1))
+            chosen = np.array([i for _, i in heapq.nsmallest(n, draws)])
         for i in live:
             self.drawn[i] += int(np.count_nonzero(chosen == i))
         return chosen.tolist()

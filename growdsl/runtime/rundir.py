@@ -73,8 +73,7 @@ class RunDir:
         return read_record(self.path)
 
     def check_data(self, folders: Sequence[Path]) -> None:
-        """No data folder may be the run directory, and a resumed run's data must be the data it
-        trained on (each folder the same tokenizer, corpus and tokens, wherever it is now)."""
+        """No data folder may be the run directory, or hold it, or lie in it."""
         run = self.path.resolve()
         for folder in folders:
             data = folder.resolve()
@@ -83,8 +82,15 @@ class RunDir:
                     f"--run-dir {self.path} and the data {folder} are the same folder or one holds the other: "
                     f"give the run a folder of its own"
                 )
+
+    def check_trained_on(self, folders: Sequence[Path], read: set[int]) -> None:
+        """A resumed run's folders that its checkpoint has read (by number, in the order the run
+        recorded them) must be the data it read: the same tokenizer, corpus and tokens, wherever
+        each is now. A folder not read yet may have changed with the stages still to come."""
         record = self.recorded()
-        for folder, (path, identity) in zip(folders, recorded_sources(record)):
+        for i, (folder, (path, identity)) in enumerate(zip(folders, recorded_sources(record))):
+            if i not in read:
+                continue
             now = DataIdentity.of(folder)
             if identity is not None:
                 differs = DataIdentity(**identity).differences(now)

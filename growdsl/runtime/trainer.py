@@ -363,6 +363,11 @@ class Trainer:
         self.data.reweight(list(self.sources.weights[p.stage]))
         self.data.restore(MixtureState(positions + pad, drawn + pad))
 
+    def folders_read(self) -> set[int]:
+        """The data folders (by number) the run has read from so far: after `start`, what the
+        checkpoint it resumes from has read."""
+        return {i for i, stream in enumerate(self.data.streams) if stream.position}
+
     # ---- growth ----------------------------------------------------------------------------
 
     def _grow(self, growth: Growth, stage: Stage) -> str:
