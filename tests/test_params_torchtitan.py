@@ -7,8 +7,9 @@ import pytest
 import torch
 from torchtitan.models.llama3 import Transformer, TransformerModelArgs
 
+from growdsl.ops.model import model_args
 from growdsl.plan.presets import PRESETS
-from growdsl.plan.shape import ModelShape, torchtitan_model_args
+from growdsl.plan.shape import ModelShape
 
 SHAPES = {
     "1.1B base (6L, GQA 4)": replace(PRESETS["1.1B"].shape, n_layers=6),
@@ -21,7 +22,7 @@ SHAPES = {
 
 
 def build(shape: ModelShape, seq_len: int) -> tuple[Transformer, TransformerModelArgs]:
-    args = TransformerModelArgs(**torchtitan_model_args(shape, seq_len))
+    args = model_args(shape, seq_len)
     with torch.device("meta"):
         return Transformer(args), args
 

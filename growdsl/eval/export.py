@@ -2,9 +2,9 @@
 and a model card (README.md) with the growth lineage.
 
 The weights are renamed and the query/key rows permuted by torchtitan's own Llama3StateDictAdapter
-(torchtitan's RoPE rotates interleaved pairs, Hugging Face's rotates halves). torchtitan 0.2.2
-always applies Llama 3.1's RoPE frequency scaling, so config.json declares it (`rope_type: llama3`);
-without it the logits would differ."""
+(torchtitan's RoPE rotates interleaved pairs, Hugging Face's rotates halves). config.json declares
+the RoPE scaling the model computes: Llama 3.1's for growdsl's own models (torchtitan 0.2.2 always
+applies it), an imported model's own (none, linear or llama3); without it the logits would differ."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from growdsl.ops.check import non_finite
 from growdsl.ops.model import model_args
 from growdsl.plan.plan import Plan
 from growdsl.plan.render import growth_line
+from growdsl.plan.shape import ModelShape
 
 
 class ExportError(Exception):
@@ -70,7 +71,6 @@ def export_hf(path: Path, out: Path) -> Path:
 
 def config(trained: Trained) -> dict:
     shape = trained.shape
-    scaling = model_args(shape, trained.seq_len).rope_scaling_args
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -83,19 +83,7 @@ def config(trained: Trained) -> dict:
         "head_dim": shape.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": shape.norm_eps,
-        "rope_theta": shape.rope_theta,
-        "rope_scaling": {
-            "rope_type": "llama3",
-            "factor": scaling.scaling_factor,
-            "low_freq_factor": scaling.low_freq_factor,
-            "high_freq_factor": scaling.high_freq_factor,
-            "original_max_position_embeddings": scaling.original_max_position_embeddings,
-        },
-        # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
-        # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
-        "max_position_embeddings": max(
-            trained.seq_len, round(scaling.original_max_position_embeddings * scaling.scaling_factor)
-        ),
+        **_rope(shape, trained.seq_len),
         "tie_word_embeddings": shape.tied_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
@@ -103,6 +91,27 @@ def config(trained: Trained) -> dict:
         "eos_token_id": trained.eot_id,
         "torch_dtype": str(next(trained.model.parameters()).dtype).removeprefix("torch."),
     }
+
+
+def _rope(shape: ModelShape, seq_len: int) -> dict:
+    """RoPE as config.json declares it: the scaling the model computes (growdsl's own models: Llama 3.1's,
+    which torchtitan 0.2.2 always applies; an imported model: its own) and the context length it implies."""
+    r = shape.rope_scaling
+    if r.kind == "llama3":
+        # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
+        # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
+        longest = max(seq_len, round(r.original_max_position_embeddings * r.factor))
+        scaling = {
+            "rope_type": "llama3",
+            "factor": r.factor,
+            "low_freq_factor": r.low_freq_factor,
+            "high_freq_factor": r.high_freq_factor,
+            "original_max_position_embeddings": r.original_max_position_embeddings,
+        }
+    else:  # an imported model's: its own context length
+        longest = max(seq_len, r.original_max_position_embeddings)
+        scaling = {"rope_type": "linear", "factor": r.factor} if r.kind == "linear" else None
+    return {"rope_theta": shape.rope_theta, "rope_scaling": scaling, "max_position_embeddings": longest}
 
 
 def _tokenizer_files(trained: Trained, out: Path) -> None:

@@ -89,6 +89,8 @@ class Model:
     preset: Word | Number | None
     fields: tuple[Setting, ...]
     span: Span
+    source: Str | None = None  # `model from "DIR"`: the model a schedule starts from
+    trained: Amount | None = None  # `trained 2T`: what that model cost
 
 
 @dataclass(frozen=True)

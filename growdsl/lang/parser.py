@@ -242,6 +242,8 @@ class _ToAst(Transformer):
         return list(children)
 
     def model(self, meta, children):
+        if children and isinstance(children[0], ast.Str):  # model from "DIR" [trained AMOUNT]
+            return ast.Model(None, (), _span(meta), children[0], children[1] if len(children) > 1 else None)
         preset = children[0] if children and not isinstance(children[0], ast.Setting) else None
         fields = tuple(c for c in children if isinstance(c, ast.Setting))
         return ast.Model(preset, fields, _span(meta))

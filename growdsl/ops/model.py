@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import torch
 from torchtitan.models.llama3 import Transformer, TransformerModelArgs
+from torchtitan.models.llama3.model.args import RoPEScalingArgs
 
 from growdsl.plan.shape import ModelShape, torchtitan_model_args
 
 
 def model_args(shape: ModelShape, seq_len: int) -> TransformerModelArgs:
-    return TransformerModelArgs(**torchtitan_model_args(shape, seq_len))
+    args = torchtitan_model_args(shape, seq_len)
+    scaling = RoPEScalingArgs(*args.pop("rope_scaling"))
+    return TransformerModelArgs(**args, rope_scaling_args=scaling)
 
 
 def build_model(

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from growdsl.lang import ast
@@ -28,6 +29,7 @@ from growdsl.plan.growths import (
     policies_of,
     width_growth,
 )
+from growdsl.plan.imported import ModelFolderError, read_hf
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.lr import LRStage, lr_schedules
 from growdsl.plan.plan import (
@@ -38,6 +40,7 @@ from growdsl.plan.plan import (
     Plan,
     PlanWarning,
     Stage,
+    Start,
     Totals,
     TrainingConfig,
     validation_steps,
@@ -115,6 +118,7 @@ class _Compiler(Reader):
         self.broken = False  # a shape error happened: later shape checks would only echo it
         self.settings_unknown = False  # a setting did not parse: stages resolve no steps from settings
         self.last_setting: ast.Setting | None = None
+        self.start: tuple[str, Path, ModelShape, int] | None = None  # `model from`: name, folder, shape, tokens
 
     # ---- driver ----------------------------------------------------------------------------
 
@@ -197,6 +201,9 @@ class _Compiler(Reader):
             )
             return
         self.model_node = node
+        if node.source is not None:
+            self._import(node, node.source)
+            return
         preset = None
         if node.preset is not None:
             name = node.preset.text
@@ -248,6 +255,29 @@ class _Compiler(Reader):
             self.broken = True
         elif self.family["n_layers"] is not None:
             self.declared = ModelShape(**self.family)
+
+    def _import(self, node: ast.Model, source: ast.Str) -> None:
+        """`model from "DIR" [trained N]`: stage 0 is that model, its shape as its config.json says."""
+        folder = Path(source.value)
+        if not folder.is_absolute() and self.schedule.filename not in ("<schedule>", "<baseline>"):
+            folder = Path(self.schedule.filename).parent / folder  # a path is the schedule's
+        try:
+            model = read_hf(folder)
+        except ModelFolderError as e:
+            self.error(source.span, str(e), "name a Hugging Face Llama folder (config.json and safetensors)")
+            self.broken = True
+            return
+        tokens = 0
+        if node.trained is not None:
+            interval = self.interval(node.trained, "what the model was trained on")
+            if interval is not None and interval.unit == "steps":
+                self.error(node.trained.span, "`trained` takes tokens (steps are of a batch it does not know)",
+                           "e.g. trained 2T")  # fmt: skip
+            elif interval is not None:
+                tokens = interval.count
+        self.start = (source.value, folder.resolve(), model.shape, tokens)
+        self.shape = model.shape
+        self.layers = [LayerOrigin(source=None, init="imported", root=i) for i in range(model.shape.n_layers)]
 
     # ---- growth ----------------------------------------------------------------------------
 
@@ -398,6 +428,12 @@ class _Compiler(Reader):
         self._validation()
         stages: list[Stage] = []
         cum_tokens = cum_flops = val_flops = global_step = 0
+        start = None
+        if self.start is not None:
+            name, folder, shape, tokens = self.start
+            flops = shape.flops_per_token(self.stages[0].config.seq_len) * tokens
+            start = Start(name=name, folder=str(folder), kind="hf", shape=shape, tokens=tokens, flops=flops)
+            cum_tokens, cum_flops = tokens, flops
         for i, d in enumerate(self.stages):
             fpt = d.shape.flops_per_token(d.config.seq_len)
             growths = [build_growth(g, fpt) for g in d.growths]
@@ -450,6 +486,7 @@ class _Compiler(Reader):
             stages=tuple(stages),
             totals=totals,
             warnings=warnings,
+            start=start,
         )
 
     def _lr_schedules(self) -> list[LRSchedule]:

@@ -206,7 +206,8 @@ def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
 
 def vocab_problem(plan: Plan, have: int) -> str | None:
     """Why the model's vocab and a tokenizer of `have` tokens disagree, or None: a smaller model cannot
-    read the data; a larger one has rows no token uses, which only a stated `padded` allows."""
+    read the data; a larger one has rows no token uses, which only a stated `padded` allows, or a
+    model the schedule starts from (its rows are its own)."""
     for stage in plan.stages:
         v = stage.shape.vocab_size
         if v < have:
@@ -214,7 +215,7 @@ def vocab_problem(plan: Plan, have: int) -> str | None:
                 f"the data's tokenizer has {have:,} tokens but the model's vocab is {v:,} (stage {stage.index}): "
                 f"set vocab {have} in the model statement"
             )
-        if v > have and not stage.shape.vocab_padded:
+        if v > have and not stage.shape.vocab_padded and plan.start is None:
             return (
                 f"the model's vocab is {v:,} but the data's tokenizer has {have:,} tokens (stage {stage.index}): "
                 f"set vocab {have} in the model statement, or `vocab {v} padded` if the extra rows are on "

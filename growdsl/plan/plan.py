@@ -253,6 +253,20 @@ class PlanWarning:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Start:
+    """The existing model a schedule starts from (`model from "DIR"`): stage 0 begins with its weights
+    instead of a fresh init. What it cost is the schedule's to state (`trained 2T`); 0 otherwise."""
+
+    __pydantic_config__ = _STRICT
+    name: str  # as the schedule names it
+    folder: str  # where it is (absolute)
+    kind: Literal["hf"]  # a Hugging Face Llama folder
+    shape: ModelShape
+    tokens: int  # the tokens it was trained on, as stated
+    flops: int  # their training FLOPs at stage 0's sequence length
+
+
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     __pydantic_config__ = _STRICT
     source: str
@@ -260,6 +274,7 @@ class Plan:
     stages: tuple[Stage, ...]
     totals: Totals
     warnings: tuple[PlanWarning, ...] = ()
+    start: Start | None = None  # the model stage 0 starts from (`model from`); None: a fresh one
 
     def to_json(self, indent: int | None = None) -> str:
         """JSON as pydantic would write it (fractions as "20/23"), without importing pydantic."""

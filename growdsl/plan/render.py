@@ -15,16 +15,23 @@ _GUARANTEE = {
 
 
 def render_plan(plan: Plan, predict_d: bool = False) -> str:
-    first = plan.stages[0]
+    first = plan.start.shape if plan.start else plan.stages[0].shape
     n = len(plan.stages)
     out = [
-        f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.shape.describe()} -> "
-        f"{plan.stages[-1].shape.describe()}",
+        f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.describe()} -> {plan.stages[-1].shape.describe()}",
         "",
     ]
     header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
     rows = []
     notes: dict[int, list[str]] = {}
+    if plan.start:  # the model stage 0 starts from, as a row of its own
+        st = plan.start
+        cost = f"trained on {human(st.tokens)} tokens, as stated" if st.tokens else "its cost not stated: 0 FLOPs"
+        rows.append(
+            ("from", str(st.shape.n_layers), human(st.shape.params), human(st.tokens), "-", "-", "-", f"{st.flops:.3g}",
+             f"{st.flops:.3g}")
+        )  # fmt: skip
+        notes[0] = [f"  {st.name}: a Hugging Face Llama ({st.shape.describe()}); {cost}"]
     for s in plan.stages:
         t = s.training
         lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"

@@ -4,6 +4,31 @@ and the torchtitan 0.2.2 arguments that build exactly this shape."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """RoPE's frequency scaling: Llama 3.1's ("llama3": torchtitan 0.2.2 always builds it, so growdsl's
+    own models have it), "linear" (every frequency divided by `factor`), or "none" (Llama 2)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    kind: Literal["llama3", "linear", "none"] = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def torchtitan(self) -> tuple[float, float, float, int]:
+        """torchtitan's RoPEScalingArgs (factor, low, high, original length) computing exactly this:
+        its llama3 formula leaves every frequency alone whose wavelength is below original / high,
+        and divides every one above original / low by the factor."""
+        if self.kind == "none":
+            return 1.0, 1.0, 4.0, 2**62  # every wavelength below original / high: untouched, no rounding
+        if self.kind == "linear":
+            return self.factor, 1.0, 4.0, 1  # every wavelength (>= 2 pi) above original / low: divided
+        return self.factor, self.low_freq_factor, self.high_freq_factor, self.original_max_position_embeddings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,6 +47,11 @@ class ModelShape:
     rope_theta: float = 10000.0
     tied_embeddings: bool = False
     vocab_padded: bool = False  # vocab_size above the tokenizer's on purpose (`padded`): rows no token uses
+    rope_scaling: RopeScaling = RopeScaling()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):  # through dataclasses.asdict and back
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
 
     @property
     def head_dim(self) -> int:
@@ -88,5 +118,6 @@ def torchtitan_model_args(shape: ModelShape, seq_len: int) -> dict:
         ffn_dim_multiplier=shape.ffn_dim / base,
         norm_eps=shape.norm_eps,
         rope_theta=shape.rope_theta,
+        rope_scaling=shape.rope_scaling.torchtitan(),  # growdsl.ops.model makes it torchtitan's RoPEScalingArgs
         max_seq_len=seq_len,
     )

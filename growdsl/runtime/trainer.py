@@ -32,11 +32,13 @@ from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
 from growdsl.plan.data import RunData, reading, vocab_problem
+from growdsl.plan.imported import ModelFolderError
 from growdsl.plan.plan import (
     DepthGrowth,
     Growth,
     Plan,
     Stage,
+    Start,
     stage_from_record,
     stage_record,
     validation_steps,
@@ -48,6 +50,7 @@ from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_met
 from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 from growdsl.runtime.mixture import Mixture, MixtureState
+from growdsl.runtime.pretrained import load_start
 
 
 class RunError(Exception):
@@ -122,13 +125,40 @@ class Trainer:
         self.val_data = self.heldout.digest()
         self._check_validation()
         torch.manual_seed(first.seed)
-        self.shape = plan.stages[0].shape
-        self.model = self._parallel(self._build(), plan.stages[0])
+        self.shape = plan.start.shape if plan.start else plan.stages[0].shape  # stage 0's growths come in `run`
+        model = self._build()
+        if plan.start:
+            self._check_start_tokenizer(plan.start)
+            try:
+                load_start(plan.start, model, self.max_seq)
+            except ModelFolderError as e:
+                raise RunError(str(e)) from None
+            self.flops = plan.start.flops  # what it cost, as the schedule states
+        self.model = self._parallel(model, plan.stages[0])
         self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
         self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
         self.opt_names: dict[int, str] = {}  # its parameters' names
         self.ramps: list[Ramp] = []
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
+
+    def _check_start_tokenizer(self, start: Start) -> None:
+        """The data is tokenized as the model it starts from was trained: the same token for every id."""
+        from growdsl.runtime.tokenizer import TokenizerError, load
+
+        folder = Path(start.folder)
+        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+            self.log(f"note: {folder} has no tokenizer: the data's ({self.data_dir}) is taken to be the model's")
+            return
+        try:
+            theirs = load(folder).tokenizer.get_vocab()
+            ours = load(self.data_dir / "tokenizer.json").tokenizer.get_vocab()
+        except TokenizerError as e:
+            raise RunError(str(e)) from None
+        if theirs != ours:
+            raise RunError(
+                f"the data {self.data_dir} is tokenized by another tokenizer than the model it starts from "
+                f"({folder}): prepare it with --tokenizer {folder}"
+            )
 
     def _check_vocab(self) -> None:
         """The model's vocab and the tokenizer's agree, both ways (growdsl.plan.data.vocab_problem)."""

@@ -1,0 +1,223 @@
+"""The model a schedule starts from (`model from "DIR"`), read without torch: a Hugging Face Llama
+folder's config.json and its safetensors headers, so that the plan is made on the model's own shape
+and a folder that is not a Llama, or misses a shard, or holds a tensor of another shape, is an error
+at plan time naming the file. Only safetensors are read: a pytorch_model.bin is a pickle, which can
+run code."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from growdsl.plan.shape import ModelShape, RopeScaling
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # the dtypes growdsl reads, and their sizes in bytes
+MAX_HEADER = 100 * 2**20  # a safetensors header past this is no model's
+
+
+class ModelFolderError(ValueError):
+    """A folder that is not a model growdsl can start from; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class HFModel:
+    """A Hugging Face Llama folder: its shape, its weight files, and each tensor's (file, dtype, shape)."""
+
+    folder: Path
+    shape: ModelShape
+    files: tuple[str, ...]
+    tensors: dict[str, tuple[str, str, tuple[int, ...]]]
+
+
+def read_hf(folder: Path) -> HFModel:
+    """The Llama in `folder`, every tensor the shape needs present with its shape (a tied model may
+    leave out lm_head.weight), in float32, float16 or bfloat16."""
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder} is not a folder: name a Hugging Face model folder (config.json, safetensors)")
+    shape = _shape(folder / "config.json")
+    files = _weight_files(folder)
+    tensors: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+    for name in files:
+        for tensor, (dtype, dims) in _header(folder / name).items():
+            if tensor in tensors:
+                raise ModelFolderError(f"{folder / name} holds {tensor} again ({tensors[tensor][0]} holds it too)")
+            tensors[tensor] = (name, dtype, dims)
+    wanted = expected_tensors(shape)
+    for tensor, dims in wanted.items():
+        if tensor not in tensors:
+            if tensor == "lm_head.weight" and shape.tied_embeddings:
+                continue
+            where = INDEX if (folder / INDEX).exists() else SINGLE
+            raise ModelFolderError(f"{folder / where} has no {tensor}: the model is incomplete")
+        file, dtype, have = tensors[tensor]
+        if have != dims:
+            raise ModelFolderError(
+                f"{folder / file}: {tensor} is {list(have)}, but config.json makes it {list(dims)}: the weights "
+                f"and config.json are of different models"
+            )
+        if dtype not in DTYPES:
+            raise ModelFolderError(f"{folder / file}: {tensor} is {dtype}; growdsl reads {', '.join(DTYPES)}")
+    extra = sorted(set(tensors) - set(wanted) - {"lm_head.weight"})
+    rotary = [t for t in extra if t.endswith("rotary_emb.inv_freq")]  # a buffer some exports keep
+    if len(extra) > len(rotary):
+        other = next(t for t in extra if t not in rotary)
+        raise ModelFolderError(f"{folder / tensors[other][0]} holds {other}, which a Llama of config.json has not")
+    return HFModel(folder, shape, files, tensors)
+
+
+def expected_tensors(shape: ModelShape) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Hugging Face Llama of `shape`, by name, with its dimensions."""
+    d, kv = shape.dim, shape.n_kv_heads * shape.head_dim
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (shape.vocab_size, d), "model.norm.weight": (d,)}
+    for i in range(shape.n_layers):
+        p = f"model.layers.{i}."
+        out |= {
+            p + "self_attn.q_proj.weight": (d, d),
+            p + "self_attn.k_proj.weight": (kv, d),
+            p + "self_attn.v_proj.weight": (kv, d),
+            p + "self_attn.o_proj.weight": (d, d),
+            p + "mlp.gate_proj.weight": (shape.ffn_dim, d),
+            p + "mlp.up_proj.weight": (shape.ffn_dim, d),
+            p + "mlp.down_proj.weight": (d, shape.ffn_dim),
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+        }
+    out["lm_head.weight"] = (shape.vocab_size, d)
+    return out
+
+
+def _shape(file: Path) -> ModelShape:
+    """config.json as growdsl's shape; what growdsl's Llama cannot compute exactly is refused."""
+    try:
+        config = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ModelFolderError(f"{file} is missing: not a Hugging Face model folder") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{file} is unreadable: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{file} is not a model's config")
+    kind = config.get("model_type")
+    if kind != "llama":
+        raise ModelFolderError(
+            f"{file}: model_type is {kind!r}, not 'llama': growdsl grows Llama models (RoPE, RMSNorm, SwiGLU, no "
+            f"biases)"
+        )
+
+    def count(key: str, default: int | None = None) -> int:
+        value = config.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelFolderError(f"{file}: {key} is {value!r}, not a whole number above 0")
+        return value
+
+    def number(key: str, value, default: float) -> float:
+        value = default if value is None else value
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ModelFolderError(f"{file}: {key} is {value!r}, not a number above 0")
+        return float(value)
+
+    dim, heads, layers = count("hidden_size"), count("num_attention_heads"), count("num_hidden_layers")
+    kv = count("num_key_value_heads", heads)
+    for key, wrong in (("hidden_act", config.get("hidden_act", "silu") != "silu"),
+                       ("attention_bias", bool(config.get("attention_bias"))),
+                       ("mlp_bias", bool(config.get("mlp_bias")))):  # fmt: skip
+        if wrong:
+            raise ModelFolderError(f"{file}: {key} is {config[key]!r}: growdsl's Llama has silu and no biases")
+    if dim % heads or heads % kv:
+        raise ModelFolderError(f"{file}: {heads} heads do not divide hidden_size {dim}, or {kv} kv heads the heads")
+    if config.get("head_dim") not in (None, dim // heads):
+        raise ModelFolderError(
+            f"{file}: head_dim {config['head_dim']} is not hidden_size / num_attention_heads = {dim // heads}, "
+            f"which growdsl's Llama (torchtitan's) requires"
+        )
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers 5, and before
+    if not isinstance(rope, dict):
+        raise ModelFolderError(f"{file}: rope_scaling is {rope!r}")
+    theta = number("rope_theta", rope.get("rope_theta", config.get("rope_theta")), 10000.0)
+    longest = count("max_position_embeddings", 2048)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        scaling = RopeScaling(kind="none", factor=1.0, original_max_position_embeddings=longest)
+    elif kind == "linear":
+        scaling = RopeScaling(
+            kind="linear", factor=number("factor", rope.get("factor"), 1.0), original_max_position_embeddings=longest
+        )
+    elif kind == "llama3":
+        scaling = RopeScaling(
+            kind="llama3",
+            factor=number("factor", rope.get("factor"), 8.0),
+            low_freq_factor=number("low_freq_factor", rope.get("low_freq_factor"), 1.0),
+            high_freq_factor=number("high_freq_factor", rope.get("high_freq_factor"), 4.0),
+            original_max_position_embeddings=int(number("original_max_position_embeddings",
+                                                        rope.get("original_max_position_embeddings"), 8192)),
+        )  # fmt: skip
+    else:
+        raise ModelFolderError(f"{file}: RoPE scaling {kind!r}; growdsl computes none, linear and llama3")
+    return ModelShape(
+        dim=dim,
+        n_layers=layers,
+        n_heads=heads,
+        n_kv_heads=kv,
+        ffn_dim=count("intermediate_size"),
+        vocab_size=count("vocab_size"),
+        norm_eps=number("rms_norm_eps", config.get("rms_norm_eps"), 1e-6),
+        rope_theta=theta,
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
+    )
+
+
+def _weight_files(folder: Path) -> tuple[str, ...]:
+    """The safetensors files: the index's (sharded), or model.safetensors; each a plain file in the folder."""
+    index = folder / INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFolderError(f"{index} is not a safetensors index: {e}") from None
+        for name in names:
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+                raise ModelFolderError(f"{index} names {name!r}, not a .safetensors file of the folder")
+            if not (folder / name).is_file() or (folder / name).is_symlink():
+                raise ModelFolderError(f"{folder / name} is missing (named by {INDEX}): the model is incomplete")
+        return tuple(names)
+    if (folder / SINGLE).is_file() and not (folder / SINGLE).is_symlink():
+        return (SINGLE,)
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise ModelFolderError(
+            f"{folder} holds its weights as pickles (.bin/.pt), which can run code: growdsl reads safetensors; "
+            f"convert them where you trust them: model.save_pretrained(DIR, safe_serialization=True)"
+        )
+    raise ModelFolderError(f"{folder} has no {SINGLE} or {INDEX}: no weights")
+
+
+def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A safetensors file's tensors (dtype, shape), from its JSON header, each checked to lie in the file."""
+    try:
+        with file.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > MAX_HEADER:
+                raise ModelFolderError(f"{file} is not a safetensors file (a header of {size:,} bytes)")
+            header = json.loads(f.read(size))
+        total = file.stat().st_size - 8 - size
+    except (OSError, ValueError, UnicodeDecodeError, struct.error) as e:
+        raise ModelFolderError(f"{file} is not a safetensors file: {e}") from None
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, dims, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            ok = all(isinstance(x, int) and x >= 0 for x in (*dims, begin, end)) and begin <= end <= total
+            ok = ok and (dtype not in DTYPES or end - begin == math.prod(dims) * DTYPES[dtype])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ModelFolderError(f"{file}: {name} is not a tensor the file holds (truncated or damaged)")
+        out[name] = (dtype, dims)
+    return out

@@ -1,0 +1,213 @@
+"""Starting from an existing model (`model from "DIR"`): a Hugging Face Llama folder is planned on its
+own shape and read into growdsl with transformers' logits (GQA, RoPE theta and scaling, tied or
+untied, sharded); a folder that is not such a model is an error naming the file."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from growdsl.ops.model import build_model
+from growdsl.plan import plan_source
+from growdsl.plan.imported import ModelFolderError, read_hf
+from growdsl.plan.plan import Start
+from growdsl.runtime.pretrained import load_start
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_llama(folder: Path, *, tied=False, rope=None, shards=False, vocab=400, layers=4, seed=0) -> Path:
+    """A small random Llama saved as transformers saves it (GQA: 4 heads over 2 kv heads)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        rope_theta=500000.0,
+        rope_scaling=rope,
+        tie_word_embeddings=tied,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():  # transformers initialises norms to 1: make them tell layers apart
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(str(folder), max_shard_size="100KB" if shards else "10GB")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return hf_llama(tmp_path_factory.mktemp("hf") / "plain")
+
+
+def start_of(folder: Path) -> Start:
+    shape = read_hf(folder).shape
+    return Start(name=str(folder), folder=str(folder.resolve()), kind="hf", shape=shape, tokens=0, flops=0)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        dict(),
+        dict(tied=True, rope={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 64}),
+        dict(shards=True, rope={"rope_type": "linear", "factor": 4.0}),
+    ],
+    ids=["gqa-untied-rope-theta", "tied-llama3-scaling", "sharded-linear-scaling"],
+)  # fmt: skip
+def test_a_hugging_face_llama_gives_transformers_logits_in_growdsl(tmp_path, kind):
+    folder = hf_llama(tmp_path / "hf", **kind)
+    if kind.get("shards"):
+        assert (folder / "model.safetensors.index.json").exists() and len(list(folder.glob("*.safetensors"))) > 2
+    start = start_of(folder)
+    ours = build_model(start.shape, 200, seed=1)
+    load_start(start, ours, 200)
+    tokens = torch.randint(0, 400, (2, 200), generator=torch.Generator().manual_seed(3))  # past 64: scaled RoPE
+    with torch.no_grad():
+        theirs = transformers.LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()(tokens).logits
+        mine = ours(tokens)
+    assert (mine - theirs).abs().max().item() < 1e-4 * theirs.abs().max().item()
+    assert start.shape.tied_embeddings == bool(kind.get("tied")) and start.shape.n_kv_heads == 2
+
+
+def test_the_plan_starts_from_the_model_and_counts_only_the_cost_it_is_told(plain, tmp_path):
+    schedule = tmp_path / "s.grow"
+    shutil.copytree(plain, tmp_path / "base")
+    schedule.write_text('model from "base"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nstack x2\ntrain 10 steps\n')
+    from growdsl.plan import plan_file
+
+    plan = plan_file(schedule)
+    assert plan.start.shape.n_layers == 4 and plan.start.flops == 0 and plan.start.folder == str(tmp_path / "base")
+    assert [s.shape.n_layers for s in plan.stages] == [8] and plan.stages[0].growths[0].source_layers == 4
+    assert plan.totals.flops == plan.stages[0].flops  # nothing spent before it but what it says
+    schedule.write_text(schedule.read_text().replace('"base"', '"base" trained 2B'))
+    plan = plan_file(schedule)
+    assert plan.start.flops == plan.start.shape.flops_per_token(32) * 2 * 10**9
+    assert plan.totals.flops == plan.start.flops + plan.stages[0].flops
+
+
+def test_a_schedule_that_contradicts_the_model_is_an_error_at_its_line(plain, errors):
+    said = errors(f'model from "{plain}"\ntrain 6L for 10 steps\n')
+    assert said[0].span.line == 2 and "6" in said[0].message
+    said = errors(f'model from "{plain}"\nmodel tiny\ntrain 10 steps\n')
+    assert said[0].message == "the model is declared twice"
+    said = errors(f'model from "{plain}" trained 10 steps\ntrain 10 steps\n')
+    assert "`trained` takes tokens" in said[0].message
+
+
+def broken(tmp_path, plain, how):
+    folder = tmp_path / "m"
+    shutil.copytree(plain, folder)
+    config = json.loads((folder / "config.json").read_text())
+    if how == "mistral":
+        config["model_type"] = "mistral"
+    elif how == "shape":
+        config["intermediate_size"] = 128
+    elif how == "bias":
+        config["attention_bias"] = True
+    elif how == "yarn":
+        config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    elif how == "pickle":
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    elif how == "truncated":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "no config":
+        (folder / "config.json").unlink()
+    (folder / "config.json").exists() and (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("mistral", "model_type is 'mistral', not 'llama'"),
+        ("shape", "model.layers.0.mlp.gate_proj.weight is [96, 64], but config.json makes it [128, 64]"),
+        ("bias", "attention_bias is True"),
+        ("yarn", "RoPE scaling 'yarn'"),
+        ("pickle", "holds its weights as pickles (.bin/.pt), which can run code"),
+        ("truncated", "model.safetensors: model.layers"),
+        ("no config", "config.json is missing"),
+    ],
+)
+def test_a_folder_that_is_not_a_llama_is_named_with_what_is_wrong(plain, tmp_path, capsys, how, said):
+    from growdsl.cli import main
+
+    folder = broken(tmp_path, plain, how)
+    with pytest.raises(ModelFolderError, match=None):
+        read_hf(folder)
+    schedule = tmp_path / "s.grow"
+    schedule.write_text('model from "m"\ntrain 10 steps\n')
+    assert main(["plan", str(schedule)]) == 1
+    err = capsys.readouterr().err
+    assert f"{schedule}:1:12: error: " in err and said in err, err
+
+
+def test_a_sharded_model_missing_a_shard_is_named(tmp_path):
+    folder = hf_llama(tmp_path / "hf", shards=True)
+    victim = sorted(folder.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(ModelFolderError, match=f"{victim} is missing"):
+        read_hf(folder)
+
+
+def test_a_run_starts_from_the_model_and_grows_it(plain, data_dir, tmp_path):
+    from growdsl.runtime.trainer import Trainer
+
+    plan = plan_source(f'model from "{plain}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\nstack x2\ntrain 3 steps\n')
+    lines = []
+    trainer = Trainer(plan, data_dir, log=lines.append)
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(plain), dtype=torch.float32).eval()
+    tokens = trainer.probe
+    with torch.no_grad():
+        assert (trainer.model(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+    logs = trainer.run()
+    assert "stack" in "".join(lines) and len(logs[0].losses) == 3 and trainer.shape.n_layers == 8
+    assert any("has no tokenizer" in line for line in lines)
+
+
+def test_the_data_must_be_tokenized_as_the_model_was(plain, data_dir, tmp_path):
+    from growdsl.runtime.trainer import RunError, Trainer
+
+    folder = tmp_path / "m"
+    shutil.copytree(plain, folder)
+    tokenizer = json.loads((data_dir / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = list(vocab)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two tokens' ids swapped: the same pieces, other ids
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    plan = plan_source(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\ntrain 3 steps\n')
+    with pytest.raises(RunError, match="is tokenized by another tokenizer than the model it starts from"):
+        Trainer(plan, data_dir, log=lambda _: None)
+    shutil.copy(data_dir / "tokenizer.json", folder / "tokenizer.json")
+    Trainer(plan, data_dir, log=lambda _: None)  # its own tokenizer: accepted
+
+
+def test_an_imported_model_grown_and_trained_exports_back_to_transformers(plain, data_dir, tmp_path):
+    from growdsl.cli import main
+    from growdsl.eval.checkpoints import load
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(
+        f'model from "{plain}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\nstack x2\ntrain 3 steps\n'
+    )
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run)]) == 0
+    assert main(["export", str(run), "--hf", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"] is None and config["max_position_embeddings"] == 256  # Llama 2's RoPE, its own
+    assert config["num_hidden_layers"] == 8 and config["rope_theta"] == 500000.0
+    trained = load(run)
+    tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = trained.model(tokens)
+        theirs = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
+    assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
