@@ -103,7 +103,7 @@ def test_growdsl_run_under_torchrun(data_dir, tmp_path):
     import sys
 
     schedule = tmp_path / "s.grow"
-    schedule.write_text(SCHEDULE)
+    schedule.write_text(SCHEDULE.replace("train 15 steps\n", "train 15 steps with freeze base embeddings head\n"))
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [
@@ -131,3 +131,8 @@ def test_growdsl_run_under_torchrun(data_dir, tmp_path):
     assert "growth (line 9): depth zero" in (run_dir / "log.txt").read_text()
     assert "stage 1: 2 layers, 15 steps" in done.stdout
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "ckpt-000003"
+    # FSDP2 with frozen parameters: only the new block trained, and only it has optimizer state
+    from growdsl.runtime import checkpoint
+
+    names = checkpoint.read_progress(run_dir / "checkpoints" / "ckpt-000003").optimizer_names
+    assert names and all(name.startswith("layers.1.") for name in names)

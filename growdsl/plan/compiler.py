@@ -20,6 +20,7 @@ from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, did_you_mean
 from growdsl.lang.parser import lark_parser
 from growdsl.plan import guideline
+from growdsl.plan.freeze import flops_per_token, frozen_of, trainable_params
 from growdsl.plan.growths import (
     GrowthDraft,
     build_growth,
@@ -339,6 +340,8 @@ class _Compiler(Reader):
                 self.interval(node.amount, "the amount to train")
         else:
             draft.training = training_config(self, settings, self.shape, node.span)
+        if draft.training is not None and draft.training.freeze:
+            self._check_freeze(draft)
         if draft.training is not None:
             tps = draft.training.tokens_per_step
             for g in draft.growths:
@@ -348,6 +351,22 @@ class _Compiler(Reader):
                 if r:
                     draft.steps, draft.tokens = r
         self.stages.append(draft)
+
+    def _check_freeze(self, draft: _StageDraft) -> None:
+        """`freeze` must leave something to train, name parts the stage has, and keep a tied table whole."""
+        words, span = draft.config.freeze, draft.settings.where.get("freeze", draft.node.span)
+        frozen = frozen_of(words, draft.layers)
+        if trainable_params(draft.shape, frozen) <= draft.shape.dim * (2 * len(frozen.layers) + 1):
+            self.error(span, f"freeze {' '.join(words)}: nothing is left to train", "freeze less")
+        elif draft.shape.tied_embeddings and frozen.embeddings != frozen.head:
+            self.error(
+                span,
+                "the embeddings and the head are one table in this tied model: freeze both or neither",
+                "add the other to the freeze",
+            )
+        for word in ("new", "copies"):
+            if word in words and not any(frozen_of((word,), draft.layers).layers):
+                self.warn(span, f"freeze {word}: this stage's model has no such layers (no growth added any)")
 
     def _check_without_shape(self, node: ast.Train) -> None:
         """What of a train statement can be checked without the model: its settings and its amount's unit."""
@@ -435,7 +454,8 @@ class _Compiler(Reader):
             start = Start(name=name, folder=str(folder), kind="hf", shape=shape, tokens=tokens, flops=flops)
             cum_tokens, cum_flops = tokens, flops
         for i, d in enumerate(self.stages):
-            fpt = d.shape.flops_per_token(d.config.seq_len)
+            frozen = frozen_of(d.config.freeze, d.layers)
+            fpt = flops_per_token(d.shape, d.config.seq_len, frozen)
             growths = [build_growth(g, fpt) for g in d.growths]
             learn_tokens = sum(g.learn.tokens for g in growths if g.learn)
             flops = fpt * d.n_tokens + sum(g.learn.flops for g in growths if g.learn)
@@ -459,6 +479,8 @@ class _Compiler(Reader):
                     training=d.config,
                     lr=lr[i],
                     timing=self._timing(i, growths),
+                    frozen=frozen,
+                    trainable_params=trainable_params(d.shape, frozen),
                 )
             )
             self._stage_warnings(d)
@@ -540,6 +562,6 @@ def _baseline(stages: list[Stage]) -> Baseline | None:
     if not any(s.growths for s in stages):
         return None
     final = stages[-1]
-    per_step = final.flops_per_token * final.training.tokens_per_step
+    per_step = final.shape.flops_per_token(final.training.seq_len) * final.training.tokens_per_step  # all trains
     steps = max(1, round(final.cumulative_flops / per_step))
     return Baseline(steps=steps, tokens=steps * final.training.tokens_per_step, flops=steps * per_step)

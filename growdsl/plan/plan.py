@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Literal
 
+from growdsl.plan.freeze import Frozen
 from growdsl.plan.shape import ModelShape
 
 _STRICT = {"extra": "forbid"}  # read by pydantic when it validates JSON into these classes
@@ -63,6 +64,7 @@ class TrainingConfig:
     # and at the end of every stage; None: off. It never changes training, so a resume ignores it.
     val_every_steps: int | None
     val_tokens: int
+    freeze: tuple[str, ...] = ()  # what the stage does not train, by origin (growdsl.plan.freeze)
 
     @property
     def tokens_per_step(self) -> int:
@@ -215,6 +217,8 @@ class Stage:
     training: TrainingConfig
     lr: LRSchedule
     timing: GrowthTiming | None
+    frozen: Frozen = Frozen()  # `freeze`: what it does not train (flops_per_token counts only what it does)
+    trainable_params: int | None = None  # the parameters it trains (None in records from before freezing: all)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,6 +54,8 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
             )
         )
         notes[len(rows) - 1] = ["^ " + growth_line(g) for g in s.growths]
+        if s.frozen:
+            notes[len(rows) - 1].append("  " + _frozen_line(s))
         if predict_d and s.timing:
             notes[len(rows) - 1].append(_timing_line(s))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -135,6 +137,18 @@ def growth_line(g) -> str:
         f"line {g.line}: widen ({g.operator}{knobs}): dim {src.dim}->{dst.dim}, heads {src.n_heads}->"
         f"{dst.n_heads}, kv {src.n_kv_heads}->{dst.n_kv_heads}, ffn {src.ffn_dim}->{dst.ffn_dim}; "
         f"{_GUARANTEE[g.guarantee]}; {policies}"
+    )
+
+
+def _frozen_line(s: Stage) -> str:
+    f = s.frozen
+    parts = [f"layers {compact(list(f.layers))}" if f.layers else ""]
+    parts += ["the embeddings" if f.embeddings else "", "the head" if f.head else ""]
+    trained = s.trainable_params if s.trainable_params is not None else s.params
+    return (
+        f"freeze {' '.join(s.training.freeze)}: {', '.join(p for p in parts if p)} frozen; trains {human(trained)} of "
+        f"{human(s.params)} parameters, {s.flops_per_token / s.shape.flops_per_token(s.training.seq_len):.0%} of "
+        f"the FLOPs a token of training them all costs"
     )
 
 

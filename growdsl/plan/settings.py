@@ -9,6 +9,7 @@ from typing import Literal
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Span, did_you_mean
+from growdsl.plan.freeze import WORDS
 from growdsl.plan.plan import OptimizerConfig, Parallelism, TrainingConfig
 from growdsl.plan.presets import Preset
 from growdsl.plan.reading import MAX_COUNT, Interval, Reader, as_amount, as_number, as_string, as_word
@@ -42,6 +43,7 @@ class Settings:
     seed: int = 0
     data: str | None = None
     mix: tuple[tuple[str, float], ...] = ()  # a mixture: (prepared folder, weight) of each source
+    freeze: tuple[str, ...] = ()  # what the stage does not train, by origin (growdsl.plan.freeze.WORDS)
     dp_shard: int | None = None
     dp_replicate: int = 1
     tp: int = 1
@@ -137,6 +139,8 @@ def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
             return []
         t.checkpoint = every
         return ["checkpoint"]
+    if k == "freeze":
+        return _freeze(reader, s, t)
     if k == "eval":
         return _eval(reader, s, t)
     if k == "val":
@@ -220,6 +224,27 @@ def _eval(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     return ["eval"]
 
 
+def _freeze(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    """`freeze base embeddings head`, or `freeze none` (growdsl.plan.freeze says what each word is)."""
+    words = [as_word(w) for w in s.args]
+    if words == ["none"]:
+        t.freeze = ()
+        return ["freeze"]
+    ok = True
+    for w, value in zip(words, s.args):
+        if w not in WORDS:
+            hint = did_you_mean(w, [*WORDS, "none"]) or f"freeze takes {', '.join(WORDS)}, or none"
+            reader.error(value.span, f"unknown part {w!r} to freeze", hint)
+            ok = False
+    if ok and len(set(words)) < len(words):
+        reader.error(s.span, "a part is named twice", "name each once")
+        ok = False
+    if not ok:
+        return []
+    t.freeze = tuple(words)
+    return ["freeze"]
+
+
 def _val(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     a = s.args
     word = as_word(a[0])
@@ -289,6 +314,7 @@ def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) 
         eval_at_growth=t.eval_at_growth,
         eval_at_end=t.eval_at_end,
         eval_tasks=t.eval_tasks,
+        freeze=t.freeze,
         val_every_steps=every(t.val_every, "val interval") if t.val else None,
         val_tokens=_val_tokens(reader, t, span),
     )

@@ -469,15 +469,18 @@ class Trainer:
 
     def _train(self, stage: Stage, log: StageLog, first_step: int = 0) -> None:
         t = stage.training
+        for name, p in named_parameters(self.model).items():  # `freeze`: the rest trains
+            p.requires_grad_(not stage.frozen.holds(name))
         opt = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=stage.lr.max_lr,
             betas=t.optimizer.betas,
             eps=t.optimizer.eps,
             weight_decay=t.optimizer.weight_decay,
         )
-        if self.state:
-            load_named_state(self.model, opt, self.state)
+        state = {name: st for name, st in self.state.items() if not stage.frozen.holds(name)}  # only what trains
+        if state:
+            load_named_state(self.model, opt, state)
         self.opt, self.opt_names, self.state = opt, parameter_names(self.model), {}
         if t.batch_seqs % self.world.size:
             raise RunError(f"a batch of {t.batch_seqs} sequences does not split over {self.world.size} processes")
