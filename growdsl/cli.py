@@ -233,6 +233,9 @@ def _plan_data(plan, args) -> int:
     try:
         if named:  # relative to the schedule
             sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
+        elif plan.start:
+            print(f"\ndata: none named; {_start_data(plan)}")
+            return EXIT_OK
         else:
             from growdsl.runtime.corpora import HOME
 
@@ -761,6 +764,9 @@ def _run_data(args, plan, run):
             sources = RunData.single(recorded[0], len(plan.stages))
         elif args.data or named:
             sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
+        elif plan.start:
+            print(f"growdsl run: {args.file}: the schedule names no data; {_start_data(plan)}", file=sys.stderr)
+            return None
         else:
             try:
                 path = data.default_corpus(say=lambda line: print(line, flush=True))
@@ -778,6 +784,15 @@ def _run_data(args, plan, run):
         print(f"growdsl run: the data: {e}", file=sys.stderr)
         return None
     return sources
+
+
+def _start_data(plan) -> str:
+    """What to do for the data of a schedule that starts from a model: the default corpus never fits it."""
+    folder = plan.start.folder
+    return (
+        f"a model it starts from reads data tokenized by its own tokenizer: growdsl data prepare CORPUS "
+        f'--tokenizer {folder} --out DATA, then data "DATA" in the schedule or --data DATA'
+    )
 
 
 def _beside(schedule: str, name: str) -> Path:

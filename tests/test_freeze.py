@@ -82,3 +82,26 @@ def test_a_frozen_stage_killed_midway_resumes_exactly(data_dir, tmp_path):
         Trainer(plan, data_dir, log=dies, log_every=1, checkpoint_dir=tmp_path / "b").run()
     resumed = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "b", resume=True).run()
     assert resumed[0].losses == whole[1].losses[3:] and resumed[1].losses == whole[2].losses
+
+
+def test_freezing_what_a_growth_just_made_is_refused_where_it_would_stay_as_it_starts(errors):
+    base = TINY_RUN + "train 2L for 6 steps\n"
+    said = errors(base + "stack x2 init random ramp 4 steps\ntrain 8 steps with freeze new\n")
+    assert "freezes layers (or units) this stage's growth starts at random" in said[0].message
+    said = errors(base + "widen dim 64 heads 4 ffn 128 init random ramp 4 steps\ntrain 8 steps with freeze base\n")
+    assert "starts at random" in said[0].message
+    said = errors(base + "stack x2\nstack x2\ntrain 8 steps with freeze base\n")
+    assert "grew 2 times without training between" in said[0].message
+    assert errors(base + "train 8 steps with freeze none base\n")[0].message.startswith("freeze none stands alone")
+    plan = plan_source(base + 'stack layers "1-1-2-2" init zero\ntrain 8 steps with freeze new\n')
+    assert any("starts at zero: they stay as they start" in w.message for w in plan.warnings)
+    later = plan_source(base + "stack x2 init random ramp 4 steps\ntrain 8 steps\ntrain 8 steps with freeze new\n")
+    assert later.stages[2].frozen.layers == (2, 3)  # trained since: freezing them now is a choice
+
+
+def test_a_head_that_trains_alone_still_pays_for_the_gradient_into_it():
+    shape = ModelShape(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=400)
+    p, attention, head = shape.layer_params, 4 * 4 * 16 * 128, shape.embedding_params + shape.dim
+    only_head = Frozen(layers=(0, 1), embeddings=True)
+    # the final norm's gradient needs the output projection's input gradient
+    assert flops_per_token(shape, 128, only_head) == 2 * (2 * p + attention) + 6 * head

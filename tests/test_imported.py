@@ -165,6 +165,7 @@ def test_a_run_starts_from_the_model_and_grows_it(plain, data_dir, tmp_path):
     plan = plan_source(f'model from "{plain}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\nstack x2\ntrain 3 steps\n')
     lines = []
     trainer = Trainer(plan, data_dir, log=lines.append)
+    trainer.start()
     hf = transformers.LlamaForCausalLM.from_pretrained(str(plain), dtype=torch.float32).eval()
     tokens = trainer.probe
     with torch.no_grad():
@@ -211,3 +212,103 @@ def test_an_imported_model_grown_and_trained_exports_back_to_transformers(plain,
         ours = trained.model(tokens)
         theirs = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
     assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
+
+
+def test_a_run_from_a_model_without_data_named_is_refused_not_fed_the_default_corpus(plain, tmp_path, capsys):
+    from growdsl.cli import main
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(f'model from "{plain}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\ntrain 3 steps\n')
+    assert main(["run", str(schedule), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "names no data; a model it starts from reads data tokenized by its own tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def edited(plain, tmp_path, change) -> Path:
+    folder = tmp_path / "m"
+    shutil.copytree(plain, folder)
+    config = json.loads((folder / "config.json").read_text())
+    change(config, folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_configs_are_read_as_transformers_reads_them(plain, tmp_path):
+    def both(config, folder):  # rope_scaling wins over rope_parameters, as in transformers
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": 20000.0}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+
+    shape = read_hf(edited(plain, tmp_path / "a", both)).shape
+    assert (shape.rope_scaling.kind, shape.rope_scaling.factor, shape.rope_theta) == ("linear", 4.0, 20000.0)
+
+    def llama3(config, folder):  # no original length: max_position_embeddings, as in transformers
+        config["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 10000.0}
+
+    assert read_hf(edited(plain, tmp_path / "b", llama3)).shape.rope_scaling.original_max_position_embeddings == 256
+
+    def stale_index(config, folder):  # model.safetensors is what transformers loads first
+        (folder / "model.safetensors.index.json").write_text('{"weight_map": {"x": "gone.safetensors"}}')
+
+    assert read_hf(edited(plain, tmp_path / "c", stale_index)).files == ("model.safetensors",)
+
+    def string_bool(config, folder):
+        config["tie_word_embeddings"] = "false"
+
+    with pytest.raises(ModelFolderError, match="tie_word_embeddings is 'false', not true or false"):
+        read_hf(edited(plain, tmp_path / "d", string_bool))
+
+
+@pytest.mark.parametrize(
+    "header, said",
+    [
+        (b"[1, 2]", "its header is no table of tensors"),
+        (b'{"__metadata__": [1]}', "its header is no table of tensors"),
+        (b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+         b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', "overlap or leave gaps"),
+        (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "bytes past its last tensor"),
+    ],
+)  # fmt: skip
+def test_a_crafted_safetensors_header_is_refused_before_anything_reads_it(plain, tmp_path, header, said):
+    import struct
+
+    folder = edited(plain, tmp_path, lambda config, folder: None)
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(12))
+    with pytest.raises(ModelFolderError, match=said):
+        read_hf(folder)
+
+
+def test_a_resume_needs_nothing_of_the_model_it_started_from(plain, data_dir, tmp_path):
+    from growdsl.runtime.trainer import Trainer
+
+    folder = tmp_path / "m"
+    shutil.copytree(plain, folder)
+    text = f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ncheckpoint every 2 steps\n'
+    plan = plan_source(text + "stack x2\ntrain 6 steps\n")
+    whole = Trainer(plan, data_dir, log=lambda _: None).run()
+
+    def dies(line: str) -> None:
+        if "step 3/6" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(plan, data_dir, log=dies, log_every=1, checkpoint_dir=tmp_path / "ck").run()
+    shutil.rmtree(folder)  # gone: the checkpoint holds all a resume needs
+    resumed = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "ck", resume=True).run()
+    assert resumed[0].losses == whole[0].losses[2:]
+
+
+def test_the_baseline_of_a_grown_model_computes_its_rope_and_keeps_its_rows(plain, errors):
+    from growdsl.plan.baseline import planned
+
+    plan = plan_source(f'model from "{plain}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nstack x2\ntrain 6 steps\n')
+    text, written = planned(plan, None, "g.grow", None)
+    assert " padded rope_scaling none 256\n" in text
+    from dataclasses import replace
+
+    assert written.stages[0].shape == replace(plan.stages[0].shape, vocab_padded=True)  # the same model, new
+    shape = plan_source("model tiny rope_scaling linear 4 1024\ntrain 2L for 9 steps\n").stages[0].shape
+    assert (shape.rope_scaling.kind, shape.rope_scaling.factor) == ("linear", 4.0)
+    assert errors("model tiny rope_scaling llama3 8\ntrain 2L for 9 steps\n")[0].message == (
+        "rope_scaling llama3 takes 4 numbers"
+    )
+    assert errors("model tiny rope_scaling yarn\ntrain 2L for 9 steps\n")[0].message == "unknown RoPE scaling 'yarn'"

@@ -9,6 +9,7 @@ steps nearest to the schedule's total FLOPs."""
 from __future__ import annotations
 
 from growdsl.plan.plan import Plan, Stage
+from growdsl.plan.shape import RopeScaling
 
 # What must agree across the stages after the last growth for one scratch schedule to mirror them.
 _SAME = (
@@ -84,7 +85,8 @@ def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
         f"ffn {shape.ffn_dim} vocab {shape.vocab_size} norm_eps {_num(shape.norm_eps)} "
         f"rope_theta {_num(shape.rope_theta)}"
         + (" tied" if shape.tied_embeddings else "")
-        + (" padded" if shape.vocab_padded else ""),
+        + (" padded" if shape.vocab_padded or plan.start else "")  # a model it started from: its own rows
+        + _rope(shape.rope_scaling),
         f"seq {t.seq_len}",
         f"batch {t.batch_seqs} seqs",
     ]
@@ -116,6 +118,18 @@ def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
     lines += [setting for written, setting in optional if written]
     lines += ["", f"train {shape.n_layers}L for {b.steps} steps", ""]
     return "\n".join(lines)
+
+
+def _rope(r: RopeScaling) -> str:
+    """The model's RoPE scaling as the model statement says it (nothing for growdsl's default)."""
+    if r == RopeScaling():
+        return ""
+    context = _num(r.original_max_position_embeddings)
+    if r.kind == "none":
+        return f" rope_scaling none {context}"
+    if r.kind == "linear":
+        return f" rope_scaling linear {_num(r.factor)} {context}"
+    return f" rope_scaling llama3 {_num(r.factor)} {_num(r.low_freq_factor)} {_num(r.high_freq_factor)} {context}"
 
 
 def _stem(path: str) -> str:

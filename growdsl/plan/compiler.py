@@ -120,6 +120,7 @@ class _Compiler(Reader):
         self.settings_unknown = False  # a setting did not parse: stages resolve no steps from settings
         self.last_setting: ast.Setting | None = None
         self.start: tuple[str, Path, ModelShape, int] | None = None  # `model from`: name, folder, shape, tokens
+        self.growths_in_a_row = 0  # growths between the latest two train statements: freeze by origin needs 1
 
     # ---- driver ----------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ class _Compiler(Reader):
         elif node.kind == "widen":
             draft = width_growth(self, node, *found, policies, self.shape, self.layers)
         else:
-            draft = depth_growth(self, node, *found, policies, self.shape, self.layers)
+            draft = depth_growth(self, node, *found, policies, self.shape, self.layers, from_scratch=self.start is None)
         if draft is None:
             self.broken = True
             self.shape = None  # later statements can no longer be checked against a shape
@@ -332,6 +333,8 @@ class _Compiler(Reader):
                 self.error(s.span, f"{s.key} is set twice for this stage", "keep one")
             seen[s.key] = s
             overridden.update(apply_setting(self, s, settings))
+        if self.pending:
+            self.growths_in_a_row = len(self.pending)
         draft = _StageDraft(node, self.shape, list(self.layers), self.pending, settings, overridden)
         self.pending = []
         if self.settings_unknown:
@@ -356,6 +359,27 @@ class _Compiler(Reader):
         """`freeze` must leave something to train, name parts the stage has, and keep a tied table whole."""
         words, span = draft.config.freeze, draft.settings.where.get("freeze", draft.node.span)
         frozen = frozen_of(words, draft.layers)
+        if self.growths_in_a_row > 1 and {"base", "new", "copies"} & set(words):
+            self.error(
+                span,
+                f"freeze {' '.join(words)}: the model grew {self.growths_in_a_row} times without training between, "
+                f"so which layers are new is ambiguous",
+                "train between the growths, or freeze only embeddings and head",
+            )
+            return
+        if draft.growths:  # a layer frozen right after the growth that made it starts as it will stay
+            inits = {draft.layers[i].init for i in frozen.layers}
+            if "random" in inits:
+                self.error(
+                    span,
+                    f"freeze {' '.join(words)} freezes layers (or units) this stage's growth starts at random: "
+                    f"they would stay noise",
+                    "train them first, or grow them with init zero or a copy",
+                )
+                return
+            if "zero" in inits:
+                self.warn(span, f"freeze {' '.join(words)} freezes blocks this stage's growth starts at zero: "
+                                f"they stay as they start")  # fmt: skip
         if trainable_params(draft.shape, frozen) <= draft.shape.dim * (2 * len(frozen.layers) + 1):
             self.error(span, f"freeze {' '.join(words)}: nothing is left to train", "freeze less")
         elif draft.shape.tied_embeddings and frozen.embeddings != frozen.head:
@@ -364,9 +388,10 @@ class _Compiler(Reader):
                 "the embeddings and the head are one table in this tied model: freeze both or neither",
                 "add the other to the freeze",
             )
-        for word in ("new", "copies"):
-            if word in words and not any(frozen_of((word,), draft.layers).layers):
-                self.warn(span, f"freeze {word}: this stage's model has no such layers (no growth added any)")
+        if "new" in words and not any(frozen_of(("new",), draft.layers).layers):
+            self.warn(span, "freeze new: this stage's model has no layers a growth added")
+        if "copies" in words and not any(frozen_of(("copies",), draft.layers).layers):
+            self.warn(span, "freeze copies: no layer a growth added starts as a copy in this stage's model")
 
     def _check_without_shape(self, node: ast.Train) -> None:
         """What of a train statement can be checked without the model: its settings and its amount's unit."""
@@ -456,7 +481,7 @@ class _Compiler(Reader):
         for i, d in enumerate(self.stages):
             frozen = frozen_of(d.config.freeze, d.layers)
             fpt = flops_per_token(d.shape, d.config.seq_len, frozen)
-            growths = [build_growth(g, fpt) for g in d.growths]
+            growths = [build_growth(g, d.shape.flops_per_token(d.config.seq_len)) for g in d.growths]  # LiGO: all
             learn_tokens = sum(g.learn.tokens for g in growths if g.learn)
             flops = fpt * d.n_tokens + sum(g.learn.flops for g in growths if g.learn)
             cum_tokens += d.n_tokens + learn_tokens

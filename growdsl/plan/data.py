@@ -210,6 +210,11 @@ def vocab_problem(plan: Plan, have: int) -> str | None:
     model the schedule starts from (its rows are its own)."""
     for stage in plan.stages:
         v = stage.shape.vocab_size
+        if v < have and plan.start:
+            return (
+                f"the data's tokenizer has {have:,} tokens but the model the schedule starts from has {v:,} rows: "
+                f"prepare the data with its tokenizer (growdsl data prepare CORPUS --tokenizer {plan.start.folder})"
+            )
         if v < have:
             return (
                 f"the data's tokenizer has {have:,} tokens but the model's vocab is {v:,} (stage {stage.index}): "

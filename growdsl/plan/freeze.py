@@ -80,9 +80,8 @@ def trainable_params(shape: ModelShape, frozen: Frozen) -> int:
 
 def flops_per_token(shape: ModelShape, seq_len: int, frozen: Frozen) -> int:
     """Training FLOPs per token with `frozen` left out of the weight gradients (and of the backward
-    pass below the lowest trained parameter); equal to shape.flops_per_token with nothing frozen."""
-    if not frozen:
-        return shape.flops_per_token(seq_len)
+    pass below the lowest trained parameter); with nothing frozen, torchtitan's 6 N + 12 L H d T
+    (shape.flops_per_token)."""
     attention = 4 * shape.n_heads * shape.head_dim * seq_len  # a block's QK^T and AV, forward
     below = not frozen.embeddings  # whether anything below the current block trains
     total = 0
@@ -96,5 +95,7 @@ def flops_per_token(shape: ModelShape, seq_len: int, frozen: Frozen) -> int:
             total += 2 * p  # its weight gradients
         below = below or trains
     head = shape.embedding_params + shape.dim  # the output projection (tied: the table) and the final norm
-    total += 2 * head + (2 * head if below else 0) + (0 if frozen.head else 2 * head)
+    # its forward; the gradient into it when anything below trains, or the final norm (before the output
+    # projection) does; its weight gradients when it trains
+    total += 2 * head + (2 * head if below or not frozen.head else 0) + (0 if frozen.head else 2 * head)
     return total

@@ -123,7 +123,10 @@ def depth_growth(
     policies: dict[str, str],
     shape: ModelShape,
     layers: list[LayerOrigin],
+    from_scratch: bool = True,
 ) -> GrowthDraft | None:
+    """A depth growth of `shape`; `from_scratch`: the base was trained by this schedule (the paper's
+    setting, whose growth factors are checked against its findings), not a model it started from."""
     base = shape.n_layers
     factor = None
     if node.factor is not None:
@@ -191,7 +194,7 @@ def depth_growth(
         root = None if init == "random" else layers[src].root
         origins.append(LayerOrigin(source=src, init=init, root=root))
     ratio = Fraction(len(sources), base)
-    if not guideline.g_in_range(ratio):
+    if from_scratch and not guideline.g_in_range(ratio):
         reader.warn(
             node.span,
             f"growth factor g = {_fmt_fraction(ratio)} is outside the paper's 2-4",

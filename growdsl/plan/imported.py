@@ -92,7 +92,11 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[int, ...]]:
 
 
 def _shape(file: Path) -> ModelShape:
-    """config.json as growdsl's shape; what growdsl's Llama cannot compute exactly is refused."""
+    """config.json as growdsl's shape, read as transformers reads it; what growdsl's Llama cannot
+    compute exactly is refused."""
+    if not file.exists():
+        raise ModelFolderError(f"{file} is missing: not a Hugging Face model folder")
+    _regular(file)
     try:
         config = json.loads(file.read_text())
     except FileNotFoundError:
@@ -122,7 +126,7 @@ def _shape(file: Path) -> ModelShape:
 
     dim, heads, layers = count("hidden_size"), count("num_attention_heads"), count("num_hidden_layers")
     kv = count("num_key_value_heads", heads)
-    for key, wrong in (("hidden_act", config.get("hidden_act", "silu") != "silu"),
+    for key, wrong in (("hidden_act", config.get("hidden_act", "silu") not in ("silu", "swish")),
                        ("attention_bias", bool(config.get("attention_bias"))),
                        ("mlp_bias", bool(config.get("mlp_bias")))):  # fmt: skip
         if wrong:
@@ -134,11 +138,17 @@ def _shape(file: Path) -> ModelShape:
             f"{file}: head_dim {config['head_dim']} is not hidden_size / num_attention_heads = {dim // heads}, "
             f"which growdsl's Llama (torchtitan's) requires"
         )
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}  # transformers 5, and before
-    if not isinstance(rope, dict):
-        raise ModelFolderError(f"{file}: rope_scaling is {rope!r}")
-    theta = number("rope_theta", rope.get("rope_theta", config.get("rope_theta")), 10000.0)
+    # transformers 5 writes rope_parameters (with rope_theta); before, rope_scaling and rope_theta; where
+    # both are given, rope_scaling's scaling wins, as transformers reads it
+    parameters, legacy = config.get("rope_parameters") or {}, config.get("rope_scaling")
+    if not isinstance(parameters, dict) or not isinstance(legacy, (dict, type(None))):
+        raise ModelFolderError(f"{file}: rope_parameters or rope_scaling is not an object")
+    rope = legacy or parameters
+    theta = number("rope_theta", parameters.get("rope_theta", config.get("rope_theta")), 10000.0)
     longest = count("max_position_embeddings", 2048)
+    tied = config.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise ModelFolderError(f"{file}: tie_word_embeddings is {tied!r}, not true or false")
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind == "default":
         scaling = RopeScaling(kind="none", factor=1.0, original_max_position_embeddings=longest)
@@ -153,7 +163,7 @@ def _shape(file: Path) -> ModelShape:
             low_freq_factor=number("low_freq_factor", rope.get("low_freq_factor"), 1.0),
             high_freq_factor=number("high_freq_factor", rope.get("high_freq_factor"), 4.0),
             original_max_position_embeddings=int(number("original_max_position_embeddings",
-                                                        rope.get("original_max_position_embeddings"), 8192)),
+                                                        rope.get("original_max_position_embeddings"), longest)),
         )  # fmt: skip
     else:
         raise ModelFolderError(f"{file}: RoPE scaling {kind!r}; growdsl computes none, linear and llama3")
@@ -166,15 +176,20 @@ def _shape(file: Path) -> ModelShape:
         vocab_size=count("vocab_size"),
         norm_eps=number("rms_norm_eps", config.get("rms_norm_eps"), 1e-6),
         rope_theta=theta,
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tied_embeddings=tied,
         rope_scaling=scaling,
     )
 
 
 def _weight_files(folder: Path) -> tuple[str, ...]:
-    """The safetensors files: the index's (sharded), or model.safetensors; each a plain file in the folder."""
+    """The safetensors files: model.safetensors (first, as transformers looks), or the index's shards,
+    each named as a plain file of the folder (a file may be a link, as in the Hugging Face cache)."""
     index = folder / INDEX
+    if (folder / SINGLE).exists():
+        _regular(folder / SINGLE)
+        return (SINGLE,)
     if index.exists():
+        _regular(index)
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
@@ -183,11 +198,10 @@ def _weight_files(folder: Path) -> tuple[str, ...]:
         for name in names:
             if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
                 raise ModelFolderError(f"{index} names {name!r}, not a .safetensors file of the folder")
-            if not (folder / name).is_file() or (folder / name).is_symlink():
+            if not (folder / name).exists():
                 raise ModelFolderError(f"{folder / name} is missing (named by {INDEX}): the model is incomplete")
+            _regular(folder / name)
         return tuple(names)
-    if (folder / SINGLE).is_file() and not (folder / SINGLE).is_symlink():
-        return (SINGLE,)
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
         raise ModelFolderError(
             f"{folder} holds its weights as pickles (.bin/.pt), which can run code: growdsl reads safetensors; "
@@ -196,8 +210,15 @@ def _weight_files(folder: Path) -> tuple[str, ...]:
     raise ModelFolderError(f"{folder} has no {SINGLE} or {INDEX}: no weights")
 
 
+def _regular(file: Path) -> None:
+    """A file to read must be a regular one (not a folder, a device or a pipe, which would block)."""
+    if not file.is_file():
+        raise ModelFolderError(f"{file} is not a regular file")
+
+
 def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """A safetensors file's tensors (dtype, shape), from its JSON header, each checked to lie in the file."""
+    """A safetensors file's tensors (dtype, shape), from its JSON header: each of its size, laid end
+    to end over the whole data region, as the format requires."""
     try:
         with file.open("rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
@@ -207,7 +228,9 @@ def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         total = file.stat().st_size - 8 - size
     except (OSError, ValueError, UnicodeDecodeError, struct.error) as e:
         raise ModelFolderError(f"{file} is not a safetensors file: {e}") from None
-    out = {}
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ModelFolderError(f"{file} is not a safetensors file (its header is no table of tensors)")
+    out, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -220,4 +243,12 @@ def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         if not ok:
             raise ModelFolderError(f"{file}: {name} is not a tensor the file holds (truncated or damaged)")
         out[name] = (dtype, dims)
+        spans.append((begin, end))
+    at = 0
+    for begin, end in sorted(spans):
+        if begin != at:
+            raise ModelFolderError(f"{file}: its tensors overlap or leave gaps (damaged, or not a safetensors file)")
+        at = end
+    if at != total:
+        raise ModelFolderError(f"{file} holds {total - at:,} bytes past its last tensor (damaged)")
     return out

@@ -230,6 +230,9 @@ def _freeze(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     if words == ["none"]:
         t.freeze = ()
         return ["freeze"]
+    if "none" in words:
+        reader.error(s.span, "freeze none stands alone: it trains everything", "write freeze none, or name parts")
+        return []
     ok = True
     for w, value in zip(words, s.args):
         if w not in WORDS:

@@ -10,8 +10,8 @@ from typing import Any
 from growdsl.lang import ast
 from growdsl.lang.errors import Span
 from growdsl.plan.layermap import MAX_LAYERS
-from growdsl.plan.reading import MAX_COUNT, Reader, as_number
-from growdsl.plan.shape import ModelShape
+from growdsl.plan.reading import MAX_COUNT, Reader, as_number, as_word
+from growdsl.plan.shape import ModelShape, RopeScaling
 
 FIELD_NAMES = {
     "dim": "dim",
@@ -28,7 +28,7 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
     ok = True
     for f in fields:
         if f.key in FIELD_NAMES:
-            value: int | float | bool | None = reader.integer(
+            value: int | float | bool | RopeScaling | None = reader.integer(
                 as_number(f.args[0]), f.key, maximum=MAX_LAYERS if f.key == "layers" else MAX_COUNT
             )
             key = FIELD_NAMES[f.key]
@@ -36,6 +36,8 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
             value, key = reader.real(as_number(f.args[0]), f.key), f.key
         elif f.key == "padded":
             value, key = True, "vocab_padded"
+        elif f.key == "rope_scaling":
+            value, key = _rope_scaling(reader, f), "rope_scaling"
         else:  # tied / untied
             value, key = f.key == "tied", "tied_embeddings"
         if value is None:
@@ -45,6 +47,31 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
             ok = False
         out[key] = value
     return out if ok else None
+
+
+def _rope_scaling(reader: Reader, f: ast.Setting) -> RopeScaling | None:
+    """`rope_scaling none [context]`, `linear FACTOR [context]`, `llama3 FACTOR LOW HIGH ORIGINAL`: RoPE
+    as a model growdsl starts from computes it (growdsl's own: llama3 8 1 4 8192, the default)."""
+    kind, numbers = as_word(f.args[0]), [as_number(a) for a in f.args[1:]]
+    counts = {"none": (0, 1), "linear": (1, 2), "llama3": (4, 4)}
+    if kind not in counts:
+        reader.error(f.args[0].span, f"unknown RoPE scaling {kind!r}", "none, linear or llama3")
+        return None
+    low, high = counts[kind]
+    if not low <= len(numbers) <= high:
+        reader.error(f.span, f"rope_scaling {kind} takes {' to '.join(map(str, sorted({low, high})))} numbers",
+                     "e.g. rope_scaling none 4096, rope_scaling linear 4, rope_scaling llama3 8 1 4 8192")  # fmt: skip
+        return None
+    values = [reader.real(n, f"rope_scaling {kind}") for n in numbers]
+    if any(v is None for v in values):
+        return None
+    v = [float(x) for x in values if x is not None]
+    context = {"original_max_position_embeddings": int(v[-1])} if len(v) > (kind == "linear") else {}
+    if kind == "none":
+        return RopeScaling(kind="none", factor=1.0, **context)
+    if kind == "linear":
+        return RopeScaling(kind="linear", factor=v[0], **context)
+    return RopeScaling(kind="llama3", factor=v[0], low_freq_factor=v[1], high_freq_factor=v[2], **context)
 
 
 def check_shape(reader: Reader, s: dict[str, Any], span: Span) -> bool:

@@ -28,10 +28,13 @@ def load_start(start: Start, model: nn.Module, seq_len: int) -> None:
         )
     hf = {}
     for file in found.files:
-        with safe_open(str(found.folder / file), framework="pt") as f:
-            for name in f.keys():
-                if not name.endswith("rotary_emb.inv_freq"):
-                    hf[name] = f.get_tensor(name)
+        try:
+            with safe_open(str(found.folder / file), framework="pt") as f:
+                for name in f.keys():
+                    if not name.endswith("rotary_emb.inv_freq"):
+                        hf[name] = f.get_tensor(name)
+        except Exception as e:  # safetensors' SafetensorError, an OSError: the file changed or is damaged
+            raise ModelFolderError(f"{found.folder / file} cannot be read: {e}") from None
     if start.shape.tied_embeddings:
         hf.pop("lm_head.weight", None)  # one table: the input embedding's
     ours = Llama3StateDictAdapter(model_args(start.shape, seq_len), None).from_hf(hf)

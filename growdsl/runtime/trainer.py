@@ -107,6 +107,8 @@ class Trainer:
         except DataError as e:
             raise RunError(str(e)) from None
         self.meta: Meta = metas[0]
+        if plan.start:
+            self._check_start_tokenizer(plan.start)
         self._check_vocab()
         self._check_memory()
         streams = [TokenStream(train_files(f, m), m.dtype) for f, m in zip(self.sources.folders, metas)]
@@ -126,15 +128,7 @@ class Trainer:
         self._check_validation()
         torch.manual_seed(first.seed)
         self.shape = plan.start.shape if plan.start else plan.stages[0].shape  # stage 0's growths come in `run`
-        model = self._build()
-        if plan.start:
-            self._check_start_tokenizer(plan.start)
-            try:
-                load_start(plan.start, model, self.max_seq)
-            except ModelFolderError as e:
-                raise RunError(str(e)) from None
-            self.flops = plan.start.flops  # what it cost, as the schedule states
-        self.model = self._parallel(model, plan.stages[0])
+        self.model = self._parallel(self._build(), plan.stages[0])  # a model it starts from: loaded by `start`
         self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
         self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
         self.opt_names: dict[int, str] = {}  # its parameters' names
@@ -173,7 +167,7 @@ class Trainer:
         element = torch.finfo(self.dtype).bits // 8
         need = 0
         for i, stage in enumerate(self.plan.stages):
-            before = self.plan.stages[i - 1].params if i else 0
+            before = self.plan.stages[i - 1].params if i else self.plan.start.shape.params if self.plan.start else 0
             sharded = 4 * stage.params * element / self.world.size  # weights, grads, two moments
             need = max(need, stage.params * element + before * element + sharded)
         free = free_memory_bytes(self.device)
@@ -219,7 +213,11 @@ class Trainer:
         """Where training starts: the first step, or (resuming) the newest good checkpoint, loaded and
         checked against the schedule. Separate from `run` so that a caller can refuse before anything
         is written; `run` calls it if the caller did not."""
-        self.started = self._restore() if self.resume else (0, 0, [], False)
+        self.started = self._restore() if self.resume else None
+        if self.started is None:  # from the first step: from the model the schedule starts from, if any
+            self.started = (0, 0, [], False)
+            if self.plan.start:
+                self._load_start(self.plan.start)
 
     def run(self) -> list[StageLog]:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
@@ -319,13 +317,27 @@ class Trainer:
         or between stages what the next one starts from."""
         return named_state(self.opt_names, self.opt) if self.opt is not None else self.state
 
-    def _restore(self) -> tuple[int, int, list[str], bool]:
+    def _load_start(self, start: Start) -> None:
+        """The weights of the model the schedule starts from, into the stage-0 model (laid out as it trains)."""
+        with torch.random.fork_rng(devices=[]):  # a run from its first step draws what it would without it
+            whole = build_model(start.shape, self.max_seq, dtype=self.dtype, device="cpu")
+        try:
+            load_start(start, whole, self.max_seq)
+        except ModelFolderError as e:
+            raise RunError(str(e)) from None
+        with torch.no_grad():
+            for name, t in self.model.state_dict().items():
+                if name != "freqs_cis":
+                    write_full(t, whole.state_dict()[name].to(self.device))
+        self.flops = start.flops  # what it cost, as the schedule states
+
+    def _restore(self) -> tuple[int, int, list[str], bool] | None:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
-        checks, whether its growths are already applied)."""
+        checks, whether its growths are already applied), or None when there is none yet."""
         directory = self.checkpoint_dir
         if directory is None or not checkpoint.committed(directory):
             self.log("no checkpoint to resume from yet: the run starts from its first step")
-            return 0, 0, [], False
+            return None
         found = newer = None
         if self.world.main:  # verified once, by the first rank
             try:
@@ -645,7 +657,7 @@ def _trained_part(stage: Stage, current: bool) -> object:
     notes, its validation settings (validation trains nothing) and the length of an LR schedule that
     runs on into later stages; of the stage in progress, its model, growths and data."""
     if current:
-        return (stage.shape, stage.growths, stage.layers, stage.training.data, stage.training.mix)
+        return (stage.shape, stage.growths, stage.layers, stage.training.data, stage.training.mix, stage.frozen)
     return replace(
         stage,
         timing=None,
