@@ -48,6 +48,18 @@ def plain(tmp_path_factory):
     return hf_llama(tmp_path_factory.mktemp("hf") / "plain")
 
 
+def assert_exported_logits(run: Path, out: Path) -> None:
+    """transformers' logits of the export `out` equal growdsl's of the run's newest checkpoint."""
+    from growdsl.eval.checkpoints import load
+
+    trained = load(run)
+    tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = trained.model(tokens)
+        theirs = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
+    assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
+
+
 def start_of(folder: Path) -> Start:
     shape = read_hf(folder).shape
     return Start(name=str(folder), folder=str(folder.resolve()), kind="hf", shape=shape, tokens=0, flops=0)
@@ -194,7 +206,6 @@ def test_the_data_must_be_tokenized_as_the_model_was(plain, data_dir, tmp_path):
 
 def test_an_imported_model_grown_and_trained_exports_back_to_transformers(plain, data_dir, tmp_path):
     from growdsl.cli import main
-    from growdsl.eval.checkpoints import load
 
     schedule = tmp_path / "s.grow"
     schedule.write_text(
@@ -206,12 +217,7 @@ def test_an_imported_model_grown_and_trained_exports_back_to_transformers(plain,
     config = json.loads((out / "config.json").read_text())
     assert config["rope_scaling"] is None and config["max_position_embeddings"] == 256  # Llama 2's RoPE, its own
     assert config["num_hidden_layers"] == 8 and config["rope_theta"] == 500000.0
-    trained = load(run)
-    tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = trained.model(tokens)
-        theirs = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
-    assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
+    assert_exported_logits(run, out)
 
 
 def test_a_run_from_a_model_without_data_named_is_refused_not_fed_the_default_corpus(plain, tmp_path, capsys):
