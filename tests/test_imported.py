@@ -134,6 +134,9 @@ def broken(tmp_path, plain, how):
         (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif how == "no config":
         (folder / "config.json").unlink()
+    elif how == "dtype":  # integer weights (a quantised export): same size, another type
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data.replace(b'"F32"', b'"I32"', 1))
     (folder / "config.json").exists() and (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -148,6 +151,7 @@ def broken(tmp_path, plain, how):
         ("pickle", "holds its weights as pickles (.bin/.pt), which can run code"),
         ("truncated", "model.safetensors: model.layers"),
         ("no config", "config.json is missing"),
+        ("dtype", "is I32; growdsl reads F32, F16, BF16"),
     ],
 )
 def test_a_folder_that_is_not_a_llama_is_named_with_what_is_wrong(plain, tmp_path, capsys, how, said):
@@ -318,3 +322,33 @@ def test_the_baseline_of_a_grown_model_computes_its_rope_and_keeps_its_rows(plai
         "rope_scaling llama3 takes 4 numbers"
     )
     assert errors("model tiny rope_scaling yarn\ntrain 2L for 9 steps\n")[0].message == "unknown RoPE scaling 'yarn'"
+
+
+def test_a_growdsl_run_is_a_model_to_start_from_with_its_recorded_cost(data_dir, tmp_path, capsys):
+    from ops_helpers import TINY_RUN
+
+    from growdsl.cli import main
+    from growdsl.eval.checkpoints import load
+    from growdsl.plan import plan_file
+    from growdsl.runtime.trainer import RunError, Trainer
+
+    first = tmp_path / "small.grow"
+    first.write_text(TINY_RUN + "val off\ntrain 2L for 5 steps\n")
+    assert main(["run", str(first), "--data", str(data_dir), "--run-dir", str(tmp_path / "small")]) == 0
+    small = load(tmp_path / "small")
+    schedule = tmp_path / "grow.grow"
+    settings = TINY_RUN.split("\n", 1)[1]  # the tiny run's, without its model statement
+    schedule.write_text('model from "small"\n' + settings + "val off\nstack x2\ntrain 4 steps\n")
+    plan = plan_file(schedule)
+    assert plan.start.kind == "run" and plan.start.folder == str(small.path)
+    assert (plan.start.tokens, plan.start.flops) == (small.progress.position, small.progress.flops)
+    assert plan.totals.flops == small.progress.flops + plan.stages[0].flops
+    trainer = Trainer(plan, data_dir, log=lambda _: None)
+    trainer.start()
+    with torch.no_grad():
+        assert torch.equal(trainer.model(trainer.probe), small.model(trainer.probe))
+    assert main(["plan", str(schedule)]) == 0
+    assert "small: a growdsl checkpoint (2L" in capsys.readouterr().out
+    (small.path / "progress.json").write_text((small.path / "progress.json").read_text().replace('"step"', '"step" '))
+    with pytest.raises(RunError, match="progress.json has 2,7.. bytes, not the"):  # verified before use
+        Trainer(plan, data_dir, log=lambda _: None).start()

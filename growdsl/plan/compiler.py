@@ -14,7 +14,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, did_you_mean
@@ -30,7 +30,7 @@ from growdsl.plan.growths import (
     policies_of,
     width_growth,
 )
-from growdsl.plan.imported import ModelFolderError, read_hf
+from growdsl.plan.imported import HFModel, ModelFolderError, RunModel, is_run, read_hf, read_run
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.lr import LRStage, lr_schedules
 from growdsl.plan.plan import (
@@ -119,7 +119,8 @@ class _Compiler(Reader):
         self.broken = False  # a shape error happened: later shape checks would only echo it
         self.settings_unknown = False  # a setting did not parse: stages resolve no steps from settings
         self.last_setting: ast.Setting | None = None
-        self.start: tuple[str, Path, ModelShape, int] | None = None  # `model from`: name, folder, shape, tokens
+        # `model from`: its name, folder (a checkpoint's), shape, tokens, and FLOPs when a run recorded them
+        self.start: tuple[str, Path, ModelShape, int, int | None] | None = None
         self.growths_in_a_row = 0  # growths between the latest two train statements: freeze by origin needs 1
 
     # ---- driver ----------------------------------------------------------------------------
@@ -264,12 +265,14 @@ class _Compiler(Reader):
         if not folder.is_absolute() and self.schedule.filename not in ("<schedule>", "<baseline>"):
             folder = Path(self.schedule.filename).parent / folder  # a path is the schedule's
         try:
-            model = read_hf(folder)
+            model: HFModel | RunModel = read_run(folder) if is_run(folder) else read_hf(folder)
         except ModelFolderError as e:
-            self.error(source.span, str(e), "name a Hugging Face Llama folder (config.json and safetensors)")
+            self.error(
+                source.span, str(e), "name a Hugging Face Llama folder (config.json and safetensors), or a growdsl run"
+            )
             self.broken = True
             return
-        tokens = 0
+        tokens = model.tokens if isinstance(model, RunModel) else 0  # a run's cost is recorded
         if node.trained is not None:
             interval = self.interval(node.trained, "what the model was trained on")
             if interval is not None and interval.unit == "steps":
@@ -277,7 +280,11 @@ class _Compiler(Reader):
                            "e.g. trained 2T")  # fmt: skip
             elif interval is not None:
                 tokens = interval.count
-        self.start = (source.value, folder.resolve(), model.shape, tokens)
+        if isinstance(model, RunModel):  # its recorded cost, unless the schedule states another
+            recorded = None if node.trained is not None else model.flops
+            self.start = (source.value, model.checkpoint.resolve(), model.shape, tokens, recorded)
+        else:
+            self.start = (source.value, folder.resolve(), model.shape, tokens, None)
         self.shape = model.shape
         self.layers = [LayerOrigin(source=None, init="imported", root=i) for i in range(model.shape.n_layers)]
 
@@ -474,9 +481,10 @@ class _Compiler(Reader):
         cum_tokens = cum_flops = val_flops = global_step = 0
         start = None
         if self.start is not None:
-            name, folder, shape, tokens = self.start
-            flops = shape.flops_per_token(self.stages[0].config.seq_len) * tokens
-            start = Start(name=name, folder=str(folder), kind="hf", shape=shape, tokens=tokens, flops=flops)
+            name, folder, shape, tokens, recorded = self.start
+            flops = shape.flops_per_token(self.stages[0].config.seq_len) * tokens if recorded is None else recorded
+            kind: Literal["hf", "run"] = "run" if is_run(folder) else "hf"
+            start = Start(name=name, folder=str(folder), kind=kind, shape=shape, tokens=tokens, flops=flops)
             cum_tokens, cum_flops = tokens, flops
         for i, d in enumerate(self.stages):
             frozen = frozen_of(d.config.freeze, d.layers)

@@ -252,3 +252,53 @@ def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     if at != total:
         raise ModelFolderError(f"{file} holds {total - at:,} bytes past its last tensor (damaged)")
     return out
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A growdsl checkpoint a schedule starts from: the checkpoint, its run, the model's shape, and what it
+    cost (its recorded training tokens and FLOPs)."""
+
+    checkpoint: Path
+    run_dir: Path
+    shape: ModelShape
+    tokens: int
+    flops: int
+
+
+def is_run(folder: Path) -> bool:
+    """A growdsl run directory or checkpoint rather than a Hugging Face folder."""
+    return (folder / "run.json").is_file() or (folder / "progress.json").is_file()
+
+
+def read_run(folder: Path) -> RunModel:
+    """The model of a growdsl checkpoint (a run directory: its newest), read from progress.json and the
+    run's plan.json without torch; the checkpoint's files are verified when a run loads it."""
+    from growdsl.plan.plan import stage_from_record, with_fields_since
+
+    if (folder / "progress.json").is_file():
+        ckpt, run_dir = folder, folder.parent.parent
+    else:
+        found = sorted(p for p in (folder / "checkpoints").glob("ckpt-*") if p.is_dir() and p.name[5:].isdigit())
+        if not found:
+            raise ModelFolderError(f"{folder} is a run with no complete checkpoint yet")
+        ckpt, run_dir = found[-1], folder
+    for file in (ckpt / "progress.json", run_dir / "plan.json"):
+        if not file.is_file():
+            raise ModelFolderError(f"{file} is missing: give a checkpoint inside its run directory, or the run")
+    try:
+        progress = json.loads((ckpt / "progress.json").read_text())
+        plan = json.loads((run_dir / "plan.json").read_text())
+        stage = progress["stage"]
+        record = with_fields_since(progress["plan_prefix"][stage], plan["stages"][stage])
+        shape, tokens, flops = stage_from_record(record).shape, progress["position"], progress["flops"]
+        ramps = progress.get("ramps")
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, RecursionError) as e:
+        raise ModelFolderError(f"{ckpt} does not describe a model: {str(e).splitlines()[0][:200]}") from None
+    if ramps:
+        raise ModelFolderError(
+            f"{ckpt} is in the middle of a growth ramp (a mask mixes new layers in): start from a later checkpoint"
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (tokens, flops)):
+        raise ModelFolderError(f"{ckpt / 'progress.json'} records no whole numbers of tokens and FLOPs")
+    return RunModel(ckpt, run_dir, shape, tokens, flops)

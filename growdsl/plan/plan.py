@@ -259,12 +259,13 @@ class PlanWarning:
 @dataclass(frozen=True, kw_only=True)
 class Start:
     """The existing model a schedule starts from (`model from "DIR"`): stage 0 begins with its weights
-    instead of a fresh init. What it cost is the schedule's to state (`trained 2T`); 0 otherwise."""
+    instead of a fresh init. What it cost is the schedule's to state (`trained 2T`); a growdsl run's is
+    recorded; 0 otherwise."""
 
     __pydantic_config__ = _STRICT
     name: str  # as the schedule names it
-    folder: str  # where it is (absolute)
-    kind: Literal["hf"]  # a Hugging Face Llama folder
+    folder: str  # where it is (absolute): a Hugging Face folder, or a growdsl checkpoint
+    kind: Literal["hf", "run"]  # a Hugging Face Llama folder, or a growdsl run's checkpoint
     shape: ModelShape
     tokens: int  # the tokens it was trained on, as stated
     flops: int  # their training FLOPs at stage 0's sequence length

@@ -26,12 +26,17 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
     notes: dict[int, list[str]] = {}
     if plan.start:  # the model stage 0 starts from, as a row of its own
         st = plan.start
-        cost = f"trained on {human(st.tokens)} tokens, as stated" if st.tokens else "its cost not stated: 0 FLOPs"
+        cost = (
+            f"trained on {human(st.tokens)} tokens, {'as recorded' if st.kind == 'run' else 'as stated'}"
+            if st.flops
+            else "its cost not stated: 0 FLOPs"
+        )
+        what = "a growdsl checkpoint" if st.kind == "run" else "a Hugging Face Llama"
         rows.append(
             ("from", str(st.shape.n_layers), human(st.shape.params), human(st.tokens), "-", "-", "-", f"{st.flops:.3g}",
              f"{st.flops:.3g}")
         )  # fmt: skip
-        notes[0] = [f"  {st.name}: a Hugging Face Llama ({st.shape.describe()}); {cost}"]
+        notes[0] = [f"  {st.name}: {what} ({st.shape.describe()}); {cost}"]
     for s in plan.stages:
         t = s.training
         lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"

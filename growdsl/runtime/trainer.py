@@ -139,7 +139,7 @@ class Trainer:
         """The data is tokenized as the model it starts from was trained: the same token for every id."""
         from growdsl.runtime.tokenizer import TokenizerError, load
 
-        folder = Path(start.folder)
+        folder = Path(start.folder).parent.parent if start.kind == "run" else Path(start.folder)  # a run's own
         if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
             self.log(f"note: {folder} has no tokenizer: the data's ({self.data_dir}) is taken to be the model's")
             return
