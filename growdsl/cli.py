@@ -788,7 +788,7 @@ def _run_data(args, plan, run):
 
 def _start_data(plan) -> str:
     """What to do for the data of a schedule that starts from a model: the default corpus never fits it."""
-    folder = plan.start.folder
+    folder = plan.start.tokenizer_folder
     return (
         f"a model it starts from reads data tokenized by its own tokenizer: growdsl data prepare CORPUS "
         f'--tokenizer {folder} --out DATA, then data "DATA" in the schedule or --data DATA'

@@ -105,3 +105,14 @@ def test_a_head_that_trains_alone_still_pays_for_the_gradient_into_it():
     only_head = Frozen(layers=(0, 1), embeddings=True)
     # the final norm's gradient needs the output projection's input gradient
     assert flops_per_token(shape, 128, only_head) == 2 * (2 * p + attention) + 6 * head
+
+
+def test_a_width_growth_at_random_refuses_frozen_embeddings_and_a_fractional_context(errors):
+    base = TINY_RUN + "train 2L for 6 steps\n"
+    said = errors(
+        base + "widen dim 64 heads 4 ffn 128 init random ramp 4 steps\ntrain 8 steps with freeze embeddings\n"
+    )
+    assert "starts at random" in said[0].message
+    assert errors("model tiny rope_scaling none 0.5\ntrain 2L for 9 steps\n")[0].message == (
+        "rope_scaling's context length must be a whole number, not '0.5'"
+    )

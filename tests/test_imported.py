@@ -352,3 +352,76 @@ def test_a_growdsl_run_is_a_model_to_start_from_with_its_recorded_cost(data_dir,
     (small.path / "progress.json").write_text((small.path / "progress.json").read_text().replace('"step"', '"step" '))
     with pytest.raises(RunError, match="progress.json has 2,7.. bytes, not the"):  # verified before use
         Trainer(plan, data_dir, log=lambda _: None).start()
+
+
+@pytest.fixture(scope="module")
+def small_run(data_dir, tmp_path_factory):
+    """A tiny growdsl run with two checkpoints, to start from."""
+    from ops_helpers import TINY_RUN
+
+    from growdsl.cli import main
+
+    root = tmp_path_factory.mktemp("small")
+    (root / "small.grow").write_text(TINY_RUN + "val off\ncheckpoint every 3 steps\ntrain 2L for 6 steps\n")
+    assert main(["run", str(root / "small.grow"), "--data", str(data_dir), "--run-dir", str(root / "small")]) == 0
+    return root / "small"
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("n_layers", 10**9, "describes no model growdsl builds: 1000000000 layers"),
+        ("n_heads", 0, "describes no model growdsl builds"),
+        ("stage", -1, "does not describe a model"),
+        ("flops", 10**40, "does not describe a model"),
+    ],
+)
+def test_a_crafted_run_record_is_one_line_and_allocates_nothing(small_run, tmp_path, field, value, said):
+    from growdsl.plan.imported import read_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run, copy)
+    ckpt = sorted((copy / "checkpoints").iterdir())[-1]
+    progress = json.loads((ckpt / "progress.json").read_text())
+    if field in ("stage", "flops"):
+        progress[field] = value
+    else:
+        progress["plan_prefix"][progress["stage"]]["shape"][field] = value
+    (ckpt / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(ModelFolderError, match=said):
+        read_run(copy)
+
+
+def test_a_resume_refuses_a_start_that_moved_on_and_hints_name_the_run(small_run, data_dir, tmp_path, errors):
+    from ops_helpers import TINY_RUN
+
+    from growdsl.plan.data import vocab_problem
+    from growdsl.runtime.trainer import RunError, Trainer
+
+    source = tmp_path / "source"
+    shutil.copytree(small_run, source)
+    first = sorted((source / "checkpoints").iterdir())[0]
+    shutil.rmtree(sorted((source / "checkpoints").iterdir())[-1])  # its newest is now the first
+    settings = TINY_RUN.split("\n", 1)[1] + "val off\ncheckpoint every 2 steps\n"
+    plan = plan_source(f'model from "{source}"\n' + settings + "stack x2\ntrain 4 steps\n")
+    assert plan.start.folder == str(first) and plan.start.tokenizer_folder == str(source)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(plan, data_dir, log=kill_at("step 3/4"), log_every=1, checkpoint_dir=tmp_path / "ck").run()
+    shutil.copytree(small_run / "checkpoints" / sorted(p.name for p in (small_run / "checkpoints").iterdir())[-1],
+                    source / "checkpoints" / "ckpt-000099")  # fmt: skip
+    moved_on = plan_source(f'model from "{source}"\n' + settings + "stack x2\ntrain 4 steps\n")
+    with pytest.raises(RunError, match="the schedule starts from another model"):
+        Trainer(moved_on, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "ck", resume=True).start()
+    named = plan_source(f'model from "{first}"\n' + settings + "stack x2\ntrain 4 steps\n")
+    Trainer(named, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "ck", resume=True).start()
+    assert f"--tokenizer {source})" in vocab_problem(plan, 10**6)
+    said = errors(f'model from "{source / "checkpoints"}"\ntrain 4 steps\n')
+    assert "holds a run's checkpoints: name the run (its parent) or one checkpoint" in said[0].message
+
+
+def kill_at(fragment: str):
+    def log(line: str) -> None:
+        if fragment in line:
+            raise KeyboardInterrupt
+
+    return log

@@ -376,6 +376,10 @@ class _Compiler(Reader):
             return
         if draft.growths:  # a layer frozen right after the growth that made it starts as it will stay
             inits = {draft.layers[i].init for i in frozen.layers}
+            if (frozen.embeddings or frozen.head) and any(
+                g.kind == "width" and any(o.init == "random" for o in draft.layers) for g in draft.growths
+            ):
+                inits.add("random")  # a width growth's random units are in the embeddings and head too
             if "random" in inits:
                 self.error(
                     span,
@@ -484,7 +488,10 @@ class _Compiler(Reader):
             name, folder, shape, tokens, recorded = self.start
             flops = shape.flops_per_token(self.stages[0].config.seq_len) * tokens if recorded is None else recorded
             kind: Literal["hf", "run"] = "run" if is_run(folder) else "hf"
-            start = Start(name=name, folder=str(folder), kind=kind, shape=shape, tokens=tokens, flops=flops)
+            start = Start(
+                name=name, folder=str(folder), kind=kind, shape=shape, tokens=tokens, flops=flops,
+                recorded=recorded is not None,
+            )  # fmt: skip
             cum_tokens, cum_flops = tokens, flops
         for i, d in enumerate(self.stages):
             frozen = frozen_of(d.config.freeze, d.layers)

@@ -213,7 +213,8 @@ def vocab_problem(plan: Plan, have: int) -> str | None:
         if v < have and plan.start:
             return (
                 f"the data's tokenizer has {have:,} tokens but the model the schedule starts from has {v:,} rows: "
-                f"prepare the data with its tokenizer (growdsl data prepare CORPUS --tokenizer {plan.start.folder})"
+                f"prepare the data with its tokenizer (growdsl data prepare CORPUS --tokenizer "
+                f"{plan.start.tokenizer_folder})"
             )
         if v < have:
             return (

@@ -5,7 +5,7 @@ once new blocks are interleaved (LLaMA-Pro):
     base        the layers the model had before its latest growth (each source layer's first place
                 in the map; every layer of a model no growth has touched)
     new         the layers its latest growth added (every later place of a source layer)
-    copies      the added layers that start as copies of their source (init copy or learn)
+    copies      the added layers that start as copies of their source (init direct or learn)
     embeddings  the input embedding table
     head        the output projection and the final norm
 

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from growdsl.plan.layermap import MAX_LAYERS
+from growdsl.plan.reading import MAX_COUNT
 from growdsl.plan.shape import ModelShape, RopeScaling
 
 INDEX = "model.safetensors.index.json"
@@ -39,6 +41,8 @@ def read_hf(folder: Path) -> HFModel:
     leave out lm_head.weight), in float32, float16 or bfloat16."""
     if not folder.is_dir():
         raise ModelFolderError(f"{folder} is not a folder: name a Hugging Face model folder (config.json, safetensors)")
+    if any(folder.glob("ckpt-[0-9]*")):
+        raise ModelFolderError(f"{folder} holds a run's checkpoints: name the run (its parent) or one checkpoint")
     shape = _shape(folder / "config.json")
     files = _weight_files(folder)
     tensors: dict[str, tuple[str, str, tuple[int, ...]]] = {}
@@ -52,7 +56,7 @@ def read_hf(folder: Path) -> HFModel:
         if tensor not in tensors:
             if tensor == "lm_head.weight" and shape.tied_embeddings:
                 continue
-            where = INDEX if (folder / INDEX).exists() else SINGLE
+            where = SINGLE if files == (SINGLE,) else INDEX
             raise ModelFolderError(f"{folder / where} has no {tensor}: the model is incomplete")
         file, dtype, have = tensors[tensor]
         if have != dims:
@@ -114,7 +118,13 @@ def _shape(file: Path) -> ModelShape:
 
     def count(key: str, default: int | None = None) -> int:
         value = config.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
+            raise ModelFolderError(f"{file}: {key} is {value!r}, not a whole number from 1 to {MAX_COUNT:,}")
+        return value
+
+    def whole(key: str, value, default: int) -> int:
+        value = default if value is None else value
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**40:
             raise ModelFolderError(f"{file}: {key} is {value!r}, not a whole number above 0")
         return value
 
@@ -162,22 +172,25 @@ def _shape(file: Path) -> ModelShape:
             factor=number("factor", rope.get("factor"), 8.0),
             low_freq_factor=number("low_freq_factor", rope.get("low_freq_factor"), 1.0),
             high_freq_factor=number("high_freq_factor", rope.get("high_freq_factor"), 4.0),
-            original_max_position_embeddings=int(number("original_max_position_embeddings",
-                                                        rope.get("original_max_position_embeddings"), longest)),
+            original_max_position_embeddings=whole("original_max_position_embeddings",
+                                                   rope.get("original_max_position_embeddings"), longest),
         )  # fmt: skip
     else:
         raise ModelFolderError(f"{file}: RoPE scaling {kind!r}; growdsl computes none, linear and llama3")
-    return ModelShape(
-        dim=dim,
-        n_layers=layers,
-        n_heads=heads,
-        n_kv_heads=kv,
-        ffn_dim=count("intermediate_size"),
-        vocab_size=count("vocab_size"),
-        norm_eps=number("rms_norm_eps", config.get("rms_norm_eps"), 1e-6),
-        rope_theta=theta,
-        tied_embeddings=tied,
-        rope_scaling=scaling,
+    return checked(
+        file,
+        ModelShape(
+            dim=dim,
+            n_layers=layers,
+            n_heads=heads,
+            n_kv_heads=kv,
+            ffn_dim=count("intermediate_size"),
+            vocab_size=count("vocab_size"),
+            norm_eps=number("rms_norm_eps", config.get("rms_norm_eps"), 1e-6),
+            rope_theta=theta,
+            tied_embeddings=tied,
+            rope_scaling=scaling,
+        ),
     )
 
 
@@ -276,8 +289,11 @@ def read_run(folder: Path) -> RunModel:
     run's plan.json without torch; the checkpoint's files are verified when a run loads it."""
     from growdsl.plan.plan import stage_from_record, with_fields_since
 
+    folder = folder.resolve()
     if (folder / "progress.json").is_file():
         ckpt, run_dir = folder, folder.parent.parent
+        if not folder.name[5:].isdigit() or not folder.name.startswith("ckpt-"):
+            raise ModelFolderError(f"{folder} is not a committed checkpoint (a damaged or unfinished one)")
     else:
         found = sorted(p for p in (folder / "checkpoints").glob("ckpt-*") if p.is_dir() and p.name[5:].isdigit())
         if not found:
@@ -289,16 +305,43 @@ def read_run(folder: Path) -> RunModel:
     try:
         progress = json.loads((ckpt / "progress.json").read_text())
         plan = json.loads((run_dir / "plan.json").read_text())
-        stage = progress["stage"]
+        stage, tokens, flops = progress["stage"], progress["position"], progress["flops"]
+        before = (plan.get("start") or {}).get("tokens", 0)  # what the run's own start had read
+        if not all(_whole(v) for v in (stage, tokens, flops, before)) or stage >= len(progress["plan_prefix"]):
+            raise ValueError("stage, position, flops are not whole numbers of a run")
         record = with_fields_since(progress["plan_prefix"][stage], plan["stages"][stage])
-        shape, tokens, flops = stage_from_record(record).shape, progress["position"], progress["flops"]
+        shape = stage_from_record(record).shape
         ramps = progress.get("ramps")
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, RecursionError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError,
+            RecursionError) as e:  # fmt: skip
         raise ModelFolderError(f"{ckpt} does not describe a model: {str(e).splitlines()[0][:200]}") from None
     if ramps:
         raise ModelFolderError(
             f"{ckpt} is in the middle of a growth ramp (a mask mixes new layers in): start from a later checkpoint"
         )
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (tokens, flops)):
-        raise ModelFolderError(f"{ckpt / 'progress.json'} records no whole numbers of tokens and FLOPs")
-    return RunModel(ckpt, run_dir, shape, tokens, flops)
+    return RunModel(ckpt, run_dir, checked(ckpt / "progress.json", shape), before + tokens, flops)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10**30
+
+
+def checked(file: Path, shape: ModelShape) -> ModelShape:
+    """A shape read from a file, checked as the model statement checks one: sizes growdsl can build,
+    heads that divide, an even head dimension, positive RoPE numbers."""
+    sizes = (shape.dim, shape.n_heads, shape.n_kv_heads, shape.ffn_dim, shape.vocab_size)
+    r = shape.rope_scaling
+    problem = (
+        f"{shape.n_layers} layers" if not 1 <= shape.n_layers <= MAX_LAYERS
+        else "a size out of range" if not all(1 <= x <= MAX_COUNT for x in sizes)
+        else f"dim {shape.dim} over {shape.n_heads} heads" if shape.dim % shape.n_heads
+        else f"{shape.n_heads} heads over {shape.n_kv_heads} kv heads" if shape.n_heads % shape.n_kv_heads
+        else f"an odd head dimension ({shape.head_dim})" if shape.head_dim % 2
+        else "a RoPE number at or below 0"
+        if min(shape.rope_theta, shape.norm_eps, r.factor, r.low_freq_factor, r.high_freq_factor) <= 0
+        or r.original_max_position_embeddings < 1
+        else None
+    )  # fmt: skip
+    if problem:
+        raise ModelFolderError(f"{file} describes no model growdsl builds: {problem}")
+    return shape

@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Literal
 
 from growdsl.plan.freeze import Frozen
@@ -267,8 +268,14 @@ class Start:
     folder: str  # where it is (absolute): a Hugging Face folder, or a growdsl checkpoint
     kind: Literal["hf", "run"]  # a Hugging Face Llama folder, or a growdsl run's checkpoint
     shape: ModelShape
-    tokens: int  # the tokens it was trained on, as stated
-    flops: int  # their training FLOPs at stage 0's sequence length
+    tokens: int  # the tokens it was trained on, as stated or recorded
+    flops: int  # their training FLOPs (stated: at stage 0's sequence length)
+    recorded: bool = False  # its cost is a growdsl run's record, not the schedule's statement
+
+    @property
+    def tokenizer_folder(self) -> str:
+        """Where its tokenizer is: the folder, or a checkpoint's run."""
+        return str(Path(self.folder).parent.parent) if self.kind == "run" else self.folder
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,7 +27,7 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
     if plan.start:  # the model stage 0 starts from, as a row of its own
         st = plan.start
         cost = (
-            f"trained on {human(st.tokens)} tokens, {'as recorded' if st.kind == 'run' else 'as stated'}"
+            f"trained on {human(st.tokens)} tokens, {'as recorded' if st.recorded else 'as stated'}"
             if st.flops
             else "its cost not stated: 0 FLOPs"
         )
@@ -91,8 +91,9 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
         out += [
             f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
             f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
-            f"the paper      {PAPER_RESULT}",
         ]
+        if plan.start is None or plan.start.recorded:  # the paper grows bases trained in the same run
+            out.append(f"the paper      {PAPER_RESULT}")
     validating = [s for s in plan.stages if s.training.val_every_steps]
     if validating:
         t = validating[-1].training

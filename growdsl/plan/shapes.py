@@ -62,11 +62,15 @@ def _rope_scaling(reader: Reader, f: ast.Setting) -> RopeScaling | None:
         reader.error(f.span, f"rope_scaling {kind} takes {' to '.join(map(str, sorted({low, high})))} numbers",
                      "e.g. rope_scaling none 4096, rope_scaling linear 4, rope_scaling llama3 8 1 4 8192")  # fmt: skip
         return None
-    values = [reader.real(n, f"rope_scaling {kind}") for n in numbers]
-    if any(v is None for v in values):
+    has_context = len(numbers) > (kind == "linear")
+    values = [reader.real(n, f"rope_scaling {kind}") for n in (numbers[:-1] if has_context else numbers)]
+    length = reader.integer(numbers[-1], "rope_scaling's context length") if has_context else None
+    if any(v is None for v in values) or (has_context and (length is None or length < 1)):
+        if has_context and length is not None and length < 1:
+            reader.error(numbers[-1].span, "a context length is at least 1")
         return None
     v = [float(x) for x in values if x is not None]
-    context = {"original_max_position_embeddings": int(v[-1])} if len(v) > (kind == "linear") else {}
+    context = {"original_max_position_embeddings": length} if length else {}
     if kind == "none":
         return RopeScaling(kind="none", factor=1.0, **context)
     if kind == "linear":

@@ -69,6 +69,7 @@ class Progress:
     schema: int = 0  # SCHEMA when written (0: before it was recorded)
     positions: list[int] = field(default_factory=list)  # per source of the run's data (schema 2; [] = one)
     drawn: list[int] = field(default_factory=list)  # per source, sequences drawn under the stage's weights
+    start: dict | None = None  # the model the run started from (`model from`), as its plan records it
 
 
 def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:
@@ -196,6 +197,8 @@ def _wrong_field(p: Progress) -> str | None:
             return f"{name} is not a list of whole numbers"
     if len(p.drawn) != len(p.positions) or (p.positions and sum(p.positions) != p.position):
         return f"positions {p.positions} and drawn {p.drawn} do not agree with position {p.position}"
+    if p.start is not None and not isinstance(p.start, dict):
+        return "start is not a record of a model"
     if p.phase not in ("start", "end"):
         return f"phase is {p.phase!r}, not start or end"
     if not isinstance(p.plan_prefix, list) or not all(isinstance(r, dict) for r in p.plan_prefix):

@@ -14,12 +14,13 @@ re-applying or skipping a growth, and refuses a schedule changed before that poi
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -139,7 +140,7 @@ class Trainer:
         """The data is tokenized as the model it starts from was trained: the same token for every id."""
         from growdsl.runtime.tokenizer import TokenizerError, load
 
-        folder = Path(start.folder).parent.parent if start.kind == "run" else Path(start.folder)  # a run's own
+        folder = Path(start.tokenizer_folder)
         if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
             self.log(f"note: {folder} has no tokenizer: the data's ({self.data_dir}) is taken to be the model's")
             return
@@ -307,6 +308,7 @@ class Trainer:
             plan_prefix=[stage_record(s) for s in self.plan.stages[: stage + 1]],
             ramps=[r.describe() for r in self.ramps],
             growth_checks=list(checks),
+            start=_start_record(self.plan),
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process.*")
@@ -359,6 +361,13 @@ class Trainer:
             ]
         except ValueError as e:
             raise RunError(f"{path.name} records a plan this growdsl does not read: {str(e).splitlines()[0]}") from None
+        if _same_model(p.start) != _same_model(_start_record(self.plan)):
+            now = self.plan.start.folder if self.plan.start else "a fresh one"
+            then = (p.start or {}).get("folder", "a fresh one")
+            raise RunError(
+                f"the schedule starts from another model ({now}) than {path.name} grew from ({then}): name the "
+                f"model the run started from (a run's checkpoint by its own folder)"
+            )
         for old, new in zip(trained, self.plan.stages):
             current = old.index == p.stage
             if _trained_part(old, current) != _trained_part(new, current) or (current and new.steps < p.step):
@@ -635,6 +644,20 @@ class Trainer:
     def _advance_ramps(self) -> None:
         """One optimizer step more on every ramp; a ramp that has ended is gone (the plain model stays)."""
         self.ramps = [r for r in self.ramps if not r.advance()]
+
+
+def _start_record(plan: Plan) -> dict | None:
+    """The model a plan starts from, as a checkpoint records it (its name in the schedule left out)."""
+    if plan.start is None:
+        return None
+    record = json.loads(json.dumps(asdict(plan.start)))
+    record.pop("name")
+    return record
+
+
+def _same_model(record: dict | None) -> dict | None:
+    """What makes a start the same model: all but where it lies (a folder may move)."""
+    return None if record is None else {k: v for k, v in record.items() if k != "folder"}
 
 
 def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
