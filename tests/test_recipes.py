@@ -65,14 +65,14 @@ def header_only_llama(folder, layers: int, **config):
     header are all the plan reads, so a 7B recipe plans here on its real shape."""
     import struct
 
-    from growdsl.plan.imported import expected_tensors, read_hf
+    from growdsl.plan.imported import expected_tensors, read_config
 
     folder.mkdir()
     config = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                   num_hidden_layers=layers, vocab_size=32000, rms_norm_eps=1e-5, max_position_embeddings=4096,
                   **config)  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
-    shape = read_hf.__globals__["_shape"](folder / "config.json")
+    shape = read_config(folder / "config.json")
     header, at = {}, 0
     for name, dims in expected_tensors(shape).items():
         size = 2 * int(torch.tensor(dims).prod())

@@ -1,8 +1,8 @@
 """The model a schedule starts from (`model from "DIR"`), read without torch: a Hugging Face Llama
-folder's config.json and its safetensors headers, so that the plan is made on the model's own shape
-and a folder that is not a Llama, or misses a shard, or holds a tensor of another shape, is an error
-at plan time naming the file. Only safetensors are read: a pytorch_model.bin is a pickle, which can
-run code."""
+folder's config.json and its safetensors headers, or a growdsl run's records, so that the plan is
+made on the model's own shape and a folder that is not a Llama, or misses a shard, or holds a tensor
+of another shape, is an error at plan time naming the file. Only safetensors are read: a
+pytorch_model.bin is a pickle, which can run code."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def read_hf(folder: Path) -> HFModel:
         raise ModelFolderError(f"{folder} is not a folder: name a Hugging Face model folder (config.json, safetensors)")
     if any(folder.glob("ckpt-[0-9]*")):
         raise ModelFolderError(f"{folder} holds a run's checkpoints: name the run (its parent) or one checkpoint")
-    shape = _shape(folder / "config.json")
+    shape = read_config(folder / "config.json")
     files = _weight_files(folder)
     tensors: dict[str, tuple[str, str, tuple[int, ...]]] = {}
     for name in files:
@@ -95,7 +95,7 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _shape(file: Path) -> ModelShape:
+def read_config(file: Path) -> ModelShape:
     """config.json as growdsl's shape, read as transformers reads it; what growdsl's Llama cannot
     compute exactly is refused."""
     if not file.exists():

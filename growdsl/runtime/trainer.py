@@ -327,11 +327,12 @@ class Trainer:
             load_start(start, whole, self.max_seq)
         except ModelFolderError as e:
             raise RunError(str(e)) from None
+        weights = whole.state_dict()
         with torch.no_grad():
             for name, t in self.model.state_dict().items():
                 if name != "freqs_cis":
-                    write_full(t, whole.state_dict()[name].to(self.device))
-        self.flops = start.flops  # what it cost, as the schedule states
+                    write_full(t, weights[name].to(self.device))
+        self.flops = start.flops  # what it cost, as stated or recorded
 
     def _restore(self) -> tuple[int, int, list[str], bool] | None:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
