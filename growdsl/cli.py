@@ -227,7 +227,15 @@ def _plan_data(plan, args) -> int:
     """What the run will read: each data folder's tokens, each stage's share of them, and a warning
     when the run repeats a folder; data that is missing, half-prepared or of two tokenizers is an
     error now, not after a model is built."""
-    from growdsl.plan.data import DataError, RunData, reading, run_data, stage_data, vocab_problem
+    from growdsl.plan.data import (
+        DataError,
+        RunData,
+        reading,
+        run_data,
+        stage_data,
+        start_tokenizer_problem,
+        vocab_problem,
+    )
 
     named = args.data or any(stage_data(plan))
     try:
@@ -251,7 +259,7 @@ def _plan_data(plan, args) -> int:
     except DataError as e:
         print(f"{args.file}: error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    problem = vocab_problem(plan, readings[0].meta["vocab_size"])
+    problem = vocab_problem(plan, readings[0].meta["vocab_size"]) or start_tokenizer_problem(plan, sources.folders[0])
     if problem and not named:  # the default corpus fits the small schedules, not every schedule
         print(
             f"\ndata: none named, and the default corpus (vocab {readings[0].meta['vocab_size']:,}) does not fit "

@@ -191,7 +191,7 @@ def test_a_run_starts_from_the_model_and_grows_it(plain, data_dir, tmp_path):
     assert any("has no tokenizer" in line for line in lines)
 
 
-def test_the_data_must_be_tokenized_as_the_model_was(plain, data_dir, tmp_path):
+def test_the_data_must_be_tokenized_as_the_model_was(plain, data_dir, tmp_path, capsys):
     from growdsl.runtime.trainer import RunError, Trainer
 
     folder = tmp_path / "m"
@@ -204,6 +204,15 @@ def test_the_data_must_be_tokenized_as_the_model_was(plain, data_dir, tmp_path):
     plan = plan_source(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\ntrain 3 steps\n')
     with pytest.raises(RunError, match="is tokenized by another tokenizer than the model it starts from"):
         Trainer(plan, data_dir, log=lambda _: None)
+    from growdsl.cli import main
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(f'model from "m"\ndata "{data_dir}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\ntrain 3 steps\n')
+    assert main(["plan", str(schedule)]) == 1  # said at plan time, before any model is built
+    assert (
+        f"is tokenized by another tokenizer than the model the schedule starts from: prepare it with "
+        f"--tokenizer {folder.resolve()}" in capsys.readouterr().err
+    )
     shutil.copy(data_dir / "tokenizer.json", folder / "tokenizer.json")
     Trainer(plan, data_dir, log=lambda _: None)  # its own tokenizer: accepted
 

@@ -267,9 +267,8 @@ class _Compiler(Reader):
         try:
             model: HFModel | RunModel = read_run(folder) if is_run(folder) else read_hf(folder)
         except ModelFolderError as e:
-            self.error(
-                source.span, str(e), "name a Hugging Face Llama folder (config.json and safetensors), or a growdsl run"
-            )
+            hint = None if is_run(folder) else "name a Hugging Face Llama folder (config.json, safetensors) or a run"
+            self.error(source.span, str(e), hint)
             self.broken = True
             return
         tokens = model.tokens if isinstance(model, RunModel) else 0  # a run's cost is recorded

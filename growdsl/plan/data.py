@@ -204,6 +204,29 @@ def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
     return [Reading(f, m, tuple(t)) for f, m, t in zip(run.folders, metas, taken)]
 
 
+def start_tokenizer_problem(plan: Plan, data: Path) -> str | None:
+    """Why the data's tokenizer is not the one of the model the schedule starts from, or None (also when
+    that model's is not a tokenizer.json: the run checks it then): any token with another id."""
+    if plan.start is None:
+        return None
+    theirs = Path(plan.start.tokenizer_folder) / "tokenizer.json"
+    if not theirs.is_file():
+        return None
+    try:
+        a, b = (json.loads(f.read_text()) for f in (theirs, data / "tokenizer.json"))
+        same = a["model"].get("vocab") == b["model"].get("vocab") and [
+            (t.get("id"), t.get("content")) for t in a.get("added_tokens", [])
+        ] == [(t.get("id"), t.get("content")) for t in b.get("added_tokens", [])]
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None  # the run's own check says what is wrong
+    if same:
+        return None
+    return (
+        f"the data {data} is tokenized by another tokenizer than the model the schedule starts from: prepare "
+        f"it with --tokenizer {plan.start.tokenizer_folder}"
+    )
+
+
 def vocab_problem(plan: Plan, have: int) -> str | None:
     """Why the model's vocab and a tokenizer of `have` tokens disagree, or None: a smaller model cannot
     read the data; a larger one has rows no token uses, which only a stated `padded` allows, or a

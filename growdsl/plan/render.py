@@ -28,7 +28,7 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
         st = plan.start
         cost = (
             f"trained on {human(st.tokens)} tokens, {'as recorded' if st.recorded else 'as stated'}"
-            if st.flops
+            if st.flops or st.recorded
             else "its cost not stated: 0 FLOPs"
         )
         what = "a growdsl checkpoint" if st.kind == "run" else "a Hugging Face Llama"
