@@ -231,3 +231,9 @@ def test_a_setting_that_does_not_parse_leaves_what_depends_on_it_unchecked(error
     assert [(d.span.line, d.message) for d in found] == [
         (2, "statement ends too early: expected 'seqs', 'sequences' or 'tokens'")
     ]
+
+
+def test_a_long_list_of_expected_statements_is_cut_at_a_whole_word(errors):
+    said = errors("model tiny\ntrain 2L for 9 steps with freeze new,head\n")[0].message
+    listed = said.split("expected a statement (")[1].removesuffix(", ...)").split(", ")
+    assert said.endswith(", ...)") and all(w.startswith("'") and w.endswith("'") for w in listed)

@@ -161,7 +161,12 @@ def _expected_text(parser: Lark, expected) -> str:
     words = _keywords(parser, expected)
     things = sorted({_DESCRIBE.get(n, f"'{words.get(n, n)}'") for n in expected})
     if len(things) > 8:
-        return "a statement (" + ", ".join(t for t in things if t.startswith("'"))[:120] + ", ...)"
+        shown: list[str] = []
+        for t in (t for t in things if t.startswith("'")):
+            if len(", ".join([*shown, t])) > 120:  # whole words only
+                break
+            shown.append(t)
+        return "a statement (" + ", ".join(shown) + ", ...)"
     return things[0] if len(things) == 1 else ", ".join(things[:-1]) + " or " + things[-1]
 
 
