@@ -390,7 +390,7 @@ class _Compiler(Reader):
             if "zero" in inits:
                 self.warn(span, f"freeze {' '.join(words)} freezes blocks this stage's growth starts at zero: "
                                 f"they stay as they start")  # fmt: skip
-        if trainable_params(draft.shape, frozen) <= draft.shape.dim * (2 * len(frozen.layers) + 1):
+        if trainable_params(draft.shape, frozen) == 0:
             self.error(span, f"freeze {' '.join(words)}: nothing is left to train", "freeze less")
         elif draft.shape.tied_embeddings and frozen.embeddings != frozen.head:
             self.error(

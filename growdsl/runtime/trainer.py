@@ -294,14 +294,15 @@ class Trainer:
                 f"checkpoint is written: lower the LR and resume from the last checkpoint"
             )
         self.saves += 1
+        data = self.data.state()
         progress = checkpoint.Progress(
             seq=self.saves,
             stage=stage,
             phase=phase,
             step=step,
             position=self.data.position,
-            positions=self.data.state().positions,
-            drawn=self.data.state().drawn,
+            positions=data.positions,
+            drawn=data.drawn,
             global_step=self.global_step,
             flops=self.flops,
             val_flops=self.val_flops,
