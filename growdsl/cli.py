@@ -605,9 +605,10 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         refused, status = str(e), EXIT_INVALID
     except RunDirError as e:  # resumed on other data: as the other refusals of the run directory
         refused, status = str(e), EXIT_USAGE
-    if world.mean(float(refused is not None)) > 0:  # every process accepts the run, or none does
+    refused = world.first_failure(refused)  # every process accepts the run, or none does
+    if refused:
         if world.main:
-            print(f"growdsl run: {refused or 'refused by another process (see its message)'}", file=sys.stderr)
+            print(f"growdsl run: {refused}", file=sys.stderr)
         return status or EXIT_INVALID
     if world.main:
         run.accept(plan.to_json(indent=2), source, sources.folders, world.size)

@@ -269,3 +269,26 @@ def test_non_finite_training_stops_before_any_checkpoint_holds_it(data_dir, tmp_
     finally:
         export.load = original
     assert not (tmp_path / "hf").exists()
+
+
+def test_compile_survives_a_depth_growth_and_its_checkpoints_export(data_dir, tmp_path, monkeypatch, capsys):
+    """`compile on` wraps every block (torch.compile's `_orig_mod.`): the growth, the checkpoints and
+    the export see plain names, and the losses are those of the run without compile."""
+    from growdsl.cli import main
+    from growdsl.eval.export import export_hf
+    from growdsl.runtime import checkpoint, distributed
+
+    monkeypatch.setattr(distributed, "COMPILE_BACKEND", "eager")  # the same wrapping, without inductor's minutes
+    text = TINY_RUN + "seed 3\nval off\ngrowth optimizer carry\ntrain 1L for 4 steps\nstack x2\ntrain 4 steps\n"
+    plain = Trainer(plan_source(text), data_dir, log=lambda _: None).run()
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(text.replace("seed 3\n", "seed 3\ncompile on\n"))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir), "--log-every", "1"]) == 0
+    logged = [
+        float(line.split("loss ")[1].split()[0]) for line in capsys.readouterr().out.splitlines() if " step " in line
+    ]
+    assert logged == pytest.approx([x for log in plain for x in log.losses], abs=1e-4)  # the log's 4 decimals
+    newest = run_dir / "checkpoints" / "ckpt-000003"
+    assert not any("_orig_mod" in name for name in checkpoint.read_progress(newest).optimizer_names)
+    assert (export_hf(newest, tmp_path / "hf") / "model.safetensors").is_file()

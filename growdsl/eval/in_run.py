@@ -32,12 +32,15 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
             f"eval task heldout: {data_dir} has no val.jsonl; prepare the data again "
             f"(growdsl data prepare) or leave heldout out"
         )
-    if world.main:
+    problem = None
+    if world.main:  # fetched once; the other ranks wait for it and stop with it if it fails
         try:
             benchmarks.ensure(sorted({t for tasks in chosen.values() for t in tasks}))
         except benchmarks.BenchmarkError as e:
-            raise RunError(str(e)) from None
-    world.barrier()
+            problem = str(e)
+    problem = world.first_failure(problem)
+    if problem:
+        raise RunError(problem)
     try:
         tokenizer, specials = read_prepared(data_dir)
     except TokenizerError as e:

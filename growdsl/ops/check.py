@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from growdsl.ops.layout import full, reshard
 from growdsl.plan.plan import Guarantee
 
 # How close "preserved" must be, by declared guarantee and dtype (relative to the logits' scale).
@@ -41,12 +42,14 @@ class Preservation:
 
 @torch.no_grad()
 def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits on `tokens`, whole (a tensor-parallel head's are sharded over the vocab)."""
     was_training = model.training
     model.eval()
     try:
-        return model(tokens)
+        return full(model(tokens))
     finally:
         model.train(was_training)
+        reshard(model)
 
 
 def compare(

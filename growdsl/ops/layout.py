@@ -41,6 +41,12 @@ def named_parameters(model) -> dict[str, torch.Tensor]:
     return {clean_name(name): p for name, p in model.named_parameters()}
 
 
+def state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's state dict by plain names: torch.compile's per-block wrapper puts `_orig_mod.`
+    into its keys, which no checkpoint, operator or export should see."""
+    return {clean_name(name): t for name, t in model.state_dict().items()}
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """The tensor this rank holds: an FSDP2/TP shard's local part, or the tensor itself."""
     return t.to_local() if isinstance(t, DTensor) else t
@@ -70,3 +76,15 @@ def write_full(dst: torch.Tensor, value: torch.Tensor) -> None:
 
         value = distribute_tensor(value.to(dst.dtype), dst.device_mesh, dst.placements).to_local()
     local(dst).copy_(value)
+
+
+def reshard(model) -> None:
+    """Put FSDP2's parameters back into their shards. A forward without a backward (a check, a
+    validation) leaves the groups that keep their weights gathered after a forward (torchtitan's
+    final norm and head, and the root) unsharded, with plain tensors standing in the model's
+    parameters: an optimizer built then would update copies that the next forward throws away."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

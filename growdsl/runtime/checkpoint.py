@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
-from growdsl.ops.layout import named_parameters
+from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import MOMENTS, State
 
 PREFIX = "ckpt-"
@@ -82,9 +82,7 @@ def save(directory: Path, model: nn.Module, state: State, progress: Progress, wo
     world.barrier()
     progress.optimizer_names = sorted(state)
     progress.growdsl, progress.schema = __version__, SCHEMA
-    dcp.save(
-        {"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()}, checkpoint_id=str(partial)
-    )
+    dcp.save({"model": state_dict(model), "optimizer": state, "rng": torch.get_rng_state()}, checkpoint_id=str(partial))
     if world.main:
         (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
         files = sorted(p.name for p in partial.iterdir() if p.is_file())
@@ -231,7 +229,7 @@ def load(path: Path, model: nn.Module, progress: Progress) -> State:
         name: {"step": torch.zeros(()), **{m: torch.zeros_like(params[name]) for m in MOMENTS}}
         for name in progress.optimizer_names
     }
-    holder = {"model": model.state_dict(), "optimizer": state, "rng": torch.get_rng_state()}
+    holder = {"model": state_dict(model), "optimizer": state, "rng": torch.get_rng_state()}
     read(path, holder)
     torch.set_rng_state(holder["rng"])
     return state

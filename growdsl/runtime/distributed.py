@@ -4,15 +4,23 @@ compile, bf16 mixed precision) applied to a built model.
 
 Every rank builds and initialises the whole model the same way (seeded), then parallelize_llama
 keeps each rank's shard: a run on N ranks starts from exactly the weights of a 1-rank run. On CPU
-(gloo) two things torchtitan 0.2.2 assumes about GPUs are set right: its modules' `device_type`,
-and FSDP's reductions (gloo has no PREMUL_SUM: sums are forced, and then FSDP hands back the sum
-of the ranks' gradients unless told the divide factor, which Adam's scale invariance all but hides)."""
+(gloo) torchtitan 0.2.2's modules' `device_type` is set right, and gloo (no PREMUL_SUM) is told to sum.
+
+Gradients are a mean over the data-parallel ranks everywhere: torchtitan's apply_fsdp sets every
+divide factor to 1 (its own loss is a sum over the global token count), growdsl's loss is a mean
+per rank, so the factor is set back to the data-parallel degree, on GPUs as on CPUs (without it the
+gradients are N times too large and `clip 1` acts as 1/N; Adam's scale invariance all but hides it).
+
+A stage's layout (its dp_replicate x dp_shard x tp degrees) is a mesh built once per run and
+reused by every stage, growth and resume that lays a model out that way: torch makes new process
+groups for every mesh it builds, and they are freed only when the run ends (`close`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -56,8 +64,27 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def first_failure(self, problem: str | None) -> str | None:
+        """The first rank's problem, if any rank has one, on every rank ("rank K: ..." when it is
+        not rank 0's). Every rank calls it at the same point: a failure on one rank then ends them
+        all together, each with the same line, instead of leaving the others waiting in a
+        collective the failed rank never reaches."""
+        if self.size == 1:
+            return problem
+        every: list[str | None] = [None] * self.size
+        dist.all_gather_object(every, problem)
+        for rank, found in enumerate(every):
+            if found is not None:
+                return found if rank == 0 else f"rank {rank}: {found}"
+        return None
 
-def from_environment() -> World:
+
+# How long a collective may wait for the slowest rank before every rank stops with an error.
+# Generous: rank 0 alone writes run records, and ranks verify checkpoint files before a resume.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def from_environment(timeout: timedelta = DEFAULT_TIMEOUT) -> World:
     """The world torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), with its process group; else one
     process."""
     size, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -66,8 +93,72 @@ def from_environment() -> World:
     if size == 1:
         return World(local_rank=local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return World(dist.get_rank(), dist.get_world_size(), local)
+
+
+def close() -> None:
+    """Free the process groups (every mesh's too); a no-op on one process."""
+    _meshes.clear()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a stage's model lies over the ranks: dp_replicate x dp_shard x tp = the world.
+    Ranks are laid out with tp innermost (torchtitan's mesh order): the tp ranks of one group are
+    neighbours, see the same data and hold one model between them."""
+
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+
+    @property
+    def data_parallel(self) -> int:
+        """How many different slices of each batch the ranks read."""
+        return self.dp_replicate * self.dp_shard
+
+    def data_rank(self, world: World) -> int:
+        """Which slice of the batch this rank reads (the same for every rank of a tp group)."""
+        return world.rank // self.tp
+
+    def describe(self) -> str:
+        return f"dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} x tp {self.tp}"
+
+
+def layout(parallel, world: World) -> Layout:
+    """The stage's degrees resolved against the world (`dp_shard` unset: every rank left). One
+    process trains any schedule unsharded; on several, degrees that are not the world are refused."""
+    if world.size == 1:
+        return Layout()
+    p = parallel
+    shard = p.dp_shard or world.size // (p.dp_replicate * p.tp)
+    if p.dp_replicate * shard * p.tp != world.size:
+        raise ValueError(
+            f"dp_replicate {p.dp_replicate} x dp_shard {p.dp_shard or shard} x tp {p.tp} is not the "
+            f"{world.size} processes of this run: set the degrees so that they multiply to {world.size}, "
+            f"or start as many processes as they multiply to"
+        )
+    return Layout(p.dp_replicate, shard, p.tp)
+
+
+# torch.compile's backend for `compile on` (tests set "eager": the wrapping without inductor's minutes)
+COMPILE_BACKEND = "inductor"
+
+_meshes: dict[Layout, object] = {}  # a layout's torchtitan ParallelDims, its mesh built once
+
+
+def _parallel_dims(lay: Layout, world: World):
+    from torchtitan.distributed import ParallelDims
+
+    if lay not in _meshes:
+        degrees = dict(dp_replicate=lay.dp_replicate, dp_shard=lay.dp_shard, tp=lay.tp)
+        dims = ParallelDims(**degrees, cp=1, pp=1, ep=1, etp=1, world_size=world.size)
+        if world.size > 1:
+            dims.build_mesh()
+        _meshes[lay] = dims
+    return _meshes[lay]
 
 
 def free_memory_bytes(device: torch.device = torch.device("cpu")) -> int:
@@ -99,25 +190,15 @@ def parallelize(
     without activation checkpointing or compile). `mixed`: FSDP computes in bf16 and reduces in
     float32 (torchtitan's default on GPUs); else everything stays in `dtype`."""
     p = training.parallel
+    lay = layout(p, world)
     if world.size == 1 and p.activation_checkpoint == "none" and not p.compile:
         return model
     from torchtitan.config import JobConfig
-    from torchtitan.distributed import ParallelDims
     from torchtitan.models.llama3 import parallelize_llama
 
     if not torch.cuda.is_available():
         _torchtitan_on_cpu()
-    shard = p.dp_shard or world.size // (p.dp_replicate * p.tp)
-    if p.dp_replicate * shard * p.tp != world.size:
-        raise ValueError(
-            f"dp_replicate {p.dp_replicate} x dp_shard {shard} x tp {p.tp} is not the "
-            f"{world.size} processes of this run"
-        )
-    dims = ParallelDims(
-        dp_replicate=p.dp_replicate, dp_shard=shard, cp=1, tp=p.tp, pp=1, ep=1, etp=1, world_size=world.size
-    )
-    if world.size > 1:
-        dims.build_mesh()
+    dims = _parallel_dims(lay, world)
     job = JobConfig()
     job.training.seq_len = seq_len
     on_gpu = torch.cuda.is_available()
@@ -131,16 +212,17 @@ def parallelize(
         job.training.mixed_precision_param = job.training.mixed_precision_reduce = name
     job.activation_checkpoint.mode = p.activation_checkpoint
     job.compile.enable = p.compile
+    job.compile.backend = COMPILE_BACKEND
     job.compile.components = ["model"] if p.compile else []
     model = parallelize_llama(model, dims, job)
-    if not on_gpu:
-        from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule
 
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                # summed, FSDP's gradients are the sum over data-parallel ranks: divide to the mean
-                module.set_force_sum_reduction_for_comms(True)
-                module.set_gradient_divide_factor(float(p.dp_replicate * shard))
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            if not on_gpu:
+                module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+            # torchtitan sets 1 (its loss is a global sum); ours is a per-rank mean: average the ranks
+            module.set_gradient_divide_factor(float(lay.data_parallel))
     return model
 
 

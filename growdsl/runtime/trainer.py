@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from growdsl.ops import operators
 from growdsl.ops.check import check_preservation, non_finite
-from growdsl.ops.layout import full, named_parameters, write_full
+from growdsl.ops.layout import full, named_parameters, reshard, state_dict, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
@@ -48,7 +48,7 @@ from growdsl.plan.plan import (
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta, train_files
-from growdsl.runtime.distributed import World, free_memory_bytes, is_sharded, parallelize
+from growdsl.runtime.distributed import Layout, World, free_memory_bytes, is_sharded, layout, parallelize
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 from growdsl.runtime.mixture import Mixture, MixtureState
 from growdsl.runtime.pretrained import load_start
@@ -62,6 +62,7 @@ class RunError(Exception):
 class StageLog:
     index: int
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)  # before clipping, over every rank's gradients
     val_losses: list[tuple[int, float]] = field(default_factory=list)  # (global step, validation loss)
     growth_checks: list[str] = field(default_factory=list)
     data_position_at_start: int = 0
@@ -108,6 +109,7 @@ class Trainer:
         except DataError as e:
             raise RunError(str(e)) from None
         self.meta: Meta = metas[0]
+        self.layouts = self._check_layouts()
         if plan.start:
             self._check_start_tokenizer(plan.start)
         self._check_vocab()
@@ -155,6 +157,36 @@ class Trainer:
                 f"({folder}): prepare it with --tokenizer {folder}"
             )
 
+    def _check_layouts(self) -> list[Layout]:
+        """Every stage's layout over the processes, checked before anything is built: its degrees
+        are the world, and its batch splits over the data-parallel ranks."""
+        layouts = []
+        for stage in self.plan.stages:
+            t = stage.training
+            try:
+                lay = layout(t.parallel, self.world)
+            except ValueError as e:
+                raise RunError(f"stage {stage.index} (line {stage.line}): {e}") from None
+            if t.batch_seqs % lay.data_parallel:
+                raise RunError(
+                    f"stage {stage.index} (line {stage.line}): a batch of {t.batch_seqs} sequences does not split "
+                    f"over {lay.data_parallel} data-parallel ranks ({lay.describe()})"
+                )
+            local = t.batch_seqs // lay.data_parallel
+            if t.micro_batch and local % t.micro_batch:
+                raise RunError(
+                    f"stage {stage.index} (line {stage.line}): micro_batch {t.micro_batch} does not divide the "
+                    f"{local} sequences each data-parallel rank takes per step ({lay.describe()})"
+                )
+            layouts.append(lay)
+        p = next((s.training.parallel for s in self.plan.stages if _degrees(s) != (1, 1)), None)
+        if self.world.size == 1 and p is not None:
+            self.log(
+                f"note: one process trains the schedule unsharded (tp {p.tp}, dp_replicate {p.dp_replicate}, "
+                f"dp_shard {p.dp_shard or 'auto'} take effect under torchrun with that many processes)"
+            )
+        return layouts
+
     def _check_vocab(self) -> None:
         """The model's vocab and the tokenizer's agree, both ways (growdsl.plan.data.vocab_problem)."""
         problem = vocab_problem(self.plan, self.meta.vocab_size)
@@ -183,26 +215,26 @@ class Trainer:
             )
 
     def _check_validation(self) -> None:
-        """Every stage that validates gets at least one held-out sequence per process; a stage that
-        gets fewer than it asks for (a small split, or a count rounded down to the processes) is
-        said so, once."""
+        """Every stage that validates gets at least one held-out sequence per data-parallel rank; a
+        stage that gets fewer than it asks for (a small split, or a count rounded down to the ranks)
+        is said so, once."""
         noted = False
         for stage in self.plan.stages:
-            t = stage.training
+            t, ranks = stage.training, self.layouts[stage.index].data_parallel
             if not t.val_every_steps:
                 continue
-            have, size = self.heldout.count(t.val_tokens, t.seq_len, self.world.size), len(self.heldout.tokens)
+            have, size = self.heldout.count(t.val_tokens, t.seq_len, ranks), len(self.heldout.tokens)
             if have == 0:
                 raise RunError(
                     f"stage {stage.index} (line {stage.line}) validates on {t.seq_len}-token sequences, one per "
-                    f"process at least, but the held-out split holds {size:,} tokens: prepare the data "
+                    f"data-parallel rank at least, but the held-out split holds {size:,} tokens: prepare the data "
                     f"with a larger --holdout, or set `val off`"
                 )
             if have < t.val_tokens // t.seq_len and not noted:
                 why = (
                     f"the held-out split holds {size:,} tokens"
                     if have * t.seq_len + t.seq_len >= size
-                    else f"a whole number of sequences for each of {self.world.size} processes"
+                    else f"a whole number of sequences for each of {ranks} data-parallel ranks"
                 )
                 self.log(
                     f"validation: stage {stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} "
@@ -271,9 +303,9 @@ class Trainer:
         model = self._build()
         self.ramps = [Ramp.restore(model, r.describe()) for r in self.ramps]
         model = self._parallel(model, stage)
-        old = self.model.state_dict()
+        old = state_dict(self.model)
         with torch.no_grad():
-            for name, t in model.state_dict().items():
+            for name, t in state_dict(model).items():
                 write_full(t, full(old[name]))
         params = named_parameters(model)
         state = {}
@@ -330,7 +362,7 @@ class Trainer:
             raise RunError(str(e)) from None
         weights = whole.state_dict()
         with torch.no_grad():
-            for name, t in self.model.state_dict().items():
+            for name, t in state_dict(self.model).items():
                 if name != "freqs_cis":
                     write_full(t, weights[name].to(self.device))
         self.flops = start.flops  # what it cost, as stated or recorded
@@ -339,16 +371,17 @@ class Trainer:
         """Load the newest complete checkpoint; returns (first stage to run, its first step, its growth
         checks, whether its growths are already applied), or None when there is none yet."""
         directory = self.checkpoint_dir
-        if directory is None or not checkpoint.committed(directory):
-            self.log("no checkpoint to resume from yet: the run starts from its first step")
-            return None
         found = newer = None
-        if self.world.main:  # verified once, by the first rank
+        none_yet = directory is None or not checkpoint.committed(directory)
+        if self.world.main and not none_yet:  # found and verified once, by the first rank, for all
             try:
                 found = checkpoint.newest_good(directory, say=self.log)
             except checkpoint.NewerCheckpoint as e:
                 newer = str(e)
-        found, newer = self.world.share((found, newer))
+        none_yet, found, newer = self.world.share((none_yet, found, newer))
+        if none_yet:
+            self.log("no checkpoint to resume from yet: the run starts from its first step")
+            return None
         if newer:
             raise RunError(newer)
         if found is None:
@@ -429,8 +462,8 @@ class Trainer:
         state through it. Returns the check, as logged."""
         op = operators.get(growth.operator)
         target = self._build_target(growth, stage, op)
-        src = self.model.state_dict()
-        op.grow(src, target.state_dict(), growth)
+        src = state_dict(self.model)
+        op.grow(src, state_dict(target), growth)
         check = self._check_growth(growth, target)
         if growth.learn is not None:
             if self.world.size > 1:
@@ -482,7 +515,7 @@ class Trainer:
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.flops += phase.flops
-        learner.bake(target.state_dict())
+        learner.bake(state_dict(target))
         self.log(
             f"growth map (line {growth.line}) trained for {phase.steps} steps (last loss {loss.item():.4f}) "
             f"and baked in"
@@ -501,16 +534,18 @@ class Trainer:
             eps=t.optimizer.eps,
             weight_decay=t.optimizer.weight_decay,
         )
-        state = {name: st for name, st in self.state.items() if not stage.frozen.holds(name)}  # only what trains
+        params = named_parameters(self.model)
+        state = {  # only what trains, laid out as its parameter (a carried moment may come whole)
+            name: {k: v if v.dim() == 0 else _laid_out(v, params[name]) for k, v in st.items()}
+            for name, st in self.state.items()
+            if not stage.frozen.holds(name)
+        }
         if state:
             load_named_state(self.model, opt, state)
         self.opt, self.opt_names, self.state = opt, parameter_names(self.model), {}
-        if t.batch_seqs % self.world.size:
-            raise RunError(f"a batch of {t.batch_seqs} sequences does not split over {self.world.size} processes")
-        local = t.batch_seqs // self.world.size
+        lay = self.layouts[stage.index]
+        local = t.batch_seqs // lay.data_parallel  # checked up front (_check_layouts)
         micro = t.micro_batch or local
-        if local % micro:
-            raise RunError(f"micro_batch {micro} does not divide the {local} sequences each process takes per step")
         accumulate = local // micro
         self.model.train()
         start = time.perf_counter()
@@ -523,11 +558,11 @@ class Trainer:
                 group["lr"] = lr
             parts = []
             for _ in range(accumulate):
-                x, y = self._micro_batch(micro, t.seq_len)
-                with self._autocast():
-                    loss = F.cross_entropy(self.model(x).flatten(0, 1), y.flatten()) / accumulate
-                loss.backward()
-                parts.append(loss.detach())
+                x, y = self._micro_batch(micro, t.seq_len, lay)
+                with self._loss_parallel():
+                    loss = self._loss(x, y) / accumulate
+                    loss.backward()
+                parts.append(full(loss.detach()))
             total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
             where = f"stage {stage.index} step {step + 1}/{stage.steps} (token {self.data.position:,})"
             if not math.isfinite(total):
@@ -541,6 +576,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             self._advance_ramps()
             log.losses.append(total)
+            log.grad_norms.append(grad_norm)
             self.global_step += 1
             self.flops += stage.flops_per_token * t.tokens_per_step
             rate = (step + 1 - first_step) * t.tokens_per_step / (time.perf_counter() - start)
@@ -569,31 +605,49 @@ class Trainer:
                     f"{rate:,.0f} tok/s{mfu}"
                 )
             if self.global_step in val_points:
-                log.val_losses.append((self.global_step, self._validate(stage, step + 1, micro)))
+                log.val_losses.append((self.global_step, self._validate(stage, step + 1, micro, lay)))
             if every and (step + 1) % every == 0 and step + 1 < stage.steps:
                 self._save(stage.index, "start", step + 1, log.growth_checks)
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < stage.steps:
                 self._evaluate(stage, step + 1)
         self.state, self.opt = named_state(self.opt_names, opt), None
 
-    def _validate(self, stage: Stage, step: int, micro: int) -> float:
-        """The loss on the fixed held-out tokens (the stage's `val tokens`, each rank a share), in
-        micro-batches of the training's; its forward FLOPs are counted apart from training."""
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the model on one micro-batch, on logits in the weights' precision (under
+        mixed precision the model computes in bf16). A tensor-parallel head's logits stay sharded
+        over the vocab: the loss is computed shard-wise (call it inside `_loss_parallel`)."""
+        with self._autocast():
+            logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1).to(self.dtype), y.flatten(), reduction=reduction)
+
+    def _loss_parallel(self):
+        """torch's loss-parallel context where the model is tensor-parallel (forward and backward)."""
+        if self.layouts and any(lay.tp > 1 for lay in self.layouts):
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            return loss_parallel()
+        return nullcontext()
+
+    def _validate(self, stage: Stage, step: int, micro: int, lay: Layout) -> float:
+        """The loss on the fixed held-out tokens (the stage's `val tokens`, each data-parallel rank a
+        share), in micro-batches of the training's; its forward FLOPs are counted apart from training."""
         t = stage.training
-        x, y = self.heldout.sequences(t.val_tokens, t.seq_len, self.world.size)
+        ranks = lay.data_parallel
+        x, y = self.heldout.sequences(t.val_tokens, t.seq_len, ranks)
         begin, total = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=self.device)
-        mine = slice(self.world.rank * len(x) // self.world.size, (self.world.rank + 1) * len(x) // self.world.size)
+        rank = lay.data_rank(self.world)
+        mine = slice(rank * len(x) // ranks, (rank + 1) * len(x) // ranks)
         x, y = x[mine], y[mine]
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._loss_parallel():
             for i in range(0, len(x), micro):
                 xb, yb = x[i : i + micro].to(self.device), y[i : i + micro].to(self.device)
-                with self._autocast():
-                    logits = self.model(xb)
-                total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum")
+                total += full(self._loss(xb, yb, reduction="sum")).double()
         self.model.train()
-        tokens = len(x) * self.world.size * t.seq_len
-        loss = self.world.mean(total.item()) * self.world.size / tokens
+        reshard(self.model)
+        tokens = len(x) * ranks * t.seq_len
+        # the mean over every rank of its share's sum: each data slice counted tp times over `world` ranks
+        loss = self.world.mean(total.item()) * ranks / tokens
         if not math.isfinite(loss):
             raise RunError(f"the validation loss became {loss} at stage {stage.index} step {step}: lower the LR")
         self.val_flops += tokens * stage.flops_per_token // 3  # a forward pass: a third of training's
@@ -635,12 +689,15 @@ class Trainer:
             "flops": self.flops,
         }
         results = self.evaluator(self.model, stage, about)
+        reshard(self.model)
         if self.metrics:
             self.metrics.evaluation(self.global_step, self.data.position, self.flops, results)
 
-    def _micro_batch(self, micro: int, seq_len: int):
-        """This rank's share of the next `micro * world` sequences of the data, on its device."""
-        x, y = self.data.next_batch(micro * self.world.size, seq_len, self.world.rank, self.world.size)
+    def _micro_batch(self, micro: int, seq_len: int, lay: Layout):
+        """This rank's share of the next `micro` sequences per data-parallel rank, on its device (the
+        ranks of a tensor-parallel group read the same)."""
+        ranks = lay.data_parallel
+        x, y = self.data.next_batch(micro * ranks, seq_len, lay.data_rank(self.world), ranks)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _advance_ramps(self) -> None:
@@ -667,6 +724,12 @@ def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(like)
     write_full(out, full(value))
     return out
+
+
+def _degrees(stage: Stage) -> tuple[int, int]:
+    """(tp, data-parallel degree named) of a stage: anything but (1, 1) shards the model."""
+    p = stage.training.parallel
+    return p.tp, p.dp_replicate * (p.dp_shard or 1)
 
 
 def _describe_parallel(stage: Stage) -> str:

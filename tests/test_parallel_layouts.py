@@ -1,0 +1,115 @@
+"""Every layout a schedule can ask for, on CPU processes (gloo), against one process: tensor
+parallel (tp 2), FSDP x TP (dp_shard 2 x tp 2) and HSDP (dp_replicate 2 x dp_shard 2) train a
+schedule that grows in depth and then in width with carried AdamW state, and their losses,
+gradient norms and validation losses equal one process's (float64, to 1e-9: only the order of sums
+differs). No checkpoint folder is given, so nothing re-lays the model out between a growth and its
+training. A checkpoint written under one layout resumes under another (DCP reshards)."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from ops_helpers import TINY_RUN
+
+from growdsl.plan import plan_source
+from growdsl.plan.data import run_data
+from growdsl.runtime.distributed import World, close
+from growdsl.runtime.trainer import Trainer
+
+SCHEDULE = (
+    TINY_RUN
+    + """seed 7
+val every 3 steps
+growth optimizer carry
+{layout}
+train 1L for 6 steps
+stack x2
+train 6 steps
+widen dim 64
+train 6 steps
+"""
+)
+
+
+def _train(schedule: str, data: str, world: World = World(), checkpoints: str | None = None, resume=False) -> dict:
+    plan = plan_source(schedule)
+    logs = Trainer(
+        plan,
+        run_data(plan, Path, Path(data)),
+        log=lambda _: None,
+        world=world,
+        checkpoint_dir=Path(checkpoints) if checkpoints else None,
+        resume=resume,
+        dtype=torch.float64,
+    ).run()
+    return {
+        "losses": [log.losses for log in logs],
+        "grad_norms": [log.grad_norms for log in logs],
+        "val": [[v for _, v in log.val_losses] for log in logs],
+        "checks": [log.growth_checks for log in logs],
+    }
+
+
+def _worker(rank: int, size: int, init: str, schedule: str, data: str, out: str, checkpoints, resume) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=size)
+    torch.set_num_threads(1)
+    try:
+        result = _train(schedule, data, World(rank, size), checkpoints, resume)
+        if rank == 0:
+            Path(out).write_text(json.dumps(result))
+    finally:
+        close()
+
+
+def spawn(size: int, schedule: str, data, checkpoints=None, resume=False) -> dict:
+    """What rank 0 of `size` processes trained."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out.json")
+        args = (size, os.path.join(tmp, "init"), schedule, str(data), out, checkpoints and str(checkpoints), resume)
+        mp.spawn(_worker, args=args, nprocs=size)
+        return json.loads(Path(out).read_text())
+
+
+def assert_same(many: dict, one: dict, keys=("losses", "grad_norms", "val")) -> None:
+    for key in keys:
+        assert len(many[key]) == len(one[key])
+        for a, b in zip(many[key], one[key]):
+            assert len(a) == len(b) and len(a)
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-9, atol=0), (key, a[-3:], b[-3:])
+
+
+@pytest.fixture(scope="module")
+def one_process(data_dir) -> dict:
+    return _train(SCHEDULE.format(layout=""), str(data_dir))
+
+
+@pytest.mark.parametrize(
+    "size, layout",
+    [(2, "tp 2"), (4, "dp_shard 2\ntp 2"), (4, "dp_replicate 2\ndp_shard 2")],
+    ids=["tp", "fsdp-tp", "hsdp"],
+)
+def test_layout_grows_in_depth_and_width_and_matches_one_process(size, layout, data_dir, one_process):
+    many = spawn(size, SCHEDULE.format(layout=layout), data_dir)
+    assert_same(many, one_process)
+    assert many["checks"][1][0].startswith("changed") and many["checks"][2][0].startswith("preserved")
+
+
+def test_a_checkpoint_resumes_under_another_layout(data_dir, one_process, tmp_path):
+    tp = SCHEDULE.format(layout="tp 2")
+    # tp 2 -> one process: from the checkpoint right after the width growth
+    spawn(2, tp, data_dir, tmp_path / "tp")
+    shutil.rmtree(tmp_path / "tp" / "ckpt-000005")
+    resumed = _train(tp, str(data_dir), checkpoints=str(tmp_path / "tp"), resume=True)
+    assert_same(resumed, {k: v[2:] for k, v in one_process.items()}, keys=("losses", "grad_norms"))
+    # one process -> tp 2: from the end of stage 0, mid-run in float64 terms
+    _train(tp, str(data_dir), checkpoints=str(tmp_path / "one"))
+    for name in ("ckpt-000002", "ckpt-000003", "ckpt-000004", "ckpt-000005"):
+        shutil.rmtree(tmp_path / "one" / name)
+    resumed = spawn(2, tp, data_dir, tmp_path / "one", resume=True)
+    assert_same(resumed, {k: v[1:] for k, v in one_process.items()}, keys=("losses", "grad_norms"))
