@@ -470,13 +470,10 @@ def _file_tag(path: str) -> str:
 
 
 def _run(args) -> int:
-    import time
-
     plan, source, status = _compile(args.file)
     if plan is None:
         return status
     from growdsl.plan import baseline
-    from growdsl.plan.data import RunData
 
     if args.baseline:
         try:
@@ -484,9 +481,22 @@ def _run(args) -> int:
         except baseline.BaselineError as e:
             print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
             return EXIT_INVALID
-    from growdsl.runtime.distributed import from_environment
+    from growdsl.runtime.distributed import close, from_environment
 
     world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
+    try:
+        return _run_on(world, args, plan, source)
+    finally:
+        close()  # every process group the run made
+
+
+def _run_on(world, args, plan, source: str) -> int:
+    """`growdsl run` on this process of the run's world."""
+    import time
+
+    from growdsl.plan import baseline
+    from growdsl.plan.data import RunData
+
     run = sources = None
     try:
         if world.main:
@@ -612,7 +622,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         return status or EXIT_INVALID
     if world.main:
         run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
-        on = world.device.type + (" (bf16 mixed precision)" if world.device.type == "cuda" else "")
+        on = world.device.type + (" (bf16 mixed precision)" if trainer.mixed else "")
         log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
         log_file = (run_dir / "log.txt").open("a")
         log_file.write("".join(line + "\n" for line in waiting))

@@ -19,6 +19,7 @@ from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
 from growdsl.plan.data import run_data
+from growdsl.runtime import distributed
 from growdsl.runtime.distributed import World, close
 from growdsl.runtime.trainer import Trainer
 
@@ -37,18 +38,26 @@ train 6 steps
 )
 
 
-def _train(schedule: str, data: str, world: World = World(), checkpoints: str | None = None, resume=False) -> dict:
+def _train(schedule: str, data, world=World(), checkpoints=None, resume=False, dtype="float64") -> dict:
     plan = plan_source(schedule)
-    logs = Trainer(
+    trainer = Trainer(
         plan,
         run_data(plan, Path, Path(data)),
         log=lambda _: None,
         world=world,
         checkpoint_dir=Path(checkpoints) if checkpoints else None,
         resume=resume,
-        dtype=torch.float64,
-    ).run()
+        dtype=getattr(torch, dtype),
+    )
+    logs = trainer.run()
+    weights = sorted({str(p.dtype) for p in trainer.model.parameters()})
+    x = trainer.probe
+    with trainer._loss_parallel():
+        loss = trainer._loss(x[:, :-1], x[:, 1:])
     return {
+        "mixed": trainer.mixed,
+        "loss_dtype": str(loss.dtype),
+        "weights": weights,
         "losses": [log.losses for log in logs],
         "grad_norms": [log.grad_norms for log in logs],
         "val": [[v for _, v in log.val_losses] for log in logs],
@@ -56,22 +65,28 @@ def _train(schedule: str, data: str, world: World = World(), checkpoints: str | 
     }
 
 
-def _worker(rank: int, size: int, init: str, schedule: str, data: str, out: str, checkpoints, resume) -> None:
+def _worker(rank: int, size: int, init: str, schedule: str, data: str, out: str, checkpoints, resume, dtype) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=size)
     torch.set_num_threads(1)
     try:
-        result = _train(schedule, data, World(rank, size), checkpoints, resume)
+        world = World(rank, size)
+        plan = plan_source(schedule)
+        distributed.parallel_dims(distributed.layout(plan.stages[0].training.parallel, world), world)
+        groups = len(dist.distributed_c10d._world.pg_map)  # the process groups of the run's one layout
+        result = _train(schedule, data, world, checkpoints, resume, dtype)
+        result["new_groups"] = len(dist.distributed_c10d._world.pg_map) - groups  # by its growths: none
         if rank == 0:
             Path(out).write_text(json.dumps(result))
     finally:
         close()
 
 
-def spawn(size: int, schedule: str, data, checkpoints=None, resume=False) -> dict:
+def spawn(size: int, schedule: str, data, checkpoints=None, resume=False, dtype="float64") -> dict:
     """What rank 0 of `size` processes trained."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        args = (size, os.path.join(tmp, "init"), schedule, str(data), out, checkpoints and str(checkpoints), resume)
+        where = checkpoints and str(checkpoints)
+        args = (size, os.path.join(tmp, "init"), schedule, str(data), out, where, resume, dtype)
         mp.spawn(_worker, args=args, nprocs=size)
         return json.loads(Path(out).read_text())
 
@@ -97,6 +112,7 @@ def one_process(data_dir) -> dict:
 def test_layout_grows_in_depth_and_width_and_matches_one_process(size, layout, data_dir, one_process):
     many = spawn(size, SCHEDULE.format(layout=layout), data_dir)
     assert_same(many, one_process)
+    assert many["new_groups"] == 0
     assert many["checks"][1][0].startswith("changed") and many["checks"][2][0].startswith("preserved")
 
 
@@ -113,3 +129,15 @@ def test_a_checkpoint_resumes_under_another_layout(data_dir, one_process, tmp_pa
         shutil.rmtree(tmp_path / "one" / name)
     resumed = spawn(2, tp, data_dir, tmp_path / "one", resume=True)
     assert_same(resumed, {k: v[1:] for k, v in one_process.items()}, keys=("losses", "grad_norms"))
+
+
+def test_mixed_bf16_under_fsdp_keeps_float32_weights_and_a_float32_loss(data_dir):
+    """The GPU path on CPU processes: FSDP2's bf16 policy (`mixed bf16`) computes in bf16 over float32
+    weights, and the loss is taken on logits cast back to float32."""
+    mixed = spawn(2, SCHEDULE.format(layout="mixed bf16\ndp_shard 2"), data_dir, dtype="float32")
+    exact = _train(SCHEDULE.format(layout="mixed off"), data_dir, dtype="float32")
+    assert mixed["mixed"] and not exact["mixed"]
+    assert mixed["weights"] == ["torch.float32"] and mixed["loss_dtype"] == "torch.float32"
+    a, b = (torch.tensor([x for stage in run["losses"] for x in stage]) for run in (mixed, exact))
+    assert not torch.equal(a, b)  # bf16 compute did happen
+    assert ((a - b).abs() / b).max() < 0.01

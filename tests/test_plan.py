@@ -200,6 +200,11 @@ def test_per_stage_overrides_take_effect_only_for_their_stage():
     assert (b.training.seq_len, b.training.batch_seqs, b.training.parallel.tp) == (2048, 1024, 1)
 
 
+def test_mixed_precision_is_a_setting_of_each_stage():
+    plan = plan_source("train 6L for 1B\nmixed bf16\nstack x4\ntrain 1B with mixed off\ntrain 1B")
+    assert [s.training.parallel.mixed for s in plan.stages] == ["auto", "off", "bf16"]
+
+
 def test_settings_hold_from_where_they_stand():
     plan = plan_source("train 6L for 1B\nseq 4096\nbatch 4096K tokens\nstack x4\ntrain 1B")
     assert plan.stages[0].training.seq_len == 2048

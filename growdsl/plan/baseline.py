@@ -107,6 +107,7 @@ def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
         (p.tp != 1, f"tp {p.tp}"),
         (p.activation_checkpoint != "none", f"ac {p.activation_checkpoint}"),
         (p.compile, "compile on"),
+        (p.mixed != "auto", f"mixed {p.mixed}"),
         (t.checkpoint_every_steps, f"checkpoint every {t.checkpoint_every_steps} steps"),
         (t.eval_every_steps, f"eval every {t.eval_every_steps} steps"),
         (t.eval_at_end, "eval at end"),

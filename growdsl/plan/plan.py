@@ -40,6 +40,8 @@ class Parallelism:
     tp: int = 1
     activation_checkpoint: Literal["none", "selective", "full"] = "none"
     compile: bool = False
+    # bf16 compute over float32 weights (FSDP2's policy when sharded, else autocast); auto: on GPUs only
+    mixed: Literal["auto", "bf16", "off"] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

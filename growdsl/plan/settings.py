@@ -49,6 +49,7 @@ class Settings:
     tp: int = 1
     ac: Literal["none", "selective", "full"] = "none"
     compile: bool = False
+    mixed: Literal["auto", "bf16", "off"] = "auto"
     checkpoint: Interval | None = None
     eval_every: Interval | None = None
     eval_at_growth: bool = False
@@ -147,7 +148,7 @@ def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
         return _val(reader, s, t)
     if k == "optimizer":
         return []  # adamw is the only optimizer, and the default
-    if k in ("lr_schedule", "ac", "compile"):
+    if k in ("lr_schedule", "ac", "compile", "mixed"):
         word = as_word(a[0])
         if k == "compile":
             t.compile = word == "on"
@@ -296,6 +297,13 @@ def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) 
             "tensor parallelism splits whole heads across ranks",
         )
         return None
+    if seq % t.tp:
+        reader.error(
+            where.get("tp", span),
+            f"tp {t.tp} does not divide the sequence length {seq}",
+            "tensor parallelism also splits each sequence across its ranks (sequence parallel) between blocks",
+        )
+        return None
     tps = batch_seqs * seq
 
     def every(interval: Interval | None, what: str) -> int | None:
@@ -310,7 +318,12 @@ def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) 
         mix=t.mix,
         optimizer=OptimizerConfig(betas=t.betas, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip),
         parallel=Parallelism(
-            dp_shard=t.dp_shard, dp_replicate=t.dp_replicate, tp=t.tp, activation_checkpoint=t.ac, compile=t.compile
+            dp_shard=t.dp_shard,
+            dp_replicate=t.dp_replicate,
+            tp=t.tp,
+            activation_checkpoint=t.ac,
+            compile=t.compile,
+            mixed=t.mixed,
         ),
         checkpoint_every_steps=every(t.checkpoint, "checkpoint interval"),
         eval_every_steps=every(t.eval_every, "eval interval"),

@@ -149,9 +149,12 @@ COMPILE_BACKEND = "inductor"
 _meshes: dict[Layout, object] = {}  # a layout's torchtitan ParallelDims, its mesh built once
 
 
-def _parallel_dims(lay: Layout, world: World):
+def parallel_dims(lay: Layout, world: World):
+    """torchtitan's ParallelDims for a layout, its mesh built the first time it is asked for."""
     from torchtitan.distributed import ParallelDims
 
+    if not torch.cuda.is_available():
+        _torchtitan_on_cpu()
     if lay not in _meshes:
         degrees = dict(dp_replicate=lay.dp_replicate, dp_shard=lay.dp_shard, tp=lay.tp)
         dims = ParallelDims(**degrees, cp=1, pp=1, ep=1, etp=1, world_size=world.size)
@@ -196,9 +199,7 @@ def parallelize(
     from torchtitan.config import JobConfig
     from torchtitan.models.llama3 import parallelize_llama
 
-    if not torch.cuda.is_available():
-        _torchtitan_on_cpu()
-    dims = _parallel_dims(lay, world)
+    dims = parallel_dims(lay, world)
     job = JobConfig()
     job.training.seq_len = seq_len
     on_gpu = torch.cuda.is_available()

@@ -91,8 +91,9 @@ class Trainer:
         # validation, the growth probe and the tokenizer come from the first folder
         data_dir = self.data_dir = self.sources.folders[0]
         self.device = world.device
-        # bf16 compute over float32 weights: on by default on GPUs (as torchtitan), off on CPUs
-        self.mixed = self.device.type == "cuda" if mixed_precision is None else mixed_precision
+        # bf16 compute over float32 weights: each stage's `mixed` (auto: on GPUs, as torchtitan), or this
+        self.mixed_precision = mixed_precision
+        self.mixed = self._mixed(plan.stages[0])  # the model's as laid out
         self.peak_flops = peak_flops(self.device)  # per device, for MFU; None on a CPU
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
@@ -283,7 +284,15 @@ class Trainer:
         """A fresh model of the current shape, whole, on this process's device."""
         return build_model(self.shape, self.max_seq, dtype=self.dtype, device=self.device)
 
+    def _mixed(self, stage: Stage) -> bool:
+        """Whether the stage computes in bf16 over float32 weights."""
+        if self.mixed_precision is not None:
+            return self.mixed_precision
+        setting = stage.training.parallel.mixed
+        return setting == "bf16" or (setting == "auto" and self.device.type == "cuda")
+
     def _parallel(self, model: torch.nn.Module, stage: Stage) -> torch.nn.Module:
+        self.mixed = self._mixed(stage)
         try:
             return parallelize(model, stage.training, self.max_seq, self.world, self.dtype, self.mixed)
         except ValueError as e:
