@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="overwrite OUT.grow if it exists")
     b.set_defaults(func=_baseline)
 
+    f = sub.add_parser("fit", help="will the schedule fit N GPUs: memory per GPU of every stage, without the GPUs")
+    f.add_argument("file", metavar="FILE")
+    f.add_argument("--gpus", type=_positive, required=True, metavar="N", help="how many GPUs the run will have")
+    f.add_argument(
+        "--memory", type=float, required=True, metavar="GIB", help="memory of one GPU in GiB (an H100 80GB: 79.6)"
+    )
+    f.set_defaults(func=_fit)
+
     r = sub.add_parser("run", help="train a schedule from the first token to the end, growing in memory")
     r.add_argument("file", metavar="FILE")
     r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
@@ -71,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)",
     )
     r.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
+    r.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30,
+        metavar="MINUTES",
+        help="under torchrun: how long a process waits for the others in a collective before all stop (default 30)",
+    )
     r.add_argument(
         "--baseline",
         action="store_true",
@@ -469,6 +484,36 @@ def _file_tag(path: str) -> str:
     return f"{Path(path).stem}-{digest}"
 
 
+def _fit(args) -> int:
+    plan, _, status = _compile(args.file)
+    if plan is None:
+        return status
+    from growdsl.runtime import fit
+
+    if not fit.RESERVED_GIB < args.memory < 1e6:
+        print(
+            f"growdsl fit: --memory {args.memory:g} GiB leaves nothing after the {fit.RESERVED_GIB:g} GiB that CUDA "
+            f"and NCCL keep: give one GPU's memory in GiB (an H100 80GB: 79.6)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    # CUDA's context and NCCL's buffers take their share of a GPU before the run does
+    cluster = fit.Cluster(args.gpus, int((args.memory - fit.RESERVED_GIB) * fit.GiB))
+    try:
+        memories = fit.measure(plan, cluster)
+    except ValueError as e:
+        print(f"growdsl fit: {args.file}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    table, problems = fit.render(memories, cluster, any(fit.mixed_on_gpus(s) for s in plan.stages))
+    print(table)
+    for line in problems:
+        print(f"{args.file}: does not fit: {line}", file=sys.stderr)
+    if not problems:
+        print(f"\nevery stage and growth fits {args.gpus} GPUs of {args.memory:g} GiB")
+    return EXIT_INVALID if problems else EXIT_OK
+
+
 def _run(args) -> int:
     plan, source, status = _compile(args.file)
     if plan is None:
@@ -481,9 +526,11 @@ def _run(args) -> int:
         except baseline.BaselineError as e:
             print(f"growdsl run --baseline: {args.file}: {e}", file=sys.stderr)
             return EXIT_INVALID
+    from datetime import timedelta
+
     from growdsl.runtime.distributed import close, from_environment
 
-    world = from_environment()  # torchrun sets WORLD_SIZE and RANK; one process otherwise
+    world = from_environment(timedelta(minutes=args.timeout))  # torchrun sets WORLD_SIZE and RANK; else one process
     try:
         return _run_on(world, args, plan, source)
     finally:
@@ -573,8 +620,9 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     checkpoint resumes on this schedule) nothing is written: its lines wait, and a refusal leaves
     the directory as it was."""
     from growdsl.eval.in_run import in_run_evaluator
+    from growdsl.runtime.distributed import lost_peer
     from growdsl.runtime.metrics import Metrics
-    from growdsl.runtime.rundir import RunDirError
+    from growdsl.runtime.rundir import RunDirError, seen_alike
     from growdsl.runtime.trainer import RunError, Trainer
 
     log_file = metrics = progress = None
@@ -594,6 +642,11 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
             waiting.append(line)
 
     resume = world.share(run.resume if world.main else None)
+    unseen = seen_alike(world, run_dir, sources.folders)
+    if unseen:
+        if world.main:
+            print(f"growdsl run: {unseen}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         evaluator = in_run_evaluator(plan, sources.folders[0], run_dir, world, log)
         trainer = Trainer(
@@ -635,6 +688,16 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")
+        return EXIT_INVALID
+    except RuntimeError as e:
+        lost = lost_peer(e) if world.size > 1 else None
+        if lost is None:
+            raise
+        # every surviving rank says it: the one whose line reaches the user may be any of them
+        line = f"growdsl run: rank {world.rank}: {lost}; the newest checkpoint is whole: resume with --resume"
+        print(line, file=sys.stderr, flush=True)
+        if world.main:
+            print(line, file=log_file, flush=True)
         return EXIT_INVALID
     finally:
         if world.main:

@@ -136,3 +136,45 @@ def test_growdsl_run_under_torchrun(data_dir, tmp_path):
 
     names = checkpoint.read_progress(run_dir / "checkpoints" / "ckpt-000003").optimizer_names
     assert names and all(name.startswith("layers.1.") for name in names)
+
+
+def _seen(rank: int, init: str, cases: dict, out: str) -> None:
+    from growdsl.runtime.rundir import seen_alike
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    try:
+        said = {
+            case: seen_alike(World(rank, 2), Path(dirs[rank]), folders[rank]) for case, (dirs, folders) in cases.items()
+        }
+        Path(f"{out}.{rank}").write_text(json.dumps(said))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_node_that_sees_another_run_directory_or_other_data_is_refused_before_anything_is_written(
+    data_dir, mixture_dirs, tmp_path
+):
+    """On a cluster the run directory and the data must be the same on every node: a node whose path
+    leads elsewhere (here: rank 1 given other folders) stops every rank with the same line."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir(), elsewhere.mkdir()
+    cases = {
+        "alike": ([run, run], [[data_dir], [data_dir]]),
+        "run directory": ([run, elsewhere], [[data_dir], [data_dir]]),
+        "data": ([run, run], [[data_dir], [mixture_dirs[1]]]),
+        "missing data": ([run, run], [[data_dir], [tmp_path / "none"]]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        mp.spawn(_seen, args=(os.path.join(tmp, "init"), cases, out), nprocs=2)
+        said, theirs = (json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1))
+    assert said == theirs  # every rank says the same
+    assert not list(run.iterdir()) and not list(elsewhere.iterdir())  # the probe is gone
+    assert said["alike"] is None
+    assert said["run directory"].startswith(f"rank 1: {elsewhere} is not the folder rank 0 writes")
+    # rank 1's own path in the line: on a cluster, the one path every node was given
+    assert said["data"] == (
+        f"rank 1: the data {mixture_dirs[1]} differs from rank 0's (its corpus, its number of training tokens) on "
+        f"this node: put it on a shared file system, or copy it alike"
+    )
+    assert said["missing data"].startswith(f"rank 1: the data {tmp_path / 'none'} is missing on this node")

@@ -79,8 +79,8 @@ class World:
         return None
 
 
-# How long a collective may wait for the slowest rank before every rank stops with an error.
-# Generous: rank 0 alone writes run records, and ranks verify checkpoint files before a resume.
+# How long a collective may wait for the slowest rank before every rank stops with an error (`growdsl run
+# --timeout`). Generous: rank 0 alone verifies a checkpoint's files (SHA-256) before a resume.
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
@@ -95,6 +95,20 @@ def from_environment(timeout: timedelta = DEFAULT_TIMEOUT) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return World(dist.get_rank(), dist.get_world_size(), local)
+
+
+# What gloo and NCCL say when a collective's peer has gone (killed, crashed, its node lost) or never came.
+_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out", "Timeout", "NCCL")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """A collective that failed because another process stopped, in one line; None for any other error."""
+    text = str(error)
+    if not isinstance(error, dist.DistError) and not any(mark in text for mark in _LOST):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    first = first.split("] ", 1)[-1].split(". ")[0]  # after gloo's source location, its first sentence
+    return f"a collective failed ({first[:160]}): another process stopped or cannot be reached"
 
 
 def close() -> None:

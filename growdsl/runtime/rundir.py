@@ -244,3 +244,55 @@ def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def seen_alike(world, run_dir: Path, folders: Sequence[Path]) -> str | None:
+    """Whether every rank sees the run directory rank 0 claimed and the data rank 0 reads, checked
+    before anything is written: on a cluster both must be on a file system every node shares (or the
+    data copied alike to each node). A node whose path leads elsewhere would write its checkpoint
+    shards into a folder nobody reads. The problem in one line on every rank, or None.
+
+    Rank 0 puts a file of random content into the run directory for the others to read, and takes it
+    away again, so a refused run leaves the folder as it was."""
+    if world.size == 1:
+        return None
+    import secrets
+
+    token = world.share(secrets.token_hex(16) if world.main else None)
+    probe = run_dir / f".growdsl-probe-{token[:8]}"
+    problem = None
+    if world.main:
+        try:
+            probe.write_text(token)
+        except OSError as e:
+            problem = f"cannot write {run_dir}: {e.strerror}"
+    world.barrier()
+    try:
+        seen = probe.read_text() == token
+    except OSError:
+        seen = False
+    if problem is None and not seen:
+        problem = (
+            f"{run_dir} is not the folder rank 0 writes on this node: put the run directory on a file system "
+            f"every node mounts at the same path"
+        )
+    ours = [_identity(f) for f in folders]
+    theirs = world.share(ours)  # every rank takes part in every collective, whatever it found
+    for folder, mine, main in zip(folders, ours, theirs):
+        if problem is None and mine != main:
+            what = "is missing" if mine is None else f"differs from rank 0's ({', '.join(main.differences(mine))})"
+            problem = f"the data {folder} {what} on this node: put it on a shared file system, or copy it alike"
+    world.barrier()
+    if world.main:
+        probe.unlink(missing_ok=True)
+    return world.first_failure(problem)
+
+
+def _identity(folder: Path) -> DataIdentity | None:
+    """A prepared folder's identity, or None where it cannot be read."""
+    from growdsl.runtime.data import DataError
+
+    try:
+        return DataIdentity.of(folder)
+    except (OSError, DataError):
+        return None

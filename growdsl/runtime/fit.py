@@ -1,0 +1,278 @@
+"""Will a schedule fit a cluster, before renting it: every stage's memory on one GPU of N.
+
+Measured on the real sharding, without the GPUs: one process joins a fake process group of N ranks
+(collectives do nothing), builds each stage's model under FakeTensorMode (tensors with shapes and no
+data), lays it out with torchtitan's parallelize_llama exactly as the run will (FSDP2, TP, AC, bf16
+mixed precision), and runs one forward and backward of a micro-batch under torch's memory tracker
+(FSDPMemTracker, or MemTracker for a model FSDP does not wrap). Rank 0's shard is the largest one
+(FSDP pads the last), so rank 0's numbers are the ones that must fit. AdamW's two float32 moments
+per trained parameter are added from the shards' real sizes.
+
+A growth holds the old model (its shards and AdamW state) and the new one at once, and every rank
+builds the new model whole before it is sharded (so that N ranks start from one process's
+weights): its peak is counted so.
+
+`formula` is the closed form the run's own start-up check uses (no fake step: it must take no time),
+printed next to the measurement."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+
+from growdsl.plan.plan import Plan, Stage
+from growdsl.runtime.distributed import Layout, World, layout, parallel_dims, parallelize
+
+GiB = 2**30
+RESERVED_GIB = 2.0  # what CUDA's context and NCCL's buffers take of a GPU before the run does
+ADAMW_BYTES = 8  # two float32 moments per trained parameter
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpus: int
+    memory: int  # bytes one GPU can give the run (its memory less what CUDA and NCCL keep)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes one rank holds at the peak of a training step (or of a growth)."""
+
+    what: str  # "stage 1", "growth before stage 1"
+    stage: Stage
+    layout: Layout
+    micro_batch: int
+    weights: int  # this rank's shards of the float32 weights
+    gradients: int  # and of their gradients (the trained ones)
+    adamw: int
+    activations: int  # what the forward and backward add at their peak: activations, gathered weights, temporaries
+    peak: int
+    formula: int  # the closed-form estimate of the peak
+
+    @property
+    def steady(self) -> int:
+        return self.weights + self.gradients + self.adamw
+
+
+def mixed_on_gpus(stage: Stage) -> bool:
+    """bf16 compute where the stage says so or leaves it to the device (auto: GPUs compute in bf16)."""
+    return stage.training.parallel.mixed != "off"
+
+
+def micro_batch(stage: Stage, lay: Layout) -> int:
+    t = stage.training
+    return t.micro_batch or t.batch_seqs // lay.data_parallel
+
+
+def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
+    """Per-rank peak by the closed form: weights, gradients and AdamW state over the ranks that shard
+    them (FSDP: dp_shard x tp; DDP keeps whole replicas: tp), activations per layer as Korthikanti et
+    al. count them with flash attention and sequence parallel (34 bytes per token and hidden unit in
+    16-bit, over tp; only the block inputs under `ac full`, plus one block's recompute), the logits
+    (bf16 and their float32 copy for the loss), and at the peak the weights of one block gathered."""
+    shape, t = stage.shape, stage.training
+    params = stage.params
+    sharded = lay.dp_shard * lay.tp
+    per_param = 4 + 4 + ADAMW_BYTES  # weights, gradients, moments
+    steady = per_param * params // sharded
+    tokens = micro_batch(stage, lay) * t.seq_len
+    scale = 1 if mixed else 2  # float32 activations are twice bf16's
+    block = 34 * tokens * shape.dim * scale // lay.tp
+    ac = t.parallel.activation_checkpoint
+    layers = shape.n_layers * (block if ac != "full" else 2 * tokens * shape.dim * scale // lay.tp) + (
+        block if ac == "full" else 0
+    )
+    logits = tokens * shape.vocab_size * (2 * scale + 4) // lay.tp
+    gathered = 4 * (params - 2 * shape.dim * shape.vocab_size) // max(1, shape.n_layers) // lay.tp
+    return steady + layers + logits + gathered
+
+
+def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
+    """Every stage's peak on rank 0 of `cluster.gpus`, and every growth's. Needs no GPU; raises
+    ValueError for a layout that is not the cluster's."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    world = World(0, cluster.gpus)
+    layouts = [layout(s.training.parallel, world) for s in plan.stages]  # refused before anything is built
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cluster.gpus)
+    try:
+        for lay in set(layouts):
+            parallel_dims(lay, world)  # its mesh, built outside FakeTensorMode
+        out: list[Memory] = []
+        for stage, lay in zip(plan.stages, layouts):
+            memory = _stage(stage, lay, world, plan)
+            if stage.growths and out:
+                out.append(_growth(out[-1], memory))
+            out.append(memory)
+        return out
+    finally:
+        if owned:
+            from growdsl.runtime.distributed import close
+
+            close()
+
+
+def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torchtitan.models.llama3 import Transformer
+
+    from growdsl.ops.layout import local, named_parameters
+    from growdsl.ops.model import model_args
+    from growdsl.runtime.distributed import is_sharded
+
+    t = stage.training
+    mixed = mixed_on_gpus(stage)
+    max_seq = max(s.training.seq_len for s in plan.stages)
+    micro = micro_batch(stage, lay)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = Transformer(model_args(stage.shape, max_seq))  # fake weights: shapes only
+        if stage.shape.tied_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model = parallelize(model, t, max_seq, world, torch.float32, mixed)
+        params = named_parameters(model)
+        trained = {n: p for n, p in params.items() if not stage.frozen.holds(n)}
+        for name, p in params.items():
+            p.requires_grad_(name in trained)
+        shards = {id(p): local(p).numel() for p in params.values()}  # a tied table once
+        weights = 4 * sum(shards.values())
+        gradients = 4 * sum(local(p).numel() for p in {id(p): p for p in trained.values()}.values())
+        tracker = FSDPMemTracker(model) if is_sharded(model) else MemTracker()
+        tokens = torch.zeros(micro, t.seq_len, dtype=torch.long)
+        if not is_sharded(model):
+            tracker.track_external(model)
+        with tracker:
+            with _autocast(mixed and not is_sharded(model)):
+                logits = model(tokens)
+            with _loss_parallel(lay):
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+                loss.backward()
+        peak = max(device["Total"] for device in tracker.get_tracker_snapshot("peak").values())
+    adamw = gradients // 4 * ADAMW_BYTES
+    return Memory(
+        what=f"stage {stage.index}",
+        stage=stage,
+        layout=lay,
+        micro_batch=micro,
+        weights=weights,
+        gradients=gradients,
+        adamw=adamw,
+        activations=max(0, peak - weights - gradients),
+        peak=peak + adamw,
+        formula=formula(stage, lay, mixed),
+    )
+
+
+def _growth(before: Memory, after: Memory) -> Memory:
+    """The peak of a growth: the old model's shards and AdamW state, the new model built whole on
+    every rank, then its own shards (and, carried, its AdamW state), all at once."""
+    whole = 4 * after.stage.params
+    carried = after.adamw if any(g.optimizer == "carry" for g in after.stage.growths) else 0
+    peak = before.weights + before.adamw + whole + after.weights + carried
+    return replace(
+        after,
+        what=f"growth before stage {after.stage.index}",
+        gradients=0,
+        adamw=before.adamw + carried,
+        activations=0,
+        weights=before.weights + whole + after.weights,
+        peak=peak,
+        formula=peak,
+    )
+
+
+def _autocast(on: bool):
+    from contextlib import nullcontext
+
+    return torch.autocast("cpu", torch.bfloat16) if on else nullcontext()
+
+
+def _loss_parallel(lay: Layout):
+    from contextlib import nullcontext
+
+    if lay.tp > 1:
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
+    return nullcontext()
+
+
+def advice(memory: Memory, cluster: Cluster) -> str | None:
+    """What to change so that a step that does not fit does: a smaller micro-batch (activations fall
+    with it), `ac full`, more GPUs (the shards fall with them); None when it fits."""
+    if memory.peak <= cluster.memory:
+        return None
+    if memory.what.startswith("growth"):
+        # the whole grown model on every rank does not shrink with more GPUs
+        whole = 4 * memory.stage.params
+        if whole >= cluster.memory:
+            return (
+                f"GPUs with more than {whole / GiB:.0f} GiB: every rank builds the grown model whole before sharding it"
+            )
+        return "more GPUs: the old and the new model's shards fall with them"
+    hints = []
+    room = cluster.memory - memory.steady
+    if memory.activations and room > 0 and memory.micro_batch > 1:
+        fits = int(room // (memory.activations / memory.micro_batch))
+        if fits >= 1:
+            hints.append(f"micro_batch {_power_of_two_at_most(min(fits, memory.micro_batch))}")
+    if memory.activations and memory.stage.training.parallel.activation_checkpoint != "full":
+        hints.append("ac full")
+    sharded_over_all = memory.layout.dp_shard * memory.layout.tp == cluster.gpus
+    if sharded_over_all and cluster.memory > memory.activations:
+        need = math.ceil(cluster.gpus * memory.steady / (cluster.memory - memory.activations))
+        hints.append(f"{8 * math.ceil(need / 8)} GPUs or more")
+    return ", or ".join(hints) if hints else "more GPUs"
+
+
+def _power_of_two_at_most(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def render(memories: list[Memory], cluster: Cluster, mixed: bool) -> tuple[str, list[str]]:
+    """The table (GiB a rank, rank 0's shard: the largest) and the lines for what does not fit."""
+    head = (
+        f"{cluster.gpus} GPUs, {cluster.memory / GiB:g} GiB each for the run "
+        f"({RESERVED_GIB:g} GiB left to CUDA and NCCL); "
+        f"{'bf16 compute over float32 weights' if mixed else 'float32 compute'}, AdamW in float32; "
+        f"GiB on rank 0 (the largest shard) at the peak of a step"
+    )
+    rows = [("", "layout", "micro", "ac", "weights", "grads", "AdamW", "activ.", "peak", "formula", "")]
+    problems = []
+    for m in memories:
+        p = m.stage.training.parallel
+        lay = f"dp {m.layout.dp_replicate}x{m.layout.dp_shard} tp {m.layout.tp}"
+        fits = m.peak <= cluster.memory
+        growth = m.what.startswith("growth")
+        rows.append(
+            (
+                m.what,
+                lay,
+                "" if growth else str(m.micro_batch),
+                "" if growth else p.activation_checkpoint,
+                f"{m.weights / GiB:.2f}",
+                "" if growth else f"{m.gradients / GiB:.2f}",
+                f"{m.adamw / GiB:.2f}",
+                "" if growth else f"{m.activations / GiB:.2f}",
+                f"{m.peak / GiB:.2f}",
+                "" if growth else f"{m.formula / GiB:.2f}",
+                "fits" if fits else "DOES NOT FIT",
+            )
+        )
+        if not fits:
+            line = m.stage.growths[0].line if growth else m.stage.line
+            problems.append(
+                f"{m.what} (line {line}) needs {m.peak / GiB:.3g} GiB a GPU, {cluster.memory / GiB:.3g} GiB "
+                f"are there: {advice(m, cluster)}"
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head, ""] + [
+        "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows
+    ]
+    return "\n".join(lines), problems
