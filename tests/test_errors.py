@@ -121,6 +121,14 @@ CASES = {
     ),
     "contradictory lr range": ("lr 1e-4 to 1e-3\ntrain 6L for 1B", 1, 1, 16, "above max LR", "lr MAX to MIN"),
     "model declared twice": ("model 1.1B\nmodel 7B\ntrain 6L for 1B", 2, 1, 9, "declared twice", "line 1"),
+    "setting before a preset": (
+        "micro_batch 3\nmodel 7B\ntrain 6L for 10B",
+        1,
+        1,
+        14,
+        "a setting before the model statement",
+        "move the model statement to the top",
+    ),
     "model after training": ("train 6L for 1B\nmodel 7B", 2, 1, 9, "before the first train", None),
     "batch not whole sequences": (
         "batch 2M tokens\ntrain 6L for 10B",

@@ -221,6 +221,13 @@ class _Compiler(Reader):
                 self.broken = True
                 return
         if preset is not None:
+            if self.settings.where:  # the preset's settings would silently replace them
+                first = min(self.settings.where.values(), key=lambda span: (span.line, span.col))
+                self.error(
+                    first,
+                    "a setting before the model statement, whose preset sets its own",
+                    "move the model statement to the top of the schedule",
+                )
             self.family = asdict(preset.shape)
             self.settings = Settings.of(preset)
         else:  # the bare family: every dimension by hand

@@ -160,6 +160,47 @@ def layout(parallel, world: World) -> Layout:
 # torch.compile's backend for `compile on` (tests set "eager": the wrapping without inductor's minutes)
 COMPILE_BACKEND = "inductor"
 
+
+def stage_layout(stage, world: World) -> Layout:
+    """A stage's layout, checked: its degrees are the world and its batch splits over the data-parallel
+    ranks (ValueError naming the stage otherwise)."""
+    t = stage.training
+    where = f"stage {stage.index} (line {stage.line})"
+    try:
+        lay = layout(t.parallel, world)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if t.batch_seqs % lay.data_parallel:
+        raise ValueError(
+            f"{where}: a batch of {t.batch_seqs} sequences does not split over {lay.data_parallel} data-parallel "
+            f"ranks ({lay.describe()})"
+        )
+    if lay.tp > 1 and lay.dp_shard > 1:
+        # FSDP then cuts what tensor parallel has cut (a strided shard), which torch lays out evenly only
+        shape, parts = stage.shape, lay.dp_shard * lay.tp
+        head_dim = shape.dim // shape.n_heads
+        sizes = {
+            "vocab": shape.vocab_size,
+            "ffn": shape.ffn_dim,
+            "heads x head_dim": shape.n_heads * head_dim,
+            "kv_heads x head_dim": shape.n_kv_heads * head_dim,
+        }
+        for name, size in sizes.items():
+            if size % parts:
+                hint = f"vocab {size + parts - size % parts} padded" if name == "vocab" else "another tp or dp_shard"
+                raise ValueError(
+                    f"{where}: under {lay.describe()}, {name} {size} must be a multiple of dp_shard x tp = {parts} "
+                    f"(FSDP shards evenly only what tensor parallel has already cut): use {hint}"
+                )
+    local = t.batch_seqs // lay.data_parallel
+    if t.micro_batch and local % t.micro_batch:
+        raise ValueError(
+            f"{where}: micro_batch {t.micro_batch} does not divide the {local} sequences each data-parallel rank "
+            f"takes per step ({lay.describe()})"
+        )
+    return lay
+
+
 _meshes: dict[Layout, object] = {}  # a layout's torchtitan ParallelDims, its mesh built once
 
 

@@ -18,13 +18,14 @@ printed next to the measurement."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from growdsl.plan.plan import Plan, Stage
-from growdsl.runtime.distributed import Layout, World, layout, parallel_dims, parallelize
+from growdsl.runtime.distributed import Layout, World, parallel_dims, parallelize, stage_layout
 
 GiB = 2**30
 RESERVED_GIB = 2.0  # what CUDA's context and NCCL's buffers take of a GPU before the run does
@@ -67,27 +68,41 @@ def micro_batch(stage: Stage, lay: Layout) -> int:
     return t.micro_batch or t.batch_seqs // lay.data_parallel
 
 
-def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
-    """Per-rank peak by the closed form: weights, gradients and AdamW state over the ranks that shard
-    them (FSDP: dp_shard x tp; DDP keeps whole replicas: tp), activations per layer as Korthikanti et
-    al. count them with flash attention and sequence parallel (34 bytes per token and hidden unit in
-    16-bit, over tp; only the block inputs under `ac full`, plus one block's recompute), the logits
-    (bf16 and their float32 copy for the loss), and at the peak the weights of one block gathered."""
+def peak(stage: Stage, lay: Layout, mixed: bool = True, scale: int = 1) -> tuple[int, int]:
+    """(peak, steady) bytes a rank holds in a step, by the closed form: weights, gradients and AdamW
+    state over the ranks that shard them (FSDP: dp_shard x tp; DDP keeps whole replicas: tp);
+    activations per layer as Korthikanti et al. count them with flash attention and sequence parallel
+    (34 bytes per token and hidden unit in 16-bit, over tp; under `ac full` only the block inputs, plus
+    one block's recompute); the logits (in the compute dtype, and in float32 for the loss); one
+    block's weights gathered. `scale` 2: float64 weights (tests)."""
     shape, t = stage.shape, stage.training
     params = stage.params
-    sharded = lay.dp_shard * lay.tp
-    per_param = 4 + 4 + ADAMW_BYTES  # weights, gradients, moments
-    steady = per_param * params // sharded
+    trained = params if stage.trainable_params is None else stage.trainable_params
+    steady = scale * (4 * params + (4 + ADAMW_BYTES) * trained) // (lay.dp_shard * lay.tp)
     tokens = micro_batch(stage, lay) * t.seq_len
-    scale = 1 if mixed else 2  # float32 activations are twice bf16's
-    block = 34 * tokens * shape.dim * scale // lay.tp
-    ac = t.parallel.activation_checkpoint
-    layers = shape.n_layers * (block if ac != "full" else 2 * tokens * shape.dim * scale // lay.tp) + (
-        block if ac == "full" else 0
-    )
-    logits = tokens * shape.vocab_size * (2 * scale + 4) // lay.tp
-    gathered = 4 * (params - 2 * shape.dim * shape.vocab_size) // max(1, shape.n_layers) // lay.tp
-    return steady + layers + logits + gathered
+    width = (1 if mixed else 2) * scale  # bf16 activations, or float32 (twice), or float64
+    block = 34 * tokens * shape.dim * width // lay.tp
+    if t.parallel.activation_checkpoint == "full":
+        layers = shape.n_layers * 2 * tokens * shape.dim * width // lay.tp + block
+    else:
+        layers = shape.n_layers * block
+    logits = tokens * shape.vocab_size * (2 * width + 4 * scale) // lay.tp
+    gathered = 4 * scale * (params - 2 * shape.dim * shape.vocab_size) // max(1, shape.n_layers) // lay.tp
+    return steady + layers + logits + gathered, steady
+
+
+def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
+    """The closed-form peak of a step (see `peak`)."""
+    return peak(stage, lay, mixed)[0]
+
+
+def growth_peak(before: Stage, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:
+    """The closed-form peak of a growth: the old model's shards and AdamW state, the new model built
+    whole on every rank, its shards and (carried) AdamW state."""
+    old_state = scale * (4 + ADAMW_BYTES) * before.params // (old.dp_shard * old.tp)
+    new_shards = scale * 4 * after.params // (new.dp_shard * new.tp)
+    carried = any(g.optimizer == "carry" for g in after.growths)
+    return old_state + scale * 4 * after.params + new_shards * (3 if carried else 1)
 
 
 def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
@@ -96,7 +111,7 @@ def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     world = World(0, cluster.gpus)
-    layouts = [layout(s.training.parallel, world) for s in plan.stages]  # refused before anything is built
+    layouts = [stage_layout(s, world) for s in plan.stages]  # refused before anything is built
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=cluster.gpus)
@@ -131,7 +146,7 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
     mixed = mixed_on_gpus(stage)
     max_seq = max(s.training.seq_len for s in plan.stages)
     micro = micro_batch(stage, lay)
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with FakeTensorMode(allow_non_fake_inputs=True), _meshes_outside_fake_mode():
         model = Transformer(model_args(stage.shape, max_seq))  # fake weights: shapes only
         if stage.shape.tied_embeddings:
             model.output.weight = model.tok_embeddings.weight
@@ -150,9 +165,11 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
         with tracker:
             with _autocast(mixed and not is_sharded(model)):
                 logits = model(tokens)
-            with _loss_parallel(lay):
+            if lay.tp > 1:  # loss parallel on the vocab shard: its float32 log-softmax (its own op needs data)
+                loss = torch.nn.functional.log_softmax(logits.to_local().float(), -1).mean()
+            else:
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
-                loss.backward()
+            loss.backward()
         peak = max(device["Total"] for device in tracker.get_tracker_snapshot("peak").values())
     adamw = gradients // 4 * ADAMW_BYTES
     return Memory(
@@ -187,20 +204,30 @@ def _growth(before: Memory, after: Memory) -> Memory:
     )
 
 
+@contextmanager
+def _meshes_outside_fake_mode():
+    """FSDP over a tensor-parallel model joins the two meshes (DeviceMesh._concatenate), which finds
+    this rank's coordinates in a mesh tensor: real numbers the fake mode would hide."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    original = DeviceMesh._concatenate
+
+    def concatenate(meshes):
+        with unset_fake_temporarily():
+            return original(meshes)
+
+    DeviceMesh._concatenate = staticmethod(concatenate)
+    try:
+        yield
+    finally:
+        DeviceMesh._concatenate = staticmethod(original)
+
+
 def _autocast(on: bool):
     from contextlib import nullcontext
 
     return torch.autocast("cpu", torch.bfloat16) if on else nullcontext()
-
-
-def _loss_parallel(lay: Layout):
-    from contextlib import nullcontext
-
-    if lay.tp > 1:
-        from torch.distributed.tensor.parallel import loss_parallel
-
-        return loss_parallel()
-    return nullcontext()
 
 
 def advice(memory: Memory, cluster: Cluster) -> str | None:

@@ -48,7 +48,7 @@ from growdsl.plan.plan import (
 from growdsl.plan.render import growth_line
 from growdsl.runtime import checkpoint
 from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta, train_files
-from growdsl.runtime.distributed import Layout, World, free_memory_bytes, is_sharded, layout, parallelize
+from growdsl.runtime.distributed import Layout, World, free_memory_bytes, is_sharded, parallelize, stage_layout
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
 from growdsl.runtime.mixture import Mixture, MixtureState
 from growdsl.runtime.pretrained import load_start
@@ -161,25 +161,10 @@ class Trainer:
     def _check_layouts(self) -> list[Layout]:
         """Every stage's layout over the processes, checked before anything is built: its degrees
         are the world, and its batch splits over the data-parallel ranks."""
-        layouts = []
-        for stage in self.plan.stages:
-            t = stage.training
-            try:
-                lay = layout(t.parallel, self.world)
-            except ValueError as e:
-                raise RunError(f"stage {stage.index} (line {stage.line}): {e}") from None
-            if t.batch_seqs % lay.data_parallel:
-                raise RunError(
-                    f"stage {stage.index} (line {stage.line}): a batch of {t.batch_seqs} sequences does not split "
-                    f"over {lay.data_parallel} data-parallel ranks ({lay.describe()})"
-                )
-            local = t.batch_seqs // lay.data_parallel
-            if t.micro_batch and local % t.micro_batch:
-                raise RunError(
-                    f"stage {stage.index} (line {stage.line}): micro_batch {t.micro_batch} does not divide the "
-                    f"{local} sequences each data-parallel rank takes per step ({lay.describe()})"
-                )
-            layouts.append(lay)
+        try:
+            layouts = [stage_layout(stage, self.world) for stage in self.plan.stages]
+        except ValueError as e:
+            raise RunError(str(e)) from None
         p = next((s.training.parallel for s in self.plan.stages if _degrees(s) != (1, 1)), None)
         if self.world.size == 1 and p is not None:
             self.log(
@@ -195,25 +180,36 @@ class Trainer:
             raise RunError(problem)
 
     def _check_memory(self) -> None:
-        """Refuse up front a model that cannot fit, rather than be killed while building it: every
-        process holds the whole model while it is built, then its shard of weights, gradients and
-        AdamW moments (and at a growth the base and the target at once)."""
-        element = torch.finfo(self.dtype).bits // 8
-        need = 0
-        for i, stage in enumerate(self.plan.stages):
-            before = self.plan.stages[i - 1].params if i else self.plan.start.shape.params if self.plan.start else 0
-            sharded = 4 * stage.params * element / self.world.size  # weights, grads, two moments
-            need = max(need, stage.params * element + before * element + sharded)
+        """Refuse up front a run that cannot fit, rather than be killed in it: for every stage, what
+        this rank holds at the peak of a step under the stage's layout (its shards of weights,
+        gradients and AdamW moments, the activations of a micro-batch) and at every growth (the old
+        model's shards and state beside the new model built whole), by growdsl.runtime.fit's closed
+        form (`growdsl fit` measures it on the real sharding)."""
+        from growdsl.runtime.fit import growth_peak, peak
+
+        scale = torch.finfo(self.dtype).bits // 32  # the formula counts float32 weights
         free = free_memory_bytes(self.device)
-        if need > free:
-            largest = max(self.plan.stages, key=lambda s: s.params)
-            where = "on this GPU" if self.device.type == "cuda" else "in RAM"
-            raise RunError(
-                f"the {largest.shape.describe()} model ({largest.params / 1e9:.2f}B params) needs about "
-                f"{need / 2**30:.1f} GiB a process for weights, gradients and AdamW state; "
-                f"{free / 2**30:.1f} GiB is free {where}: run it on more GPUs with torchrun, "
-                f"or a smaller schedule"
+        before = None
+        for stage, lay in zip(self.plan.stages, self.layouts):
+            mixed = self._mixed(stage)
+            need, steady = peak(stage, lay, mixed, scale)
+            what = f"stage {stage.index} (line {stage.line})"
+            if stage.growths and before is not None:
+                grown = growth_peak(*before, stage, lay, scale)
+                if grown > free and grown > need:
+                    need, what = grown, f"the growth on line {stage.growths[0].line}"
+            before = (
+                self.plan.stages[stage.index - 1] if stage.index else stage,
+                self.layouts[max(0, stage.index - 1)],
             )
+            if need > free:
+                where = "on this GPU" if self.device.type == "cuda" else "in RAM"
+                raise RunError(
+                    f"{what} needs about {need / 2**30:.1f} GiB a process ({steady / 2**30:.1f} GiB of weights, "
+                    f"gradients and AdamW state, the rest activations and, at a growth, the new model built whole); "
+                    f"{free / 2**30:.1f} GiB is free {where}: set a smaller micro_batch or `ac full`, or run it on "
+                    f"more GPUs with torchrun (growdsl fit FILE --gpus N --memory GIB shows what fits)"
+                )
 
     def _check_validation(self) -> None:
         """Every stage that validates gets at least one held-out sequence per data-parallel rank; a

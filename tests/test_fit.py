@@ -1,0 +1,109 @@
+"""Will it fit: the memory of every stage on one GPU of N, measured on the real sharding (a fake
+process group of N ranks, FakeTensorMode, torch's memory tracker), and the closed form the run's
+start-up check uses."""
+
+import math
+from dataclasses import replace
+
+import pytest
+from ops_helpers import TINY_RUN
+
+from growdsl.plan import plan_source
+from growdsl.runtime.distributed import Layout
+from growdsl.runtime.fit import Cluster, GiB, advice, measure, peak
+
+SCHEDULE = (
+    TINY_RUN.replace("batch 4 seqs", "batch 16 seqs")
+    + "growth optimizer carry\ntrain 2L for 10 steps\nstack x2\ntrain 10 steps\n"
+)
+
+
+def shards(plan, stage: int, ranks: int) -> int:
+    """Bytes of float32 weights on rank 0 when every tensor is cut on its first dim into `ranks` (FSDP2
+    gives rank 0 the ceiling)."""
+    from growdsl.ops.model import build_model
+
+    model = build_model(plan.stages[stage].shape, 32)
+    return sum(4 * math.ceil(p.shape[0] / ranks) * p[0].numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def fsdp4():
+    plan = plan_source(SCHEDULE)
+    return plan, measure(plan, Cluster(4, 10 * GiB))
+
+
+def test_the_shards_measured_are_fsdps_and_adamw_holds_two_moments_of_each(fsdp4):
+    plan, memories = fsdp4
+    assert [m.what for m in memories] == ["stage 0", "growth before stage 1", "stage 1"]
+    for m, index in ((memories[0], 0), (memories[2], 1)):
+        assert m.layout == Layout(1, 4, 1) and m.micro_batch == 4  # 16 sequences over 4 ranks
+        assert m.weights == shards(plan, index, 4) and m.gradients == m.weights and m.adamw == 2 * m.weights
+        assert m.activations > 0 and m.peak == m.weights + m.gradients + m.adamw + m.activations
+    growth = memories[1]  # the 2-layer model's shards and state, the 4-layer one whole and sharded, carried state
+    whole = 4 * plan.stages[1].params
+    assert growth.peak == memories[0].weights + memories[0].adamw + whole + memories[2].weights + memories[2].adamw
+
+
+def test_activations_grow_with_the_micro_batch_and_fall_with_full_checkpointing(fsdp4):
+    plan, memories = fsdp4
+    half = measure(plan_source(SCHEDULE.replace("seq 32", "seq 32\nmicro_batch 2")), Cluster(4, 10 * GiB))
+    full = measure(plan_source(SCHEDULE.replace("seq 32", "seq 32\nac full")), Cluster(4, 10 * GiB))
+    assert half[2].micro_batch == 2 and half[2].activations < memories[2].activations
+    assert full[2].activations < memories[2].activations and full[2].weights == memories[2].weights
+
+
+def test_tensor_parallel_cuts_the_weights_of_each_data_parallel_rank(fsdp4):
+    plan, memories = fsdp4
+    tp = measure(plan_source(SCHEDULE.replace("seq 32", "seq 32\ntp 2")), Cluster(4, 10 * GiB))
+    assert tp[2].layout == Layout(1, 2, 2) and tp[2].micro_batch == 8  # 16 sequences over 2 data-parallel ranks
+    assert tp[2].weights < shards(plan, 1, 2)  # TP cuts the blocks' weights again, within each FSDP shard
+
+
+def test_a_stage_that_does_not_fit_is_told_what_to_change(fsdp4):
+    plan, memories = fsdp4
+    m = memories[2]
+    room = m.steady + m.activations // 2  # half of this micro-batch's activations fit
+    assert advice(m, Cluster(4, m.peak)) is None
+    assert advice(m, Cluster(4, room)) == "micro_batch 2, or ac full"
+    # the activations fit, half the shards do not: twice the GPUs
+    assert advice(m, Cluster(4, m.steady // 2 + m.activations)).endswith("ac full, or 8 GPUs or more")
+
+
+def test_the_closed_form_counts_shards_by_layout():
+    stage = plan_source(SCHEDULE).stages[1]
+    one, steady = peak(stage, Layout(1, 1, 1))
+    assert steady == 16 * stage.params  # float32 weights, gradients, two moments
+    assert peak(stage, Layout(1, 4, 1))[1] == 4 * stage.params  # FSDP over 4
+    assert peak(stage, Layout(4, 1, 1))[1] == steady  # DDP: whole replicas
+    assert peak(stage, Layout(1, 2, 2))[1] == 4 * stage.params  # FSDP 2 x TP 2
+    bigger = replace(stage, training=replace(stage.training, micro_batch=stage.training.batch_seqs))
+    assert peak(bigger, Layout(1, 4, 1))[0] > peak(stage, Layout(1, 4, 1))[0]  # the activations of 16, not 4
+
+
+def test_fit_command_says_what_does_not_fit_and_exits_1(tmp_path, capsys):
+    from growdsl.cli import main
+
+    schedule = tmp_path / "s.grow"
+    schedule.write_text(SCHEDULE)
+    assert main(["fit", str(schedule), "--gpus", "3", "--memory", "80"]) == 1
+    assert "a batch of 16 sequences does not split over 3 data-parallel ranks" in capsys.readouterr().err
+    assert main(["fit", str(schedule), "--gpus", "4", "--memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "every stage and growth fits 4 GPUs of 80 GiB" in out and "growth before stage 1" in out
+    assert main(["fit", str(schedule), "--gpus", "4", "--memory", "2.0001"]) == 1
+    err = capsys.readouterr().err
+    assert f"{schedule}: does not fit: stage 0 (line 7) needs " in err
+
+
+def test_a_dimension_fsdp_x_tp_cannot_split_evenly_is_refused_with_its_padding():
+    """FSDP over tensor-parallel weights shards them strided, which torch lays out evenly only (a width
+    growth's whole tensors otherwise end in a bare AssertionError in distribute_tensor)."""
+    odd = plan_source(SCHEDULE.replace("vocab 400", "vocab 401").replace("seq 32", "seq 32\ntp 2"))
+    with pytest.raises(
+        ValueError,
+        match=r"stage 0 \(line \d+\): under dp_replicate 1 x dp_shard 2 x tp 2, vocab 401 "
+        r"must be a multiple of dp_shard x tp = 4 .*: use vocab 404 padded",
+    ):
+        measure(odd, Cluster(4, 10 * GiB))
+    measure(odd, Cluster(2, 10 * GiB))  # tp alone cuts unevenly (DTensor allows it): not refused
