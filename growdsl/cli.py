@@ -694,7 +694,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         if lost is None:
             raise
         # every surviving rank says it: the one whose line reaches the user may be any of them
-        line = f"growdsl run: rank {world.rank}: {lost}; the newest checkpoint is whole: resume with --resume"
+        line = f"growdsl run: rank {world.rank}: {lost}; committed checkpoints are whole: resume with --resume"
         print(line, file=sys.stderr, flush=True)
         if world.main:
             print(line, file=log_file, flush=True)

@@ -107,3 +107,13 @@ def test_a_dimension_fsdp_x_tp_cannot_split_evenly_is_refused_with_its_padding()
     ):
         measure(odd, Cluster(4, 10 * GiB))
     measure(odd, Cluster(2, 10 * GiB))  # tp alone cuts unevenly (DTensor allows it): not refused
+
+
+def test_ddp_ranks_hold_the_whole_model_and_a_width_growth_gathers_carried_moments():
+    plan = plan_source(SCHEDULE.replace("seq 32", "seq 32\ndp_replicate 4").replace("stack x2", "widen dim 64"))
+    memories = measure(plan, Cluster(4, 10 * GiB))
+    before, growth, after = memories
+    assert after.layout == Layout(4, 1, 1) and after.weights == shards(plan, 1, 1)  # whole, on every rank
+    # width carry: the grown moments are whole (gathered by the index maps) until the first step
+    whole_moments = 8 * plan.stages[1].params
+    assert growth.peak == before.weights + before.adamw + 4 * plan.stages[1].params + after.weights + whole_moments

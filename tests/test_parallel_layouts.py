@@ -146,3 +146,20 @@ def test_mixed_bf16_under_fsdp_keeps_float32_weights_and_a_float32_loss(data_dir
     a, b = (torch.tensor([x for stage in run["losses"] for x in stage]) for run in (mixed, exact))
     assert not torch.equal(a, b)  # bf16 compute did happen
     assert ((a - b).abs() / b).max() < 0.01
+
+
+def test_growdsl_run_with_tp_under_torchrun_evaluates_and_validates(data_dir, tmp_path):
+    """The command a user types: `tp 2` on two processes, validation and in-run evaluation (lm-eval
+    scores on the process of local rank 0; both processes run the model's forwards together)."""
+    import subprocess
+    import sys
+
+    schedule = tmp_path / "s.grow"
+    text = SCHEDULE.format(layout="tp 2").replace("val every 3 steps", "val every 3 steps\neval at end")
+    schedule.write_text(text.replace("eval at end", 'eval at end\neval tasks "heldout"'))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "growdsl", "run", str(schedule), "--data", str(data_dir), "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training on cpu, 2 processes" in done.stdout and "eval stage 2 step 6: heldout bits_per_byte" in done.stdout
+    assert (tmp_path / "run" / "eval" / "stage2-step6.json").is_file()

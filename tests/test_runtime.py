@@ -295,3 +295,18 @@ def test_compile_survives_a_depth_growth_and_its_checkpoints_export(data_dir, tm
     newest = run_dir / "checkpoints" / "ckpt-000003"
     assert not any("_orig_mod" in name for name in checkpoint.read_progress(newest).optimizer_names)
     assert (export_hf(newest, tmp_path / "hf") / "model.safetensors").is_file()
+
+
+def test_one_process_trains_a_sharded_schedule_unsharded_and_says_so(data_dir):
+    """`tp`, `dp_*` name how many processes a stage wants: one process trains the same schedule
+    unsharded (with activation checkpointing too), the same numbers, and says so once."""
+    plain = Trainer(plan_source(BOUNDARY.format(settings="")), data_dir, log=lambda _: None).run()
+    lines = []
+    sharded = plan_source(BOUNDARY.format(settings=" with tp 2, dp_shard 4, ac full"))
+    logs = Trainer(sharded, data_dir, log=lines.append).run()
+    assert [log.losses for log in logs] == [log.losses for log in plain]
+    notes = [line for line in lines if line.startswith("note: one process trains the schedule unsharded")]
+    assert notes == [
+        "note: one process trains the schedule unsharded (tp 2, dp_replicate 1, dp_shard 4 take "
+        "effect under torchrun with that many processes)"
+    ]

@@ -41,6 +41,8 @@ def run_tasks(
         out = simple_evaluate(
             model=lm, tasks=list(tasks), task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
         )
+    if out is None:  # lm-eval reports on the processes of local rank 0 only; the others scored alike
+        return {}
     return {task: _metrics(values) for task, values in out["results"].items()}
 
 

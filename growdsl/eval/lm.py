@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from growdsl.ops.layout import full, reshard
+
 
 class GrowLM(LM):
     def __init__(
@@ -133,9 +135,10 @@ class GrowLM(LM):
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.model(tokens)
+            return full(self.model(tokens))  # a tensor-parallel head's logits are sharded over the vocab
         finally:
             self.model.train(was_training)
+            reshard(self.model)
 
     def _precision(self):
         return torch.autocast(self._device.type, torch.bfloat16) if self.mixed else nullcontext()

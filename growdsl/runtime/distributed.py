@@ -175,6 +175,11 @@ def stage_layout(stage, world: World) -> Layout:
             f"{where}: a batch of {t.batch_seqs} sequences does not split over {lay.data_parallel} data-parallel "
             f"ranks ({lay.describe()})"
         )
+    if lay.tp > 1 and lay.dp_replicate > 1 and lay.dp_shard == 1:
+        raise ValueError(
+            f"{where}: dp_replicate {lay.dp_replicate} with tp {lay.tp} and no dp_shard is DDP over a tensor-parallel "
+            f"model, which torchtitan 0.2.2 does not do: shard the replicas (dp_shard 2 or more: HSDP)"
+        )
     if lay.tp > 1 and lay.dp_shard > 1:
         # FSDP then cuts what tensor parallel has cut (a strided shard), which torch lays out evenly only
         shape, parts = stage.shape, lay.dp_shard * lay.tp

@@ -96,13 +96,22 @@ def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
     return peak(stage, lay, mixed)[0]
 
 
-def growth_peak(before: Stage, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:
+def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:
     """The closed-form peak of a growth: the old model's shards and AdamW state, the new model built
-    whole on every rank, its shards and (carried) AdamW state."""
-    old_state = scale * (4 + ADAMW_BYTES) * before.params // (old.dp_shard * old.tp)
+    whole on every rank, its shards and its carried AdamW state (see `_carried`)."""
+    old_state = scale * (4 + ADAMW_BYTES) * before_params // (old.dp_shard * old.tp)
     new_shards = scale * 4 * after.params // (new.dp_shard * new.tp)
-    carried = any(g.optimizer == "carry" for g in after.growths)
-    return old_state + scale * 4 * after.params + new_shards * (3 if carried else 1)
+    return old_state + scale * 4 * after.params + new_shards + scale * _carried(after, new_shards * 2)
+
+
+def _carried(after: Stage, sharded: int) -> int:
+    """AdamW state carried into the grown model: shard by shard through a depth growth (`sharded`
+    bytes), but whole through a width growth (its index maps gather every moment) until the first
+    step lays it out."""
+    if not any(g.optimizer == "carry" for g in after.growths):
+        return 0
+    widened = any(g.kind == "width" for g in after.growths)
+    return ADAMW_BYTES * after.params if widened else sharded
 
 
 def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
@@ -150,7 +159,8 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
         model = Transformer(model_args(stage.shape, max_seq))  # fake weights: shapes only
         if stage.shape.tied_embeddings:
             model.output.weight = model.tok_embeddings.weight
-        model = parallelize(model, t, max_seq, world, torch.float32, mixed)
+        training, ranks = _as_laid_out(t, lay, world)
+        model = parallelize(model, training, max_seq, ranks, torch.float32, mixed)
         params = named_parameters(model)
         trained = {n: p for n, p in params.items() if not stage.frozen.holds(n)}
         for name, p in params.items():
@@ -186,11 +196,21 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
     )
 
 
+def _as_laid_out(t, lay: Layout, world: World):
+    """(training, world) to lay the fake model out with: compile off (the fake step would compile it;
+    inductor's fusions only save memory), and DDP measured as one process, which is what each of its
+    ranks holds (torch's DDP wrapper checks real storage, which fake tensors do not have)."""
+    p = replace(t.parallel, compile=False)
+    if lay.dp_shard == 1 and lay.tp == 1:
+        return replace(t, parallel=replace(p, dp_replicate=1, dp_shard=1)), World()
+    return replace(t, parallel=p), world
+
+
 def _growth(before: Memory, after: Memory) -> Memory:
     """The peak of a growth: the old model's shards and AdamW state, the new model built whole on
     every rank, then its own shards (and, carried, its AdamW state), all at once."""
     whole = 4 * after.stage.params
-    carried = after.adamw if any(g.optimizer == "carry" for g in after.stage.growths) else 0
+    carried = _carried(after.stage, after.adamw)
     peak = before.weights + before.adamw + whole + after.weights + carried
     return replace(
         after,

@@ -280,7 +280,10 @@ def seen_alike(world, run_dir: Path, folders: Sequence[Path]) -> str | None:
     theirs = world.share(ours)  # every rank takes part in every collective, whatever it found
     for folder, mine, main in zip(folders, ours, theirs):
         if problem is None and mine != main:
-            what = "is missing" if mine is None else f"differs from rank 0's ({', '.join(main.differences(mine))})"
+            if mine is None or main is None:
+                what = "is missing" if mine is None else "is readable here but not on rank 0"
+            else:
+                what = f"differs from rank 0's ({', '.join(main.differences(mine))})"
             problem = f"the data {folder} {what} on this node: put it on a shared file system, or copy it alike"
     world.barrier()
     if world.main:

@@ -89,7 +89,7 @@ class Trainer:
         self.plan, self.log_every, self.world, self.dtype = plan, log_every, world, dtype
         self.sources = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
         # validation, the growth probe and the tokenizer come from the first folder
-        data_dir = self.data_dir = self.sources.folders[0]
+        self.data_dir = self.sources.folders[0]
         self.device = world.device
         # bf16 compute over float32 weights: each stage's `mixed` (auto: on GPUs, as torchtitan), or this
         self.mixed_precision = mixed_precision
@@ -104,6 +104,32 @@ class Trainer:
         self.global_step = 0  # optimizer steps over all stages
         self.flops = 0  # training FLOPs spent so far, LiGO phases included
         self.val_flops = 0  # forward FLOPs of the validation loss, counted apart
+        # What this rank can check alone comes first, agreed by every rank before the first collective
+        # (laying the model out): a problem on one rank then stops them all, with its line.
+        problem = None
+        try:
+            self._check_locally()
+        except RunError as e:
+            problem = str(e)
+        except OSError as e:  # a node's copy of the data or model that cannot be read
+            problem = f"cannot read {e.filename or 'a file'}: {e.strerror}"
+        problem = world.first_failure(problem)
+        if problem:
+            raise RunError(problem)
+        first = plan.stages[0].training
+        torch.manual_seed(first.seed)
+        self.shape = plan.start.shape if plan.start else plan.stages[0].shape  # stage 0's growths come in `run`
+        self.model = self._parallel(self._build(), plan.stages[0])  # a model it starts from: loaded by `start`
+        self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
+        self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
+        self.opt_names: dict[int, str] = {}  # its parameters' names
+        self.ramps: list[Ramp] = []
+        self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
+
+    def _check_locally(self) -> None:
+        """The data, the layouts, the model it starts from, the vocab, the memory and the validation
+        split, as this rank sees them; the data streams, probe and held-out split it reads."""
+        plan = self.plan
         try:
             metas = [load_meta(folder) for folder in self.sources.folders]
             readings = reading(plan, self.sources)  # every folder of one tokenizer
@@ -112,6 +138,8 @@ class Trainer:
         self.meta: Meta = metas[0]
         self.layouts = self._check_layouts()
         if plan.start:
+            if not Path(plan.start.folder).is_dir():
+                raise RunError(f"{plan.start.folder} (the model the run starts from) is not a folder on this node")
             self._check_start_tokenizer(plan.start)
         self._check_vocab()
         self._check_memory()
@@ -125,19 +153,11 @@ class Trainer:
                 )
         self.max_seq = max(s.training.seq_len for s in plan.stages)
         first = plan.stages[0].training
-        probe = TokenStream(data_dir / "val.bin", self.meta.dtype)
+        probe = TokenStream(self.data_dir / "val.bin", self.meta.dtype)
         self.probe = probe.next_batch(min(4, first.batch_seqs), first.seq_len)[0].to(self.device)
-        self.heldout = HeldOut(data_dir / "val.bin", self.meta.dtype)
+        self.heldout = HeldOut(self.data_dir / "val.bin", self.meta.dtype)
         self.val_data = self.heldout.digest()
         self._check_validation()
-        torch.manual_seed(first.seed)
-        self.shape = plan.start.shape if plan.start else plan.stages[0].shape  # stage 0's growths come in `run`
-        self.model = self._parallel(self._build(), plan.stages[0])  # a model it starts from: loaded by `start`
-        self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
-        self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
-        self.opt_names: dict[int, str] = {}  # its parameters' names
-        self.ramps: list[Ramp] = []
-        self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
 
     def _check_start_tokenizer(self, start: Start) -> None:
         """The data is tokenized as the model it starts from was trained: the same token for every id."""
@@ -187,21 +207,18 @@ class Trainer:
         form (`growdsl fit` measures it on the real sharding)."""
         from growdsl.runtime.fit import growth_peak, peak
 
-        scale = torch.finfo(self.dtype).bits // 32  # the formula counts float32 weights
+        scale = max(1, torch.finfo(self.dtype).bits // 32)  # the formula counts float32 weights (2: float64)
         free = free_memory_bytes(self.device)
-        before = None
+        start = self.plan.start
+        before: tuple[int, Layout] | None = (start.shape.params, self.layouts[0]) if start else None
         for stage, lay in zip(self.plan.stages, self.layouts):
-            mixed = self._mixed(stage)
-            need, steady = peak(stage, lay, mixed, scale)
+            need, steady = peak(stage, lay, self._mixed(stage), scale)
             what = f"stage {stage.index} (line {stage.line})"
             if stage.growths and before is not None:
                 grown = growth_peak(*before, stage, lay, scale)
-                if grown > free and grown > need:
+                if grown > need:
                     need, what = grown, f"the growth on line {stage.growths[0].line}"
-            before = (
-                self.plan.stages[stage.index - 1] if stage.index else stage,
-                self.layouts[max(0, stage.index - 1)],
-            )
+            before = (stage.params, lay)
             if need > free:
                 where = "on this GPU" if self.device.type == "cuda" else "in RAM"
                 raise RunError(
@@ -493,7 +510,8 @@ class Trainer:
 
     def _check_growth(self, growth: Growth, target: torch.nn.Module) -> str:
         """Base and grown model on the probe batch: logged, and a broken guarantee stops the run."""
-        check = check_preservation(self.model, target, self.probe, growth.guarantee)
+        # rank 0's verdict for every rank: a stop taken by one rank alone would leave the others waiting
+        check = self.world.share(check_preservation(self.model, target, self.probe, growth.guarantee))
         kind, shape = f"{growth.kind} {growth.operator}", self.shape.describe()
         self.log(f"growth {growth_line(growth)}")
         self.log(f"growth (line {growth.line}): {kind} -> {shape}; {check}")
@@ -725,7 +743,15 @@ def _same_model(record: dict | None) -> dict | None:
 
 
 def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`value` (an optimizer moment) laid out as the parameter `like`: sharded alike, or whole."""
+    """`value` (an optimizer moment) laid out as the parameter `like`: sharded alike, or whole. One
+    laid out alike already is kept as it is (gathering every moment of a large model would not fit)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor) == isinstance(like, DTensor) and value.shape == like.shape:
+        if not isinstance(value, DTensor) or (
+            value.device_mesh == like.device_mesh and value.placements == like.placements
+        ):
+            return value
     out = torch.zeros_like(like)
     write_full(out, full(value))
     return out
