@@ -138,8 +138,6 @@ class Trainer:
         self.meta: Meta = metas[0]
         self.layouts = self._check_layouts()
         if plan.start:
-            if not Path(plan.start.folder).is_dir():
-                raise RunError(f"{plan.start.folder} (the model the run starts from) is not a folder on this node")
             self._check_start_tokenizer(plan.start)
         self._check_vocab()
         self._check_memory()
@@ -263,7 +261,12 @@ class Trainer:
         self.started = self._restore() if self.resume else None
         if self.started is None:  # from the first step: from the model the schedule starts from, if any
             self.started = (0, 0, [], False)
-            if self.plan.start:
+            if self.plan.start:  # every rank reads it (a resume needs nothing of it): agreed first
+                folder = self.plan.start.folder
+                missing = None if Path(folder).is_dir() else f"{folder} (the model the run starts from) is not here"
+                missing = self.world.first_failure(missing)
+                if missing:
+                    raise RunError(missing)
                 self._load_start(self.plan.start)
 
     def run(self) -> list[StageLog]:
