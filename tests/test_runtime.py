@@ -310,3 +310,58 @@ def test_one_process_trains_a_sharded_schedule_unsharded_and_says_so(data_dir):
         "note: one process trains the schedule unsharded (tp 2, dp_replicate 1, dp_shard 4 take "
         "effect under torchrun with that many processes)"
     ]
+
+
+class _Recorded:
+    """Metrics that keep what the trainer reports."""
+
+    def __init__(self):
+        self.steps = []
+
+    def step(self, step, tokens, flops, **scalars):
+        self.steps.append(scalars)
+
+    def validation(self, *args, **kwargs):
+        pass
+
+    def growth(self, *args, **kwargs):
+        pass
+
+
+def test_mfu_on_a_gpu_is_the_models_flops_over_every_devices_peak(data_dir, monkeypatch):
+    """The GPU branch of MFU on the CPU: with a device peak (torchtitan's table on a GPU; 1e9 FLOP/s
+    here) every step reports tokens/s x FLOPs per token / (peak x processes)."""
+    from growdsl.runtime import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "peak_flops", lambda device: 1e9)
+    plan = plan_source(BOUNDARY.format(settings=""))
+    recorded = _Recorded()
+    Trainer(plan, data_dir, log=lambda _: None, metrics=recorded).run()
+    per_token = [plan.stages[0].flops_per_token] * 12 + [plan.stages[1].flops_per_token] * 12
+    assert len(recorded.steps) == 24
+    for scalars, flops in zip(recorded.steps, per_token):
+        assert scalars["mfu"] == pytest.approx(scalars["tokens_per_s"] * flops / 1e9)
+        assert scalars["memory_gib"] > 0
+
+
+def test_processes_on_gpus_join_over_nccl_with_the_runs_timeout(monkeypatch):
+    """The GPU branch of the process group on the CPU: each process drives the GPU of its local rank
+    and joins over NCCL with `--timeout`."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from growdsl.runtime import distributed
+
+    joined, devices = {}, []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.update(b=backend, t=timeout))
+    monkeypatch.setattr(dist, "get_rank", lambda: 5)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 8)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = distributed.from_environment(timedelta(minutes=7))
+    assert joined == {"b": "nccl", "t": timedelta(minutes=7)} and devices == [1]
+    assert (world.rank, world.size, world.device) == (5, 8, torch.device("cuda", 1))
