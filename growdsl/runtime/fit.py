@@ -69,26 +69,35 @@ def micro_batch(stage: Stage, lay: Layout) -> int:
 
 
 def peak(stage: Stage, lay: Layout, mixed: bool = True, scale: int = 1) -> tuple[int, int]:
-    """(peak, steady) bytes a rank holds in a step, by the closed form: weights, gradients and AdamW
-    state over the ranks that shard them (FSDP: dp_shard x tp; DDP keeps whole replicas: tp);
-    activations per layer as Korthikanti et al. count them with flash attention and sequence parallel
-    (34 bytes per token and hidden unit in 16-bit, over tp; under `ac full` only the block inputs, plus
-    one block's recompute); the logits (in the compute dtype, and in float32 for the loss); one
+    """(peak, steady) bytes a rank holds in a step, by the closed form. Steady: weights, gradients and
+    AdamW state over the ranks that shard them (FSDP: dp_shard x tp; DDP keeps whole replicas: tp).
+    Activations of a Llama block, per token, what its backward keeps (`block_bytes`), over tp (tensor
+    and sequence parallel); under `ac full` only each block's input, plus one block recomputed. The
+    logits: in the compute dtype, their float32 copy, the loss's log-softmax and its gradient. One
     block's weights gathered. `scale` 2: float64 weights (tests)."""
     shape, t = stage.shape, stage.training
     params = stage.params
     trained = params if stage.trainable_params is None else stage.trainable_params
     steady = scale * (4 * params + (4 + ADAMW_BYTES) * trained) // (lay.dp_shard * lay.tp)
     tokens = micro_batch(stage, lay) * t.seq_len
-    width = (1 if mixed else 2) * scale  # bf16 activations, or float32 (twice), or float64
-    block = 34 * tokens * shape.dim * width // lay.tp
+    width = (2 if mixed else 4) * scale  # bytes of an activation: bf16, float32, float64
+    block = tokens * block_bytes(shape, width, scale) // lay.tp
     if t.parallel.activation_checkpoint == "full":
-        layers = shape.n_layers * 2 * tokens * shape.dim * width // lay.tp + block
+        layers = shape.n_layers * tokens * shape.dim * width // lay.tp + block
     else:
         layers = shape.n_layers * block
-    logits = tokens * shape.vocab_size * (2 * width + 4 * scale) // lay.tp
+    logits = tokens * shape.vocab_size * (width + 12 * scale) // lay.tp
     gathered = 4 * scale * (params - 2 * shape.dim * shape.vocab_size) // max(1, shape.n_layers) // lay.tp
     return steady + layers + logits + gathered, steady
+
+
+def block_bytes(shape, width: int, scale: int = 1) -> int:
+    """Bytes a token leaves for the backward in one block, flash attention (no seq x seq scores):
+    both norms' inputs and their float32 copies, the normed inputs of the projections, q, k, v after
+    RoPE, the attention output, and the SwiGLU MLP's gate, up, activated gate and product (Korthikanti
+    et al.'s count, 34 x dim in 16-bit, is for a GELU MLP of 4 x dim)."""
+    kv = shape.n_kv_heads * (shape.dim // shape.n_heads)
+    return width * (6 * shape.dim + 2 * kv + 4 * shape.ffn_dim) + 2 * 4 * scale * shape.dim
 
 
 def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
