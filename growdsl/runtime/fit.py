@@ -276,8 +276,10 @@ def advice(memory: Memory, cluster: Cluster) -> str | None:
     room = cluster.memory - memory.steady
     if memory.activations and room > 0 and memory.micro_batch > 1:
         fits = int(room // (memory.activations / memory.micro_batch))
-        if fits >= 1:
-            hints.append(f"micro_batch {_power_of_two_at_most(min(fits, memory.micro_batch))}")
+        local = memory.stage.training.batch_seqs // memory.layout.data_parallel
+        divisors = [d for d in range(1, min(fits, memory.micro_batch) + 1) if local % d == 0]
+        if divisors:  # the largest micro-batch that fits and divides what each data-parallel rank takes
+            hints.append(f"micro_batch {divisors[-1]}")
     if memory.activations and memory.stage.training.parallel.activation_checkpoint != "full":
         hints.append("ac full")
     sharded_over_all = memory.layout.dp_shard * memory.layout.tp == cluster.gpus
@@ -285,10 +287,6 @@ def advice(memory: Memory, cluster: Cluster) -> str | None:
         need = math.ceil(cluster.gpus * memory.steady / (cluster.memory - memory.activations))
         hints.append(f"{8 * math.ceil(need / 8)} GPUs or more")
     return ", or ".join(hints) if hints else "more GPUs"
-
-
-def _power_of_two_at_most(n: int) -> int:
-    return 1 << (n.bit_length() - 1)
 
 
 def render(memories: list[Memory], cluster: Cluster, mixed: bool) -> tuple[str, list[str]]:
