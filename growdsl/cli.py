@@ -668,6 +668,12 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         refused, status = str(e), EXIT_INVALID
     except RunDirError as e:  # resumed on other data: as the other refusals of the run directory
         refused, status = str(e), EXIT_USAGE
+    except RuntimeError as e:  # a process lost while the run starts: nothing was written
+        lost = lost_peer(e) if world.size > 1 else None
+        if lost is None:
+            raise
+        print(f"growdsl run: rank {world.rank}: {lost}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
     refused = world.first_failure(refused)  # every process accepts the run, or none does
     if refused:
         if world.main:

@@ -96,19 +96,6 @@ def test_fit_command_says_what_does_not_fit_and_exits_1(tmp_path, capsys):
     assert f"{schedule}: does not fit: stage 0 (line 7) needs " in err
 
 
-def test_a_dimension_fsdp_x_tp_cannot_split_evenly_is_refused_with_its_padding():
-    """FSDP over tensor-parallel weights shards them strided, which torch lays out evenly only (a width
-    growth's whole tensors otherwise end in a bare AssertionError in distribute_tensor)."""
-    odd = plan_source(SCHEDULE.replace("vocab 400", "vocab 401").replace("seq 32", "seq 32\ntp 2"))
-    with pytest.raises(
-        ValueError,
-        match=r"stage 0 \(line \d+\): under dp_replicate 1 x dp_shard 2 x tp 2, vocab 401 "
-        r"must be a multiple of dp_shard x tp = 4 .*: use vocab 404 padded",
-    ):
-        measure(odd, Cluster(4, 10 * GiB))
-    measure(odd, Cluster(2, 10 * GiB))  # tp alone cuts unevenly (DTensor allows it): not refused
-
-
 def test_ddp_ranks_hold_the_whole_model_and_a_width_growth_gathers_carried_moments():
     plan = plan_source(SCHEDULE.replace("seq 32", "seq 32\ndp_replicate 4").replace("stack x2", "widen dim 64"))
     memories = measure(plan, Cluster(4, 10 * GiB))

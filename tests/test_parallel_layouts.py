@@ -1,9 +1,10 @@
 """Every layout a schedule can ask for, on CPU processes (gloo), against one process: tensor
 parallel (tp 2), FSDP x TP (dp_shard 2 x tp 2) and HSDP (dp_replicate 2 x dp_shard 2) train a
-schedule that grows in depth and then in width with carried AdamW state, and their losses,
-gradient norms and validation losses equal one process's (float64, to 1e-9: only the order of sums
-differs). No checkpoint folder is given, so nothing re-lays the model out between a growth and its
-training. A checkpoint written under one layout resumes under another (DCP reshards)."""
+schedule that grows in depth and then in width with carried AdamW state (its vocab splitting
+unevenly), and their losses, gradient norms and validation losses equal one process's (float64, to
+1e-9: only the order of sums differs). No checkpoint folder is given, so nothing re-lays the model
+out between a growth and its training. A checkpoint written under one layout resumes under another
+(DCP reshards)."""
 
 import json
 import os
@@ -23,8 +24,9 @@ from growdsl.runtime import distributed
 from growdsl.runtime.distributed import World, close
 from growdsl.runtime.trainer import Trainer
 
+# vocab 401: the head's rows do not split evenly over tp 2, nor over dp_shard 2 x tp 2 (strided shards)
 SCHEDULE = (
-    TINY_RUN
+    TINY_RUN.replace("vocab 400", "vocab 401")
     + """seed 7
 val every 3 steps
 growth optimizer carry

@@ -70,11 +70,15 @@ def full(t: torch.Tensor) -> torch.Tensor:
 
 
 def write_full(dst: torch.Tensor, value: torch.Tensor) -> None:
-    """dst <- value, where value is the whole tensor: each rank keeps its own shard of it."""
+    """dst <- value, where value is the whole tensor (the same on every rank): each rank keeps its own
+    shard of it. Taken from a replicated view, which needs no communication and cuts unevenly too
+    (FSDP over tensor-parallel weights whose rows do not split evenly, e.g. vocab 50257)."""
     if isinstance(dst, DTensor):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import Replicate
 
-        value = distribute_tensor(value.to(dst.dtype), dst.device_mesh, dst.placements).to_local()
+        mesh = dst.device_mesh
+        whole = DTensor.from_local(value.to(dst.dtype), mesh, [Replicate()] * mesh.ndim, run_check=False)
+        value = whole.redistribute(mesh, dst.placements).to_local()
     local(dst).copy_(value)
 
 

@@ -180,23 +180,6 @@ def stage_layout(stage, world: World) -> Layout:
             f"{where}: dp_replicate {lay.dp_replicate} with tp {lay.tp} and no dp_shard is DDP over a tensor-parallel "
             f"model, which torchtitan 0.2.2 does not do: shard the replicas (dp_shard 2 or more: HSDP)"
         )
-    if lay.tp > 1 and lay.dp_shard > 1:
-        # FSDP then cuts what tensor parallel has cut (a strided shard), which torch lays out evenly only
-        shape, parts = stage.shape, lay.dp_shard * lay.tp
-        head_dim = shape.dim // shape.n_heads
-        sizes = {
-            "vocab": shape.vocab_size,
-            "ffn": shape.ffn_dim,
-            "heads x head_dim": shape.n_heads * head_dim,
-            "kv_heads x head_dim": shape.n_kv_heads * head_dim,
-        }
-        for name, size in sizes.items():
-            if size % parts:
-                hint = f"vocab {size + parts - size % parts} padded" if name == "vocab" else "another tp or dp_shard"
-                raise ValueError(
-                    f"{where}: under {lay.describe()}, {name} {size} must be a multiple of dp_shard x tp = {parts} "
-                    f"(FSDP shards evenly only what tensor parallel has already cut): use {hint}"
-                )
     local = t.batch_seqs // lay.data_parallel
     if t.micro_batch and local % t.micro_batch:
         raise ValueError(
