@@ -130,7 +130,7 @@ def test_a_checkpoint_resumes_under_another_layout(data_dir, one_process, tmp_pa
     shutil.rmtree(tmp_path / "tp" / "ckpt-000005")
     resumed = _train(tp, str(data_dir), checkpoints=str(tmp_path / "tp"), resume=True)
     assert_same(resumed, {k: one_process[k][2:] for k in ("losses", "grad_norms")}, keys=("losses", "grad_norms"))
-    # one process -> tp 2: from the end of stage 0, mid-run in float64 terms
+    # one process -> tp 2: from the end of stage 0, before both growths
     _train(tp, str(data_dir), checkpoints=str(tmp_path / "one"))
     for name in ("ckpt-000002", "ckpt-000003", "ckpt-000004", "ckpt-000005"):
         shutil.rmtree(tmp_path / "one" / name)
