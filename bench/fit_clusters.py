@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from growdsl.plan import plan_source
-from growdsl.runtime.fit import RESERVED_GIB, Cluster, GiB, advice, measure
+from growdsl.runtime.fit import COLUMNS, RESERVED_GIB, Cluster, GiB, advice, cells, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--memory", type=float, default=79.6, help="one GPU's memory in GiB (H100 80GB: 79.6)")
     args = parser.parse_args()
-    columns = "schedule settings GPUs row dp_shard×tp micro weights grads AdamW activations peak formula fits advice"
-    print("| " + " | ".join(columns.split()) + " |")
-    print("|" + "---|" * len(columns.split()))
+    columns = ["schedule", "settings", "GPUs", "row", *COLUMNS[1:], "fits", "advice"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for name in ("gstack_7b", "gstack_3b"):
         text = (ROOT / "schedules" / f"{name}.grow").read_text()
         variants = {
@@ -40,24 +40,8 @@ def main() -> None:
                 cluster = Cluster(gpus, int((args.memory - RESERVED_GIB) * GiB))
                 begin = time.perf_counter()
                 for m in measure(plan, cluster):
-                    growth = m.what.startswith("growth")
-                    cells = [
-                        name,
-                        settings,
-                        str(gpus),
-                        m.what,
-                        f"{m.layout.dp_shard}x{m.layout.tp}",
-                        "" if growth else str(m.micro_batch),
-                        f"{m.weights / GiB:.2f}",
-                        "" if growth else f"{m.gradients / GiB:.2f}",
-                        f"{m.adamw / GiB:.2f}",
-                        "" if growth else f"{m.activations / GiB:.1f}",
-                        f"{m.peak / GiB:.1f}",
-                        "" if growth else f"{m.formula / GiB:.1f}",
-                        "yes" if m.peak <= cluster.memory else "no",
-                        advice(m, cluster) or "",
-                    ]
-                    print("| " + " | ".join(cells) + " |", flush=True)
+                    row = [name, settings, str(gpus), *cells(m), "yes" if m.peak <= cluster.memory else "no"]
+                    print("| " + " | ".join([*row, advice(m, cluster) or ""]) + " |", flush=True)
                 print(f"<!-- {name} on {gpus}: {time.perf_counter() - begin:.1f} s -->", flush=True)
 
 

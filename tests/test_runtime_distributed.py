@@ -178,3 +178,28 @@ def test_a_node_that_sees_another_run_directory_or_other_data_is_refused_before_
         f"this node: put it on a shared file system, or copy it alike"
     )
     assert said["missing data"].startswith(f"rank 1: the data {tmp_path / 'none'} is missing on this node")
+
+
+def _refused(rank: int, init: str, folders, out: str) -> None:
+    from growdsl.runtime.trainer import RunError
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    try:
+        try:
+            Trainer(plan_source(SCHEDULE), folders[rank], log=lambda _: None, world=World(rank, 2))
+            said = "accepted"
+        except RunError as e:
+            said = str(e)
+        Path(f"{out}.{rank}").write_text(said)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_problem_one_rank_finds_before_training_stops_every_rank_with_its_line(data_dir, tmp_path):
+    """Rank 1 alone cannot read the data: both ranks stop, before any collective of the model's, with
+    rank 1's line (no rank waits in a collective the other never reaches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        mp.spawn(_refused, args=(os.path.join(tmp, "init"), [data_dir, tmp_path / "gone"], out), nprocs=2)
+        said = [Path(f"{out}.{rank}").read_text() for rank in (0, 1)]
+    assert said[0] == said[1] and said[0].startswith(f"rank 1: {tmp_path / 'gone'}")

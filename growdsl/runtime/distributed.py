@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from growdsl.plan.plan import TrainingConfig
+from growdsl.plan.plan import Stage, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def layout(parallel, world: World) -> Layout:
 COMPILE_BACKEND = "inductor"
 
 
-def stage_layout(stage, world: World) -> Layout:
+def stage_layout(stage: Stage, world: World) -> Layout:
     """A stage's layout, checked: its degrees are the world and its batch splits over the data-parallel
     ranks (ValueError naming the stage otherwise)."""
     t = stage.training

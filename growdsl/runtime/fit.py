@@ -57,6 +57,10 @@ class Memory:
     def steady(self) -> int:
         return self.weights + self.gradients + self.adamw
 
+    @property
+    def growth(self) -> bool:
+        return self.what.startswith("growth")
+
 
 def mixed_on_gpus(stage: Stage) -> bool:
     """bf16 compute where the stage says so or leaves it to the device (auto: GPUs compute in bf16)."""
@@ -264,7 +268,7 @@ def advice(memory: Memory, cluster: Cluster) -> str | None:
     with it), `ac full`, more GPUs (the shards fall with them); None when it fits."""
     if memory.peak <= cluster.memory:
         return None
-    if memory.what.startswith("growth"):
+    if memory.growth:
         # the whole grown model on every rank does not shrink with more GPUs
         whole = 4 * memory.stage.params
         if whole >= cluster.memory:
@@ -289,6 +293,27 @@ def advice(memory: Memory, cluster: Cluster) -> str | None:
     return ", or ".join(hints) if hints else "more GPUs"
 
 
+COLUMNS = ("", "layout", "micro", "ac", "weights", "grads", "AdamW", "activ.", "peak", "formula")
+
+
+def cells(m: Memory) -> tuple[str, ...]:
+    """One row of the table, COLUMNS' cells, GiB; a growth has no micro-batch, gradients or activations."""
+    g = m.growth
+    gib = "{:.2f}".format
+    return (
+        m.what,
+        f"dp {m.layout.dp_replicate}x{m.layout.dp_shard} tp {m.layout.tp}",
+        "" if g else str(m.micro_batch),
+        "" if g else m.stage.training.parallel.activation_checkpoint,
+        gib(m.weights / GiB),
+        "" if g else gib(m.gradients / GiB),
+        gib(m.adamw / GiB),
+        "" if g else gib(m.activations / GiB),
+        gib(m.peak / GiB),
+        "" if g else gib(m.formula / GiB),
+    )
+
+
 def render(memories: list[Memory], cluster: Cluster, mixed: bool) -> tuple[str, list[str]]:
     """The table (GiB a rank, rank 0's shard: the largest) and the lines for what does not fit."""
     head = (
@@ -297,30 +322,13 @@ def render(memories: list[Memory], cluster: Cluster, mixed: bool) -> tuple[str, 
         f"{'bf16 compute over float32 weights' if mixed else 'float32 compute'}, AdamW in float32; "
         f"GiB on rank 0 (the largest shard) at the peak of a step"
     )
-    rows = [("", "layout", "micro", "ac", "weights", "grads", "AdamW", "activ.", "peak", "formula", "")]
+    rows = [(*COLUMNS, "")]
     problems = []
     for m in memories:
-        p = m.stage.training.parallel
-        lay = f"dp {m.layout.dp_replicate}x{m.layout.dp_shard} tp {m.layout.tp}"
         fits = m.peak <= cluster.memory
-        growth = m.what.startswith("growth")
-        rows.append(
-            (
-                m.what,
-                lay,
-                "" if growth else str(m.micro_batch),
-                "" if growth else p.activation_checkpoint,
-                f"{m.weights / GiB:.2f}",
-                "" if growth else f"{m.gradients / GiB:.2f}",
-                f"{m.adamw / GiB:.2f}",
-                "" if growth else f"{m.activations / GiB:.2f}",
-                f"{m.peak / GiB:.2f}",
-                "" if growth else f"{m.formula / GiB:.2f}",
-                "fits" if fits else "DOES NOT FIT",
-            )
-        )
+        rows.append((*cells(m), "fits" if fits else "DOES NOT FIT"))
         if not fits:
-            line = m.stage.growths[0].line if growth else m.stage.line
+            line = m.stage.growths[0].line if m.growth else m.stage.line
             problems.append(
                 f"{m.what} (line {line}) needs {m.peak / GiB:.3g} GiB a GPU, {cluster.memory / GiB:.3g} GiB "
                 f"are there: {advice(m, cluster)}"

@@ -111,7 +111,7 @@ class Trainer:
             self._check_locally()
         except RunError as e:
             problem = str(e)
-        except OSError as e:  # a node's copy of the data or model that cannot be read
+        except OSError as e:  # a node's copy of the data that cannot be read
             problem = f"cannot read {e.filename or 'a file'}: {e.strerror}"
         problem = world.first_failure(problem)
         if problem:
@@ -127,8 +127,8 @@ class Trainer:
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
 
     def _check_locally(self) -> None:
-        """The data, the layouts, the model it starts from, the vocab, the memory and the validation
-        split, as this rank sees them; the data streams, probe and held-out split it reads."""
+        """The data, the layouts, the tokenizer of a model it starts from, the vocab, the memory and the
+        validation split, as this rank sees them; the data streams, probe and held-out split it reads."""
         plan = self.plan
         try:
             metas = [load_meta(folder) for folder in self.sources.folders]
@@ -585,7 +585,7 @@ class Trainer:
             parts = []
             for _ in range(accumulate):
                 x, y = self._micro_batch(micro, t.seq_len, lay)
-                with self._loss_parallel():
+                with _loss_parallel(lay):
                     loss = self._loss(x, y) / accumulate
                     loss.backward()
                 parts.append(full(loss.detach()))
@@ -646,14 +646,6 @@ class Trainer:
             logits = self.model(x)
         return F.cross_entropy(logits.flatten(0, 1).to(self.dtype), y.flatten(), reduction=reduction)
 
-    def _loss_parallel(self):
-        """torch's loss-parallel context where the model is tensor-parallel (forward and backward)."""
-        if self.layouts and any(lay.tp > 1 for lay in self.layouts):
-            from torch.distributed.tensor.parallel import loss_parallel
-
-            return loss_parallel()
-        return nullcontext()
-
     def _validate(self, stage: Stage, step: int, micro: int, lay: Layout) -> float:
         """The loss on the fixed held-out tokens (the stage's `val tokens`, each data-parallel rank a
         share), in micro-batches of the training's; its forward FLOPs are counted apart from training."""
@@ -665,7 +657,7 @@ class Trainer:
         mine = slice(rank * len(x) // ranks, (rank + 1) * len(x) // ranks)
         x, y = x[mine], y[mine]
         self.model.eval()
-        with torch.no_grad(), self._loss_parallel():
+        with torch.no_grad(), _loss_parallel(lay):
             for i in range(0, len(x), micro):
                 xb, yb = x[i : i + micro].to(self.device), y[i : i + micro].to(self.device)
                 total += full(self._loss(xb, yb, reduction="sum")).double()
@@ -758,6 +750,15 @@ def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(like)
     write_full(out, full(value))
     return out
+
+
+def _loss_parallel(lay: Layout):
+    """torch's loss-parallel context where the model is tensor-parallel (forward and backward)."""
+    if lay.tp > 1:
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        return loss_parallel()
+    return nullcontext()
 
 
 def _degrees(stage: Stage) -> tuple[int, int]:
