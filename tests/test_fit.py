@@ -40,9 +40,12 @@ def test_the_shards_measured_are_fsdps_and_adamw_holds_two_moments_of_each(fsdp4
         assert m.layout == Layout(1, 4, 1) and m.micro_batch == 4  # 16 sequences over 4 ranks
         assert m.weights == shards(plan, index, 4) and m.gradients == m.weights and m.adamw == 2 * m.weights
         assert m.activations > 0
-    growth = memories[1]  # the 2-layer model's shards and state, the 4-layer one whole and sharded, carried state
-    whole = 4 * plan.stages[1].params
-    assert growth.peak == memories[0].weights + memories[0].adamw + whole + memories[2].weights + memories[2].adamw
+    # the 2-layer model's shards and state, the 4-layer one's shards and carried state, and what a rank
+    # holds whole while the 4-layer model gets its weights: embedding, head, final norm and one block
+    growth, target = memories[1], plan.stages[1].shape
+    assert not target.tied_embeddings
+    building = 4 * (2 * target.vocab_size * target.dim + target.dim + target.layer_params)
+    assert growth.peak == memories[0].weights + memories[0].adamw + building + memories[2].weights + memories[2].adamw
 
 
 def test_frozen_parameters_take_no_gradients_and_no_adamw_state(fsdp4):
@@ -111,4 +114,5 @@ def test_ddp_ranks_hold_the_whole_model_and_a_width_growth_gathers_carried_momen
     assert after.layout == Layout(4, 1, 1) and after.weights == shards(plan, 1, 1)  # whole, on every rank
     # width carry: the grown moments are whole (gathered by the index maps) until the first step
     whole_moments = 8 * plan.stages[1].params
-    assert growth.peak == before.weights + before.adamw + 4 * plan.stages[1].params + after.weights + whole_moments
+    building = 4 * (plan.stages[1].params - plan.stages[1].shape.layer_params)  # 2 layers: one whole
+    assert growth.peak == before.weights + before.adamw + building + after.weights + whole_moments

@@ -138,6 +138,16 @@ def test_a_checkpoint_resumes_under_another_layout(data_dir, one_process, tmp_pa
     assert_same(resumed, {k: one_process[k][1:] for k in ("losses", "grad_norms")}, keys=("losses", "grad_norms"))
 
 
+def test_fresh_blocks_fade_in_under_fsdp_as_on_one_process(data_dir):
+    """Growths whose new units start at random behind a 0 -> 1 mask (a buffer the grown model gets
+    while it has no storage yet, set once it has): under FSDP they train as on one process."""
+    ramps = SCHEDULE.replace("stack x2", "stack x2 init random ramp 4 steps")
+    ramps = ramps.replace("widen dim 64", "widen dim 64 init random ramp 4 steps")
+    many = spawn(2, ramps.format(layout="dp_shard 2"), data_dir)
+    assert_same(many, _train(ramps.format(layout=""), str(data_dir)))
+    assert many["checks"][1][0].startswith("preserved") and many["checks"][2][0].startswith("preserved")
+
+
 def test_mixed_bf16_under_fsdp_keeps_float32_weights_and_a_float32_loss(data_dir):
     """The GPU path on CPU processes: FSDP2's bf16 policy (`mixed bf16`) computes in bf16 over float32
     weights, and the loss is taken on logits cast back to float32."""

@@ -55,3 +55,52 @@ def test_tied_shapes_build_one_shared_table_and_count_it_once():
     model = build_model(shape, 16)
     assert model.output.weight is model.tok_embeddings.weight
     assert shape.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_a_model_built_block_by_block_is_torchtitans_draw_for_draw(tied):
+    """build_model hands torchtitan's init_weights one block at a time (so that a laid-out model never
+    exists whole on a rank); its weights are what init_weights draws on the whole model."""
+    from growdsl.ops.model import build_model
+
+    shape = replace(SHAPES["odd"], tied_embeddings=tied)
+    ours = build_model(shape, 32, dtype=torch.float64, seed=5)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        theirs = Transformer(model_args(shape, 32))
+        if tied:
+            theirs.output.weight = theirs.tok_embeddings.weight
+        torch.manual_seed(5)
+        with torch.no_grad():
+            theirs.init_weights()
+    finally:
+        torch.set_default_dtype(previous)
+    want = theirs.state_dict()
+    assert list(ours.state_dict()) == list(want)
+    for name, value in ours.state_dict().items():
+        assert value.dtype == torch.float64 and torch.equal(value, want[name]), name
+    assert torch.equal(ours.freqs_cis, theirs.freqs_cis)
+
+
+def test_materialize_holds_one_whole_block_at_a_time(monkeypatch):
+    import gc
+    import weakref
+
+    from torchtitan.models.llama3.model.model import TransformerBlock
+
+    from growdsl.ops.model import build_model
+
+    alive: list[weakref.ref] = []
+    counts = []
+    original = TransformerBlock.init_weights
+
+    def init_weights(block):
+        gc.collect()
+        alive.append(weakref.ref(block))
+        counts.append(sum(ref() is not None for ref in alive))
+        original(block)
+
+    monkeypatch.setattr(TransformerBlock, "init_weights", init_weights)
+    build_model(SHAPES["odd"], 32)
+    assert counts == [1, 1, 1]

@@ -142,6 +142,10 @@ class Ramp:
             return True
         return False
 
+    def write_mask(self) -> None:
+        """Set the mask to its value after the steps done (a model just given storage holds garbage)."""
+        set_ramp(self.module, ramp_value(self.step, self.steps))
+
     def describe(self) -> dict:
         """What a checkpoint records of it (the mask's value comes with the weights)."""
         return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}

@@ -8,9 +8,9 @@ mixed precision), and runs one forward and backward of a micro-batch under torch
 (FSDP pads the last), so rank 0's numbers are the ones that must fit. AdamW's two float32 moments
 per trained parameter are added from the shards' real sizes.
 
-A growth holds the old model (its shards and AdamW state) and the new one at once, and every rank
-builds the new model whole before it is sharded (so that N ranks start from one process's
-weights): its peak is counted so.
+A growth holds the old model (its shards and AdamW state) and the new one at once; while the new
+model gets its initial weights a rank also holds its embedding and head tables and one block whole
+(`growdsl.ops.model.materialize`): its peak is counted so.
 
 `formula` is the closed form the run's own start-up check uses (no fake step: it must take no time),
 printed next to the measurement."""
@@ -109,12 +109,19 @@ def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
     return peak(stage, lay, mixed)[0]
 
 
+def building_bytes(shape, scale: int = 1) -> int:
+    """What a rank holds whole, besides its shards, while a fresh model gets its initial weights
+    (`materialize`): the embedding and head tables (one when tied), the final norm and one block."""
+    return scale * 4 * (shape.params - (shape.n_layers - 1) * shape.layer_params)
+
+
 def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:
-    """The closed-form peak of a growth: the old model's shards and AdamW state, the new model built
-    whole on every rank, its shards and its carried AdamW state (see `_carried`)."""
+    """The closed-form peak of a growth: the old model's shards and AdamW state, the new model's
+    shards, what building it holds whole, and its carried AdamW state (see `_carried`)."""
     old_state = scale * (4 + ADAMW_BYTES) * before_params // (old.dp_shard * old.tp)
     new_shards = scale * 4 * after.params // (new.dp_shard * new.tp)
-    return old_state + scale * 4 * after.params + new_shards + scale * _carried(after, new_shards * 2)
+    building = building_bytes(after.shape, scale)
+    return old_state + building + new_shards + scale * _carried(after, new_shards * 2)
 
 
 def _carried(after: Stage, sharded: int) -> int:
@@ -220,18 +227,18 @@ def _as_laid_out(t, lay: Layout, world: World):
 
 
 def _growth(before: Memory, after: Memory) -> Memory:
-    """The peak of a growth: the old model's shards and AdamW state, the new model built whole on
-    every rank, then its own shards (and, carried, its AdamW state), all at once."""
-    whole = 4 * after.stage.params
+    """The peak of a growth: the old model's shards and AdamW state, the new model's shards (and,
+    carried, its AdamW state), and what building it holds whole, all at once."""
+    building = building_bytes(after.stage.shape)
     carried = _carried(after.stage, after.adamw)
-    peak = before.weights + before.adamw + whole + after.weights + carried
+    peak = before.weights + before.adamw + building + after.weights + carried
     return replace(
         after,
         what=f"growth before stage {after.stage.index}",
         gradients=0,
         adamw=before.adamw + carried,
         activations=0,
-        weights=before.weights + whole + after.weights,
+        weights=before.weights + building + after.weights,
         peak=peak,
         formula=peak,
     )
@@ -269,12 +276,10 @@ def advice(memory: Memory, cluster: Cluster) -> str | None:
     if memory.peak <= cluster.memory:
         return None
     if memory.growth:
-        # the whole grown model on every rank does not shrink with more GPUs
-        whole = 4 * memory.stage.params
-        if whole >= cluster.memory:
-            return (
-                f"GPUs with more than {whole / GiB:.0f} GiB: every rank builds the grown model whole before sharding it"
-            )
+        # the tables and the block a rank builds whole do not shrink with more GPUs
+        building = building_bytes(memory.stage.shape)
+        if building >= cluster.memory:
+            return f"GPUs with more than {building / GiB:.0f} GiB: each holds the embeddings, head and a block whole"
         return "more GPUs: the old and the new model's shards fall with them"
     hints = []
     room = cluster.memory - memory.steady

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from growdsl.ops import operators
 from growdsl.ops.check import check_preservation, non_finite
 from growdsl.ops.layout import full, named_parameters, reshard, state_dict, write_full
-from growdsl.ops.model import build_model
+from growdsl.ops.model import build_model, materialize, meta_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
 from growdsl.ops.ramp import Ramp
 from growdsl.plan.data import RunData, reading, vocab_problem
@@ -119,11 +119,11 @@ class Trainer:
         first = plan.stages[0].training
         torch.manual_seed(first.seed)
         self.shape = plan.start.shape if plan.start else plan.stages[0].shape  # stage 0's growths come in `run`
-        self.model = self._parallel(self._build(), plan.stages[0])  # a model it starts from: loaded by `start`
+        self.ramps: list[Ramp] = []
+        self.model = self._fresh(plan.stages[0])  # a model it starts from: loaded by `start`
         self.state: State = {}  # AdamW state by parameter name between stages (in a stage: self.opt's)
         self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
         self.opt_names: dict[int, str] = {}  # its parameters' names
-        self.ramps: list[Ramp] = []
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
 
     def _check_locally(self) -> None:
@@ -201,7 +201,7 @@ class Trainer:
         """Refuse up front a run that cannot fit, rather than be killed in it: for every stage, what
         this rank holds at the peak of a step under the stage's layout (its shards of weights,
         gradients and AdamW moments, the activations of a micro-batch) and at every growth (the old
-        model's shards and state beside the new model built whole), by growdsl.runtime.fit's closed
+        model's shards and state beside the new model's), by growdsl.runtime.fit's closed
         form (`growdsl fit` measures it on the real sharding)."""
         from growdsl.runtime.fit import growth_peak, peak
 
@@ -221,7 +221,7 @@ class Trainer:
                 where = "on this GPU" if self.device.type == "cuda" else "in RAM"
                 raise RunError(
                     f"{what} needs about {need / 2**30:.1f} GiB a process ({steady / 2**30:.1f} GiB of weights, "
-                    f"gradients and AdamW state, the rest activations and, at a growth, the new model built whole); "
+                    f"gradients and AdamW state, the rest activations and, at a growth, the new model); "
                     f"{free / 2**30:.1f} GiB is free {where}: set a smaller micro_batch or `ac full`, or run it on "
                     f"more GPUs with torchrun (growdsl fit FILE --gpus N --memory GIB shows what fits)"
                 )
@@ -296,9 +296,19 @@ class Trainer:
             logs.append(log)
         return logs
 
-    def _build(self) -> torch.nn.Module:
-        """A fresh model of the current shape, whole, on this process's device."""
-        return build_model(self.shape, self.max_seq, dtype=self.dtype, device=self.device)
+    def _fresh(self, stage: Stage, ramps: Callable[[torch.nn.Module], list[Ramp]] | None = None) -> torch.nn.Module:
+        """A freshly initialised model of the current shape, laid out as `stage` trains it, and its
+        ramps (`ramps(model)` puts them on; none by default). Built as torchtitan builds: on the meta
+        device, laid out, then given storage and its initial weights block by block, so that no rank
+        ever holds the whole model (a 7B one is 28 GB in float32) and every layout starts from the
+        weights one process draws."""
+        model = meta_model(self.shape, self.max_seq, self.dtype)
+        self.ramps = ramps(model) if ramps else []
+        model = self._parallel(model, stage)
+        materialize(model, self.shape, self.max_seq, dtype=self.dtype, device=self.device)
+        for ramp in self.ramps:  # the masks are buffers, and the storage just given holds garbage
+            ramp.write_mask()
+        return model
 
     def _mixed(self, stage: Stage) -> bool:
         """Whether the stage computes in bf16 over float32 weights."""
@@ -325,10 +335,8 @@ class Trainer:
         """A stage that changes its parallelism (AC, compile, degrees) without growing: the same
         weights, ramps and AdamW state, laid out again under the new settings. Tensor by tensor
         through the whole tensor, as the layouts may differ."""
-        model = self._build()
-        self.ramps = [Ramp.restore(model, r.describe()) for r in self.ramps]
-        model = self._parallel(model, stage)
-        old = state_dict(self.model)
+        old, recorded = state_dict(self.model), [r.describe() for r in self.ramps]
+        model = self._fresh(stage, lambda m: [Ramp.restore(m, r) for r in recorded])
         with torch.no_grad():
             for name, t in state_dict(model).items():
                 write_full(t, full(old[name]))
@@ -438,10 +446,8 @@ class Trainer:
                 )
         stage = self.plan.stages[p.stage]
         self.shape = stage.shape
-        model = self._build()
         try:
-            self.ramps = [Ramp.restore(model, r) for r in p.ramps]
-            self.model = self._parallel(model, stage)
+            self.model = self._fresh(stage, lambda m: [Ramp.restore(m, r) for r in p.ramps])
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*single process.*")
                 self.state = checkpoint.load(path, self.model, p)
@@ -507,9 +513,7 @@ class Trainer:
             replace(self.shape, n_layers=growth.target_layers) if isinstance(growth, DepthGrowth) else growth.target
         )
         torch.manual_seed(stage.training.seed + stage.index)
-        target = self._build()  # whole on every rank, then sharded
-        self.ramps = op.ramps(target, growth)
-        return self._parallel(target, stage)
+        return self._fresh(stage, lambda target: op.ramps(target, growth))
 
     def _check_growth(self, growth: Growth, target: torch.nn.Module) -> str:
         """Base and grown model on the probe batch: logged, and a broken guarantee stops the run."""
