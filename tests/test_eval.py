@@ -140,6 +140,23 @@ def test_the_schedule_evaluates_at_growth_and_end(run_dir):
     assert evals[1]["flops"] == end["flops"]
 
 
+def test_a_resume_scores_the_evaluation_a_killed_run_owed(run_dir, data_dir, bench_home, tmp_path, monkeypatch):
+    """Killed after the end's checkpoint and before its scores were written: `--resume` scores it
+    (the same numbers), where it used to say the run was already complete."""
+    import shutil
+
+    monkeypatch.setattr(benchmarks, "HOME", bench_home)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    end = json.loads((copy / "eval" / "stage1-step15.json").read_text())
+    (copy / "eval" / "stage1-step15.json").unlink()
+    schedule = str(copy / "schedule.grow")
+    assert main(["run", schedule, "--data", str(data_dir), "--run-dir", str(copy), "--resume"]) == 0
+    again = json.loads((copy / "eval" / "stage1-step15.json").read_text())
+    assert again["results"] == end["results"] and again["flops"] == end["flops"]
+    assert "its evaluation was never written" in (copy / "log.txt").read_text()
+
+
 def test_eval_command_scores_a_checkpoint(run_dir, bench_home, capsys, monkeypatch):
     monkeypatch.setattr(benchmarks, "HOME", bench_home)
     first = sorted((run_dir / "checkpoints").iterdir())[0]

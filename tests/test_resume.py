@@ -148,3 +148,39 @@ def test_validation_settings_may_change_on_resume_as_they_train_nothing(referenc
     logs = Trainer(changed, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
     assert_continues(curves(logs), ref, 1, 7)  # the loss curve is the uninterrupted run's
     assert [s for s, _ in logs[0].val_losses] == [28, 32, 36, 40]  # the new cadence, over the whole run
+
+
+class Evaluations:
+    """An in-run evaluator that records what it scores (and, asked to, is killed at one point)."""
+
+    def __init__(self, kill_at: tuple[int, int] | None = None):
+        self.kill_at, self.scored = kill_at, {}
+
+    def __call__(self, model, stage, about):
+        if (stage.index, about["step"]) == self.kill_at:
+            raise Killed("during the evaluation")
+        self.scored[stage.index, about["step"]] = dict(about)
+        return {}
+
+    def written(self, stage, step) -> bool:
+        return (stage.index, step) in self.scored
+
+
+@pytest.mark.parametrize("point", [(0, 7), (0, 20), (1, 20)], ids=["every", "at-growth", "at-end"])
+def test_an_evaluation_killed_after_its_checkpoint_is_scored_on_resume(data_dir, tmp_path, point):
+    """A checkpoint is committed before its point's evaluation: a run killed between the two owes it,
+    and the resume scores it first, on the same model and numbers, then goes on."""
+    plan = plan_source(SCHEDULE.replace("seed 5", "seed 5\neval every 7 steps\neval at growth\neval at end"))
+    whole = Evaluations()
+    Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "whole", evaluator=whole).run()
+    killed = Evaluations(kill_at=point)
+    with pytest.raises(Killed):
+        Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path / "run", evaluator=killed).run()
+    lines = []
+    resumed = Evaluations()
+    resumed.scored = dict(killed.scored)  # what the first try wrote
+    Trainer(plan, data_dir, log=lines.append, checkpoint_dir=tmp_path / "run", resume=True, evaluator=resumed).run()
+    assert f"stage {point[0]} step {point[1]}: its evaluation was never written: evaluating now" in lines
+    assert resumed.scored == whole.scored
+    again = Trainer(plan, data_dir, log=lines.append, checkpoint_dir=tmp_path / "run", resume=True, evaluator=resumed)
+    assert again.run() == [] and sum("never written" in line for line in lines) == 1

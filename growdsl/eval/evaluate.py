@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from growdsl.eval import benchmarks
+from growdsl.files import FileProblem, read_json, write_replacing
 from growdsl.plan.tasks import EVAL_TASKS
 
 
@@ -78,20 +79,28 @@ def _metrics(values: dict) -> dict[str, float]:
     return out
 
 
+def _results_file(run_dir: Path, label: str, limit: int | None = None) -> Path:
+    return run_dir / "eval" / f"{label}{'-limit' + str(limit) if limit else ''}.json"
+
+
+def read_results(run_dir: Path, label: str) -> dict | None:
+    """The scores written at LABEL ({task: {metric: value}}), or None where none can be read."""
+    try:
+        results = read_json(_results_file(run_dir, label)).get("results")
+    except (FileProblem, AttributeError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
 def write_results(run_dir: Path, label: str, results: dict, about: dict) -> Path:
     """RUN/eval/LABEL.json (LABEL-limitN.json for a --limit one): the scores and what was scored
     (stage, step, tokens, FLOPs), merged with the other tasks already scored there."""
-    folder = run_dir / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{label}{'-limit' + str(about['limit']) if about.get('limit') else ''}.json"
-    kept = {}
-    if path.is_file():  # scores of other tasks at the same point stay; a task scored again is replaced
-        try:
-            kept = json.loads(path.read_text()).get("results", {})
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            kept = {}
-    merged = {**(kept if isinstance(kept, dict) else {}), **results}
-    path.write_text(json.dumps({**about, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": merged}, indent=1))
+    path = _results_file(run_dir, label, about.get("limit"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = read_results(run_dir, path.stem) or {}  # other tasks' scores there stay; one scored again is replaced
+    merged = {**kept, **results}
+    record = {**about, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": merged}
+    write_replacing(path, json.dumps(record, indent=1).encode())
     return path
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from growdsl.plan.plan import Plan
+from growdsl.plan.plan import Plan, Stage
 from growdsl.runtime.distributed import World
 from growdsl.runtime.trainer import RunError
 
@@ -21,8 +21,7 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
     if not stages:
         return None
     from growdsl.eval import benchmarks
-    from growdsl.eval.evaluate import default_tasks, run_tasks, summary, write_results
-    from growdsl.eval.lm import GrowLM
+    from growdsl.eval.evaluate import default_tasks
     from growdsl.runtime.tokenizer import TokenizerError, read_prepared
 
     heldout = data_dir / "val.jsonl"
@@ -46,20 +45,44 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
     except TokenizerError as e:
         raise RunError(str(e)) from None
 
-    def evaluate(model, stage, about):
+    return InRunEvaluator(run_dir, world, log, chosen, heldout, tokenizer, specials)
+
+
+class InRunEvaluator:
+    """Scores the live model at an evaluation point and writes RUN/eval/stageS-stepN.json; knows
+    whether a point's scores were written (a run stopped after a checkpoint and before its
+    evaluation owes it, and a resume scores it)."""
+
+    def __init__(self, run_dir: Path, world: World, log, chosen: dict, heldout: Path, tokenizer, specials):
+        self.run_dir, self.world, self.log = run_dir, world, log
+        self.chosen, self.heldout, self.tokenizer, self.specials = chosen, heldout, tokenizer, specials
+
+    def __call__(self, model, stage: Stage, about: dict) -> dict:
+        from growdsl.eval.evaluate import run_tasks, summary, write_results
+        from growdsl.eval.lm import GrowLM
+
+        eos, bos = self.specials.eos, self.specials.bos
         lm = GrowLM(
             model,
-            tokenizer,
-            tokenizer.token_to_id(specials.eos),
+            self.tokenizer,
+            self.tokenizer.token_to_id(eos),
             stage.training.seq_len,
-            bos_id=None if specials.bos is None else tokenizer.token_to_id(specials.bos),
-            device=world.device,
-            mixed=world.device.type == "cuda",
+            bos_id=None if bos is None else self.tokenizer.token_to_id(bos),
+            device=self.world.device,
+            mixed=self.world.device.type == "cuda",
         )
-        results = run_tasks(lm, chosen[stage.index], heldout)
-        if world.main:
-            write_results(run_dir, f"stage{about['stage']}-step{about['step']}", results, about)
-            log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
+        results = run_tasks(lm, self.chosen[stage.index], self.heldout)
+        if self.world.main:
+            write_results(self.run_dir, _label(stage.index, about["step"]), results, about)
+            self.log(f"eval stage {about['stage']} step {about['step']}: {summary(results)}")
         return results
 
-    return evaluate
+    def written(self, stage: Stage, step: int) -> bool:
+        from growdsl.eval.evaluate import read_results
+
+        scored = read_results(self.run_dir, _label(stage.index, step)) if self.world.main else None
+        return self.world.share(scored is not None and set(self.chosen[stage.index]) <= set(scored))
+
+
+def _label(stage: int, step: int) -> str:
+    return f"stage{stage}-step{step}"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,16 @@ class StageLog:
     seconds: float = 0.0
 
 
+class Evaluator(Protocol):
+    """What the trainer calls at the schedule's evaluation points (growdsl.eval.in_run)."""
+
+    def __call__(self, model: torch.nn.Module, stage: Stage, about: dict) -> dict:
+        """Score the live model; {task: {metric: value}}. Every rank calls it."""
+
+    def written(self, stage: Stage, step: int) -> bool:
+        """Whether the scores of that point are in the run directory (every rank gets rank 0's answer)."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -84,7 +95,7 @@ class Trainer:
         dtype: torch.dtype = torch.float32,
         progress=None,
         mixed_precision: bool | None = None,
-        evaluator: Callable | None = None,
+        evaluator: Evaluator | None = None,
     ):
         self.plan, self.log_every, self.world, self.dtype = plan, log_every, world, dtype
         self.sources = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
@@ -97,7 +108,7 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)  # per device, for MFU; None on a CPU
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
-        # evaluator(model, stage, about) -> {task: {metric: value}}, at the schedule's eval points
+        # the schedule's evaluations (growdsl.eval.in_run), at its eval points
         self.evaluator = evaluator
         self.progress = progress if world.main else None  # a StageProgress, on a terminal
         self.saves = 0
@@ -125,6 +136,7 @@ class Trainer:
         self.opt: torch.optim.Optimizer | None = None  # the stage's optimizer while it trains
         self.opt_names: dict[int, str] = {}  # its parameters' names
         self.started: tuple[int, int, list[str], bool] | None = None  # see `start`
+        self.owed: tuple[Stage, int] | None = None  # the resumed checkpoint's evaluation point, if it is one
 
     def _check_locally(self) -> None:
         """The data, the layouts, the tokenizer of a model it starts from, the vocab, the memory and the
@@ -274,6 +286,11 @@ class Trainer:
         if self.started is None:
             self.start()
         first, start_step, checks, grown = self.started
+        if self.owed and self.evaluator is not None and not self.evaluator.written(*self.owed):
+            # committed, then stopped before its evaluation was written: the run still owes it
+            stage, step = self.owed
+            self.log(f"stage {stage.index} step {step}: its evaluation was never written: evaluating now")
+            self._evaluate(stage, step)
         logs = []
         for stage in self.plan.stages[first:]:
             resumed_here = grown and stage.index == first  # its growths are in the checkpoint already
@@ -459,6 +476,7 @@ class Trainer:
             f"resumed from {path.name}: stage {p.stage} {'done' if p.phase == 'end' else f'step {p.step}'}, "
             f"token {p.position:,}"
         )
+        self.owed = self._evaluation_at(stage, p.step if p.phase != "end" else stage.steps)
         if p.phase == "end":
             return p.stage + 1, 0, [], False
         return p.stage, p.step, p.growth_checks, True
@@ -696,6 +714,14 @@ class Trainer:
         if stage.index == len(self.plan.stages) - 1:
             return stage.training.eval_at_end
         return stage.training.eval_at_growth and bool(self.plan.stages[stage.index + 1].growths)
+
+    def _evaluation_at(self, stage: Stage, step: int) -> tuple[Stage, int] | None:
+        """(stage, step) where the schedule evaluates after `step` of `stage` (a checkpoint's point is
+        committed first), or None."""
+        if step == stage.steps:
+            return (stage, step) if self._evaluates_after(stage) else None
+        every = stage.training.eval_every_steps
+        return (stage, step) if every and step and step % every == 0 else None
 
     def _evaluate(self, stage: Stage, step: int) -> None:
         """The schedule's evaluation of the live model (every rank takes part: a sharded model's

@@ -1,0 +1,107 @@
+"""Reading files someone else may have made (a run directory, a model or data folder): plain files
+only, of a bounded size, and JSON that is plain data. Each problem is one `FileProblem` naming the
+file, never a hang or a traceback: a FIFO would block a reader forever, deeply nested JSON ends in
+a RecursionError, `NaN` and `1e400` are numbers nobody meant."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+MiB = 2**20
+
+
+class FileProblem(ValueError):
+    """A file that cannot be read as asked; the message names it and says why."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+def not_plain(path: Path) -> str | None:
+    """Why `path` (its target, for a link) is not a plain file that can be read, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"{path} cannot be read: {e.strerror}"
+    return None if stat.S_ISREG(mode) else f"{path} is {_kind(mode)}, not a file"
+
+
+def read_bytes(path: Path, limit: int = 64 * MiB) -> bytes:
+    """A plain file's bytes (at most `limit` of them). Opened without blocking, so a FIFO is named
+    rather than waited on forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise FileProblem(f"{path} cannot be read: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem(f"{path} is {_kind(info.st_mode)}, not a file")
+        if info.st_size > limit:
+            raise FileProblem(f"{path} is {info.st_size / MiB:,.1f} MiB: more than the {limit / MiB:,.0f} MiB expected")
+        try:
+            return f.read(limit + 1)[:limit]
+        except OSError as e:
+            raise FileProblem(f"{path} cannot be read: {e.strerror}") from None
+
+
+def read_text(path: Path, limit: int = 64 * MiB) -> str:
+    try:
+        return read_bytes(path, limit).decode()
+    except UnicodeDecodeError as e:
+        raise FileProblem(f"{path} is not UTF-8 text (byte {e.start})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{text[:20]}{'...' if len(text) > 20 else ''} is too large a number")
+    return value
+
+
+def parse_json(text: str | bytes):
+    """JSON as plain data: no NaN or Infinity, no number that overflows a float or a 64-bit integer,
+    no nesting deeper than Python can follow. Raises ValueError (json.JSONDecodeError for the syntax)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_int64)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_json(path: Path, limit: int = 64 * MiB):
+    """A plain file's JSON (see `parse_json`); FileProblem names the file."""
+    text = read_text(path, limit)
+    try:
+        return parse_json(text)
+    except ValueError as e:
+        raise FileProblem(f"{path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+
+
+def write_replacing(path: Path, data: bytes) -> None:
+    """Write `path` whole through a temporary file renamed over it: a reader never sees half of it,
+    and a hard link that pointed the name at a file elsewhere is cut rather than written through."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
