@@ -36,11 +36,8 @@ def not_plain(path: Path) -> str | None:
 
 def read_bytes(path: Path, limit: int = 64 * MiB) -> bytes:
     """A plain file's bytes (at most `limit` of them). Opened without blocking, so a FIFO is named
-    rather than waited on forever."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise FileProblem(f"{path} cannot be read: {e.strerror}") from None
+    rather than waited on forever. A file that cannot be opened raises OSError, as open() does."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -78,11 +75,13 @@ def _int64(text: str) -> int:
     return value
 
 
-def parse_json(text: str | bytes):
-    """JSON as plain data: no NaN or Infinity, no number that overflows a float or a 64-bit integer,
-    no nesting deeper than Python can follow. Raises ValueError (json.JSONDecodeError for the syntax)."""
+def parse_json(text: str | bytes, non_finite: bool = False):
+    """JSON as plain data: no number that overflows a 64-bit integer, no nesting deeper than Python
+    can follow, and no NaN, Infinity or overflowing float unless `non_finite` (a diverged run's
+    history records its NaN loss). Raises ValueError (json.JSONDecodeError for the syntax)."""
+    floats = {} if non_finite else {"parse_constant": _no_constant, "parse_float": _finite}
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, parse_int=_int64)
+        return json.loads(text, parse_int=_int64, **floats)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -105,3 +104,27 @@ def write_replacing(path: Path, data: bytes) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def not_plain_under(folder: Path, writes: bool = True) -> str | None:
+    """The first thing under `folder` (never followed) that growdsl must not read or write through,
+    in one line, or None: a symbolic link (it could lead anywhere), a FIFO, socket or device (a
+    reader would wait forever), and where growdsl `writes` into the folder, a file with another
+    name (a hard link: writing it would change that other file as well)."""
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            try:
+                info = os.lstat(path)
+            except OSError as e:
+                return f"{path} cannot be read: {e.strerror}"
+            if stat.S_ISLNK(info.st_mode):
+                return f"{path} is a symbolic link (it could lead anywhere)"
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                return f"{path} is {_kind(info.st_mode)}"
+            if writes and stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                return (
+                    f"{path} has another name (a hard link): writing it would change that file too; "
+                    f"copy the folder (cp -r) rather than linking it"
+                )
+    return None

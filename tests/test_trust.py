@@ -509,6 +509,65 @@ def test_a_link_in_a_run_directory_is_refused(run, finished, data_dir, tmp_path,
     assert victim.read_text() == "not growdsl's" and not (tmp_path / "hf").exists()
 
 
+@pytest.mark.parametrize("name", ["history.jsonl", "log.txt", "eval/stage1-step15.json"])
+def test_a_hard_link_in_a_run_directory_is_refused(run, finished, data_dir, tmp_path, name, capsys):
+    """A file of the run that has another name outside it: resume, eval and export would write
+    (or append) through it into that other file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not growdsl's")
+    (run / name).parent.mkdir(exist_ok=True)
+    (run / name).unlink(missing_ok=True)
+    os.link(victim, run / name)
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 2
+    assert f"{run / name} has another name (a hard link)" in capsys.readouterr().err
+    assert main(["eval", str(run), "--tasks", "heldout", "--limit", "1"]) == 2
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err.count("has another name (a hard link)") == 2
+    assert victim.read_text() == "not growdsl's" and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["schedule.grow", "history.jsonl", "plan.json"])
+def test_a_fifo_in_a_run_directory_is_refused_at_once(run, finished, data_dir, tmp_path, name, capsys):
+    (run / name).unlink()
+    os.mkfifo(run / name)
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
+    assert main(argv) == 2
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    assert main(["eval", str(run), "--tasks", "heldout", "--limit", "1"]) == 2
+    assert main(["compare", str(run), str(run), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count(f"{run / name} is a FIFO") == 4
+
+
+def test_fifos_as_data_or_tokenizer_are_named_not_waited_on(finished, data_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    (data / "meta.json").unlink()
+    os.mkfifo(data / "meta.json")
+    assert main(["plan", str(finished[1]), "--data", str(data)]) == 1
+    assert f"{data / 'meta.json'} is a FIFO" in capsys.readouterr().err
+    corpus = small_corpus(tmp_path / "corpus")
+    os.mkfifo(tmp_path / "tokenizer.json")
+    out = tmp_path / "prepared"
+    argv = ["data", "prepare", str(corpus), "--out", str(out), "--tokenizer", str(tmp_path / "tokenizer.json")]
+    assert main(argv) == 1
+    assert f"{tmp_path / 'tokenizer.json'} is a FIFO" in capsys.readouterr().err and not out.exists()
+    os.mkfifo(corpus / "pipe.txt")
+    assert main(["data", "prepare", str(corpus), "--out", str(out), "--vocab", "300"]) == 1
+    assert f"{corpus / 'pipe.txt'} is a FIFO" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_link_loop_in_a_corpus_counts_each_document_once(tmp_path):
+    from growdsl.runtime.sources import find
+
+    corpus = small_corpus(tmp_path / "corpus")
+    documents = find([corpus])
+    (corpus / "again").symlink_to(".")  # a loop
+    (corpus / "same.txt").symlink_to(corpus / documents[0].path.name)  # one file, two names
+    assert find([corpus]) == documents
+    assert find([corpus, corpus / "again"]) == documents
+
+
 def test_a_refused_run_removes_only_what_it_made(finished, tmp_path):
     parent = tmp_path / "runs"
     b = rundir.claim(parent / "b", resume=False)  # made runs/ and runs/b

@@ -3,17 +3,17 @@ in that checkpoint's shape with its weights (ramp masks included), and the run's
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from growdsl.files import read_json
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
 from growdsl.runtime import checkpoint
-from growdsl.runtime.rundir import RunDirError, check_no_links
+from growdsl.runtime.rundir import RunDirError, check_plain
 from growdsl.runtime.tokenizer import Specials, TokenizerError, read_prepared
 
 
@@ -70,13 +70,13 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
 
     ckpt = find(path)
     run_dir = ckpt.parent.parent
-    if ckpt.parent.name != "checkpoints" or not (run_dir / "plan.json").is_file():
+    if ckpt.parent.name != "checkpoints" or not (run_dir / "plan.json").exists():
         raise LoadError(
             f"{ckpt} is not inside a run directory (RUN/checkpoints/{ckpt.name} beside RUN/plan.json): eval and "
             f"export read the run's plan and tokenizer; give the checkpoint in its run"
         )
     try:
-        check_no_links(run_dir)
+        check_plain(run_dir)
     except RunDirError as e:
         raise LoadError(str(e)) from None
     try:
@@ -95,7 +95,7 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
         )
         raise LoadError(f"{e}{hint}") from None
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
+        plan = read_json(run_dir / "plan.json")
         record = progress.plan_prefix[progress.stage]
         stage = stage_from_record(with_fields_since(record, plan["stages"][progress.stage]))
         max_seq = max(int(s["training"]["seq_len"]) for s in plan["stages"])  # the RoPE table the run built

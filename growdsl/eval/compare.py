@@ -17,12 +17,13 @@ labelled; the runs' final benchmark scores, one panel per metric."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from growdsl.files import not_plain_under, parse_json
 
 
 class CompareError(Exception):
@@ -66,13 +67,16 @@ def read_run(run_dir: Path) -> Curve:
     history = run_dir / "history.jsonl"
     if not history.exists():
         raise CompareError(f"{run_dir} has no history.jsonl: is it a growdsl run directory?")
+    problem = not_plain_under(run_dir, writes=False)
+    if problem:
+        raise CompareError(f"{problem}: compare reads only plain files in a run directory")
     steps, vals, growths, evals = {}, {}, {}, {}
     nonfinite: dict[int, bool] = {}  # step -> whether its last training loss was not finite
     for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line, non_finite=True)
             problem = _problem(record)
         except ValueError:
             problem = "not JSON"

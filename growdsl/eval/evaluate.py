@@ -87,7 +87,7 @@ def read_results(run_dir: Path, label: str) -> dict | None:
     """The scores written at LABEL ({task: {metric: value}}), or None where none can be read."""
     try:
         results = read_json(_results_file(run_dir, label)).get("results")
-    except (FileProblem, AttributeError):
+    except (OSError, FileProblem, AttributeError):
         return None
     return results if isinstance(results, dict) else None
 

@@ -6,12 +6,12 @@ meta.json through the same check."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from growdsl.files import read_json
 from growdsl.plan.plan import Plan
 
 DTYPES = {"uint16": 2, "uint32": 4}  # token files' element types and their sizes in bytes
@@ -34,7 +34,7 @@ def read_meta(directory: Path) -> dict:
             f"a new folder, growdsl data prepare {directory} --out NEW_FOLDER, and name that"
         )
     try:
-        meta = json.loads(file.read_text())
+        meta = read_json(file)
     except FileNotFoundError:
         raise DataError(
             f"{directory} is not a prepared data folder (no meta.json): prepare it with growdsl data prepare "
@@ -213,7 +213,7 @@ def start_tokenizer_problem(plan: Plan, data: Path) -> str | None:
     if not theirs.is_file():
         return None
     try:
-        a, b = (json.loads(f.read_text()) for f in (theirs, data / "tokenizer.json"))
+        a, b = (read_json(f) for f in (theirs, data / "tokenizer.json"))
         same = a["model"].get("vocab") == b["model"].get("vocab") and [
             (t.get("id"), t.get("content")) for t in a.get("added_tokens", [])
         ] == [(t.get("id"), t.get("content")) for t in b.get("added_tokens", [])]

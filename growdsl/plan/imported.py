@@ -6,12 +6,12 @@ pytorch_model.bin is a pickle, which can run code."""
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from growdsl.files import not_plain_under, parse_json, read_json
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT
 from growdsl.plan.shape import ModelShape, RopeScaling
@@ -102,7 +102,7 @@ def read_config(file: Path) -> ModelShape:
         raise ModelFolderError(f"{file} is missing: not a Hugging Face model folder")
     _regular(file)
     try:
-        config = json.loads(file.read_text())
+        config = read_json(file)
     except FileNotFoundError:
         raise ModelFolderError(f"{file} is missing: not a Hugging Face model folder") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -204,7 +204,7 @@ def _weight_files(folder: Path) -> tuple[str, ...]:
     if index.exists():
         _regular(index)
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             names = sorted(set(weight_map.values()))
         except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ModelFolderError(f"{index} is not a safetensors index: {e}") from None
@@ -237,7 +237,7 @@ def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             (size,) = struct.unpack("<Q", f.read(8))
             if size > MAX_HEADER:
                 raise ModelFolderError(f"{file} is not a safetensors file (a header of {size:,} bytes)")
-            header = json.loads(f.read(size))
+            header = parse_json(f.read(size))
         total = file.stat().st_size - 8 - size
     except (OSError, ValueError, UnicodeDecodeError, struct.error) as e:
         raise ModelFolderError(f"{file} is not a safetensors file: {e}") from None
@@ -299,12 +299,15 @@ def read_run(folder: Path) -> RunModel:
         if not found:
             raise ModelFolderError(f"{folder} is a run with no complete checkpoint yet")
         ckpt, run_dir = found[-1], folder
+    problem = not_plain_under(run_dir, writes=False)  # its files are read, and read again by the run
+    if problem:
+        raise ModelFolderError(f"{problem}: growdsl reads a run's model only from plain files")
     for file in (ckpt / "progress.json", run_dir / "plan.json"):
         if not file.is_file():
             raise ModelFolderError(f"{file} is missing: give a checkpoint inside its run directory, or the run")
     try:
-        progress = json.loads((ckpt / "progress.json").read_text())
-        plan = json.loads((run_dir / "plan.json").read_text())
+        progress = read_json(ckpt / "progress.json")
+        plan = read_json(run_dir / "plan.json")
         stage, tokens, flops = progress["stage"], progress["position"], progress["flops"]
         before = (plan.get("start") or {}).get("tokens", 0)  # what the run's own start had read
         if not all(_whole(v) for v in (stage, tokens, flops, before)) or stage >= len(progress["plan_prefix"]):

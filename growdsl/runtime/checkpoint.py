@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
+from growdsl.files import read_json
 from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import MOMENTS, State
 
@@ -135,7 +136,7 @@ def check(path: Path) -> Progress:
     if not manifest.is_file():
         raise CheckpointError(f"{manifest} is missing: the checkpoint cannot be verified")
     try:
-        listed = json.loads(manifest.read_text())["files"]
+        listed = read_json(manifest)["files"]
         entries = [(name, int(v["bytes"]), str(v["sha256"])) for name, v in listed.items()]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, RecursionError):
         raise CheckpointError(f"{manifest} is not a checkpoint manifest") from None
@@ -158,7 +159,7 @@ def read_progress(path: Path) -> Progress:
     phase that cannot be, is refused before anything uses it)."""
     file = path / "progress.json"
     try:
-        raw = json.loads(file.read_text())
+        raw = read_json(file)
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
     except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from growdsl import __version__
+from growdsl.files import not_plain_under, read_json
 from growdsl.runtime import folders
 
 RECORD = "run.json"
@@ -157,12 +158,7 @@ def claim(path: Path, resume: bool) -> RunDir:
             raise RunDirError(f"cannot lock {path}: {e.strerror}") from None
         if not made:
             _usable(path, resume)  # again, now that it is ours: nothing can change it from here on
-        links = _links(path)
-        if links:
-            raise RunDirError(
-                f"{links[0]} is a symbolic link: growdsl reads and writes only plain files and folders in a run "
-                f"directory (a link could send them anywhere)"
-            )
+        check_plain(path)
     except RunDirError:
         run.release()
         raise
@@ -179,19 +175,13 @@ def _usable(path: Path, resume: bool) -> None:
         raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
 
 
-def _links(path: Path) -> list[Path]:
-    """The symbolic links anywhere under `path` (never followed)."""
-    found = []
-    for root, dirs, files in os.walk(path):
-        found += [Path(root) / n for n in dirs + files if (Path(root) / n).is_symlink()]
-    return found
-
-
-def check_no_links(run_dir: Path) -> None:
-    """Refuse a run directory with a symbolic link in it (eval and export read from it)."""
-    links = _links(run_dir)
-    if links:
-        raise RunDirError(f"{links[0]} is a symbolic link: growdsl reads only plain files in a run directory")
+def check_plain(run_dir: Path) -> None:
+    """Refuse a run directory holding anything but plain files and folders (a link, a FIFO, a file
+    with another name): growdsl reads and writes in it (`run --resume`, `eval`, `export`, `compare`)
+    and must neither wait forever nor reach outside it."""
+    problem = not_plain_under(run_dir)
+    if problem:
+        raise RunDirError(f"{problem}: growdsl reads and writes only plain files and folders in a run directory")
 
 
 def read_record(run_dir: Path) -> dict:
@@ -199,7 +189,7 @@ def read_record(run_dir: Path) -> dict:
     `sources` (a run since mixtures) a list of both."""
     file = run_dir / RECORD
     try:
-        record = json.loads(file.read_text())
+        record = read_json(file)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise RunDirError(f"{file} is unreadable: {e}") from None
     sources = record.get("sources", [record]) if isinstance(record, dict) else None

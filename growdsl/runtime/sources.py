@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from growdsl.files import not_plain, parse_json, read_json
 
 
 class SourceError(ValueError):
@@ -42,12 +43,15 @@ BINARY = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"PAR1", b"BZh", b"\xfd7zXZ", b"PK\x
 
 def find(paths: list[Path]) -> list[Source]:
     """The sources under `paths`, in a fixed order (sorted): folders are searched for the kinds above;
-    a file named explicitly is read as text unless it is binary (compressed otherwise, say)."""
+    a file named explicitly is read as text unless it is binary (compressed otherwise, say). Links are
+    followed, but every folder and file is taken once however many ways lead to it (a link back up
+    the tree would otherwise repeat the corpus, and put copies of held-out text into training)."""
     found: list[Source] = []
+    seen: set[tuple[int, int]] = set()
     for path in sorted(paths):
         if path.is_dir():
-            found += _folder(path)
-        else:
+            found += _folder(path, seen)
+        elif _first_time(path, seen):
             kind = _kind(path)
             if kind is None:
                 with path.open("rb") as f:
@@ -61,7 +65,23 @@ def find(paths: list[Path]) -> list[Source]:
     return found
 
 
-def _folder(folder: Path) -> list[Source]:
+def _first_time(path: Path, seen: set[tuple[int, int]]) -> bool:
+    """Whether `path` (a folder, or a plain file: anything else is refused) is met for the first time."""
+    if not path.is_dir():
+        problem = not_plain(path)
+        if problem:
+            raise SourceError(problem)
+    info = path.stat()
+    key = (info.st_dev, info.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _folder(folder: Path, seen: set[tuple[int, int]]) -> list[Source]:
+    if not _first_time(folder, seen):
+        return []
     if all((folder / n).is_file() for n in ("meta.json", "tokenizer.json", "val.bin")):
         return []  # a prepared folder (its val.jsonl is not a corpus)
     if (folder / "dataset_dict.json").is_file():
@@ -71,8 +91,8 @@ def _folder(folder: Path) -> list[Source]:
     found = []
     for child in sorted(folder.iterdir()):
         if child.is_dir():
-            found += _folder(child)
-        elif _kind(child):
+            found += _folder(child, seen)
+        elif _kind(child) and _first_time(child, seen):
             found.append(Source(child, _kind(child)))
     return found
 
@@ -80,7 +100,7 @@ def _folder(folder: Path) -> list[Source]:
 def _dataset_dict(folder: Path) -> list[Source]:
     """A saved DatasetDict: its train split (the others are not training text)."""
     try:
-        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        splits = read_json(folder / "dataset_dict.json")["splits"]
     except (ValueError, KeyError, TypeError, OSError):
         raise SourceError(f"{folder / 'dataset_dict.json'} is not a saved dataset's split list") from None
     if "train" not in splits:
@@ -93,7 +113,7 @@ def _dataset_dict(folder: Path) -> list[Source]:
 def _saved_dataset(folder: Path) -> list[Source]:
     """A saved Dataset: the arrow files its state.json names (not the caches `map` leaves beside them)."""
     try:
-        files = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+        files = [f["filename"] for f in read_json(folder / "state.json")["_data_files"]]
     except (ValueError, KeyError, TypeError, OSError):
         raise SourceError(f"{folder / 'state.json'} is not a saved dataset's state") from None
     if not all(isinstance(f, str) and f == Path(f).name for f in files):
@@ -193,7 +213,7 @@ class _Zstd(io.RawIOBase):
 
 def jsonl_text(line: str, where: str) -> str:
     try:
-        record = json.loads(line)
+        record = parse_json(line)
     except ValueError as e:
         raise SourceError(f"{where}: not JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):

@@ -11,12 +11,15 @@ original `tokenizer.model`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from growdsl.files import FileProblem, read_bytes, read_json
+
+TOKENIZER_LIMIT = 512 * 2**20  # the largest tokenizer.json known is a few tens of MB
 
 EOT = "<|endoftext|>"  # the end-of-document token of the BPE tokenizers growdsl trains
 END_NAMES = ("</s>", EOT, "<|end_of_text|>", "<eos>", "<|eos|>")  # what other tokenizers call theirs
@@ -143,7 +146,9 @@ def read_prepared(directory: Path) -> tuple[object, Specials]:
 
     file = directory / "tokenizer.json"
     try:
-        tokenizer = Tokenizer.from_file(str(file))
+        tokenizer = Tokenizer.from_str(_read(file).decode())
+    except TokenizerError:
+        raise
     except Exception as e:  # the tokenizers library raises its own Exception
         raise TokenizerError(f"{file} is not a tokenizer: {e}") from None
     tokenizer.encode_special_tokens = True  # text that spells a special token is text
@@ -151,7 +156,7 @@ def read_prepared(directory: Path) -> tuple[object, Specials]:
     if not config.is_file():
         return tokenizer, Specials(EOT)
     try:
-        raw = json.loads(config.read_text())
+        raw = read_json(config)
         specials = Specials(
             _token(raw.get("eos_token")), _token(raw.get("bos_token")) if raw.get("add_bos_token") else None
         )
@@ -161,6 +166,16 @@ def read_prepared(directory: Path) -> tuple[object, Specials]:
         if token is not None and tokenizer.token_to_id(token) is None:
             raise TokenizerError(f"{config} names {token!r}, which {file} does not have")
     return tokenizer, specials
+
+
+def _read(file: Path) -> bytes:
+    """A tokenizer file: a plain file (a FIFO would block the reader forever) of a sane size."""
+    try:
+        return read_bytes(file, limit=TOKENIZER_LIMIT)
+    except FileProblem as e:
+        raise TokenizerError(str(e)) from None
+    except OSError as e:
+        raise TokenizerError(f"{file} cannot be read: {e.strerror}") from None
 
 
 def _token(value) -> str | None:
@@ -176,13 +191,15 @@ def _from_json(file: Path, config: Path) -> Chosen:
     from tokenizers import Tokenizer
 
     try:
-        tokenizer = Tokenizer.from_file(str(file))
+        tokenizer = Tokenizer.from_str(_read(file).decode())
+    except TokenizerError:
+        raise
     except Exception as e:  # the tokenizers library raises its own Exception
         raise TokenizerError(f"{file} is not a Hugging Face tokenizer.json: {str(e).splitlines()[0]}") from None
     bos = eos = None
     if config.is_file():  # a Hugging Face folder says what its ends are
         try:
-            raw = json.loads(config.read_text())
+            raw = read_json(config)
             eos, bos = _token(raw.get("eos_token")), _token(raw.get("bos_token"))
             add_bos = raw.get("add_bos_token")
         except (ValueError, AttributeError, UnicodeDecodeError):
@@ -229,7 +246,9 @@ def _from_sentencepiece(file: Path) -> Chosen:
 
     proto = sentencepiece_model_pb2.ModelProto()
     try:
-        proto.ParseFromString(file.read_bytes())
+        proto.ParseFromString(_read(file))
+    except TokenizerError:
+        raise
     except Exception:  # protobuf's DecodeError
         raise TokenizerError(f"{file} is not a SentencePiece model") from None
     if not proto.pieces:
