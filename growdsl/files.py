@@ -79,9 +79,10 @@ def parse_json(text: str | bytes, non_finite: bool = False):
     """JSON as plain data: no number that overflows a 64-bit integer, no nesting deeper than Python
     can follow, and no NaN, Infinity or overflowing float unless `non_finite` (a diverged run's
     history records its NaN loss). Raises ValueError (json.JSONDecodeError for the syntax)."""
-    floats = {} if non_finite else {"parse_constant": _no_constant, "parse_float": _finite}
     try:
-        return json.loads(text, parse_int=_int64, **floats)
+        if non_finite:
+            return json.loads(text, parse_int=_int64)
+        return json.loads(text, parse_int=_int64, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 

@@ -9,7 +9,7 @@ import pytest
 from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
-from growdsl.runtime.distributed import Layout
+from growdsl.runtime.distributed import Layout, World, stage_layout
 from growdsl.runtime.fit import Cluster, GiB, advice, measure, peak
 
 SCHEDULE = (
@@ -116,3 +116,15 @@ def test_ddp_ranks_hold_the_whole_model_and_a_width_growth_gathers_carried_momen
     whole_moments = 8 * plan.stages[1].params
     building = 4 * (plan.stages[1].params - plan.stages[1].shape.layer_params)  # 2 layers: one whole
     assert growth.peak == before.weights + before.adamw + building + after.weights + whole_moments
+
+
+def test_a_tied_model_trains_on_whole_replicas_only():
+    """torchtitan 0.2.2 shards the embedding and the head in separate groups (FSDP refused the shared
+    table with its own ValueError): a tied model is refused sharded, in one line, and DDP takes it."""
+    tied = SCHEDULE.replace("vocab 400", "vocab 400 tied")
+    for layout in ("", "tp 2", "dp_shard 2\ntp 2"):  # FSDP over all by default
+        stage = plan_source(tied.replace("seq 32", f"seq 32\n{layout}")).stages[0]
+        with pytest.raises(ValueError, match="tied embeddings cannot be sharded .* dp_replicate 4"):
+            stage_layout(stage, World(0, 4))
+    ddp = plan_source(tied.replace("seq 32", "seq 32\ndp_replicate 4")).stages[0]
+    assert stage_layout(ddp, World(0, 4)) == Layout(4, 1, 1)

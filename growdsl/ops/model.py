@@ -87,8 +87,8 @@ def materialize(
     same seed gives the same model on one process and on any layout."""
     device = torch.device(device)
     model.to_empty(device=device)
-    if shape.tied_embeddings and model.output.weight is not model.tok_embeddings.weight:
-        model.output.weight = model.tok_embeddings.weight  # to_empty gives each its own storage
+    if shape.tied_embeddings:  # to_empty gives each its own storage
+        model.get_submodule("output").weight = model.get_parameter("tok_embeddings.weight")
     into = state_dict(model)
     with _default_dtype(dtype):
         with torch.device("meta"):

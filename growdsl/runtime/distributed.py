@@ -180,6 +180,12 @@ def stage_layout(stage: Stage, world: World) -> Layout:
             f"{where}: dp_replicate {lay.dp_replicate} with tp {lay.tp} and no dp_shard is DDP over a tensor-parallel "
             f"model, which torchtitan 0.2.2 does not do: shard the replicas (dp_shard 2 or more: HSDP)"
         )
+    if stage.shape.tied_embeddings and (lay.dp_shard > 1 or lay.tp > 1):
+        raise ValueError(
+            f"{where}: a model with tied embeddings cannot be sharded ({lay.describe()}): torchtitan 0.2.2 shards "
+            f"the embedding and the head apart, which one shared table cannot be; train it with dp_replicate "
+            f"{world.size} (whole replicas), or untie it"
+        )
     local = t.batch_seqs // lay.data_parallel
     if t.micro_batch and local % t.micro_batch:
         raise ValueError(
