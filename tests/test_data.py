@@ -224,3 +224,18 @@ def test_plan_refuses_missing_and_half_prepared_data(data_dir, tmp_path, capsys)
         schedule.write_text(TINY_RUN + f'data "{data}"\ntrain 1L for 10 steps\n')
         assert main(["plan", str(schedule)]) == 1
         assert said in capsys.readouterr().err
+
+
+def test_a_paragraph_without_blank_lines_is_cut_at_spaces_into_bounded_parts():
+    """Text with no blank line (16 MB took 33 s to cut when each cut copied the rest): parts of
+    `size` to `2 size` characters, each ending before a space or line break, that join back to it."""
+    from growdsl.runtime.data import _cut
+
+    rng = random.Random(3)
+    text = " ".join("".join(rng.choices("abcdefgh", k=rng.randint(1, 12))) for _ in range(200_000))
+    text = text[:500] + "\n" + text[500:]
+    parts = _cut(text, 4000)
+    assert "".join(parts) == text
+    assert all(4000 <= len(p) <= 8000 for p in parts[:-1]) and len(parts[-1]) <= 8000
+    assert all(p[0] in " \n" for p in parts[1:])
+    assert _cut("x" * 9000, 4000) == ["x" * 8000, "x" * 1000]  # no space to cut at: at twice the size

@@ -253,3 +253,16 @@ def test_a_long_list_of_expected_statements_is_cut_at_a_whole_word(errors):
     said = errors("model tiny\ntrain 2L for 9 steps with freeze new,head\n")[0].message
     listed = said.split("expected a statement (")[1].removesuffix(", ...)").split(", ")
     assert said.endswith(", ...)") and all(w.startswith("'") and w.endswith("'") for w in listed)
+
+
+def test_errors_deep_in_a_long_file_are_found_once_and_where_they_are(errors):
+    """A 6,000-line schedule with errors: each statement is parsed alone and moved to its place (it was
+    parsed with every line above it: quadratic, 20 s), each error said once (a list search: quadratic)."""
+    filler = "seed 1\n" * 2999
+    continued = "train 10B with ac ful \\\n  lr 1e-3\n"  # a statement over two lines
+    source = "train 6L for 10B\n" + filler + "  stack x4 init zeroo\n" + filler + continued
+    found = errors(source)
+    assert [(d.span.line, d.span.col) for d in found][:2] == [(3001, 17), (6001, 19)]
+    assert "unknown growth operator 'zeroo'" in found[0].message and "unknown word 'ful'" in found[1].message
+    many = errors("train 6L for 10B\n" + "model 1.1B\n" * 4000 + "train 1B\n")
+    assert len(many) == 4000 and len({d.span.line for d in many}) == 4000

@@ -102,3 +102,47 @@ def test_mutated_schedules_plan_or_fail_cleanly(source):
     else:
         render_plan(plan, predict_d=True)
         assert Plan.from_json(plan.to_json()) == plan
+
+
+# Every statement of the shipped schedules, to compose new schedules from.
+STATEMENTS = sorted(
+    {line.strip() for s in SOURCES for line in s.splitlines() if line.strip() and not line.strip().startswith("#")}
+)
+PLAN_SECONDS, PLAN_BYTES = 10.0, 256 * 2**20  # bounds of one plan (typically 0.01-0.3 s and a few MB)
+
+
+@st.composite
+def composed(draw):
+    """A schedule of the shipped statements in any order, some repeated up to the 64 KiB a schedule
+    may hold (thousands of growths or stages: what a plan's cost grows with)."""
+    lines: list[str] = []
+    for _ in range(draw(st.integers(1, 10))):
+        line = draw(st.sampled_from(STATEMENTS))
+        lines += [line] * draw(st.sampled_from([1, 1, 1, 2, 5, 100, 2000]))
+    return "\n".join(lines)[: 64 * 2**10]
+
+
+# Few examples, as each may be a 64 KiB schedule traced by tracemalloc; before the fixes they found
+# (a statement parsed again with all the lines above it, errors deduplicated by a list search) one in
+# ten took 2-20 s.
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(composed())
+def test_composed_schedules_plan_within_time_and_memory(source):
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    began = time.perf_counter()
+    try:
+        try:
+            plan = plan_source(source, "fuzz.grow")
+        except ScheduleError as e:
+            assert e.errors
+            e.render(source, "fuzz.grow")
+        else:
+            render_plan(plan, predict_d=True)
+        seconds = time.perf_counter() - began
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < PLAN_SECONDS and peak < PLAN_BYTES, (seconds, peak, source[:200])

@@ -274,3 +274,30 @@ def test_to_json_writes_what_pydantic_would():
 
     plan = plan_file([p for p in SCHEDULES if p.name == "depth_learn_1.1b.grow"][0])
     assert json.loads(plan.to_json()) == json.loads(_adapter().dump_json(plan))
+
+
+def test_validation_points_are_counted_not_listed():
+    """`val every 1 steps` over a trillion steps (a list of them ended in a MemoryError)."""
+    from growdsl.plan.plan import validation_steps
+
+    plan = plan_source("model tiny\nval every 1 steps\ntrain 2L for 1T steps\n")
+    stage = plan.stages[0]
+    t = stage.training
+    per_point = (t.val_tokens // t.seq_len) * t.seq_len * stage.flops_per_token // 3  # forward only
+    assert stage.steps == 10**12 and plan.totals.val_flops == 10**12 * per_point
+
+    points = validation_steps(7, 10**12, 3)
+    assert len(points) == (10**12 + 7) // 3 - 7 // 3 + 1  # every multiple of 3 after step 7, and the end
+    assert 9 in points and 10**12 + 7 in points and 10 not in points and 7 not in points
+
+
+def test_a_schedule_of_more_layers_than_a_plan_holds_is_one_error(errors):
+    """Thousands of stages of a 4,096-layer model fit in 64 KiB; each stage records its layers, so the
+    plan stops at 100,000 layers summed over stages and growths (2,275 such stages took 75 s and 1.5 GB)."""
+    from growdsl.plan.compiler import MAX_PLANNED_LAYERS
+
+    stages = "".join(f"widen dim {64 * (i + 2)}\ntrain 1 steps\n" for i in range(40))
+    found = errors("model llama dim 64 heads 1 ffn 64 vocab 400\ntrain 4096L for 1 steps\n" + stages)
+    assert len(found) == 1 and "more than 100,000 layers" in found[0].message
+    # every line from line 2 (train 4096L) on adds 4,096 layers: the 25th passes 100,000
+    assert found[0].span.line == 1 + -(-MAX_PLANNED_LAYERS // 4096) == 26

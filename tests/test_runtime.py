@@ -204,8 +204,8 @@ def test_validation_loss_is_measured_on_the_fixed_held_out_sequences(data_dir):
     plan = plan_source(BOUNDARY.format(settings="").replace("seed 3", "seed 3\nval every 5 steps\nval tokens 200"))
     trainer = Trainer(plan, data_dir, log=lambda _: None)
     logs = trainer.run()
-    assert [s for s, _ in logs[0].val_losses] == validation_steps(0, 12, 5) == [5, 10, 12]
-    assert [s for s, _ in logs[1].val_losses] == validation_steps(12, 12, 5) == [15, 20, 24]
+    assert [s for s, _ in logs[0].val_losses] == list(validation_steps(0, 12, 5)) == [5, 10, 12]
+    assert [s for s, _ in logs[1].val_losses] == list(validation_steps(12, 12, 5)) == [15, 20, 24]
     x, y = HeldOut(data_dir / "val.bin", load_meta(data_dir).dtype).sequences(200, 32)
     assert x.shape == (6, 32)  # 200 tokens: six whole 32-token sequences
     with torch.no_grad():

@@ -7,10 +7,11 @@ the next: the errors of all statements are reported together."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
@@ -81,16 +82,55 @@ def _parse_statements(parser: Lark, source: str) -> tuple[list[ast.Statement], l
         if bad_lines & set(range(line, end_line + 1)):
             statements.append(unparsed)
             continue  # already reported: a character no token matches
-        # Keep line and column numbers: earlier lines become ignorable line continuations.
-        padded = "\\\n" * (line - 1) + " " * (column - 1) + text[start:end]
+        # Parsed alone, then moved to where it stands (padding it with the lines above would lex
+        # the whole file again for every statement: quadratic in a long file full of errors).
+        alone = text[start:end]
         try:
-            statements.append(_ToAst().transform(parser.parse(padded, start="statement")))
+            tree = parser.parse(alone, start="statement")
         except UnexpectedInput as e:
-            diagnostics.append(_diagnose(parser, e, padded))
+            diagnostics.append(_moved(_diagnose(parser, e, alone), line - 1, column - 1))
             statements.append(unparsed)
+        else:
+            _move(tree, line - 1, column - 1)
+            statements.append(_ToAst().transform(tree))
         if len(diagnostics) >= MAX_ERRORS:
             break
     return statements, sorted(diagnostics, key=lambda d: d.order)
+
+
+def _move(tree: Tree, lines: int, columns: int) -> None:
+    """Shift the positions of a statement parsed alone to where it stands: `lines` down, and on its
+    first line `columns` right."""
+
+    def move(where) -> None:  # a token or a tree's meta
+        if where.column is not None and where.line == 1:
+            where.column += columns
+        if where.end_column is not None and where.end_line == 1:
+            where.end_column += columns
+        if where.line is not None:
+            where.line += lines
+        if where.end_line is not None:
+            where.end_line += lines
+
+    for sub in tree.iter_subtrees():
+        if not sub.meta.empty:
+            move(sub.meta)
+        for child in sub.children:
+            if isinstance(child, Token):
+                move(child)
+
+
+def _moved(diagnostic: Diagnostic, lines: int, columns: int) -> Diagnostic:
+    span = diagnostic.span
+    if span is None:
+        return diagnostic
+    moved = Span(
+        span.line + lines,
+        span.col + (columns if span.line == 1 else 0),
+        span.end_line + lines,
+        span.end_col + (columns if span.end_line == 1 else 0),
+    )
+    return replace(diagnostic, span=moved)
 
 
 def _int(position: int | None) -> int:

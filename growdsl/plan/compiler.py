@@ -102,6 +102,12 @@ class _StageDraft:
         return self.steps
 
 
+# Layers summed over every stage and growth of a schedule: the plan records each layer's origin per
+# stage, so its cost grows with this. 100,000 is some 1,000 stages of a 96-layer model, far past any
+# schedule, and plans in about a second at the most.
+MAX_PLANNED_LAYERS = 100_000
+
+
 class _Compiler(Reader):
     def __init__(self, schedule: ast.Schedule):
         super().__init__(list(schedule.syntax_errors))
@@ -122,6 +128,7 @@ class _Compiler(Reader):
         # `model from`: its name, folder (a checkpoint's), shape, tokens, and FLOPs when a run recorded them
         self.start: tuple[str, Path, ModelShape, int, int | None] | None = None
         self.growths_in_a_row = 0  # growths between the latest two train statements: freeze by origin needs 1
+        self.planned_layers = 0  # layers over every stage and growth so far (see MAX_PLANNED_LAYERS)
 
     # ---- driver ----------------------------------------------------------------------------
 
@@ -136,9 +143,13 @@ class _Compiler(Reader):
                 policies_of(self, st.policies, self.policy)
             elif isinstance(st, ast.Growth):
                 self._growth(st)
+                if self._past_planned_layers(st):
+                    break
             elif isinstance(st, ast.Train):
                 self._train(st)
                 self.last_setting = None
+                if self._past_planned_layers(st):
+                    break
             elif (
                 st.keyword not in _settings_keywords()
             ):  # a statement that did not parse, and may have changed the model
@@ -320,6 +331,21 @@ class _Compiler(Reader):
             return
         self.shape, self.layers = draft.shape, draft.layers
         self.pending.append(draft)
+
+    def _past_planned_layers(self, node: ast.Growth | ast.Train) -> bool:
+        """Count the layers a growth or a stage adds to the plan; past MAX_PLANNED_LAYERS, an error at
+        `node`, and the rest of the schedule is not compiled."""
+        self.planned_layers += len(self.layers)
+        if self.planned_layers <= MAX_PLANNED_LAYERS:
+            return False
+        self.error(
+            node.span,
+            f"the schedule plans more than {MAX_PLANNED_LAYERS:,} layers over its stages and growths by here "
+            f"(their layers summed): growdsl plans no more, so that planning stays instant",
+            "merge stages: a setting changed with `with` or a growth of several steps at once needs no stage "
+            "of its own",
+        )
+        return True
 
     # ---- training stages ----------------------------------------------------------------------
 

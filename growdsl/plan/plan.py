@@ -104,11 +104,35 @@ class LRSchedule:
         return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def validation_steps(first: int, steps: int, every: int) -> list[int]:
+@dataclass(frozen=True)
+class ValidationSteps:
     """The global steps after which a stage covering global steps (first, first + steps] measures
-    its validation loss: every `every` steps, and at its end."""
-    points = list(range(first - first % every + every, first + steps + 1, every))
-    return points if points and points[-1] == first + steps else points + [first + steps]
+    its validation loss: every `every` steps, and at its end. Counted and tested, never listed (a
+    stage may have billions of steps)."""
+
+    first: int
+    steps: int
+    every: int
+
+    @property
+    def last(self) -> int:
+        return self.first + self.steps
+
+    def __contains__(self, step: int) -> bool:
+        return self.first < step <= self.last and (step % self.every == 0 or step == self.last)
+
+    def __len__(self) -> int:
+        multiples = self.last // self.every - self.first // self.every
+        return multiples + (self.last % self.every != 0)
+
+    def __iter__(self):
+        yield from range(self.first - self.first % self.every + self.every, self.last + 1, self.every)
+        if self.last % self.every:
+            yield self.last
+
+
+def validation_steps(first: int, steps: int, every: int) -> ValidationSteps:
+    return ValidationSteps(first, steps, every)
 
 
 @dataclass(frozen=True, kw_only=True)

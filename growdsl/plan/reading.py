@@ -49,10 +49,12 @@ class Reader:
 
     def __init__(self, diagnostics: list[Diagnostic] | None = None):
         self.diagnostics: list[Diagnostic] = diagnostics or []
+        self.said: set[Diagnostic] = set(self.diagnostics)  # to say each error once, however long the list
 
     def error(self, span: Span | None, message: str, hint: str | None = None) -> None:
         diagnostic = Diagnostic(message, span, hint)
-        if diagnostic not in self.diagnostics:  # a top-level setting checked again for every stage: once
+        if diagnostic not in self.said:  # a top-level setting checked again for every stage: once
+            self.said.add(diagnostic)
             self.diagnostics.append(diagnostic)
 
     def warn(self, span: Span | None, message: str, hint: str | None = None) -> None:

@@ -391,13 +391,15 @@ def _pieces(text: str, min_chars: int = PIECE_CHARS) -> list[str]:
 
 
 def _cut(paragraph: str, size: int) -> list[str]:
-    parts = []
-    while len(paragraph) > 2 * size:
-        at = max(paragraph.rfind("\n", size, 2 * size), paragraph.rfind(" ", size, 2 * size))
-        at = at if at > 0 else 2 * size
-        parts.append(paragraph[:at])
-        paragraph = paragraph[at:]
-    return [*parts, paragraph]
+    # cut by position: slicing off the rest at every cut would copy it each time (quadratic)
+    parts, start = [], 0
+    while len(paragraph) - start > 2 * size:
+        window = (start + size, start + 2 * size)
+        at = max(paragraph.rfind("\n", *window), paragraph.rfind(" ", *window))
+        at = at if at > start else start + 2 * size
+        parts.append(paragraph[start:at])
+        start = at
+    return [*parts, paragraph[start:]]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

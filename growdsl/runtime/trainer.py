@@ -599,7 +599,7 @@ class Trainer:
         start = time.perf_counter()
         every = t.checkpoint_every_steps
         first_global = self.global_step - first_step
-        val_points = set(validation_steps(first_global, stage.steps, t.val_every_steps)) if t.val_every_steps else ()
+        val_points = validation_steps(first_global, stage.steps, t.val_every_steps) if t.val_every_steps else ()
         for step in range(first_step, stage.steps):
             lr = stage.lr.lr_at(step)
             for group in opt.param_groups:
