@@ -5,6 +5,7 @@ Exit status: 0 ok, 1 invalid schedule, 2 usage error. Schedules never produce a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -620,6 +621,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     checkpoint resumes on this schedule) nothing is written: its lines wait, and a refusal leaves
     the directory as it was."""
     from growdsl.eval.in_run import in_run_evaluator
+    from growdsl.runtime import checkpoint
     from growdsl.runtime.distributed import lost_peer
     from growdsl.runtime.metrics import Metrics
     from growdsl.runtime.rundir import RunDirError, seen_alike
@@ -679,13 +681,25 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         if world.main:
             print(f"growdsl run: {refused}", file=sys.stderr)
         return status or EXIT_INVALID
+    problem = None
     if world.main:
-        run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
+        try:
+            run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
+            log_file = (run_dir / "log.txt").open("a")
+            log_file.write("".join(line + "\n" for line in waiting))
+            trainer.metrics = metrics = Metrics(run_dir, owner=True)
+        except RunDirError as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot write into {run_dir}: {e.strerror}"
+    problem = world.first_failure(problem)  # the others would wait for rank 0 in the first step
+    if problem:
+        if world.main:
+            print(f"growdsl run: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if world.main:
         on = world.device.type + (" (bf16 mixed precision)" if trainer.mixed else "")
         log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
-        log_file = (run_dir / "log.txt").open("a")
-        log_file.write("".join(line + "\n" for line in waiting))
-        trainer.metrics = metrics = Metrics(run_dir, owner=True)
     try:
         logs = trainer.run()
         if world.main:
@@ -695,20 +709,28 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         if world.main:
             log(f"growdsl run: {e}")
         return EXIT_INVALID
-    except RuntimeError as e:
-        lost = lost_peer(e) if world.size > 1 else None
-        if lost is None:
+    except BaseException as e:  # DCP's CheckpointException is one (it wraps each rank's error)
+        if isinstance(checkpoint.underlying(e), KeyboardInterrupt):  # Ctrl-C, maybe inside a checkpoint's write
+            raise KeyboardInterrupt from None
+        failed = checkpoint.failed_write(e, run_dir)
+        lost = lost_peer(e) if world.size > 1 and failed is None else None
+        if failed is None and lost is None:
             raise
-        # every surviving rank says it: the one whose line reaches the user may be any of them
-        line = f"growdsl run: rank {world.rank}: {lost}; committed checkpoints are whole: resume with --resume"
+        # every rank says it (the one whose line reaches the user may be any); the log is written if it can be
+        rank = f"rank {world.rank}: " if world.size > 1 else ""
+        line = f"growdsl run: {rank}{failed or lost}; committed checkpoints are whole: "
+        line += "free space (or fix the folder) and resume with --resume" if failed else "resume with --resume"
         print(line, file=sys.stderr, flush=True)
         if world.main:
-            print(line, file=log_file, flush=True)
+            with contextlib.suppress(OSError):
+                print(line, file=log_file, flush=True)
         return EXIT_INVALID
     finally:
         if world.main:
-            log_file.close()
-            metrics.close()
+            with contextlib.suppress(OSError):  # closing flushes: a full disk may refuse that too
+                log_file.close()
+            with contextlib.suppress(OSError):
+                metrics.close()
     return EXIT_OK
 
 

@@ -622,3 +622,87 @@ def test_a_step_redone_finite_after_a_nan_is_not_divergence(finished, tmp_path):
     nan = json.dumps({**json.loads(lines[at]), "loss": float("nan")})
     (copy / "history.jsonl").write_text("\n".join(lines[:at] + [nan] + lines[at:]) + "\n")  # redone after
     assert read_run(copy).diverged is None
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes_exactly(finished, data_dir, tmp_path):
+    """The disk fills up (a file-size limit stands in: writes past it fail, as on a full disk) when the
+    grown model's first checkpoint is written: one line, exit 1, the committed checkpoints whole; once
+    there is room, --resume ends with the uninterrupted run's losses."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    limit = 520_000  # a 1-layer checkpoint's tensors (514 KB) fit, the grown model's do not
+    full_disk = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "from growdsl.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run)]
+    done = subprocess.run([sys.executable, "-c", full_disk, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"growdsl run: cannot write into {run}: File too large; committed checkpoints are whole: free space "
+        f"(or fix the folder) and resume with --resume"
+    )
+    committed = ["ckpt-000001", "ckpt-000002", "ckpt-000003"]  # the last: the grown model with no AdamW state yet
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [*committed, "ckpt-000004.partial"]
+    assert main([*argv, "--resume"]) == 0
+
+    def losses(folder):
+        lines = (folder / "history.jsonl").read_text().splitlines()
+        return {r["step"]: r["loss"] for r in map(json.loads, lines) if "event" not in r}
+
+    assert losses(run) == losses(finished[0])
+
+
+def test_a_run_stopped_while_it_began_leaves_a_folder_a_new_run_takes(
+    finished, data_dir, tmp_path, monkeypatch, capsys
+):
+    """Killed, or out of room, while writing its records: no run.json, so nothing to resume (said so)
+    and no run lost; the same command again starts the run."""
+    run = tmp_path / "run"
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run)]
+    writes = []
+    original = rundir._write
+
+    def killed_at_the_third(path, data):
+        writes.append(path.name)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        original(path, data)
+
+    monkeypatch.setattr(rundir, "_write", killed_at_the_third)
+    assert main(argv) == 1
+    assert f"cannot write the run's records into {run}: No space left on device" in capsys.readouterr().err
+    assert not run.exists()  # the folder the run made goes with what it wrote
+    run.mkdir()
+    (run / "schedule.grow").write_text("what a killed accept left")
+    (run / "plan.json.tmp").write_text("{")
+    monkeypatch.setattr(rundir, "_write", original)
+    assert main([*argv, "--resume"]) == 2
+    assert "holds no run (run.json missing) (a run stopped while it began" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert (run / "schedule.grow").read_text() == finished[1].read_text() and not (run / "plan.json.tmp").exists()
+
+
+def test_ctrl_c_inside_a_checkpoint_write_exits_130_and_the_run_resumes(finished, data_dir, tmp_path, monkeypatch):
+    """DCP wraps what stops its write (Ctrl-C too) in its own exception: still an interrupt, exit 130."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+    run = tmp_path / "run"
+    argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run)]
+    original = FileSystemWriter.write_data
+    calls = []
+
+    def interrupted_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", interrupted_at_the_second)
+    assert main(argv) == 130
+    monkeypatch.setattr(FileSystemWriter, "write_data", original)
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["ckpt-000001", "ckpt-000002.partial"]
+    assert main([*argv, "--resume"]) == 0

@@ -365,3 +365,25 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def underlying(error: BaseException) -> BaseException:
+    """The error under DCP's wrapper (a CheckpointException holds each failed rank's), or `error`."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(error, CheckpointException):
+        for failure in error.failures.values():
+            return underlying(failure[0] if isinstance(failure, tuple) else failure)
+    return error
+
+
+def failed_write(error: BaseException, folder: Path) -> str | None:
+    """A file the run could not write into `folder` (the disk full, the folder gone or made read-only),
+    in one line; None for any other error. torch's own writer reports a failed write without its cause."""
+    error = underlying(error)
+    if isinstance(error, OSError):
+        return f"cannot write {error.filename or f'into {folder}'}: {error.strerror or error}"
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
+        return f"cannot write a checkpoint file ({text.splitlines()[0][:160]}): is the disk full?"
+    return None

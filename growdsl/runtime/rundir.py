@@ -111,15 +111,30 @@ class RunDir:
 
     def accept(self, plan_json: str, source: str, folders: Sequence[Path], processes: int) -> None:
         """The run goes ahead: write its record (the first data folder, whose tokenizer the run keeps,
-        as `data`; every folder under `sources`)."""
+        as `data`; every folder under `sources`), run.json last: a folder without it holds no run,
+        and a new run may take it (see `_unfinished_accept`). A failed write takes back what this
+        wrote of a new run and raises RunDirError."""
         sources = [{"data": str(f.resolve()), "identity": asdict(DataIdentity.of(f))} for f in folders]
         record = {**sources[0], "sources": sources, "processes": processes, "growdsl": __version__}
-        _write(self.path / "schedule.grow", source.encode())
-        _write(self.path / "plan.json", plan_json.encode())
+        files = {"schedule.grow": source.encode(), "plan.json": plan_json.encode()}
         for name in TOKENIZER_FILES:  # what eval and export need of the tokenizer, wherever the data goes
             if (folders[0] / name).is_file():
-                _write(self.path / name, (folders[0] / name).read_bytes())
-        _write(self.path / RECORD, json.dumps(record, indent=1).encode())
+                files[name] = (folders[0] / name).read_bytes()
+        files[RECORD] = json.dumps(record, indent=1).encode()
+        written = []
+        if not self.resume:  # what an accept stopped midway left (see `_usable`) goes
+            for stale in self.path.iterdir():
+                if stale.name not in files:
+                    stale.unlink()
+        try:
+            for name, data in files.items():
+                _write(self.path / name, data)
+                written.append(self.path / name)
+        except OSError as e:
+            if not self.resume:  # a resumed run's records stay as they were or whole
+                for path in written:
+                    path.unlink(missing_ok=True)
+            raise RunDirError(f"cannot write the run's records into {self.path}: {e.strerror}") from None
         self.accepted = True
 
     def release(self) -> None:
@@ -142,6 +157,11 @@ def claim(path: Path, resume: bool) -> RunDir:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise RunDirError(f"{path} is {'a link' if path.is_symlink() else 'a file'}: --run-dir must name a folder")
     _usable(path, resume)
+    if resume:  # refused before a model is loaded, rather than at the first write
+        for folder in (path, path / "checkpoints"):
+            why = folders.writable(folder)
+            if why:
+                raise RunDirError(f"cannot resume: {why}")
     made = [] if resume else _make(path)
     try:
         lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -168,11 +188,19 @@ def claim(path: Path, resume: bool) -> RunDir:
 def _usable(path: Path, resume: bool) -> None:
     if resume:
         if not (path / RECORD).is_file():
-            raise RunDirError(f"nothing to resume in {path}: it holds no run ({RECORD} missing)")
-    elif path.is_dir() and any(path.iterdir()):
+            unfinished = " (a run stopped while it began: run it again without --resume)" if _unfinished(path) else ""
+            raise RunDirError(f"nothing to resume in {path}: it holds no run ({RECORD} missing){unfinished}")
+    elif path.is_dir() and any(path.iterdir()) and not _unfinished(path):
         if (path / RECORD).exists() or (path / "checkpoints").exists():
             raise RunDirError(f"{path} holds a run already: add --resume to go on with it, or give another --run-dir")
         raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
+
+
+def _unfinished(path: Path) -> bool:
+    """Whether `path` holds only what an `accept` stopped midway left (records without run.json)."""
+    names = [p.name for p in path.iterdir()]
+    records = {"schedule.grow", "plan.json", *TOKENIZER_FILES}
+    return bool(names) and all(n in records or (n.endswith(".tmp") and n[:-4] in records | {RECORD}) for n in names)
 
 
 def check_plain(run_dir: Path) -> None:
@@ -232,8 +260,11 @@ def _make(path: Path) -> list[Path]:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def seen_alike(world, run_dir: Path, folders: Sequence[Path]) -> str | None:
