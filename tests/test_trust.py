@@ -438,6 +438,35 @@ def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_prepare_killed_between_its_two_renames_gets_the_old_folder_back(finished, tmp_path, capsys):
+    """Killed (SIGKILL: no cleanup) after the old folder went aside and before the new one came in:
+    the data is missing, and said why; the next prepare first puts the old folder back whole."""
+    import subprocess
+    import sys
+
+    corpus = small_corpus(tmp_path / "corpus")
+    out = tmp_path / "prepared"
+    data.prepare([corpus], out, vocab_size=300, holdout=0.25)
+    before = snapshot(out)
+    killed_between = (
+        "import os, sys; from pathlib import Path; from growdsl.runtime import data; real = Path.replace\n"
+        "def replace(self, target):\n"
+        "    real(self, target)\n"
+        "    if '.old-' in Path(target).name: os.kill(os.getpid(), 9)\n"
+        "Path.replace = replace\n"
+        "data.prepare([Path(sys.argv[1])], Path(sys.argv[2]), vocab_size=280, holdout=0.25)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed_between, str(corpus), str(out)], timeout=300)
+    assert done.returncode == -9 and not out.exists()
+    assert main(["plan", str(finished[1]), "--data", str(out)]) == 1
+    assert "a prepare was stopped while it replaced it" in capsys.readouterr().err
+    busy = out.with_name(f".{out.name}.old-1")  # another prepare's, still running (process 1 is alive)
+    busy.mkdir()
+    with pytest.raises(data.DataError, match="lies inside --out"):  # refused after the old folder is back
+        data.prepare([out / "meta.json"], out, vocab_size=280)
+    assert snapshot(out) == before and busy.is_dir()
+
+
 def test_a_folder_whose_tokens_disagree_with_meta_is_not_a_prepared_folder(data_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)

@@ -27,6 +27,11 @@ def read_meta(directory: Path) -> dict:
     files present with exactly the tokens it counts, its tokenizer there."""
     file = directory / "meta.json"
     if not directory.is_dir():
+        if any(directory.parent.glob(f".{directory.name}.old-*")):  # a prepare killed as it swapped folders
+            raise DataError(
+                f"{directory} does not exist: a prepare was stopped while it replaced it; the old folder is kept "
+                f"aside and goes back in place when you run growdsl data prepare ... --out {directory} again"
+            )
         raise DataError(f"{directory} does not exist: prepare it with growdsl data prepare SOURCES --out {directory}")
     if not file.exists() and any(directory.iterdir()):
         raise DataError(

@@ -73,6 +73,7 @@ def prepare(
     never a mix."""
     kind, what = tokenizers.parse(tokenizer or f"bpe:{vocab_size}")
     chosen = tokenizers.load(what) if kind == "file" else None  # a bad tokenizer is refused before any work
+    _put_back_killed_swap(out)
     _replaceable(out, paths)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a prepare that was killed
         if not _alive(stale.name.rsplit("-", 1)[-1]):
@@ -95,6 +96,18 @@ def prepare(
             except OSError:
                 break
     return meta
+
+
+def _put_back_killed_swap(out: Path) -> None:
+    """A prepare killed between its two renames left no `out` and the old folder aside (`.NAME.old-PID`):
+    it goes back, so that `out` is again the old folder, whole, before anything else happens."""
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if _alive(old.name.rsplit("-", 1)[-1]):
+            continue
+        if not out.exists() and not out.is_symlink():
+            old.replace(out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:
