@@ -735,3 +735,64 @@ def test_ctrl_c_inside_a_checkpoint_write_exits_130_and_the_run_resumes(finished
     monkeypatch.setattr(FileSystemWriter, "write_data", original)
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["ckpt-000001", "ckpt-000002.partial"]
     assert main([*argv, "--resume"]) == 0
+
+
+def _crafted(metadata, name: str, how: str):
+    """Change the model's `name` entry of a genuine metadata object the way `how` says."""
+    import dataclasses
+
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    entry = metadata.state_dict_metadata[name]
+    changed = {
+        "size not a shape": dict(size=[4, "x"]),
+        "negative size": dict(size=torch.Size([-4, 32])),
+        "no properties": dict(properties=None),
+        "dtype a number": dict(properties=dataclasses.replace(entry.properties, dtype=7)),
+        "a piece outside": dict(chunks=[ChunkStorageMetadata(torch.Size([10**6, 0]), entry.size)]),
+    }[how]
+    metadata.state_dict_metadata[name] = dataclasses.replace(entry, **changed)
+    return metadata
+
+
+@pytest.mark.parametrize(
+    "how", ["size not a shape", "negative size", "no properties", "dtype a number", "a piece outside"]
+)
+def test_structurally_crafted_metadata_is_one_line_for_every_command(run, finished, data_dir, tmp_path, how, capsys):
+    """Metadata of allowed types that no checkpoint can hold (it passed the manifest, rewritten): one
+    line from eval, export and resume, never a traceback from the checks behind them."""
+    ckpt = newest(run)
+    metadata = checkpoint.SafeReader(ckpt).read_metadata()
+    name = "model.layers.0.attention.wq.weight"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_crafted(metadata, name, how)))
+    remanifest(ckpt)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    assert main(["eval", str(run), "--tasks", "heldout", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "as no tensor can be" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("position", 2**63, "too large a number"),
+        ("global_step", 10**400, "too large a number"),
+        ("ramps", [{"name": "layers.1", "steps": 4, "old": None, "step": 10}], "at step 10 of 4"),
+    ],
+)
+def test_progress_numbers_past_what_a_run_can_reach_are_refused(run, field, value, said, tmp_path, capsys):
+    ckpt = newest(run)
+    progress = json.loads((ckpt / "progress.json").read_text())
+    progress[field] = value
+    (ckpt / "progress.json").write_text(json.dumps(progress))
+    remanifest(ckpt)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err
+
+
+def test_deeply_nested_records_are_one_line(run, finished, data_dir, capsys):
+    (run / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply" in err

@@ -216,6 +216,8 @@ def _wrong_field(p: Progress) -> str | None:
         old = r.get("old")
         if old is not None and not (isinstance(old, list) and all(count(v) for v in old)):
             return f"ramp {r['name']!r} has old {old!r}"
+        if not 0 <= r["step"] < r["steps"]:  # a ramp is removed the step it ends
+            return f"ramp {r['name'][:80]!r} is at step {r['step']} of {r['steps']}, which a live ramp cannot be"
     return None
 
 
@@ -285,6 +287,9 @@ def _check_metadata(metadata, path: Path) -> None:
         raise CheckpointError(f"{path} is not checkpoint metadata")
     if not all(type(m) is TensorStorageMetadata for m in metadata.state_dict_metadata.values()):
         raise CheckpointError(f"{path} declares an entry that is not a tensor: refused (growdsl writes only tensors)")
+    for name, m in metadata.state_dict_metadata.items():
+        if not (isinstance(name, str) and _is_tensor_entry(m)):
+            raise CheckpointError(f"{path} declares {str(name)[:80]!r} as no tensor can be (its shape, type or pieces)")
     storage = metadata.storage_data if isinstance(metadata.storage_data, dict) else None
     for info in (storage or {None: None}).values():
         where = getattr(info, "relative_path", None)
@@ -299,6 +304,35 @@ def _check_metadata(metadata, path: Path) -> None:
         )
         if not ok:
             raise CheckpointError(f"{path} places a tensor at {where!r}, not a file of this checkpoint: refused")
+
+
+def _is_size(size, dims: int | None = None) -> bool:
+    return (
+        type(size) is torch.Size
+        and (dims is None or len(size) == dims)
+        and all(type(n) is int and 0 <= n < 2**62 for n in size)
+    )
+
+
+def _is_tensor_entry(m) -> bool:
+    """A tensor's shape (whole numbers), dtype, and pieces that lie within it."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorProperties
+
+    if not (
+        _is_size(m.size) and type(m.properties) is TensorProperties and isinstance(m.properties.dtype, torch.dtype)
+    ):
+        return False
+    if not isinstance(m.chunks, list):
+        return False
+    dims = len(m.size)
+    for chunk in m.chunks:
+        if type(chunk) is not ChunkStorageMetadata or not (
+            _is_size(chunk.offsets, dims) and _is_size(chunk.sizes, dims)
+        ):
+            return False
+        if any(o + n > whole for o, n, whole in zip(chunk.offsets, chunk.sizes, m.size)):
+            return False
+    return True
 
 
 def _allowed(module: str, name: str) -> bool:

@@ -198,7 +198,7 @@ def _usable(path: Path, resume: bool) -> None:
 
 def _unfinished(path: Path) -> bool:
     """Whether `path` holds only what an `accept` stopped midway left (records without run.json)."""
-    names = [p.name for p in path.iterdir()]
+    names = [p.name for p in path.iterdir()] if path.is_dir() else []
     records = {"schedule.grow", "plan.json", *TOKENIZER_FILES}
     return bool(names) and all(n in records or (n.endswith(".tmp") and n[:-4] in records | {RECORD}) for n in names)
 
