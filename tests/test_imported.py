@@ -134,6 +134,15 @@ def broken(tmp_path, plain, how):
         (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif how == "no config":
         (folder / "config.json").unlink()
+    elif how == "nan theta":
+        config["rope_theta"] = float("nan")
+    elif how == "huge theta":
+        config["rope_theta"] = 1e300
+        config.pop("rope_parameters", None)
+    elif how == "infinite factor":
+        config["rope_scaling"] = {"rope_type": "llama3", "factor": float("inf")}
+    elif how == "infinite eps":
+        config["rms_norm_eps"] = float("inf")
     elif how == "dtype":  # integer weights (a quantised export): same size, another type
         data = (folder / "model.safetensors").read_bytes()
         (folder / "model.safetensors").write_bytes(data.replace(b'"F32"', b'"I32"', 1))
@@ -152,6 +161,11 @@ def broken(tmp_path, plain, how):
         ("truncated", "model.safetensors: model.layers"),
         ("no config", "config.json is missing"),
         ("dtype", "is I32; growdsl reads F32, F16, BF16"),
+        # json.dumps writes NaN and Infinity, which no JSON reader should take (plan --json printed them)
+        ("nan theta", "config.json is not valid JSON: NaN is not a number JSON allows"),
+        ("infinite factor", "config.json is not valid JSON: Infinity is not a number JSON allows"),
+        ("infinite eps", "config.json is not valid JSON: Infinity is not a number JSON allows"),
+        ("huge theta", "rope_theta is 1e+300, not a number above 0 (and below 1e30)"),
     ],
 )
 def test_a_folder_that_is_not_a_llama_is_named_with_what_is_wrong(plain, tmp_path, capsys, how, said):

@@ -163,7 +163,7 @@ def test_without_a_manifest_empty_metadata_and_truncated_progress_are_errors(run
     with pytest.raises(checkpoint.CheckpointError, match="is not checkpoint metadata"):
         checkpoint.read(ckpt, {})
     (ckpt / "progress.json").write_text('{"seq": 4, "stage"')
-    with pytest.raises(checkpoint.CheckpointError, match="progress.json is unreadable"):
+    with pytest.raises(checkpoint.CheckpointError, match="progress.json is not valid JSON"):
         checkpoint.read_progress(ckpt)
 
 

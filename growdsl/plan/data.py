@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from growdsl.files import read_json
+from growdsl.files import FileProblem, read_json
 from growdsl.plan.plan import Plan
 
 DTYPES = {"uint16": 2, "uint32": 4}  # token files' element types and their sizes in bytes
@@ -45,8 +45,10 @@ def read_meta(directory: Path) -> dict:
             f"{directory} is not a prepared data folder (no meta.json): prepare it with growdsl data prepare "
             f"SOURCES --out {directory}"
         ) from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{file} is unreadable: {e}") from None
+    except FileProblem as e:
+        raise DataError(str(e)) from None
+    except OSError as e:
+        raise DataError(f"{file} is unreadable: {e.strerror}") from None
     if not isinstance(meta, dict):
         raise DataError(f"{file} is not a prepared folder's meta.json")
     counts = [meta.get(k) for k in COUNTS] + ([] if meta.get("bos_id") is None else [meta["bos_id"]])

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from growdsl.files import not_plain_under, parse_json, read_json
+from growdsl.files import FileProblem, not_plain_under, parse_json, read_json
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT
 from growdsl.plan.shape import ModelShape, RopeScaling
@@ -105,8 +105,10 @@ def read_config(file: Path) -> ModelShape:
         config = read_json(file)
     except FileNotFoundError:
         raise ModelFolderError(f"{file} is missing: not a Hugging Face model folder") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{file} is unreadable: {e}") from None
+    except FileProblem as e:
+        raise ModelFolderError(str(e)) from None
+    except OSError as e:
+        raise ModelFolderError(f"{file} is unreadable: {e.strerror}") from None
     if not isinstance(config, dict):
         raise ModelFolderError(f"{file} is not a model's config")
     kind = config.get("model_type")
@@ -130,8 +132,8 @@ def read_config(file: Path) -> ModelShape:
 
     def number(key: str, value, default: float) -> float:
         value = default if value is None else value
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ModelFolderError(f"{file}: {key} is {value!r}, not a number above 0")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e30:
+            raise ModelFolderError(f"{file}: {key} is {value!r}, not a number above 0 (and below 1e30)")
         return float(value)
 
     dim, heads, layers = count("hidden_size"), count("num_attention_heads"), count("num_hidden_layers")

@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
-from growdsl.files import read_json
+from growdsl.files import FileProblem, read_json
 from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import MOMENTS, State
 
@@ -162,8 +162,10 @@ def read_progress(path: Path) -> Progress:
         raw = read_json(file)
     except FileNotFoundError:
         raise CheckpointError(f"{file} is missing") from None
-    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
-        raise CheckpointError(f"{file} is unreadable: {type(e).__name__}: {str(e)[:200]}") from None
+    except FileProblem as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"{file} is unreadable: {e.strerror}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file} is not an object")
     if not _REQUIRED <= raw.keys():

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from growdsl import __version__
-from growdsl.files import not_plain_under, read_json
+from growdsl.files import FileProblem, not_plain_under, read_json
 from growdsl.runtime import folders
 
 RECORD = "run.json"
@@ -218,8 +218,10 @@ def read_record(run_dir: Path) -> dict:
     file = run_dir / RECORD
     try:
         record = read_json(file)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{file} is unreadable: {e}") from None
+    except FileProblem as e:
+        raise RunDirError(str(e)) from None
+    except OSError as e:
+        raise RunDirError(f"{file} is unreadable: {e.strerror}") from None
     sources = record.get("sources", [record]) if isinstance(record, dict) else None
     if not (isinstance(sources, list) and sources and all(_is_source(s) for s in sources) and _is_source(record)):
         raise RunDirError(f"{file} is not a run record (data, identity, sources, processes)")
