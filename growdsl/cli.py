@@ -29,6 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # a path the system refuses (too long, a loop of links, ...) wherever it is met
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"growdsl {_command_of(argv)}: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _command_of(argv: list[str] | None) -> str:
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    return " ".join(words[:2]) if words[:1] == ["data"] else (words[0] if words else "")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -841,7 +850,7 @@ def _compare(args) -> int:
         print(f"growdsl compare: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        print(f"growdsl compare: cannot write {args.out}: {e.strerror}", file=sys.stderr)
+        print(f"growdsl compare: {e.filename or args.out}: {e.strerror}", file=sys.stderr)  # a run read, or out
         return EXIT_USAGE
     print(render(report))
     return EXIT_OK

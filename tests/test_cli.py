@@ -142,6 +142,7 @@ def test_a_source_checkout_plans_without_being_installed(tmp_path):
         ("1e400", "2T", 2, "'1e400' is too large"),
         ("7", "2T", 0, "N = 7 is outside the 410M-7B the fit was made on"),
         ("1B", "1M", 0, "d exceeds D"),
+        ("0.5", "1", 2, "a compute budget of 3 FLOPs is far below the fit's"),  # 10^336 tokens: OverflowError
     ],
 )
 def test_predict_d_refuses_what_is_not_a_number_and_warns_outside_the_fit(params, tokens, code, said, capsys):
@@ -149,3 +150,23 @@ def test_predict_d_refuses_what_is_not_a_number_and_warns_outside_the_fit(params
     assert said in capsys.readouterr().err
     assert main(["plan", "--predict-d", "--params", "7B", "--tokens", "2T"]) == 0
     assert capsys.readouterr().err == ""  # Llama2-7B on 2T: inside the fit, d well below D
+
+
+def test_a_path_the_system_refuses_is_one_line_for_every_command(tmp_path, capsys):
+    """A 300-character name is longer than a file system takes (OSError wherever it is met)."""
+    long = tmp_path / ("a" * 300)
+    schedule = tmp_path / "s.grow"
+    schedule.write_text("model tiny layers 2\nwarmup 2 steps\ntrain 2L for 10 steps\n")
+    commands = [
+        ["validate", str(long) + ".grow"],
+        ["plan", str(schedule), "--data", str(long)],
+        ["data", "prepare", str(schedule), "--out", str(long)],
+        ["run", str(schedule), "--run-dir", str(long)],
+        ["eval", str(long)],
+        ["export", str(long), "--hf", str(tmp_path / "hf")],
+    ]
+    for argv in commands:
+        assert main(argv) in (1, 2), argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "File name too long" in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.grow"]

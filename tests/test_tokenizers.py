@@ -172,3 +172,47 @@ def test_vocab_size_is_the_highest_id_plus_one(tmp_path):
     tok.save(str(tmp_path / "tokenizer.json"))
     chosen = tokenizers.load(tmp_path / "tokenizer.json")
     assert chosen.vocab_size == 70_001 and chosen.documents(["a b"])[0].dtype == np.uint32
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("duplicate", "holds the piece 'w1' twice"),
+        ("empty", "holds an empty piece"),
+        ("huge", r"of 100,000 characters \(at most 256\)"),
+        ("no bytes", "falls back on bytes but lacks the 256 byte pieces"),
+        ("eos on a word", "is the ordinary piece '▁'"),
+    ],
+)
+def test_a_sentencepiece_model_no_bpe_can_be_made_of_is_named(sentencepiece_model, tmp_path, how, said):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sentencepiece_model.read_bytes())
+    kinds = sentencepiece_model_pb2.ModelProto.SentencePiece
+    normal = [p for p in proto.pieces if p.type == kinds.NORMAL]
+    if how == "duplicate":
+        normal[0].piece, normal[1].piece = "w1", "w1"
+    elif how == "empty":
+        normal[0].piece = ""
+    elif how == "huge":
+        normal[0].piece = "x" * 100_000
+    elif how == "no bytes":
+        next(p for p in proto.pieces if p.type == kinds.BYTE).type = kinds.NORMAL
+    else:
+        proto.trainer_spec.eos_id = next(i for i, p in enumerate(proto.pieces) if p.piece == "▁")
+    crafted = tmp_path / "crafted.model"
+    crafted.write_bytes(proto.SerializeToString())
+    with pytest.raises(tokenizers.TokenizerError, match=said):
+        tokenizers.load(crafted)
+
+
+@pytest.mark.parametrize("ids, said", [({"a": 0, "b": 999_999_999}, "token ids outside"), ({"a": 0}, r"1 token\(s\)")])
+def test_a_tokenizer_json_with_impossible_ids_is_named_not_allocated(tmp_path, ids, said):
+    """An id near 1e9 made the tokenizers library allocate a table that size and abort the process."""
+    spec = {"version": "1.0", "model": {"type": "BPE", "vocab": ids, "merges": []}, "added_tokens": []}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(tokenizers.TokenizerError, match=said):
+        tokenizers.load(tmp_path / "tokenizer.json")
+    with pytest.raises(tokenizers.TokenizerError, match=said):
+        tokenizers.read_prepared(tmp_path)

@@ -366,13 +366,44 @@ def test_unwritable_targets_are_refused_before_any_work(finished, data_dir, tmp_
 
 
 @pytest.mark.parametrize(
-    "line, said", [("[1, 2]", "an object with a string"), ('{"text": 5}', "an object with a string"), ("{", "not JSON")]
+    "line, said",
+    [
+        ("[1, 2]", "an object with a string"),
+        ('{"text": 5}', "an object with a string"),
+        ("{", "not JSON"),
+        ('{"text": "half \\ud800 a character"}', "its text holds '\\ud800', half of a character"),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+    ids=["list", "number", "cut", "lone surrogate", "deep"],
 )
 def test_bad_jsonl_lines_are_named(tmp_path, line, said, capsys):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "a b c"}\n' + line + "\n")
     assert main(["data", "prepare", str(corpus), "--out", str(tmp_path / "out")]) == 1
     assert f"{corpus}:2: " in (err := capsys.readouterr().err) and said in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_or_inflating_archives_are_named(tmp_path, monkeypatch, capsys):
+    """A .jsonl.gz whose deflate stream is damaged (zlib's own error), and one whose line never ends
+    (a small file may inflate to gigabytes: read up to a bound, not into memory whole)."""
+    import gzip
+
+    from growdsl.runtime import sources
+
+    lines = "".join(f'{{"text": "document {i} {"w " * (i % 40)}"}}\n' for i in range(3000)).encode()
+    damaged = bytearray(gzip.compress(lines))
+    damaged[30:60] = bytes(b ^ 0xFF for b in damaged[30:60])
+    (tmp_path / "damaged.jsonl.gz").write_bytes(bytes(damaged))
+    assert main(["data", "prepare", str(tmp_path / "damaged.jsonl.gz"), "--out", str(tmp_path / "out")]) == 1
+    assert "damaged.jsonl.gz: cannot be read as jsonl.gz: Error -3 while decompressing" in capsys.readouterr().err
+    monkeypatch.setattr(sources, "MAX_DOCUMENT", 2**20)
+    (tmp_path / "endless.jsonl.gz").write_bytes(gzip.compress(b'{"text": "' + b"a" * 2**21))
+    assert main(["data", "prepare", str(tmp_path / "endless.jsonl.gz"), "--out", str(tmp_path / "out")]) == 1
+    assert "endless.jsonl.gz:1: a line of more than 1 MiB: not a document" in capsys.readouterr().err
+    (tmp_path / "big.txt").write_text("a " * 2**20)
+    assert main(["data", "prepare", str(tmp_path / "big.txt"), "--out", str(tmp_path / "out")]) == 1
+    assert "big.txt is one document of 2 MiB: growdsl reads documents of up to 1 MiB" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

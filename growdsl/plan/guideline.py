@@ -36,8 +36,13 @@ def predict_d(params: float, tokens: float) -> Prediction:
     log_c = math.log10(c)
     if log_c <= 0:
         raise ValueError("compute budget too small for the fit (C must exceed 1 FLOP)")
-    d = 10 ** (0.88 * math.log10(params) + 163.27 / log_c - 5.74)
-    return Prediction(params, tokens, c, d)
+    exponent = 0.88 * math.log10(params) + 163.27 / log_c - 5.74
+    if exponent > 30:  # more tokens than exist: a budget far below anything the fit was made on
+        raise ValueError(
+            f"a compute budget of {c:.3g} FLOPs is far below the fit's (~1e20 and up): d would be "
+            f"1e{exponent:.0f} tokens"
+        )
+    return Prediction(params, tokens, c, 10**exponent)
 
 
 def g_in_range(g: float | Fraction) -> bool:

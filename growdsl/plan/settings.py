@@ -88,11 +88,19 @@ def apply_setting(reader: Reader, s: ast.Setting, target: Settings) -> list[str]
     return keys
 
 
+MAX_LR = 10.0
+
+
 def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     a, k = s.args, s.key
     if k == "lr":
-        hi = reader.real(as_number(a[0]), "lr")
-        lo = reader.real(as_number(a[1]), "min LR", low_inclusive=True) if len(a) > 1 else (hi / 10 if hi else None)
+        # below 10: AdamW's steps are about lr in size; far larger ones overflow float32 weights
+        hi = reader.real(as_number(a[0]), "lr", high=MAX_LR)
+        lo = (
+            reader.real(as_number(a[1]), "min LR", low_inclusive=True, high=MAX_LR)
+            if len(a) > 1
+            else (hi / 10 if hi else None)
+        )
         if hi is None or lo is None:
             return []
         if lo > hi:
@@ -161,15 +169,15 @@ def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
             return []
         t.warmup = warmup
         return ["warmup"]
-    reals = {
-        "min_lr": ("lr_min", True),
-        "eps": ("eps", False),
-        "weight_decay": ("weight_decay", True),
-        "clip": ("grad_clip", True),
+    reals = {  # the field, whether 0 is allowed, the bound it stays below (None: none)
+        "min_lr": ("lr_min", True, MAX_LR),
+        "eps": ("eps", False, 1.0),
+        "weight_decay": ("weight_decay", True, 100.0),
+        "clip": ("grad_clip", True, None),
     }
     if k in reals:
-        key, inclusive = reals[k]
-        value = reader.real(as_number(a[0]), k, low_inclusive=inclusive)
+        key, inclusive, high = reals[k]
+        value = reader.real(as_number(a[0]), k, low_inclusive=inclusive, high=high)
         if value is None:
             return []
         setattr(t, key, value)

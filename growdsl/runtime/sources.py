@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from growdsl.files import not_plain, parse_json, read_json
+
+MAX_DOCUMENT = 256 * 2**20  # characters of one document (a .txt file, a .jsonl line)
 
 
 class SourceError(ValueError):
@@ -143,7 +146,7 @@ def _read(source: Source) -> Iterator[tuple[str, str]]:
         yield from _documents_of(source)
     except SourceError:
         raise
-    except (OSError, EOFError, ValueError, UnicodeError) as e:  # truncated or corrupt archives, ...
+    except (OSError, EOFError, ValueError, UnicodeError, zlib.error) as e:  # truncated or corrupt archives, ...
         raise SourceError(f"{source.path}: cannot be read as {source.kind}: {e}") from None
     except Exception as e:  # zstandard's and pyarrow's own errors
         if type(e).__module__.split(".")[0] not in ("zstandard", "pyarrow"):
@@ -154,10 +157,17 @@ def _read(source: Source) -> Iterator[tuple[str, str]]:
 def _documents_of(source: Source) -> Iterator[tuple[str, str]]:
     path = source.path
     if source.kind == "text":
+        if path.stat().st_size > MAX_DOCUMENT:
+            raise SourceError(
+                f"{path} is one document of {path.stat().st_size / 2**20:,.0f} MiB: growdsl reads documents of up to "
+                f"{MAX_DOCUMENT // 2**20} MiB; split it (a file per document, or a .jsonl of them)"
+            )
         yield str(path), path.read_text(encoding="utf-8", errors="replace")
     elif source.kind.startswith("jsonl"):
         with _open_lines(source) as lines:
-            for i, line in enumerate(lines, 1):
+            for i, line in enumerate(iter(lambda: lines.readline(MAX_DOCUMENT + 1), ""), 1):
+                if len(line) > MAX_DOCUMENT:  # a line with no end (a small .gz may inflate to gigabytes)
+                    raise SourceError(f"{path}:{i}: a line of more than {MAX_DOCUMENT // 2**20} MiB: not a document")
                 if line.strip():
                     yield f"{path}:{i}", jsonl_text(line, f"{path}:{i}")
     elif source.kind == "parquet":
@@ -218,7 +228,13 @@ def jsonl_text(line: str, where: str) -> str:
         raise SourceError(f"{where}: not JSON ({e})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise SourceError(f'{where}: a .jsonl line must be an object with a string "text"')
-    return record["text"]
+    text = record["text"]
+    if "\\u" in line:  # only an escape can make a lone surrogate, which no text encoding holds
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise SourceError(f"{where}: its text holds {text[e.start]!r}, half of a character: not text") from None
+    return text
 
 
 def _parquet(path: Path) -> Iterator[tuple[str, str]]:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from growdsl.files import FileProblem, read_bytes, read_json
+from growdsl.files import FileProblem, parse_json, read_bytes, read_json
 
 TOKENIZER_LIMIT = 512 * 2**20  # the largest tokenizer.json known is a few tens of MB
+MAX_VOCAB = 2**24  # token ids (the largest vocabularies in use are ~256K)
 
 EOT = "<|endoftext|>"  # the end-of-document token of the BPE tokenizers growdsl trains
 END_NAMES = ("</s>", EOT, "<|end_of_text|>", "<eos>", "<|eos|>")  # what other tokenizers call theirs
@@ -142,15 +143,9 @@ def load(path: Path) -> Chosen:
 def read_prepared(directory: Path) -> tuple[object, Specials]:
     """A prepared folder's (or run directory's) tokenizer and conventions; a folder written before
     tokenizer_config.json existed ends documents with EOT and starts them with nothing."""
-    from tokenizers import Tokenizer
 
     file = directory / "tokenizer.json"
-    try:
-        tokenizer = Tokenizer.from_str(_read(file).decode())
-    except TokenizerError:
-        raise
-    except Exception as e:  # the tokenizers library raises its own Exception
-        raise TokenizerError(f"{file} is not a tokenizer: {e}") from None
+    tokenizer = _tokenizer_json(file)
     tokenizer.encode_special_tokens = True  # text that spells a special token is text
     config = directory / CONFIG
     if not config.is_file():
@@ -166,6 +161,29 @@ def read_prepared(directory: Path) -> tuple[object, Specials]:
         if token is not None and tokenizer.token_to_id(token) is None:
             raise TokenizerError(f"{config} names {token!r}, which {file} does not have")
     return tokenizer, specials
+
+
+def _tokenizer_json(file: Path):
+    """A tokenizer.json, its token ids checked before the tokenizers library sees them (an id near 1e9
+    makes it allocate a table that size and abort the process)."""
+    from tokenizers import Tokenizer
+
+    text = _read(file)
+    try:
+        raw = parse_json(text)
+        vocab = raw["model"]["vocab"]
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # BPE, WordPiece; Unigram
+        ids += [t["id"] for t in raw.get("added_tokens") or []]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TokenizerError(f"{file} is not a Hugging Face tokenizer.json: {str(e).splitlines()[0][:160]}") from None
+    if not all(isinstance(i, int) and 0 <= i < MAX_VOCAB for i in ids):
+        raise TokenizerError(f"{file} has token ids outside 0 to {MAX_VOCAB:,}: not a tokenizer growdsl reads")
+    if len(set(ids)) < 2:
+        raise TokenizerError(f"{file} has {len(set(ids))} token(s): a tokenizer needs text tokens and an end token")
+    try:
+        return Tokenizer.from_str(text.decode())
+    except Exception as e:  # the tokenizers library raises its own Exception
+        raise TokenizerError(f"{file} is not a Hugging Face tokenizer.json: {str(e).splitlines()[0]}") from None
 
 
 def _read(file: Path) -> bytes:
@@ -188,14 +206,7 @@ def _token(value) -> str | None:
 
 
 def _from_json(file: Path, config: Path) -> Chosen:
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_str(_read(file).decode())
-    except TokenizerError:
-        raise
-    except Exception as e:  # the tokenizers library raises its own Exception
-        raise TokenizerError(f"{file} is not a Hugging Face tokenizer.json: {str(e).splitlines()[0]}") from None
+    tokenizer = _tokenizer_json(file)
     bos = eos = None
     if config.is_file():  # a Hugging Face folder says what its ends are
         try:
@@ -263,6 +274,7 @@ def _from_sentencepiece(file: Path) -> Chosen:
             f"text as it is (Llama's, Mistral's); convert this one to a tokenizer.json with transformers and give that"
         )
     pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    _check_pieces(file, pieces, spec, sentencepiece_model_pb2.ModelProto.SentencePiece)
     vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
     merges = []
     for merged, score, kind in pieces:
@@ -298,7 +310,34 @@ def _from_sentencepiece(file: Path) -> Chosen:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, spec.bos_id)]
         )
-    return Chosen(tokenizer, Specials(eos, bos), "sentencepiece", {"tokenizer.model": file.read_bytes()})
+    return Chosen(tokenizer, Specials(eos, bos), "sentencepiece", {"tokenizer.model": _read(file)})
+
+
+MAX_PIECE = 256  # characters of one SentencePiece piece (Llama's longest is 16)
+
+
+def _check_pieces(file: Path, pieces: list, spec, kinds) -> None:
+    """Pieces a BPE can be made of: each once, none empty or huge (its merges are found by splitting
+    it at every place), the 256 byte pieces if it falls back on bytes, and its end of sentence a
+    control piece (an ordinary one, say '▁', would end every document where it stands)."""
+    seen: set[str] = set()
+    for piece, _, _ in pieces:
+        if not piece or len(piece) > MAX_PIECE or piece in seen:
+            what = (
+                "an empty piece"
+                if not piece
+                else f"the piece {piece[:40]!r} "
+                + ("twice" if piece in seen else f"of {len(piece):,} characters (at most {MAX_PIECE})")
+            )
+            raise TokenizerError(f"{file} holds {what}: not a SentencePiece BPE model growdsl reads")
+        seen.add(piece)
+    if spec.byte_fallback and sum(kind == kinds.BYTE for _, _, kind in pieces) != 256:
+        raise TokenizerError(f"{file} falls back on bytes but lacks the 256 byte pieces <0x00>..<0xFF>")
+    if 0 <= spec.eos_id < len(pieces) and pieces[spec.eos_id][2] != kinds.CONTROL:
+        raise TokenizerError(
+            f"{file}: its end-of-sentence id {spec.eos_id} is the ordinary piece {pieces[spec.eos_id][0]!r}, which "
+            f"would end a document wherever it stands: not a model growdsl reads"
+        )
 
 
 def check_sentencepiece(chosen: Chosen, texts: Iterable[tuple[str, str]], limit: int = 2_000_000) -> None:
@@ -306,7 +345,10 @@ def check_sentencepiece(chosen: Chosen, texts: Iterable[tuple[str, str]], limit:
     (name, text) pieces given, up to `limit` characters (a difference names the first that differs)."""
     import sentencepiece
 
-    processor = sentencepiece.SentencePieceProcessor(model_proto=chosen.files["tokenizer.model"])
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_proto=chosen.files["tokenizer.model"])
+    except RuntimeError as e:  # SentencePiece's own check of the model
+        raise TokenizerError(f"SentencePiece refuses the model: {str(e).splitlines()[0][:200]}") from None
     size = 0
     batch = []
     for name, text in texts:
