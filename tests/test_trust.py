@@ -737,13 +737,20 @@ def test_a_run_stopped_while_it_began_leaves_a_folder_a_new_run_takes(
     assert f"cannot write the run's records into {run}: No space left on device" in capsys.readouterr().err
     assert not run.exists()  # the folder the run made goes with what it wrote
     run.mkdir()
-    (run / "schedule.grow").write_text("what a killed accept left")
+    (run / ".accepting").touch()  # what a killed accept left
+    (run / "schedule.grow").write_text("half")
     (run / "plan.json.tmp").write_text("{")
     monkeypatch.setattr(rundir, "_write", original)
     assert main([*argv, "--resume"]) == 2
     assert "holds no run (run.json missing) (a run stopped while it began" in capsys.readouterr().err
     assert main(argv) == 0
     assert (run / "schedule.grow").read_text() == finished[1].read_text() and not (run / "plan.json.tmp").exists()
+    assert not (run / ".accepting").exists()
+    mine = tmp_path / "mine"  # a folder of the user's own with the schedule in it: never taken
+    mine.mkdir()
+    (mine / "schedule.grow").write_text(finished[1].read_text())
+    assert main([*argv[:-1], str(mine)]) == 2
+    assert f"{mine} is not empty" in capsys.readouterr().err
 
 
 def test_ctrl_c_inside_a_checkpoint_write_exits_130_and_the_run_resumes(finished, data_dir, tmp_path, monkeypatch):

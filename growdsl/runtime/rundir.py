@@ -26,6 +26,7 @@ from growdsl.runtime import folders
 
 RECORD = "run.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+ACCEPTING = ".accepting"  # in a new run's folder while its records are written
 
 
 class RunDirError(Exception):
@@ -111,9 +112,9 @@ class RunDir:
 
     def accept(self, plan_json: str, source: str, folders: Sequence[Path], processes: int) -> None:
         """The run goes ahead: write its record (the first data folder, whose tokenizer the run keeps,
-        as `data`; every folder under `sources`), run.json last: a folder without it holds no run,
-        and a new run may take it (see `_unfinished_accept`). A failed write takes back what this
-        wrote of a new run and raises RunDirError."""
+        as `data`; every folder under `sources`). A new run marks the folder (ACCEPTING) until run.json,
+        written last, is there: a folder an accept stopped midway holds no run, and the next new run
+        takes it (see `_unfinished`). A failed write takes back what it wrote and raises RunDirError."""
         sources = [{"data": str(f.resolve()), "identity": asdict(DataIdentity.of(f))} for f in folders]
         record = {**sources[0], "sources": sources, "processes": processes, "growdsl": __version__}
         files = {"schedule.grow": source.encode(), "plan.json": plan_json.encode()}
@@ -121,18 +122,20 @@ class RunDir:
             if (folders[0] / name).is_file():
                 files[name] = (folders[0] / name).read_bytes()
         files[RECORD] = json.dumps(record, indent=1).encode()
+        marker = self.path / ACCEPTING
         written = []
-        if not self.resume:  # what an accept stopped midway left (see `_usable`) goes
-            for stale in self.path.iterdir():
-                if stale.name not in files:
-                    stale.unlink()
         try:
+            if not self.resume:
+                for stale in self.path.iterdir():  # what an accept stopped midway left: only its own files
+                    stale.unlink()
+                marker.touch()
             for name, data in files.items():
                 _write(self.path / name, data)
                 written.append(self.path / name)
+            marker.unlink(missing_ok=True)
         except OSError as e:
             if not self.resume:  # a resumed run's records stay as they were or whole
-                for path in written:
+                for path in [*written, marker]:
                     path.unlink(missing_ok=True)
             raise RunDirError(f"cannot write the run's records into {self.path}: {e.strerror}") from None
         self.accepted = True
@@ -197,10 +200,11 @@ def _usable(path: Path, resume: bool) -> None:
 
 
 def _unfinished(path: Path) -> bool:
-    """Whether `path` holds only what an `accept` stopped midway left (records without run.json)."""
-    names = [p.name for p in path.iterdir()] if path.is_dir() else []
-    records = {"schedule.grow", "plan.json", *TOKENIZER_FILES}
-    return bool(names) and all(n in records or (n.endswith(".tmp") and n[:-4] in records | {RECORD}) for n in names)
+    """Whether `path` holds only what an `accept` stopped midway left: its mark, records, temporary files."""
+    if not (path / ACCEPTING).is_file() or (path / RECORD).exists():
+        return False
+    records = {ACCEPTING, "schedule.grow", "plan.json", *TOKENIZER_FILES}
+    return all(p.name in records or p.name.removesuffix(".tmp") in records | {RECORD} for p in path.iterdir())
 
 
 def check_plain(run_dir: Path) -> None:
