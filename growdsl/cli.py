@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 # The CLI needs no pydantic plugins; skipping their entry-point scan keeps `validate` quick.
@@ -692,6 +693,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         return status or EXIT_INVALID
     problem = None
     if world.main:
+        threading.excepthook = _quiet_write_errors
         try:
             run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
             log_file = (run_dir / "log.txt").open("a")
@@ -741,6 +743,13 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
             with contextlib.suppress(OSError):
                 metrics.close()
     return EXIT_OK
+
+
+def _quiet_write_errors(args) -> None:
+    """TensorBoard writes from a thread of its own; a write that fails there (the disk full, the folder
+    gone) is raised again on the run's thread, which says it in one line: the thread need not print it."""
+    if not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
 
 
 def _summary(plan, trainer, logs) -> list[str]:

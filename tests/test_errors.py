@@ -13,7 +13,7 @@ CASES = {
     "syntax: stray character": ("train 6L for 10B @", 1, 18, 19, "unexpected character '@'", "remove it"),
     "syntax: unterminated string": ('stack layers "12', 1, 14, 15, "unterminated string", "close the string"),
     "unknown unit": ("train 6L for 10G", 1, 16, 17, "unknown unit 'G'", "K, M, B or T"),
-    "lr past AdamW's range": ("lr 1e39\ntrain 6L for 1B", 1, 4, 8, "lr must be above 0 and below 10, not 1e39", None),
+    "lr past AdamW's range": ("lr 1e39\ntrain 6L for 1B", 1, 4, 8, "must be above 0 and below 10000, not 1e39", None),
     "val on less than a sequence": (
         "seq 128\nval tokens 100\ntrain 6L for 1B",
         2,

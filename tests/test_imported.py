@@ -415,6 +415,20 @@ def test_a_crafted_run_record_is_one_line_and_allocates_nothing(small_run, tmp_p
         read_run(copy)
 
 
+def test_a_run_to_start_from_is_read_only_from_plain_files(small_run, tmp_path):
+    """Its tensors are read when the run loads it: a link inside it could lead anywhere."""
+    from growdsl.plan.imported import read_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run, copy)
+    tensors = next((sorted((copy / "checkpoints").iterdir())[-1]).glob("*.distcp"))
+    elsewhere = tmp_path / "elsewhere.distcp"
+    tensors.rename(elsewhere)
+    tensors.symlink_to(elsewhere)
+    with pytest.raises(ModelFolderError, match=f"{tensors} is a symbolic link"):
+        read_run(copy)
+
+
 def test_a_resume_refuses_a_start_that_moved_on_and_hints_name_the_run(small_run, data_dir, tmp_path, errors):
     from ops_helpers import TINY_RUN
 

@@ -834,3 +834,22 @@ def test_deeply_nested_records_are_one_line(run, finished, data_dir, capsys):
     assert main(["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nested too deeply" in err
+
+
+def test_a_run_folder_deleted_mid_run_is_one_line(finished, data_dir, tmp_path, monkeypatch, capsys):
+    """The folder goes while the run trains (TensorBoard's writer thread meets it first): one line."""
+    from growdsl.runtime.metrics import Metrics
+
+    run = tmp_path / "run"
+    original = Metrics.step
+
+    def gone_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
+            shutil.rmtree(run)
+        return original(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Metrics, "step", gone_at_step_3)
+    assert main(["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert err.splitlines()[-1].startswith("growdsl run: cannot write ") and "No such file or directory" in err

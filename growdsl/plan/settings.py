@@ -88,13 +88,13 @@ def apply_setting(reader: Reader, s: ast.Setting, target: Settings) -> list[str]
     return keys
 
 
-MAX_LR = 10.0
+MAX_LR = 1e4  # far past any use; tests make runs diverge with lr 1e3
 
 
 def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     a, k = s.args, s.key
     if k == "lr":
-        # below 10: AdamW's steps are about lr in size; far larger ones overflow float32 weights
+        # AdamW's steps are about lr in size: past MAX_LR, lr and its products overflow float32 (1e39 crashed AdamW)
         hi = reader.real(as_number(a[0]), "lr", high=MAX_LR)
         lo = (
             reader.real(as_number(a[1]), "min LR", low_inclusive=True, high=MAX_LR)

@@ -418,7 +418,8 @@ def failed_write(error: BaseException, folder: Path) -> str | None:
     in one line; None for any other error. torch's own writer reports a failed write without its cause."""
     error = underlying(error)
     if isinstance(error, OSError):
-        return f"cannot write {error.filename or f'into {folder}'}: {error.strerror or error}"
+        where = os.fsdecode(error.filename) if error.filename else f"into {folder}"  # TensorBoard's are bytes
+        return f"cannot write {where}: {error.strerror or error}"
     text = str(error)
     if isinstance(error, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
         return f"cannot write a checkpoint file ({text.splitlines()[0][:160]}): is the disk full?"
