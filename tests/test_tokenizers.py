@@ -3,6 +3,7 @@ does), a Hugging Face tokenizer.json or folder; their document conventions (BOS/
 prepare, training, eval and export."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -216,3 +217,18 @@ def test_a_tokenizer_json_with_impossible_ids_is_named_not_allocated(tmp_path, i
         tokenizers.load(tmp_path / "tokenizer.json")
     with pytest.raises(tokenizers.TokenizerError, match=said):
         tokenizers.read_prepared(tmp_path)
+
+
+def test_a_sentencepiece_model_is_known_by_its_content_not_its_name(sentencepiece_model, tmp_path):
+    """Mistral ships tokenizer.model.v1 (llama-32k is one): a folder holding it, or the file itself."""
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    shutil.copy(sentencepiece_model, folder / "tokenizer.model.v1")
+    assert tokenizers.load(folder).kind == "sentencepiece"
+    assert tokenizers.load(folder / "tokenizer.model.v1").kind == "sentencepiece"
+    shutil.copy(sentencepiece_model, folder / "tokenizer.model.v3")
+    with pytest.raises(tokenizers.TokenizerError, match="several SentencePiece models"):
+        tokenizers.load(folder)
+    bpe = tokenizers.train_bpe(["a b c d e f"] * 10, 300)
+    bpe.tokenizer.save(str(tmp_path / "vocab.model"))  # a tokenizer.json by any other name
+    assert tokenizers.load(tmp_path / "vocab.model").kind != "sentencepiece"

@@ -127,17 +127,22 @@ def train_bpe(texts, vocab_size: int) -> Chosen:
 
 
 def load(path: Path) -> Chosen:
-    """An existing tokenizer: a tokenizer.json, a folder holding one (or a tokenizer.model), or a
-    SentencePiece .model."""
+    """An existing tokenizer: a tokenizer.json, a folder holding one (or a SentencePiece model:
+    tokenizer.model, or Mistral's tokenizer.model.v1 and the like), or a SentencePiece model file.
+    A file is told by its content (JSON text, or SentencePiece's binary), whatever its name."""
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             return _from_json(path / "tokenizer.json", path / CONFIG)
-        if (path / "tokenizer.model").is_file():
-            return _from_sentencepiece(path / "tokenizer.model")
-        raise TokenizerError(f"{path} holds neither tokenizer.json nor tokenizer.model")
-    if path.suffix == ".model":
-        return _from_sentencepiece(path)
-    return _from_json(path, path.with_name(CONFIG))
+        models = sorted(p for p in path.glob("tokenizer.model*") if p.is_file())
+        if len(models) > 1:
+            names = ", ".join(p.name for p in models)
+            raise TokenizerError(f"{path} holds several SentencePiece models ({names}): name the one to use")
+        if models:
+            return _from_sentencepiece(models[0])
+        raise TokenizerError(f"{path} holds neither tokenizer.json nor a SentencePiece tokenizer.model")
+    if _read(path).lstrip()[:1] == b"{":
+        return _from_json(path, path.with_name(CONFIG))
+    return _from_sentencepiece(path)
 
 
 def read_prepared(directory: Path) -> tuple[object, Specials]:
