@@ -737,9 +737,10 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
                 print(line, file=log_file, flush=True)
         return EXIT_INVALID
     finally:
-        if world.main:
+        if log_file is not None:
             with contextlib.suppress(OSError):  # closing flushes: a full disk may refuse that too
                 log_file.close()
+        if metrics is not None:
             with contextlib.suppress(OSError):
                 metrics.close()
     return EXIT_OK

@@ -6,8 +6,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 from growdsl.files import read_json
 from growdsl.ops.model import build_model
@@ -28,14 +32,16 @@ class Trained:
     progress: checkpoint.Progress
     path: Path  # the checkpoint
     run_dir: Path
-    tokenizer: object  # tokenizers.Tokenizer
+    tokenizer: Tokenizer
     specials: Specials  # how a document starts and ends
     seq_len: int  # what the checkpoint's stage trained on: the evaluation window
     ramps: list[dict]
 
     @property
     def eot_id(self) -> int:
-        return self.tokenizer.token_to_id(self.specials.eos)
+        eot = self.tokenizer.token_to_id(self.specials.eos)
+        assert eot is not None  # read_prepared checks the config's tokens are the tokenizer's
+        return eot
 
     @property
     def bos_id(self) -> int | None:

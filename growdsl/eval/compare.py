@@ -70,7 +70,10 @@ def read_run(run_dir: Path) -> Curve:
     problem = not_plain_under(run_dir, writes=False)
     if problem:
         raise CompareError(f"{problem}: compare reads only plain files in a run directory")
-    steps, vals, growths, evals = {}, {}, {}, {}
+    steps: dict[int, dict] = {}
+    vals: dict[int, dict] = {}
+    growths: dict[tuple, dict] = {}
+    evals: dict[int, list[dict]] = {}
     nonfinite: dict[int, bool] = {}  # step -> whether its last training loss was not finite
     for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
@@ -148,9 +151,13 @@ def _problem(record) -> str | None:
     return None
 
 
-def _columns(records: dict) -> list[np.ndarray]:
+def _columns(records: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, tokens, FLOPs and losses of the records, in the order of their steps."""
     ordered = [records[k] for k in sorted(records)]
-    return [np.array([r[c] for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", "loss")]
+    steps, tokens, flops, loss = (
+        np.array([r[c] for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", "loss")
+    )
+    return steps, tokens, flops, loss
 
 
 def compute_to_reach(flops: np.ndarray, loss: np.ndarray, level: float) -> float | None:
@@ -200,7 +207,7 @@ def compare(run_dirs: list[Path], out: Path, smooth: int | None = None, n_levels
     yardstick, why = _yardstick(runs)
     if yardstick == "validation":
         window = 1
-        curves = [r.val for r in runs]
+        curves = [r.val for r in runs if r.val is not None]  # the yardstick: every run has one
     else:
         window = smooth or max(1, round(0.02 * min(len(r.loss) for r in runs)))
         curves = [Points(r.steps, r.tokens, r.flops, r.smoothed(window)) for r in runs]
@@ -295,7 +302,9 @@ def verdict(report: Report, run: int) -> str:
             f"{name} did not reach {base}'s {which} {report.yardstick} loss ({final:.4f}) on the same compute: "
             f"it ended at {report.curves[run].loss[-1]:.4f}"
         )
-    used = report.compute[-1][run] / report.compute[-1][0]
+    reached, needed = report.compute[-1][run], report.compute[-1][0]
+    assert reached is not None and needed is not None  # a speedup: both reached the level
+    used = reached / needed
     return (
         f"{name} reached {base}'s {which} {report.yardstick} loss ({final:.4f}) with {used:.0%} of its compute: "
         f"speedup {s:+.1%} at equal loss (the paper's measure; G_stack 7B: +54.6%)"

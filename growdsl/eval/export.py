@@ -101,7 +101,7 @@ def _rope(shape: ModelShape, seq_len: int) -> dict:
         # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
         # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
         longest = max(seq_len, round(r.original_max_position_embeddings * r.factor))
-        scaling = {
+        scaling: dict[str, object] | None = {
             "rope_type": "llama3",
             "factor": r.factor,
             "low_freq_factor": r.low_freq_factor,

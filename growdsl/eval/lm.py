@@ -83,7 +83,7 @@ class GrowLM(LM):
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             tokens = ([] if self.bos_id is None else [self.bos_id]) + self.encode(context)
-            tokens, new = tokens or self.prefix, []
+            tokens, new = tokens or self.prefix, list[int]()
             text = ""
             for _ in range(int(kwargs.get("max_gen_toks", 256))):
                 window = torch.tensor([(tokens + new)[-self.max_length :]], device=self._device)

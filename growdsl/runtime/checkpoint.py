@@ -236,6 +236,7 @@ def load(path: Path, model: nn.Module, progress: Progress) -> State:
     }
     holder = {"model": state_dict(model), "optimizer": state, "rng": torch.get_rng_state()}
     read(path, holder)
+    assert isinstance(holder["rng"], torch.Tensor)  # read() loads into the tensor given
     torch.set_rng_state(holder["rng"])
     return state
 
@@ -385,7 +386,7 @@ class _MetadataUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD 
             )
         super().load_build()
 
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}  # type: ignore[dict-item]
 
 
 def _sha256(path: Path) -> str:

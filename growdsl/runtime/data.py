@@ -71,8 +71,9 @@ def prepare(
     bpe:N or a file; default a BPE of `vocab_size` trained on the corpus), written whole into a fresh
     folder beside `out` and swapped in at the end: `out` is the old prepared folder or the new one,
     never a mix."""
-    kind, what = tokenizers.parse(tokenizer or f"bpe:{vocab_size}")
-    chosen = tokenizers.load(what) if kind == "file" else None  # a bad tokenizer is refused before any work
+    _, what = tokenizers.parse(tokenizer or f"bpe:{vocab_size}")
+    # a tokenizer of the user's (a bad one is refused before any work), or the size of a BPE to train
+    chosen = tokenizers.load(what) if isinstance(what, Path) else what
     _put_back_killed_swap(out)
     _replaceable(out, paths)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a prepare that was killed
@@ -82,7 +83,7 @@ def prepare(
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     made = [p for p in out.parents if not p.exists()]
     try:
-        meta = _prepare(paths, fresh, chosen or int(what), holdout, seed)
+        meta = _prepare(paths, fresh, chosen, holdout, seed)
         if out.exists():
             out.replace(old)
         fresh.replace(out)
@@ -180,9 +181,11 @@ def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, h
                         held_text.write(json.dumps({"name": f"{name}#{k + 1}", "text": piece}) + "\n")
             writer.progress.document(len(text))
     shards = writer.finish(np.random.default_rng(seed + 1))
+    eos = chosen.id(chosen.specials.eos)
+    assert eos is not None  # every tokenizer growdsl takes has its end token (tokenizer.load checks it)
     meta = Meta(
         chosen.vocab_size,
-        chosen.id(chosen.specials.eos),
+        eos,
         np.dtype(dtype).name,
         sum(n for _, n in shards),
         writer.val_tokens,
@@ -306,7 +309,7 @@ class _Writer:
         """Each bucket's pieces shuffled into a shard, train-NNNNN.bin; (file, tokens) of each."""
         self._flush()
         self.val.close()
-        out = []
+        out: list[tuple[str, int]] = []
         for path, lengths in zip(self.buckets, self.lengths):
             if lengths:
                 tokens = np.memmap(path, dtype=self.dtype, mode="r")  # read piece by piece, never whole

@@ -327,7 +327,7 @@ def render(memories: list[Memory], cluster: Cluster, mixed: bool) -> tuple[str, 
         f"{'bf16 compute over float32 weights' if mixed else 'float32 compute'}, AdamW in float32; "
         f"GiB on rank 0 (the largest shard) at the peak of a step"
     )
-    rows = [(*COLUMNS, "")]
+    rows: list[tuple[str, ...]] = [(*COLUMNS, "")]
     problems = []
     for m in memories:
         fits = m.peak <= cluster.memory

@@ -95,8 +95,8 @@ def _folder(folder: Path, seen: set[tuple[int, int]]) -> list[Source]:
     for child in sorted(folder.iterdir()):
         if child.is_dir():
             found += _folder(child, seen)
-        elif _kind(child) and _first_time(child, seen):
-            found.append(Source(child, _kind(child)))
+        elif (kind := _kind(child)) and _first_time(child, seen):
+            found.append(Source(child, kind))
     return found
 
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 from growdsl.files import FileProblem, parse_json, read_bytes, read_json
 
@@ -41,7 +45,7 @@ class Specials:
 
 @dataclass
 class Chosen:
-    tokenizer: object  # tokenizers.Tokenizer
+    tokenizer: Tokenizer
     specials: Specials
     kind: str  # "bpe" (trained here), "tokenizer.json", "sentencepiece"
     files: dict[str, bytes] = field(default_factory=dict)  # kept beside tokenizer.json (tokenizer.model)
@@ -145,7 +149,7 @@ def load(path: Path) -> Chosen:
     return _from_sentencepiece(path)
 
 
-def read_prepared(directory: Path) -> tuple[object, Specials]:
+def read_prepared(directory: Path) -> tuple[Tokenizer, Specials]:
     """A prepared folder's (or run directory's) tokenizer and conventions; a folder written before
     tokenizer_config.json existed ends documents with EOT and starts them with nothing."""
 
@@ -157,18 +161,20 @@ def read_prepared(directory: Path) -> tuple[object, Specials]:
         return tokenizer, Specials(EOT)
     try:
         raw = read_json(config)
-        specials = Specials(
-            _token(raw.get("eos_token")), _token(raw.get("bos_token")) if raw.get("add_bos_token") else None
-        )
+        eos = _token(raw.get("eos_token"))
+        bos = _token(raw.get("bos_token")) if raw.get("add_bos_token") else None
     except (ValueError, AttributeError, UnicodeDecodeError):
         raise TokenizerError(f"{config} is not a tokenizer config") from None
+    if eos is None:
+        raise TokenizerError(f"{config} names no eos_token: growdsl ends every document with it")
+    specials = Specials(eos, bos)
     for token in (specials.eos, specials.bos):
         if token is not None and tokenizer.token_to_id(token) is None:
             raise TokenizerError(f"{config} names {token!r}, which {file} does not have")
     return tokenizer, specials
 
 
-def _tokenizer_json(file: Path):
+def _tokenizer_json(file: Path) -> Tokenizer:
     """A tokenizer.json, its token ids checked before the tokenizers library sees them (an id near 1e9
     makes it allocate a table that size and abort the process)."""
     from tokenizers import Tokenizer

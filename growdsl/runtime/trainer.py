@@ -285,6 +285,7 @@ class Trainer:
         """Train every stage (the rest of them, when resuming); a log per stage trained."""
         if self.started is None:
             self.start()
+        assert self.started is not None  # start() sets it
         first, start_step, checks, grown = self.started
         if self.owed and self.evaluator is not None and not self.evaluator.written(*self.owed):
             # committed, then stopped before its evaluation was written: the run still owes it
@@ -423,7 +424,7 @@ class Trainer:
         directory = self.checkpoint_dir
         found = newer = None
         none_yet = directory is None or not checkpoint.committed(directory)
-        if self.world.main and not none_yet:  # found and verified once, by the first rank, for all
+        if self.world.main and directory is not None and not none_yet:  # found once, by the first rank, for all
             try:
                 found = checkpoint.newest_good(directory, say=self.log)
             except checkpoint.NewerCheckpoint as e:
@@ -774,7 +775,7 @@ def _laid_out(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
     if isinstance(value, DTensor) == isinstance(like, DTensor) and value.shape == like.shape:
         if not isinstance(value, DTensor) or (
-            value.device_mesh == like.device_mesh and value.placements == like.placements
+            isinstance(like, DTensor) and value.device_mesh == like.device_mesh and value.placements == like.placements
         ):
             return value
     out = torch.zeros_like(like)
