@@ -693,7 +693,6 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
         return status or EXIT_INVALID
     problem = None
     if world.main:
-        threading.excepthook = _quiet_write_errors
         try:
             run.accept(plan.to_json(indent=2), source, sources.folders, world.size)
             log_file = (run_dir / "log.txt").open("a")
@@ -711,6 +710,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     if world.main:
         on = world.device.type + (" (bf16 mixed precision)" if trainer.mixed else "")
         log(f"run directory: {run_dir}\ntraining on {on}" + (f", {world.size} processes" if world.size > 1 else ""))
+    threading.excepthook = _quiet_write_errors  # until the run ends (see finally below)
     try:
         logs = trainer.run()
         if world.main:
@@ -723,8 +723,8 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
     except BaseException as e:  # DCP's CheckpointException is one (it wraps each rank's error)
         if isinstance(checkpoint.underlying(e), KeyboardInterrupt):  # Ctrl-C, maybe inside a checkpoint's write
             raise KeyboardInterrupt from None
-        failed = checkpoint.failed_write(e, run_dir)
-        lost = lost_peer(e) if world.size > 1 and failed is None else None
+        lost = lost_peer(e) if world.size > 1 else None
+        failed = checkpoint.failed_write(e, run_dir) if lost is None else None
         if failed is None and lost is None:
             raise
         # every rank says it (the one whose line reaches the user may be any); the log is written if it can be
@@ -737,6 +737,7 @@ def _train(plan, source: str, sources, run, run_dir: Path, world, log_every: int
                 print(line, file=log_file, flush=True)
         return EXIT_INVALID
     finally:
+        threading.excepthook = threading.__excepthook__
         if log_file is not None:
             with contextlib.suppress(OSError):  # closing flushes: a full disk may refuse that too
                 log_file.close()
@@ -787,7 +788,7 @@ def _eval(args) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        trained = load(Path(args.path), device)
+        trained = load(Path(args.path), device, appends=True)
         data = data_dir(trained.run_dir)
     except LoadError as e:
         print(f"growdsl eval: {e}", file=sys.stderr)

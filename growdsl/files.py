@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 MiB = 2**20
@@ -68,21 +69,15 @@ def _finite(text: str) -> float:
     return value
 
 
-def _int64(text: str) -> int:
-    value = int(text)
-    if not -(2**63) <= value < 2**63:
-        raise ValueError(f"{text[:20]}{'...' if len(text) > 20 else ''} is too large a number")
-    return value
-
-
 def parse_json(text: str | bytes, non_finite: bool = False):
-    """JSON as plain data: no number that overflows a 64-bit integer, no nesting deeper than Python
-    can follow, and no NaN, Infinity or overflowing float unless `non_finite` (a diverged run's
-    history records its NaN loss). Raises ValueError (json.JSONDecodeError for the syntax)."""
+    """JSON as plain data: no nesting deeper than Python can follow, and no NaN, Infinity or
+    overflowing float unless `non_finite` (a diverged run's history records its NaN loss). Whole
+    numbers stay Python's, however large (FLOP counts pass 2^63): their readers bound what they use.
+    Raises ValueError (json.JSONDecodeError for the syntax)."""
     try:
         if non_finite:
-            return json.loads(text, parse_int=_int64)
-        return json.loads(text, parse_int=_int64, parse_constant=_no_constant, parse_float=_finite)
+            return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -107,23 +102,26 @@ def write_replacing(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def not_plain_under(folder: Path, writes: bool = True) -> str | None:
+def not_plain_under(folder: Path, appended: Collection[str] = ()) -> str | None:
     """The first thing under `folder` (never followed) that growdsl must not read or write through,
     in one line, or None: a symbolic link (it could lead anywhere), a FIFO, socket or device (a
-    reader would wait forever), and where growdsl `writes` into the folder, a file with another
-    name (a hard link: writing it would change that other file as well)."""
+    reader would wait forever), and among the files growdsl `appended` to (paths relative to the
+    folder), one with another name (a hard link: appending would change that other file as well;
+    every other file growdsl writes is replaced whole, which cuts a link)."""
     for root, dirs, files in os.walk(folder):
         for name in sorted(dirs + files):
             path = Path(root) / name
             try:
                 info = os.lstat(path)
+            except FileNotFoundError:  # gone since it was listed: a run still writing renames and prunes
+                continue
             except OSError as e:
                 return f"{path} cannot be read: {e.strerror}"
             if stat.S_ISLNK(info.st_mode):
                 return f"{path} is a symbolic link (it could lead anywhere)"
             if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
                 return f"{path} is {_kind(info.st_mode)}"
-            if writes and stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            if info.st_nlink > 1 and stat.S_ISREG(info.st_mode) and str(path.relative_to(folder)) in appended:
                 return (
                     f"{path} has another name (a hard link): writing it would change that file too; "
                     f"copy the folder (cp -r) rather than linking it"

@@ -569,22 +569,28 @@ def test_a_link_in_a_run_directory_is_refused(run, finished, data_dir, tmp_path,
     assert victim.read_text() == "not growdsl's" and not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("name", ["history.jsonl", "log.txt", "eval/stage1-step15.json"])
-def test_a_hard_link_in_a_run_directory_is_refused(run, finished, data_dir, tmp_path, name, capsys):
-    """A file of the run that has another name outside it: resume, eval and export would write
-    (or append) through it into that other file."""
+@pytest.mark.parametrize("name", ["history.jsonl", "log.txt", "eval/stage1-end-limit1.json", "plan.json"])
+def test_a_hard_link_in_a_run_directory_is_never_written_through(run, finished, data_dir, tmp_path, name, capsys):
+    """A file of the run that has another name outside it: where growdsl appends (the log and the
+    history) the command is refused; every other file is replaced whole, which cuts the link (a
+    snapshot made with cp -al still resumes, evaluates and exports)."""
     victim = tmp_path / "victim.txt"
-    victim.write_text("not growdsl's")
+    victim.write_text(json.dumps({"results": {}}))
+    before = victim.read_text()
     (run / name).parent.mkdir(exist_ok=True)
-    (run / name).unlink(missing_ok=True)
+    if (run / name).exists():
+        victim.write_text((run / name).read_text())
+        before = victim.read_text()
+        (run / name).unlink()
     os.link(victim, run / name)
+    appended = name in ("history.jsonl", "log.txt")
     argv = ["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run), "--resume"]
-    assert main(argv) == 2
-    assert f"{run / name} has another name (a hard link)" in capsys.readouterr().err
-    assert main(["eval", str(run), "--tasks", "heldout", "--limit", "1"]) == 2
-    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 2
-    assert capsys.readouterr().err.count("has another name (a hard link)") == 2
-    assert victim.read_text() == "not growdsl's" and not (tmp_path / "hf").exists()
+    assert main(argv) == (2 if appended else 0)
+    assert main(["eval", str(run), "--tasks", "heldout", "--limit", "1"]) == (2 if appended else 0)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    err = capsys.readouterr().err
+    assert (f"{run / name} has another name (a hard link)" in err) == appended
+    assert victim.read_text() == before
 
 
 @pytest.mark.parametrize("name", ["schedule.grow", "history.jsonl", "plan.json"])
@@ -813,8 +819,9 @@ def test_structurally_crafted_metadata_is_one_line_for_every_command(run, finish
 @pytest.mark.parametrize(
     "field, value, said",
     [
-        ("position", 2**63, "too large a number"),
-        ("global_step", 10**400, "too large a number"),
+        ("position", 2**63, "not a whole number below 2"),
+        ("global_step", 10**400, "not a whole number below 2"),
+        ("flops", -1, "flops is -1, not a whole number"),
         ("ramps", [{"name": "layers.1", "steps": 4, "old": None, "step": 10}], "at step 10 of 4"),
     ],
 )
@@ -853,3 +860,61 @@ def test_a_run_folder_deleted_mid_run_is_one_line(finished, data_dir, tmp_path, 
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Exception in thread" not in err, err
     assert err.splitlines()[-1].startswith("growdsl run: cannot write ") and "No such file or directory" in err
+
+
+def test_flop_counts_past_2_to_the_63_are_read(run, tmp_path):
+    """A 1.1B schedule already counts 2.3e19 FLOPs: every record holds such numbers, and reads them."""
+    ckpt = newest(run)
+    progress = json.loads((ckpt / "progress.json").read_text())
+    progress["flops"] = 22_811_131_295_481_987_072
+    (ckpt / "progress.json").write_text(json.dumps(progress))
+    remanifest(ckpt)
+    assert checkpoint.check(ckpt).flops == 22_811_131_295_481_987_072
+    from growdsl.eval.compare import read_run
+
+    with (run / "history.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 10**6, "tokens": 1, "flops": 2**70, "loss": 1.0}) + "\n")
+    assert read_run(run).flops[-1] == 2.0**70
+
+
+def test_only_a_write_into_the_run_is_a_failed_write(tmp_path):
+    import errno
+
+    run = tmp_path / "run"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert checkpoint.failed_write(full, run) == f"cannot write into {run}: No space left on device"
+    named = OSError(errno.EFBIG, "File too large", str(run / "checkpoints" / "x"))
+    assert checkpoint.failed_write(named, run) == f"cannot write {run / 'checkpoints' / 'x'}: File too large"
+    assert checkpoint.failed_write(BrokenPipeError(errno.EPIPE, "Broken pipe"), run) is None  # `| head`
+    assert checkpoint.failed_write(ConnectionResetError(errno.ECONNRESET, "reset"), run) is None  # a lost peer
+    assert checkpoint.failed_write(OSError(errno.EIO, "I/O error", str(tmp_path / "data" / "train.bin")), run) is None
+
+
+def test_the_old_prepared_folder_kept_aside_is_never_deleted(tmp_path):
+    """Made again by hand after a killed swap, `out` stays as it is, and so does the old folder."""
+    corpus = small_corpus(tmp_path / "corpus")
+    out = tmp_path / "prepared"
+    data.prepare([corpus], out, vocab_size=300, holdout=0.25)
+    aside = out.with_name(f".{out.name}.old-999999999")  # a process that is gone
+    out.rename(aside)
+    out.mkdir()
+    data.prepare([corpus], out, vocab_size=280, holdout=0.25)
+    assert (aside / "meta.json").is_file() and data.load_meta(out).vocab_size <= 280
+
+
+def test_a_file_put_in_the_run_folder_while_the_run_starts_is_kept(finished, data_dir, tmp_path, monkeypatch, capsys):
+    """Minutes may pass between the claim and the accept (a model loads, benchmarks are fetched)."""
+    from growdsl.runtime.trainer import Trainer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    original = Trainer.start
+
+    def start_while_a_user_writes(self):
+        (run / "notes.txt").write_text("mine")
+        original(self)
+
+    monkeypatch.setattr(Trainer, "start", start_while_a_user_writes)
+    assert main(["run", str(finished[1]), "--data", str(data_dir), "--run-dir", str(run)]) == 1
+    assert f"{run} is no longer empty" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["notes.txt"] and (run / "notes.txt").read_text() == "mine"

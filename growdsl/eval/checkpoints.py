@@ -68,9 +68,10 @@ def find(path: Path) -> Path:
     return newest
 
 
-def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
+def load(path: Path, device: torch.device = torch.device("cpu"), appends: bool = False) -> Trained:
     """The checkpoint `path` names, verified against its manifest and loaded without running any of
-    its code (growdsl.runtime.checkpoint); a damaged one is named, with the newest good one to use."""
+    its code (growdsl.runtime.checkpoint); a damaged one is named, with the newest good one to use.
+    `appends`: the caller will append to the run's history (`eval`), so none of it may be a hard link."""
     from growdsl.ops.ramp import Ramp
     from growdsl.plan.plan import stage_from_record, with_fields_since
 
@@ -82,7 +83,7 @@ def load(path: Path, device: torch.device = torch.device("cpu")) -> Trained:
             f"export read the run's plan and tokenizer; give the checkpoint in its run"
         )
     try:
-        check_plain(run_dir)
+        check_plain(run_dir, appends)
     except RunDirError as e:
         raise LoadError(str(e)) from None
     try:

@@ -67,7 +67,7 @@ def read_run(run_dir: Path) -> Curve:
     history = run_dir / "history.jsonl"
     if not history.exists():
         raise CompareError(f"{run_dir} has no history.jsonl: is it a growdsl run directory?")
-    problem = not_plain_under(run_dir, writes=False)
+    problem = not_plain_under(run_dir)
     if problem:
         raise CompareError(f"{problem}: compare reads only plain files in a run directory")
     steps: dict[int, dict] = {}
@@ -115,6 +115,13 @@ def read_run(run_dir: Path) -> Curve:
     return curve
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value) and abs(value) < 1e300  # plotted and summed as floats
+    except OverflowError:  # a whole number past any float
+        return False
+
+
 def _problem(record) -> str | None:
     """What keeps `record` from being a history line of its kind, or None."""
     if not isinstance(record, dict):
@@ -132,7 +139,7 @@ def _problem(record) -> str | None:
         value = record.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{key} is not a number"
-        if key != "loss" and not math.isfinite(value):  # a non-finite loss is a diverged run's
+        if key != "loss" and not _finite(value):  # a non-finite loss is a diverged run's
             return f"{key} is not a finite number"
     if not isinstance(record["step"], int):
         return "step is not a whole number"

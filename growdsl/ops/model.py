@@ -102,7 +102,9 @@ def materialize(
                 write_full(into[f"layers.{key}.{name}"], value)
 
         whole.layers = nn.ModuleDict({key: _BlockInit(lambda key=key: init_block(key)) for key in blocks})
-        whole.to_empty(device=device)
+        parts = [whole.tok_embeddings, whole.norm] + ([] if shape.tied_embeddings else [whole.output])
+        for part in parts:  # a tied head gets no storage of its own: it is the embedding's
+            part.to_empty(device=device)
         if shape.tied_embeddings:  # the head's init wins, as on a tied model
             whole.output.weight = whole.tok_embeddings.weight
         if seed is not None:

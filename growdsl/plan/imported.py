@@ -301,7 +301,7 @@ def read_run(folder: Path) -> RunModel:
         if not found:
             raise ModelFolderError(f"{folder} is a run with no complete checkpoint yet")
         ckpt, run_dir = found[-1], folder
-    problem = not_plain_under(run_dir, writes=False)  # its files are read, and read again by the run
+    problem = not_plain_under(run_dir)  # its files are read, and read again by the run
     if problem:
         raise ModelFolderError(f"{problem}: growdsl reads a run's model only from plain files")
     for file in (ckpt / "progress.json", run_dir / "plan.json"):

@@ -14,6 +14,7 @@ are read by DCP with torch.load(weights_only=True); `progress.json` is JSON, eve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -187,12 +188,15 @@ _REQUIRED = {f.name for f in fields(Progress) if f.default is MISSING and f.defa
 
 
 def _wrong_field(p: Progress) -> str | None:
-    def count(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    def count(v, limit: int | None = 2**63) -> bool:  # positions and steps index int64 arrays and counters
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0 and (limit is None or v < limit)
 
-    for name in ("seq", "stage", "step", "position", "global_step", "flops", "val_flops", "schema"):
+    for name in ("seq", "stage", "step", "position", "global_step", "schema"):
         if not count(getattr(p, name)):
-            return f"{name} is {getattr(p, name)!r}, not a whole number"
+            return f"{name} is {str(getattr(p, name))[:40]}, not a whole number below 2^63"
+    for name in ("flops", "val_flops"):  # counted in Python's integers: a 7B run passes 2^63
+        if not count(getattr(p, name), limit=None):
+            return f"{name} is {str(getattr(p, name))[:40]}, not a whole number"
     for name in ("positions", "drawn"):
         if not isinstance(getattr(p, name), list) or not all(count(v) for v in getattr(p, name)):
             return f"{name} is not a list of whole numbers"
@@ -414,13 +418,20 @@ def underlying(error: BaseException) -> BaseException:
     return error
 
 
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.ENOENT, errno.EIO}
+
+
 def failed_write(error: BaseException, folder: Path) -> str | None:
     """A file the run could not write into `folder` (the disk full, the folder gone or made read-only),
-    in one line; None for any other error. torch's own writer reports a failed write without its cause."""
+    in one line; None for any other error (a broken pipe, a lost connection, a file read elsewhere).
+    torch's own writer reports a failed write without its cause."""
     error = underlying(error)
-    if isinstance(error, OSError):
-        where = os.fsdecode(error.filename) if error.filename else f"into {folder}"  # TensorBoard's are bytes
-        return f"cannot write {where}: {error.strerror or error}"
+    if isinstance(error, OSError) and not isinstance(error, (BrokenPipeError, ConnectionError)):
+        where = os.fsdecode(error.filename) if error.filename else None  # TensorBoard's are bytes
+        inside = where is None or Path(os.path.abspath(where)).is_relative_to(os.path.abspath(folder))
+        if error.errno in WRITE_ERRORS and inside:
+            return f"cannot write {where or f'into {folder}'}: {error.strerror or error}"
+        return None
     text = str(error)
     if isinstance(error, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
         return f"cannot write a checkpoint file ({text.splitlines()[0][:160]}): is the disk full?"

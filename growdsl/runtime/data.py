@@ -101,14 +101,11 @@ def prepare(
 
 def _put_back_killed_swap(out: Path) -> None:
     """A prepare killed between its two renames left no `out` and the old folder aside (`.NAME.old-PID`):
-    it goes back, so that `out` is again the old folder, whole, before anything else happens."""
+    it goes back, so that `out` is again the old folder, whole, before anything else happens. Where
+    `out` was made again since, the old folder stays aside, untouched."""
     for old in sorted(out.parent.glob(f".{out.name}.old-*")):
-        if _alive(old.name.rsplit("-", 1)[-1]):
-            continue
-        if not out.exists() and not out.is_symlink():
+        if not _alive(old.name.rsplit("-", 1)[-1]) and not out.exists() and not out.is_symlink():
             old.replace(out)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:

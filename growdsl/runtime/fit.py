@@ -111,8 +111,10 @@ def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
 
 def building_bytes(shape, scale: int = 1) -> int:
     """What a rank holds whole, besides its shards, while a fresh model gets its initial weights
-    (`materialize`): the embedding and head tables (one when tied), the final norm and one block."""
-    return scale * 4 * (shape.params - (shape.n_layers - 1) * shape.layer_params)
+    (`materialize`): the embedding and head tables, the final norm and one block. Two tables when
+    tied too: the model's own head has storage of its own until it is tied again."""
+    tables = 2 * shape.embedding_params
+    return scale * 4 * (tables + shape.dim + shape.layer_params)
 
 
 def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:

@@ -126,9 +126,12 @@ class RunDir:
         written = []
         try:
             if not self.resume:
-                for stale in self.path.iterdir():  # what an accept stopped midway left: only its own files
-                    stale.unlink()
+                left = _unfinished(self.path)  # checked again: minutes may have passed since the claim
+                if left is None and any(self.path.iterdir()):
+                    raise RunDirError(f"{self.path} is no longer empty: nothing in it is replaced; use another")
                 marker.touch()
+                for stale in left or []:  # what an accept stopped midway left
+                    stale.unlink()
             for name, data in files.items():
                 _write(self.path / name, data)
                 written.append(self.path / name)
@@ -191,27 +194,34 @@ def claim(path: Path, resume: bool) -> RunDir:
 def _usable(path: Path, resume: bool) -> None:
     if resume:
         if not (path / RECORD).is_file():
-            unfinished = " (a run stopped while it began: run it again without --resume)" if _unfinished(path) else ""
+            stopped = _unfinished(path) is not None
+            unfinished = " (a run stopped while it began: run it again without --resume)" if stopped else ""
             raise RunDirError(f"nothing to resume in {path}: it holds no run ({RECORD} missing){unfinished}")
-    elif path.is_dir() and any(path.iterdir()) and not _unfinished(path):
+    elif path.is_dir() and any(path.iterdir()) and _unfinished(path) is None:
         if (path / RECORD).exists() or (path / "checkpoints").exists():
             raise RunDirError(f"{path} holds a run already: add --resume to go on with it, or give another --run-dir")
         raise RunDirError(f"{path} is not empty: give a new or empty folder as --run-dir")
 
 
-def _unfinished(path: Path) -> bool:
-    """Whether `path` holds only what an `accept` stopped midway left: its mark, records, temporary files."""
+def _unfinished(path: Path) -> list[Path] | None:
+    """The files an `accept` stopped midway left in `path` besides its mark (records, temporary
+    files), when that is all the folder holds; None for any other folder."""
     if not (path / ACCEPTING).is_file() or (path / RECORD).exists():
-        return False
-    records = {ACCEPTING, "schedule.grow", "plan.json", *TOKENIZER_FILES}
-    return all(p.name in records or p.name.removesuffix(".tmp") in records | {RECORD} for p in path.iterdir())
+        return None
+    records = {"schedule.grow", "plan.json", RECORD, *TOKENIZER_FILES}
+    left = [p for p in path.iterdir() if p.name != ACCEPTING]
+    ours = all(p.is_file() and not p.is_symlink() and p.name.removesuffix(".tmp") in records for p in left)
+    return left if ours else None
 
 
-def check_plain(run_dir: Path) -> None:
-    """Refuse a run directory holding anything but plain files and folders (a link, a FIFO, a file
-    with another name): growdsl reads and writes in it (`run --resume`, `eval`, `export`, `compare`)
-    and must neither wait forever nor reach outside it."""
-    problem = not_plain_under(run_dir)
+APPENDED = ("log.txt", "history.jsonl")  # the files a run (and eval) writes into in place
+
+
+def check_plain(run_dir: Path, appends: bool = True) -> None:
+    """Refuse a run directory holding anything but plain files and folders (a link, a FIFO, or a file
+    it `appends` to that has another name): growdsl reads and writes in it (`run --resume`, `eval`,
+    `export`) and must neither wait forever nor reach outside it."""
+    problem = not_plain_under(run_dir, APPENDED if appends else ())
     if problem:
         raise RunDirError(f"{problem}: growdsl reads and writes only plain files and folders in a run directory")
 

@@ -165,8 +165,8 @@ def _documents_of(source: Source) -> Iterator[tuple[str, str]]:
         yield str(path), path.read_text(encoding="utf-8", errors="replace")
     elif source.kind.startswith("jsonl"):
         with _open_lines(source) as lines:
-            for i, line in enumerate(iter(lambda: lines.readline(MAX_DOCUMENT + 1), ""), 1):
-                if len(line) > MAX_DOCUMENT:  # a line with no end (a small .gz may inflate to gigabytes)
+            for i, line in enumerate(iter(lambda: lines.readline(MAX_DOCUMENT + 2), ""), 1):
+                if len(line.rstrip("\r\n")) > MAX_DOCUMENT:  # a line with no end (a small .gz may inflate so)
                     raise SourceError(f"{path}:{i}: a line of more than {MAX_DOCUMENT // 2**20} MiB: not a document")
                 if line.strip():
                     yield f"{path}:{i}", jsonl_text(line, f"{path}:{i}")
