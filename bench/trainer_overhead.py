@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from growdsl.ops.model import build_model
 from growdsl.plan import plan_source
-from growdsl.runtime.data import TokenStream, default_corpus, load_meta
+from growdsl.runtime.data import TokenStream, default_corpus, load_meta, train_files
 from growdsl.runtime.trainer import Trainer
 
 SCHEDULE = """model llama dim {dim} layers {layers} heads {heads} vocab 4096
@@ -47,7 +47,8 @@ def bare(plan, data, steps: int) -> float:
         eps=t.optimizer.eps,
         weight_decay=t.optimizer.weight_decay,
     )
-    stream = TokenStream(data / "train.bin", load_meta(data).dtype)
+    meta = load_meta(data)
+    stream = TokenStream(train_files(data, meta), meta.dtype)  # the token shards, as the trainer reads them
     begin = time.perf_counter()
     for step in range(steps):
         for group in opt.param_groups:
