@@ -52,3 +52,35 @@ def test_every_operator_keeps_its_guarantee_and_carries_state_for_every_paramete
 def test_an_unknown_operator_name_is_a_clear_error_everywhere():
     with pytest.raises(KeyError, match="no growth operator 'nope'.*direct"):
         implementations.get("nope")
+
+
+DEPTH = [name for name, op in descriptions.OPERATORS.items() if op.depth]
+
+
+@pytest.mark.parametrize("name", DEPTH)
+def test_the_layers_a_depth_operator_adds_are_what_it_declares(name):
+    """`Mode.new` is what freezing by origin, the compiler's checks and the depth copy go by: a copy
+    holds its source's weights, a silent layer too but for zero residual writers, a fresh one keeps
+    the grown model's own initial weights."""
+    from growdsl.ops.layout import LAYER_PARAMS, RESIDUAL_WRITERS, layer_key
+    from growdsl.plan.freeze import added
+
+    declared = descriptions.OPERATORS[name].depth
+    plan, g = grown_plan(f"stack x2 init {name}")
+    base, target = models(plan)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    op = implementations.get(name)
+    op.ramps(target, g)
+    op.grow(base.state_dict(), target.state_dict(), g)
+    src, dst = base.state_dict(), target.state_dict()
+    new = [i for i, is_new in enumerate(added(g.layer_map)) if is_new]
+    assert new and {descriptions.start_kind(g.layer_map[i].init) for i in new} == {declared.new}
+    for i in new:
+        for param in LAYER_PARAMS:
+            got, source = dst[layer_key(i, param)], src[layer_key(g.layer_map[i].source, param)]
+            if declared.new == "fresh":
+                assert torch.equal(got, fresh[layer_key(i, param)]), (i, param)
+            elif declared.new == "silent" and param in RESIDUAL_WRITERS:
+                assert not got.any(), (i, param)
+            else:
+                assert torch.equal(got, source), (i, param)

@@ -17,9 +17,8 @@ import torch
 
 from growdsl.ops.layout import GLOBAL_PARAMS, LAYER_PARAMS, RESIDUAL_WRITERS, copy_into, layer_key, local
 from growdsl.ops.optimizer import State, cloned, zeroed
+from growdsl.plan.operators import start_kind
 from growdsl.plan.plan import DepthGrowth
-
-FRESH = "random"  # the map's word for a layer that keeps the target's own init
 
 
 @torch.no_grad()
@@ -32,12 +31,13 @@ def copy_layers(src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor]
         if name in dst:  # a tied output head is not in the state dict twice
             copy_into(dst[name], src[name])
     for i, origin in enumerate(growth.layer_map):
-        if origin.init == FRESH:
+        kind = start_kind(origin.init)  # what the operator declares its new layers are
+        if kind == "fresh":
             continue
         assert origin.source is not None  # a depth growth's map gives every layer a source
         for name in LAYER_PARAMS:
             copy_into(dst[layer_key(i, name)], src[layer_key(origin.source, name)])
-        if origin.init == "zero":
+        if kind == "silent":
             for name in RESIDUAL_WRITERS:
                 local(dst[layer_key(i, name)]).zero_()
 
@@ -52,6 +52,7 @@ def carry_depth(state: State, growth: DepthGrowth) -> State:
             src = state.get(layer_key(origin.source, name))
             if src is None:  # the parameter never stepped: nothing to carry
                 continue
-            fresh = origin.init == FRESH or (origin.init == "zero" and name in RESIDUAL_WRITERS)
+            kind = start_kind(origin.init)
+            fresh = kind == "fresh" or (kind == "silent" and name in RESIDUAL_WRITERS)
             out[layer_key(i, name)] = zeroed(src) if fresh else cloned(src)
     return out

@@ -33,6 +33,7 @@ from growdsl.plan.growths import (
 from growdsl.plan.imported import HFModel, ModelFolderError, RunModel, is_run, read_hf, read_run
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.lr import LRStage, lr_schedules
+from growdsl.plan.operators import start_kind
 from growdsl.plan.plan import (
     Baseline,
     GrowthTiming,
@@ -407,12 +408,12 @@ class _Compiler(Reader):
             )
             return
         if draft.growths:  # a layer frozen right after the growth that made it starts as it will stay
-            inits = {draft.layers[i].init for i in frozen.layers}
+            kinds = {start_kind(draft.layers[i].init) for i in frozen.layers}
             if (frozen.embeddings or frozen.head) and any(
-                g.kind == "width" and any(o.init == "random" for o in draft.layers) for g in draft.growths
+                g.kind == "width" and any(start_kind(o.init) == "fresh" for o in draft.layers) for g in draft.growths
             ):
-                inits.add("random")  # a width growth's random units are in the embeddings and head too
-            if "random" in inits:
+                kinds.add("fresh")  # a width growth's fresh units are in the embeddings and head too
+            if "fresh" in kinds:
                 self.error(
                     span,
                     f"freeze {' '.join(words)} freezes layers (or units) this stage's growth starts at random: "
@@ -420,7 +421,7 @@ class _Compiler(Reader):
                     "train them first, or grow them with init zero or a copy",
                 )
                 return
-            if "zero" in inits:
+            if "silent" in kinds:
                 self.warn(span, f"freeze {' '.join(words)} freezes blocks this stage's growth starts at zero: "
                                 f"they stay as they start")  # fmt: skip
         if trainable_params(draft.shape, frozen) == 0:

@@ -58,12 +58,14 @@ def added(origins: Sequence) -> list[bool]:
 
 
 def frozen_of(words: Sequence[str], origins: Sequence) -> Frozen:
+    from growdsl.plan.operators import start_kind  # here: the operators import the plan, which imports this
+
     new = added(origins)
     picked = set()
     for i, (o, is_new) in enumerate(zip(origins, new)):
         if ("base" in words and not is_new) or ("new" in words and is_new):
             picked.add(i)
-        elif "copies" in words and is_new and o.init in ("copy", "learn"):
+        elif "copies" in words and is_new and start_kind(o.init) == "copy":
             picked.add(i)
     return Frozen(layers=tuple(sorted(picked)), embeddings="embeddings" in words, head="head" in words)
 

@@ -20,6 +20,7 @@ from growdsl.plan.layermap import (
     pattern_of,
 )
 from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
+from growdsl.plan.operators import start_kind
 from growdsl.plan.plan import DepthGrowth, LayerOrigin, LearnPhase, WidthGrowth
 from growdsl.plan.reading import Reader
 from growdsl.plan.shape import ModelShape
@@ -191,7 +192,7 @@ def depth_growth(
     for src in sources:
         init = mode.first if src not in seen else mode.starts
         seen.add(src)
-        root = None if init == "random" else layers[src].root
+        root = None if start_kind(init) == "fresh" else layers[src].root
         origins.append(LayerOrigin(source=src, init=init, root=root))
     ratio = Fraction(len(sources), base)
     if from_scratch and not guideline.g_in_range(ratio):

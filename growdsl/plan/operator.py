@@ -39,17 +39,24 @@ class Option:
     inclusive: bool = False
 
 
+Start = Literal["copy", "silent", "fresh"]
+
+
 @dataclass(frozen=True)
 class Mode:
     """What an operator does along one axis.
 
-    starts: how the layers (depth) or units (width) it adds start, the layer map's `init`: copy,
-    zero, random (fresh weights, no root) or learn, or a word of the operator's own;
+    starts: the word the layer map shows for the layers (depth) or units (width) it adds (`init`);
+    new: what they are, for everything that treats them by kind (freezing by origin, the compiler's
+    checks, the depth copy): "copy" (the source's weights: `freeze copies` takes them), "silent"
+    (copied, their residual writers zero: identity blocks), "fresh" (the target's own initial
+    weights: no root, never frozen before they train);
     first: depth only, how the first copy of each base layer starts."""
 
     guarantee: Guarantee  # does the grown model compute the base's function?
     note: str  # why, in a line
     starts: str
+    new: Start
     first: str = "copy"
 
 

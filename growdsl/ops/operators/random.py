@@ -1,9 +1,10 @@
 """`init random`: new blocks or units keep the target's fresh init and fade in over a ramp."""
 
 from growdsl.ops import ramp
-from growdsl.ops.depth import FRESH, copy_layers
+from growdsl.ops.depth import copy_layers
 from growdsl.ops.operator import GrowthOperator
 from growdsl.ops.width import in_place, write_widened
+from growdsl.plan.operators import start_kind
 from growdsl.plan.plan import DepthGrowth
 
 
@@ -18,7 +19,7 @@ class Random(GrowthOperator):
 
     def ramps(self, model, growth):
         if isinstance(growth, DepthGrowth):
-            fresh = [i for i, o in enumerate(growth.layer_map) if o.init == FRESH]
+            fresh = [i for i, o in enumerate(growth.layer_map) if start_kind(o.init) == "fresh"]
             for i in fresh:
                 ramp.attach_ramp(model.layers[str(i)])
             return [ramp.Ramp(model.layers[str(i)], growth.ramp_steps, f"layers.{i}") for i in fresh]

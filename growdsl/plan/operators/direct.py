@@ -6,8 +6,13 @@ from growdsl.plan.operator import Mode, Operator
 OPERATOR = Operator(
     name="direct",
     summary="copies: G_stack for depth (Du et al. 2024), neuron splitting for width (Net2Net, bert2BERT)",
-    depth=Mode("none", "G_stack: the grown model starts near the base's function, not at it", starts="copy"),
+    depth=Mode(
+        "none", "G_stack: the grown model starts near the base's function, not at it", starts="copy", new="copy"
+    ),
     width=Mode(
-        "approximate", "neuron splitting keeps the MLP exact; RMSNorm over the wider vector does not", starts="copy"
+        "approximate",
+        "neuron splitting keeps the MLP exact; RMSNorm over the wider vector does not",
+        starts="copy",
+        new="copy",
     ),
 )

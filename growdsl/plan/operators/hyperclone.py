@@ -27,7 +27,7 @@ def _whole_factors(src: ModelShape, dst: ModelShape) -> str | None:
 OPERATOR = Operator(
     name="hyperclone",
     summary="HyperCloning: whole-factor width growth, tiled clones, symmetry-breaking noise (Samragh et al. 2024)",
-    width=Mode("exact", "tiled clones with split fan-in; the noise cancels across clones", starts="copy"),
+    width=Mode("exact", "tiled clones with split fan-in; the noise cancels across clones", starts="copy", new="copy"),
     options=(
         Option(
             "noise",
