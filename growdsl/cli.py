@@ -16,9 +16,9 @@ from pathlib import Path
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from growdsl import __version__
+from growdsl.errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, GrowdslError, UsageError
 from growdsl.lang.errors import ScheduleError
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 MAX_SCHEDULE_BYTES = 2**16  # schedules are a few KB; at most ~3,000 statements, planned in about a second
 
 
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
+    except GrowdslError as e:  # what the user can act on: one line, and the exit status it means
+        print(f"growdsl {_command_of(argv)}: {e}", file=sys.stderr)
+        return e.exit_code
     except BrokenPipeError:  # `growdsl plan ... | head`
         return EXIT_OK
     except KeyboardInterrupt:
@@ -554,15 +557,23 @@ def _run_on(world, args, plan, source: str) -> int:
 
     from growdsl.plan import baseline
     from growdsl.plan.data import RunData
+    from growdsl.runtime.rundir import claim
 
     run = sources = None
     try:
+        failed = None  # rank 0's line and exit status, for every rank (the others would wait for it)
         if world.main:
-            run = _claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
-            sources = _run_data(args, plan, run) if run else None
-        sources, run_dir = world.share(sources), world.share(run.path if run and sources else None)
-        if sources is None or run_dir is None:  # every rank uses rank 0's
-            return EXIT_USAGE
+            try:
+                run = claim(_run_dir(args, time.strftime("%Y%m%d-%H%M%S")), args.resume)
+                sources = _run_data(args, plan, run)
+            except GrowdslError as e:
+                failed = (str(e), e.exit_code)
+        failed = world.share(failed)
+        if failed:
+            if world.main:
+                print(f"growdsl run: {failed[0]}", file=sys.stderr)
+            return failed[1]
+        sources, run_dir = world.share(sources), world.share(run.path if run else None)
         if args.baseline:  # written and read back before anything trains
             path = run_dir / "baseline.grow"
             named = [(str(f.resolve()), w) for f, w in zip(sources.folders, sources.weights[-1])]
@@ -780,19 +791,14 @@ def _summary(plan, trainer, logs) -> list[str]:
 def _eval(args) -> int:
     import torch
 
-    from growdsl.eval.benchmarks import BenchmarkError
-    from growdsl.eval.checkpoints import LoadError, data_dir, load
+    from growdsl.eval.checkpoints import data_dir, load
     from growdsl.eval.evaluate import default_tasks, run_tasks, write_results
     from growdsl.eval.lm import GrowLM
     from growdsl.runtime.metrics import Metrics
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        trained = load(Path(args.path), device, appends=True)
-        data = data_dir(trained.run_dir)
-    except LoadError as e:
-        print(f"growdsl eval: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    trained = load(Path(args.path), device, appends=True)
+    data = data_dir(trained.run_dir)
     heldout = data / "val.jsonl" if data else None
     tasks = args.tasks or default_tasks(heldout)
     lm = GrowLM(
@@ -805,11 +811,7 @@ def _eval(args) -> int:
         batch_size=args.batch_size,
         mixed=device.type == "cuda",
     )
-    try:
-        results = run_tasks(lm, tasks, heldout, limit=args.limit)
-    except BenchmarkError as e:
-        print(f"growdsl eval: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    results = run_tasks(lm, tasks, heldout, limit=args.limit)
     p = trained.progress
     about = {
         "checkpoint": trained.path.name,
@@ -837,14 +839,10 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from growdsl.eval.checkpoints import LoadError
-    from growdsl.eval.export import ExportError, export_hf
+    from growdsl.eval.export import export_hf
 
     try:
         out = export_hf(Path(args.path), Path(args.hf))
-    except (LoadError, ExportError) as e:
-        print(f"growdsl export: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except OSError as e:
         print(f"growdsl export: cannot write {args.hf}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
@@ -853,13 +851,10 @@ def _export(args) -> int:
 
 
 def _compare(args) -> int:
-    from growdsl.eval.compare import CompareError, compare, render
+    from growdsl.eval.compare import compare, render
 
     try:
         report = compare([Path(r) for r in args.runs], Path(args.out), smooth=args.smooth)
-    except CompareError as e:
-        print(f"growdsl compare: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except OSError as e:
         print(f"growdsl compare: {e.filename or args.out}: {e.strerror}", file=sys.stderr)  # a run read, or out
         return EXIT_USAGE
@@ -867,13 +862,12 @@ def _compare(args) -> int:
     return EXIT_OK
 
 
-def _run_dir(args, stamp: str) -> Path | None:
+def _run_dir(args, stamp: str) -> Path:
     stem = Path(args.file).stem
     if args.resume and not args.run_dir:
         earlier = sorted(Path("runs").glob(f"{stem}-*"))
         if not earlier:
-            print(f"growdsl run: nothing to resume: no runs/{stem}-* directory; give --run-dir", file=sys.stderr)
-            return None
+            raise UsageError(f"nothing to resume: no runs/{stem}-* directory; give --run-dir")
         return earlier[-1]
     return Path(args.run_dir or Path("runs") / f"{stem}-{stamp}")
 
@@ -882,37 +876,31 @@ def _run_data(args, plan, run):
     """The prepared folders the run reads (growdsl.plan.data.RunData): --data, else the schedule's
     `data` (names relative to the schedule), else the default corpus (on a resume: the one the run
     recorded, wherever the default has moved since). Those a resumed run has read are checked to be
-    the data it read once its checkpoint is loaded (`_train`)."""
+    the data it read once its checkpoint is loaded (`_train`). A DataError (the data is not prepared
+    data: exit 1, as from `plan --data`) or a UsageError says what is wrong."""
     from growdsl.plan.data import RunData, run_data, stage_data
     from growdsl.runtime import corpora, data
-    from growdsl.runtime.rundir import RunDirError, recorded_sources
+    from growdsl.runtime.rundir import recorded_sources
 
-    try:
-        recorded = [Path(path) for path, _ in recorded_sources(run.recorded())]
-        named = any(stage_data(plan))
-        if recorded and not args.data and not named:
-            sources = RunData.single(recorded[0], len(plan.stages))
-        elif args.data or named:
-            sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
-        elif plan.start:
-            print(f"growdsl run: {args.file}: the schedule names no data; {_start_data(plan)}", file=sys.stderr)
-            return None
-        else:
-            try:
-                path = data.default_corpus(say=lambda line: print(line, flush=True))
-            except corpora.FetchError as e:
-                print(f"growdsl run: the default corpus: {e}", file=sys.stderr)
-                return None
-            sources = RunData.single(path, len(plan.stages))
-        for folder in sources.folders:
-            data.load_meta(folder)  # complete and consistent, or a DataError that says what is not
-        run.check_data(sources.folders)
-    except (RunDirError, data.DataError) as e:
-        print(f"growdsl run: {e}", file=sys.stderr)
-        return None
-    except OSError as e:  # preparing the default corpus: a full disk, ...
-        print(f"growdsl run: the data: {e}", file=sys.stderr)
-        return None
+    recorded = [Path(path) for path, _ in recorded_sources(run.recorded())]
+    named = any(stage_data(plan))
+    if recorded and not args.data and not named:
+        sources = RunData.single(recorded[0], len(plan.stages))
+    elif args.data or named:
+        sources = run_data(plan, lambda name: _beside(args.file, name), Path(args.data) if args.data else None)
+    elif plan.start:
+        raise UsageError(f"{args.file}: the schedule names no data; {_start_data(plan)}")
+    else:
+        try:
+            path = data.default_corpus(say=lambda line: print(line, flush=True))
+        except corpora.FetchError as e:
+            raise UsageError(f"the default corpus: {e}") from None
+        except OSError as e:  # preparing the default corpus: a full disk, ...
+            raise UsageError(f"the data: {e}") from None
+        sources = RunData.single(path, len(plan.stages))
+    for folder in sources.folders:
+        data.load_meta(folder)  # complete and consistent, or a DataError that says what is not
+    run.check_data(sources.folders)
     return sources
 
 

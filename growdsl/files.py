@@ -12,10 +12,12 @@ import stat
 from collections.abc import Collection
 from pathlib import Path
 
+from growdsl.errors import GrowdslError
+
 MiB = 2**20
 
 
-class FileProblem(ValueError):
+class FileProblem(GrowdslError, ValueError):
     """A file that cannot be read as asked; the message names it and says why."""
 
 

@@ -115,8 +115,10 @@ def test_run_command_writes_a_run_directory(data_dir, tmp_path, capsys):
     vals = [r for r in map(json.loads, (run_dir / "history.jsonl").read_text().splitlines()) if r.get("event") == "val"]
     assert {r["val_tokens"] for r in vals} == {16 * 32} and len({r["val_data"] for r in vals}) == 1
     assert vals[-1]["flops"] == plan.totals.flops and vals[-1]["val_flops"] == plan.totals.val_flops  # counted apart
-    assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run2")]) == 2
-    assert "not a prepared data folder" in capsys.readouterr().err
+    # data that is not prepared data: invalid input (exit 1), as `plan --data` says it
+    assert main(["run", str(schedule), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run2")]) == 1
+    assert main(["plan", str(schedule), "--data", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("not a prepared data folder") == 2
     assert not (tmp_path / "run2").exists()
 
 

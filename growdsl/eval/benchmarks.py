@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from growdsl.errors import UsageError
 from growdsl.plan.tasks import EVAL_TASKS
 
 HOME = Path.home() / ".cache" / "growdsl" / "benchmarks"
@@ -34,7 +35,7 @@ SOURCES = {
 }
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(UsageError):
     pass
 
 

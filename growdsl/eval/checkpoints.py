@@ -13,6 +13,7 @@ import torch
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+from growdsl.errors import UsageError
 from growdsl.files import read_json
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
@@ -21,7 +22,7 @@ from growdsl.runtime.rundir import RunDirError, check_plain
 from growdsl.runtime.tokenizer import Specials, TokenizerError, read_prepared
 
 
-class LoadError(Exception):
+class LoadError(UsageError):
     pass
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from growdsl.errors import UsageError
 from growdsl.files import not_plain_under, parse_json
 
 
-class CompareError(Exception):
+class CompareError(UsageError):
     pass
 
 

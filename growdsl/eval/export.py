@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from growdsl.errors import UsageError
 from growdsl.eval.checkpoints import Trained, load
 from growdsl.ops.check import non_finite
 from growdsl.ops.model import model_args
@@ -21,7 +22,7 @@ from growdsl.plan.render import growth_line
 from growdsl.plan.shape import ModelShape
 
 
-class ExportError(Exception):
+class ExportError(UsageError):
     pass
 
 

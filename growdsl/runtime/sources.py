@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from growdsl.errors import GrowdslError
 from growdsl.files import not_plain, parse_json, read_json
 
 MAX_DOCUMENT = 256 * 2**20  # characters of one document (a .txt file, a .jsonl line)
 
 
-class SourceError(ValueError):
+class SourceError(GrowdslError, ValueError):
     """Input that cannot be read as documents; the message names the file (and line)."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+from growdsl.errors import GrowdslError
 from growdsl.files import FileProblem, parse_json, read_bytes, read_json
 
 TOKENIZER_LIMIT = 512 * 2**20  # the largest tokenizer.json known is a few tens of MB
@@ -31,7 +32,7 @@ END_NAMES = ("</s>", EOT, "<|end_of_text|>", "<eos>", "<|eos|>")  # what other t
 CONFIG = "tokenizer_config.json"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(GrowdslError, ValueError):
     """A tokenizer that cannot be used; the message names the file and says why."""
 
 

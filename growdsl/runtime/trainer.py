@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from growdsl.errors import GrowdslError
 from growdsl.ops import operators
 from growdsl.ops.check import check_preservation, non_finite
 from growdsl.ops.layout import full, named_parameters, reshard, state_dict, write_full
@@ -55,7 +56,7 @@ from growdsl.runtime.mixture import Mixture, MixtureState
 from growdsl.runtime.pretrained import load_start
 
 
-class RunError(Exception):
+class RunError(GrowdslError):
     """A run cannot go on; the message says why and what to do."""
 
 
