@@ -418,11 +418,7 @@ def _data_prepare(args) -> int:
     spec = args.tokenizer or f"bpe:{data.DEFAULT_VOCAB if args.vocab is None else args.vocab}"
     tag = spec.removeprefix("bpe:") if spec.startswith("bpe:") else spec  # names the default --out
     if spec in corpora.TOKENIZERS:
-        try:
-            spec = str(corpora.fetch_tokenizer(spec))
-        except corpora.FetchError as e:
-            print(f"growdsl data prepare: {e}", file=sys.stderr)
-            return EXIT_INVALID
+        spec = str(corpora.fetch_tokenizer(spec))  # a FetchError is main's to say
     if not 0 < args.holdout <= 0.5:
         print("growdsl data prepare: --holdout must be above 0 and at most 0.5", file=sys.stderr)
         return EXIT_USAGE
@@ -449,11 +445,7 @@ def _data_prepare(args) -> int:
         sources, out = [Path(p) for p in args.sources], Path(args.out or "data")
     else:
         name = args.corpus or "shakespeare"
-        try:
-            sources = [corpora.fetch(name)]
-        except corpora.FetchError as e:
-            print(f"growdsl data prepare: {e}", file=sys.stderr)
-            return EXIT_INVALID
+        sources = [corpora.fetch(name)]  # a FetchError is main's to say
         default = (
             data.DEFAULT
             if name == "shakespeare" and spec == f"bpe:{data.DEFAULT_VOCAB}"
