@@ -100,7 +100,7 @@ def _rope(shape: ModelShape, seq_len: int) -> dict:
     r = shape.rope_scaling
     if r.kind == "llama3":
         # the scaled length, as Llama 3.1 declares it: transformers warns unless it exceeds the original
-        # length, and llama3 scaling's frequencies do not depend on it; the trained length: see README.md
+        # length, and llama3 scaling's frequencies do not depend on it; the trained length: see docs/language.md (model)
         longest = max(seq_len, round(r.original_max_position_embeddings * r.factor))
         scaling: dict[str, object] | None = {
             "rope_type": "llama3",
