@@ -10,7 +10,7 @@ from torch import nn
 from torchtitan.models.llama3 import Transformer, TransformerModelArgs
 from torchtitan.models.llama3.model.args import RoPEScalingArgs
 
-from growdsl.ops.layout import state_dict, write_full
+from growdsl.ops.layout import GLOBAL_PARAMS, state_dict, write_full
 from growdsl.plan.shape import ModelShape, torchtitan_model_args
 
 
@@ -111,6 +111,6 @@ def materialize(
             torch.manual_seed(seed)
         with torch.no_grad():
             whole.init_weights(buffer_device=device)
-            for name in ("tok_embeddings.weight", "norm.weight", "output.weight"):
+            for name in GLOBAL_PARAMS:
                 write_full(into[name], whole.get_parameter(name))
     model.freqs_cis = whole.freqs_cis
