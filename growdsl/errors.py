@@ -14,3 +14,7 @@ class GrowdslError(Exception):
 
 class UsageError(GrowdslError):
     exit_code = EXIT_USAGE
+
+
+class RunError(GrowdslError):
+    """A run cannot go on (or cannot start); the message says why and what to do."""

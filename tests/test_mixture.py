@@ -309,7 +309,7 @@ def test_a_folder_of_a_stage_still_to_come_may_change_before_it_is_read(mixture_
     run = tmp_path / "run"
     steps = iter(range(5))
     with monkeypatch.context() as m:  # interrupted after 5 steps (Ctrl-C)
-        m.setattr(Trainer, "_advance_ramps", lambda self: next(steps, None) is None and _interrupt())
+        m.setattr(Trainer, "_report", lambda self, *step: next(steps, None) is None and _interrupt())
         assert main(["run", str(schedule), "--run-dir", str(run)]) == 130
     schedule.write_text(text + f'train 4 steps with data "{c}"\n')  # b was never read: c takes its place
     assert main(["run", str(schedule), "--run-dir", str(run), "--resume"]) == 0

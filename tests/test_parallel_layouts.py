@@ -22,7 +22,8 @@ from growdsl.plan import plan_source
 from growdsl.plan.data import run_data
 from growdsl.runtime import distributed
 from growdsl.runtime.distributed import World, close
-from growdsl.runtime.trainer import Trainer, _loss_parallel
+from growdsl.runtime.loss import cross_entropy, loss_parallel
+from growdsl.runtime.trainer import Trainer
 
 # vocab 401: the head's rows do not split evenly over tp 2, nor over dp_shard 2 x tp 2 (strided shards)
 SCHEDULE = (
@@ -54,8 +55,8 @@ def _train(schedule: str, data, world=World(), checkpoints=None, resume=False, d
     logs = trainer.run()
     weights = sorted({str(p.dtype) for p in trainer.model.parameters()})
     x = trainer.probe
-    with _loss_parallel(trainer.layouts[-1]):
-        loss = trainer._loss(x, x.roll(-1, 1))  # whole sequences: tp splits them in two
+    with loss_parallel(trainer.layouts[-1]):
+        loss = cross_entropy(trainer.model, x, x.roll(-1, 1), trainer.mixed)  # whole sequences: tp splits them in two
     return {
         "mixed": trainer.mixed,
         "loss_dtype": str(loss.dtype),

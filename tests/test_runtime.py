@@ -155,9 +155,9 @@ def test_progress_line_redraws_in_place_with_eta_and_ends_with_a_newline():
 
 
 def test_a_model_that_cannot_fit_is_refused_before_it_is_built(data_dir, monkeypatch):
-    from growdsl.runtime import trainer
+    from growdsl.runtime import inputs
 
-    monkeypatch.setattr(trainer, "free_memory_bytes", lambda device: 2**30)  # 1 GiB free
+    monkeypatch.setattr(inputs, "free_memory_bytes", lambda device: 2**30)  # 1 GiB free
     plan = plan_source("model 1.1B vocab 32000 padded\ntrain 6L for 10 steps\nstack x4\ntrain 10 steps")
     with pytest.raises(RunError) as refused:
         Trainer(plan, data_dir)

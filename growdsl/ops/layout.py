@@ -92,3 +92,16 @@ def reshard(model) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+def laid_out_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`value` (an optimizer moment) laid out as the parameter `like`: sharded alike, or whole. One
+    laid out alike already is kept as it is (gathering every moment of a large model would not fit)."""
+    if isinstance(value, DTensor) == isinstance(like, DTensor) and value.shape == like.shape:
+        if not isinstance(value, DTensor) or (
+            isinstance(like, DTensor) and value.device_mesh == like.device_mesh and value.placements == like.placements
+        ):
+            return value
+    out = torch.zeros_like(like)
+    write_full(out, full(value))
+    return out

@@ -43,6 +43,11 @@ class Parallelism:
     # bf16 compute over float32 weights (FSDP2's policy when sharded, else autocast); auto: on GPUs only
     mixed: Literal["auto", "bf16", "off"] = "auto"
 
+    @property
+    def processes_named(self) -> int:
+        """The processes its degrees name (dp_shard auto counts 1): above 1, the model is laid out over many."""
+        return self.tp * self.dp_replicate * (self.dp_shard or 1)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:

@@ -2,8 +2,8 @@
 torchtitan's parallelize_llama (FSDP2, tensor parallel, activation checkpointing, per-block
 compile, bf16 mixed precision) applied to a built model.
 
-Every rank builds and initialises the whole model the same way (seeded), then parallelize_llama
-keeps each rank's shard: a run on N ranks starts from exactly the weights of a 1-rank run. On CPU
+A model is laid out on the meta device and given its weights shard by shard afterwards
+(growdsl.runtime.building): a run on N ranks starts from exactly the weights of a 1-rank run. On CPU
 (gloo) torchtitan 0.2.2's modules' `device_type` is set right, and gloo (no PREMUL_SUM) is told to sum.
 
 Gradients are a mean over the data-parallel ranks everywhere: torchtitan's apply_fsdp sets every
