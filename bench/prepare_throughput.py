@@ -28,11 +28,11 @@ files = sorted(p for p in Path(root).rglob("*.txt")) or sorted(Path(root).glob("
 files = files[: max(2, round(len(files) * float(share)))]
 begin = time.perf_counter()
 if mode == "prepare":
-    from growdsl.runtime import data
+    from growdsl.data import prepare as data
     meta = data.prepare(files, Path(out), tokenizer=spec)
     tokens, chars = meta.train_tokens + meta.val_tokens, sum(p.stat().st_size for p in files)  # bytes of input
 else:
-    from growdsl.runtime import tokenizer as tokenizers
+    from growdsl.data import tokenizer as tokenizers
     kind, what = tokenizers.parse(spec)
     chosen = tokenizers.load(what)
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
@@ -53,7 +53,7 @@ def child(mode: str, spec: str, share: float, root: str, out: str) -> dict:
 
 
 def main() -> None:
-    from growdsl.runtime import corpora
+    from growdsl.data import corpora
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default="llama-32k")

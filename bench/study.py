@@ -110,7 +110,8 @@ def check_equal_flops(schedules: Path, arms: list[str]) -> None:
 
 
 def prepare_data(vocab: int) -> Path:
-    from growdsl.runtime import corpora, data
+    from growdsl.data import corpora
+    from growdsl.data import prepare as data
 
     folder = corpora.HOME / "data" / f"debian-docs-{vocab}"
     if not (folder / "meta.json").exists():

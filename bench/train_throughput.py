@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from growdsl.data.prepare import default_corpus
 from growdsl.plan import plan_source
-from growdsl.runtime.data import default_corpus
 from growdsl.runtime.trainer import Trainer
 
 SHAPES = {  # the model statement and the layers trained

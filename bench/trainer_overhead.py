@@ -17,9 +17,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from growdsl.data.prepare import default_corpus
 from growdsl.ops.model import build_model
 from growdsl.plan import plan_source
-from growdsl.runtime.data import TokenStream, default_corpus, load_meta, train_files
+from growdsl.records.data_folder import read_meta, train_files
+from growdsl.runtime.stream import TokenStream
 from growdsl.runtime.trainer import Trainer
 
 SCHEDULE = """model llama dim {dim} layers {layers} heads {heads} vocab 4096
@@ -47,7 +49,7 @@ def bare(plan, data, steps: int) -> float:
         eps=t.optimizer.eps,
         weight_decay=t.optimizer.weight_decay,
     )
-    meta = load_meta(data)
+    meta = read_meta(data)
     stream = TokenStream(train_files(data, meta), meta.dtype)  # the token shards, as the trainer reads them
     begin = time.perf_counter()
     for step in range(steps):

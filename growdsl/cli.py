@@ -274,9 +274,8 @@ def _plan_data(plan, args) -> int:
             print(f"\ndata: none named; {_start_data(plan)}")
             return EXIT_OK
         else:
-            from growdsl.runtime.corpora import HOME
+            from growdsl.data.corpora import DEFAULT as path
 
-            path = HOME / "data" / "shakespeare-4096-v3"  # growdsl.runtime.data.DEFAULT, without numpy
             if not (path / "meta.json").is_file():
                 print(
                     "\ndata: none named: `growdsl run` prepares and reads the default corpus "
@@ -288,10 +287,10 @@ def _plan_data(plan, args) -> int:
     except DataError as e:
         print(f"{args.file}: error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    problem = vocab_problem(plan, readings[0].meta["vocab_size"]) or start_tokenizer_problem(plan, sources.folders[0])
+    problem = vocab_problem(plan, readings[0].meta.vocab_size) or start_tokenizer_problem(plan, sources.folders[0])
     if problem and not named:  # the default corpus fits the small schedules, not every schedule
         print(
-            f"\ndata: none named, and the default corpus (vocab {readings[0].meta['vocab_size']:,}) does not fit "
+            f"\ndata: none named, and the default corpus (vocab {readings[0].meta.vocab_size:,}) does not fit "
             f"this model's vocab {plan.stages[0].shape.vocab_size:,}: name its data with `data` or --data"
         )
         return EXIT_OK
@@ -308,7 +307,7 @@ def _plan_data(plan, args) -> int:
             n = sum(tokens for _, _, tokens, _ in read.stages)
             print(
                 f"{args.file}: warning: the run reads {what(read)} {read.epochs:.2f} times ({n:,} tokens of "
-                f"{read.meta['train_tokens']:,}): repeated tokens teach less than new ones; prepare more data, or "
+                f"{read.meta.train_tokens:,}): repeated tokens teach less than new ones; prepare more data, or "
                 f"accept the repetition knowingly",
                 file=sys.stderr,
             )
@@ -335,7 +334,7 @@ def _baseline(args) -> int:
         if refusal:
             print(f"growdsl baseline: {refusal}", file=sys.stderr)
             return EXIT_USAGE
-    from growdsl.plan.data import DataError
+    from growdsl.records.data_folder import DataError
 
     try:
         baseline.check(plan)  # before its data: stages that read different data are the first thing to say
@@ -410,12 +409,14 @@ def _predict(args) -> int:
 
 
 def _data_prepare(args) -> int:
-    from growdsl.runtime import corpora, data, tokenizer
+    from growdsl.data import corpora, tokenizer
+    from growdsl.data import prepare as data
+    from growdsl.records.data_folder import read_meta
 
     if args.vocab is not None and args.tokenizer:
         print("growdsl data prepare: give --tokenizer or --vocab, not both", file=sys.stderr)
         return EXIT_USAGE
-    spec = args.tokenizer or f"bpe:{data.DEFAULT_VOCAB if args.vocab is None else args.vocab}"
+    spec = args.tokenizer or f"bpe:{corpora.DEFAULT_VOCAB if args.vocab is None else args.vocab}"
     tag = spec.removeprefix("bpe:") if spec.startswith("bpe:") else spec  # names the default --out
     if spec in corpora.TOKENIZERS:
         spec = str(corpora.fetch_tokenizer(spec))  # a FetchError is main's to say
@@ -447,16 +448,16 @@ def _data_prepare(args) -> int:
         name = args.corpus or "shakespeare"
         sources = [corpora.fetch(name)]  # a FetchError is main's to say
         default = (
-            data.DEFAULT
-            if name == "shakespeare" and spec == f"bpe:{data.DEFAULT_VOCAB}"
+            corpora.DEFAULT
+            if name == "shakespeare" and spec == f"bpe:{corpora.DEFAULT_VOCAB}"
             else corpora.HOME
             / "data"
             / f"{name}-{tag if tag in corpora.TOKENIZERS or kind == 'bpe' else _file_tag(spec)}"
         )
         out = Path(args.out) if args.out else default
-    from growdsl.runtime import folders
+    from growdsl.files import unwritable_folder
 
-    why = folders.writable(out)
+    why = unwritable_folder(out)
     if why:
         print(f"growdsl data prepare: --out: {why}", file=sys.stderr)
         return EXIT_USAGE
@@ -468,7 +469,7 @@ def _data_prepare(args) -> int:
     except OSError as e:
         print(f"growdsl data prepare: cannot write {out}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    meta = data.load_meta(out)
+    meta = read_meta(out)
     held = (
         f"{meta.val_documents} held out"
         if meta.holdout_unit == "documents"
@@ -583,7 +584,7 @@ def _run_on(world, args, plan, source: str) -> int:
     if status or not args.baseline:
         return status
     # The from-scratch baseline on the same FLOPs, in RUN/baseline, then the comparison.
-    from growdsl.runtime.rundir import RECORD
+    from growdsl.records.run_record import RECORD
 
     base_dir, base = run_dir / "baseline", None
     if world.main:
@@ -870,11 +871,13 @@ def _run_data(args, plan, run):
     recorded, wherever the default has moved since). Those a resumed run has read are checked to be
     the data it read once its checkpoint is loaded (`_train`). A DataError (the data is not prepared
     data: exit 1, as from `plan --data`) or a UsageError says what is wrong."""
+    from growdsl.data import corpora
+    from growdsl.data import prepare as data
     from growdsl.plan.data import RunData, run_data, stage_data
-    from growdsl.runtime import corpora, data
-    from growdsl.runtime.rundir import recorded_sources
+    from growdsl.records.data_folder import read_meta
 
-    recorded = [Path(path) for path, _ in recorded_sources(run.recorded())]
+    record = run.recorded()
+    recorded = [Path(source.data) for source in record.folders] if record else []
     named = any(stage_data(plan))
     if recorded and not args.data and not named:
         sources = RunData.single(recorded[0], len(plan.stages))
@@ -891,7 +894,7 @@ def _run_data(args, plan, run):
             raise UsageError(f"the data: {e}") from None
         sources = RunData.single(path, len(plan.stages))
     for folder in sources.folders:
-        data.load_meta(folder)  # complete and consistent, or a DataError that says what is not
+        read_meta(folder)  # complete and consistent, or a DataError that says what is not
     run.check_data(sources.folders)
     return sources
 

@@ -129,3 +129,20 @@ def not_plain_under(folder: Path, appended: Collection[str] = ()) -> str | None:
                     f"copy the folder (cp -r) rather than linking it"
                 )
     return None
+
+
+def unwritable_folder(path: Path) -> str | None:
+    """Why `path` cannot become a folder to write into, or None. Checked before a command does any
+    work: a refusal after an hour of loading or tokenizing is what this saves."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else f"{path} is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{path} cannot be made: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be made: {parent} is not writable"
+    return None

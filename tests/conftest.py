@@ -43,7 +43,7 @@ def markov_text(root: Path, seed: int, documents: int = 8, words_each: int = 150
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A prepared corpus (vocab 400) for training tests."""
-    from growdsl.runtime.data import prepare
+    from growdsl.data.prepare import prepare
 
     root = markov_text(tmp_path_factory.mktemp("text"), seed=0)
     prepare([root], root / "prepared", vocab_size=400, holdout=0.2)
@@ -53,7 +53,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mixture_dirs(data_dir, tmp_path_factory):
     """Three prepared folders of one tokenizer (data_dir's) and different text, of different sizes."""
-    from growdsl.runtime.data import prepare
+    from growdsl.data.prepare import prepare
 
     folders = [data_dir]
     for seed, documents in ((1, 3), (2, 5)):

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from growdsl.cli import main
-from growdsl.runtime.data import TokenStream, load_meta, prepare, train_files
-from growdsl.runtime.tokenizer import EOT
+from growdsl.data.prepare import prepare
+from growdsl.data.tokenizer import EOT
+from growdsl.records.data_folder import read_meta, train_files
+from growdsl.runtime.stream import TokenStream
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven bold knights sing of green hills and "
@@ -43,7 +45,7 @@ def corpus(tmp_path_factory):
 
 def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
     root, out, meta = corpus
-    assert meta == load_meta(out) and (meta.documents, meta.holdout_unit) == (40, "documents")
+    assert meta == read_meta(out) and (meta.documents, meta.holdout_unit) == (40, "documents")
     assert meta.val_documents in (10, 11)  # documents differ a little in size: as many as make a quarter
     train = training(out, meta)
     val = np.fromfile(out / "val.bin", dtype=meta.dtype)
@@ -63,7 +65,7 @@ def test_prepare_writes_token_files_and_holds_out_whole_documents(corpus):
 
 
 def test_a_corpus_of_a_few_long_documents_holds_out_pieces_of_all_of_them(tmp_path, monkeypatch):
-    from growdsl.runtime import data
+    from growdsl.data import prepare as data
 
     monkeypatch.setattr(data, "HOLDOUT_FLOOR", 20_000)  # the floor, scaled down with the corpus
     for name in "abcd":  # four works of ~40K characters: 5% would be a fifth of one of them
@@ -123,8 +125,8 @@ def test_data_prepare_command(corpus, tmp_path, capsys):
     root, _, _ = corpus
     out = tmp_path / "d"
     assert main(["data", "prepare", str(root), "--out", str(out), "--vocab", "300", "--holdout", "0.25"]) == 0
-    assert f"40 documents ({load_meta(corpus[1]).val_documents} held out), vocab 300" in capsys.readouterr().out
-    assert load_meta(out).vocab_size == 300
+    assert f"40 documents ({read_meta(corpus[1]).val_documents} held out), vocab 300" in capsys.readouterr().out
+    assert read_meta(out).vocab_size == 300
     assert main(["data", "prepare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["data", "prepare", str(root), "--holdout", "2"]) == 2
     capsys.readouterr()
@@ -156,7 +158,7 @@ def test_training_documents_are_shuffled_in_pieces_of_paragraphs(tmp_path):
 
 
 def test_the_validation_sequences_are_spread_over_the_whole_held_out_split(corpus):
-    from growdsl.runtime.data import HeldOut
+    from growdsl.runtime.stream import HeldOut
 
     _, out, meta = corpus
     held = HeldOut(out / "val.bin", meta.dtype)
@@ -172,7 +174,7 @@ def test_the_validation_sequences_are_spread_over_the_whole_held_out_split(corpu
 
 
 def test_the_default_corpus_says_it_is_being_prepared_once(corpus, tmp_path, monkeypatch):
-    from growdsl.runtime import data
+    from growdsl.data import prepare as data
 
     root, _, _ = corpus
     fetched = []
@@ -190,7 +192,7 @@ def test_the_default_corpus_says_it_is_being_prepared_once(corpus, tmp_path, mon
 def test_plan_shows_what_each_stage_reads_and_warns_when_the_run_repeats_its_data(data_dir, tmp_path, capsys):
     from ops_helpers import TINY_RUN
 
-    meta = load_meta(data_dir)
+    meta = read_meta(data_dir)
     per_step = 4 * 32
     schedule = tmp_path / "s.grow"
     schedule.write_text(TINY_RUN + "train 1L for 10 steps\nstack x2\ntrain 30 steps\n")
@@ -229,7 +231,7 @@ def test_plan_refuses_missing_and_half_prepared_data(data_dir, tmp_path, capsys)
 def test_a_paragraph_without_blank_lines_is_cut_at_spaces_into_bounded_parts():
     """Text with no blank line (16 MB took 33 s to cut when each cut copied the rest): parts of
     `size` to `2 size` characters, each ending before a space or line break, that join back to it."""
-    from growdsl.runtime.data import _cut
+    from growdsl.data.prepare import _cut
 
     rng = random.Random(3)
     text = " ".join("".join(rng.choices("abcdefgh", k=rng.randint(1, 12))) for _ in range(200_000))

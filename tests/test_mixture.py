@@ -16,9 +16,10 @@ from ops_helpers import TINY_RUN
 from growdsl.cli import main
 from growdsl.plan import plan_source
 from growdsl.plan.data import run_data
+from growdsl.records.data_folder import read_meta, train_files
 from growdsl.runtime import checkpoint
-from growdsl.runtime.data import TokenStream, load_meta, train_files
 from growdsl.runtime.mixture import Mixture
+from growdsl.runtime.stream import TokenStream
 from growdsl.runtime.trainer import RunError, Trainer
 
 
@@ -36,7 +37,7 @@ def shards(tmp_path):
 def mixture(paths, weights=(0.5, 0.2, 0.3)):
     """A mixture of token files, or of prepared folders."""
     streams = [
-        TokenStream(train_files(p, load_meta(p)), "uint16") if p.is_dir() else TokenStream(p, "uint16") for p in paths
+        TokenStream(train_files(p, read_meta(p)), "uint16") if p.is_dir() else TokenStream(p, "uint16") for p in paths
     ]
     return Mixture(streams, list(weights))
 
@@ -221,7 +222,7 @@ def test_plan_shows_each_folder_and_its_share_of_every_stage(mixture_dirs, tmp_p
     schedule.write_text(mixed_schedule(mixture_dirs, steps=(10, 2000)))
     assert main(["plan", str(schedule)]) == 0
     out, err = capsys.readouterr()
-    a, b, c = (load_meta(f).train_tokens for f in mixture_dirs)
+    a, b, c = (read_meta(f).train_tokens for f in mixture_dirs)
     assert f"data {mixture_dirs[0]}: " in out and f"{a:,} training tokens" in out
     assert "stage 0 reads ~640 tokens (" in out and "50% of its mixture), from token ~0" in out
     assert "stage 1 reads ~128,000 tokens (" in out and "from token ~256" in out  # b: 20% of stage 0's 1,280
@@ -234,7 +235,7 @@ def test_plan_shows_each_folder_and_its_share_of_every_stage(mixture_dirs, tmp_p
 def test_a_mixture_of_two_tokenizers_or_a_stage_without_data_is_refused_before_training(mixture_dirs, tmp_path, capsys):
     from conftest import markov_text
 
-    from growdsl.runtime.data import prepare
+    from growdsl.data.prepare import prepare
 
     other = tmp_path / "other"
     prepare([markov_text(tmp_path, 4, 2)], other, vocab_size=300, holdout=0.2)

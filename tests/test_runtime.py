@@ -201,14 +201,15 @@ def test_mixed_precision_computes_in_bf16_over_float32_weights(data_dir):
 
 def test_validation_loss_is_measured_on_the_fixed_held_out_sequences(data_dir):
     from growdsl.plan.plan import validation_steps
-    from growdsl.runtime.data import HeldOut, load_meta
+    from growdsl.records.data_folder import read_meta
+    from growdsl.runtime.stream import HeldOut
 
     plan = plan_source(BOUNDARY.format(settings="").replace("seed 3", "seed 3\nval every 5 steps\nval tokens 200"))
     trainer = Trainer(plan, data_dir, log=lambda _: None)
     logs = trainer.run()
     assert [s for s, _ in logs[0].val_losses] == list(validation_steps(0, 12, 5)) == [5, 10, 12]
     assert [s for s, _ in logs[1].val_losses] == list(validation_steps(12, 12, 5)) == [15, 20, 24]
-    x, y = HeldOut(data_dir / "val.bin", load_meta(data_dir).dtype).sequences(200, 32)
+    x, y = HeldOut(data_dir / "val.bin", read_meta(data_dir).dtype).sequences(200, 32)
     assert x.shape == (6, 32)  # 200 tokens: six whole 32-token sequences
     with torch.no_grad():
         direct = torch.nn.functional.cross_entropy(trainer.model(x).flatten(0, 1), y.flatten()).item()
@@ -218,9 +219,9 @@ def test_validation_loss_is_measured_on_the_fixed_held_out_sequences(data_dir):
 
 
 def test_a_later_stage_whose_sequences_the_held_out_split_cannot_hold_is_refused_up_front(data_dir):
-    from growdsl.runtime.data import load_meta
+    from growdsl.records.data_folder import read_meta
 
-    seq = 2 * load_meta(data_dir).val_tokens
+    seq = 2 * read_meta(data_dir).val_tokens
     plan = plan_source(BOUNDARY.format(settings=f" with seq {seq}, batch 1 seqs"))
     with pytest.raises(RunError, match=rf"stage 1 \(line 8\) validates on {seq}-token sequences"):
         Trainer(plan, data_dir)
@@ -230,7 +231,7 @@ def test_resume_reads_the_data_the_run_started_on_and_refuses_another_tokenizer(
     import json
 
     from growdsl.cli import main
-    from growdsl.runtime.data import prepare
+    from growdsl.data.prepare import prepare
 
     schedule = tmp_path / "s.grow"
     schedule.write_text(BOUNDARY.format(settings=""))

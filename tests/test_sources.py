@@ -8,8 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from growdsl.runtime import data, sources
-from growdsl.runtime.data import TokenStream, load_meta, prepare, train_files
+from growdsl.data import prepare as data
+from growdsl.data import sources
+from growdsl.data.prepare import prepare
+from growdsl.records.data_folder import read_meta, train_files
+from growdsl.runtime.stream import TokenStream
 
 TEXTS = [" ".join(f"w{random.Random(i).randrange(80)}" for _ in range(300)) + f" doc{i}." for i in range(24)]
 
@@ -94,7 +97,7 @@ def test_prepare_shards_a_corpus_and_streams_it_as_one(tmp_path, monkeypatch):
     expected = np.concatenate([tokens[i * 50 : i * 50 + 50] for i in range(len(seen) // 50)])  # no wrap yet
     n = (len(tokens) - 1) // 50 * 50
     assert (seen[:n] == expected[:n]).all()  # across every shard boundary, in order
-    assert load_meta(tmp_path / "many") == many
+    assert read_meta(tmp_path / "many") == many
 
 
 def test_a_source_that_changes_while_it_is_prepared_is_an_error(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ import pytest
 from ops_helpers import TINY_RUN
 
 from growdsl.cli import main
-from growdsl.runtime import data
-from growdsl.runtime import tokenizer as tokenizers
+from growdsl.data import tokenizer as tokenizers
+from growdsl.records.data_folder import read_meta, train_files
 
 TEXT = (
     "the quick brown fox jumps over the lazy dog. ünïcödé 日本語\n  indented   spaces\n\n"
@@ -113,10 +113,10 @@ def sp_data(sentencepiece_model, tmp_path_factory):
 
 
 def test_prepare_with_a_sentencepiece_model_keeps_its_conventions(sp_data, sentencepiece_model):
-    meta = data.load_meta(sp_data)
+    meta = read_meta(sp_data)
     assert (meta.tokenizer, meta.vocab_size, meta.bos_id, meta.eot_id) == ("sentencepiece", 400, 1, 2)
     assert (sp_data / "tokenizer.model").read_bytes() == sentencepiece_model.read_bytes()
-    tokens = np.concatenate([np.fromfile(p, dtype=meta.dtype) for p in data.train_files(sp_data, meta)])
+    tokens = np.concatenate([np.fromfile(p, dtype=meta.dtype) for p in train_files(sp_data, meta)])
     starts, ends = np.flatnonzero(tokens == 1), np.flatnonzero(tokens == 2)
     assert tokens[0] == 1 and tokens[-1] == 2 and len(starts) == len(ends)
     assert (starts[1:] == ends[:-1] + 1).all()  # every document is <s> ... </s>, back to back

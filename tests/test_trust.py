@@ -15,7 +15,9 @@ import torch
 from ops_helpers import TINY_RUN
 
 from growdsl.cli import main
-from growdsl.runtime import checkpoint, data, rundir
+from growdsl.data import prepare as data
+from growdsl.records.data_folder import DataError, read_meta
+from growdsl.runtime import checkpoint, rundir
 
 SCHEDULE = (
     TINY_RUN
@@ -389,7 +391,7 @@ def test_damaged_or_inflating_archives_are_named(tmp_path, monkeypatch, capsys):
     (a small file may inflate to gigabytes: read up to a bound, not into memory whole)."""
     import gzip
 
-    from growdsl.runtime import sources
+    from growdsl.data import sources
 
     lines = "".join(f'{{"text": "document {i} {"w " * (i % 40)}"}}\n' for i in range(3000)).encode()
     damaged = bytearray(gzip.compress(lines))
@@ -465,7 +467,7 @@ def test_a_prepare_killed_midway_leaves_the_old_folder_whole(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         data.prepare([corpus], out, vocab_size=280, holdout=0.25)
     assert snapshot(out) == before
-    assert data.load_meta(out).vocab_size <= 300
+    assert read_meta(out).vocab_size <= 300
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -480,7 +482,7 @@ def test_a_prepare_killed_between_its_two_renames_gets_the_old_folder_back(finis
     data.prepare([corpus], out, vocab_size=300, holdout=0.25)
     before = snapshot(out)
     killed_between = (
-        "import os, sys; from pathlib import Path; from growdsl.runtime import data; real = Path.replace\n"
+        "import os, sys; from pathlib import Path; from growdsl.data import prepare as data; real = Path.replace\n"
         "def replace(self, target):\n"
         "    real(self, target)\n"
         "    if '.old-' in Path(target).name: os.kill(os.getpid(), 9)\n"
@@ -493,7 +495,7 @@ def test_a_prepare_killed_between_its_two_renames_gets_the_old_folder_back(finis
     assert "a prepare was stopped while it replaced it" in capsys.readouterr().err
     busy = out.with_name(f".{out.name}.old-1")  # another prepare's, still running (process 1 is alive)
     busy.mkdir()
-    with pytest.raises(data.DataError, match="lies inside --out"):  # refused after the old folder is back
+    with pytest.raises(DataError, match="lies inside --out"):  # refused after the old folder is back
         data.prepare([out / "meta.json"], out, vocab_size=280)
     assert snapshot(out) == before and busy.is_dir()
 
@@ -501,17 +503,17 @@ def test_a_prepare_killed_between_its_two_renames_gets_the_old_folder_back(finis
 def test_a_folder_whose_tokens_disagree_with_meta_is_not_a_prepared_folder(data_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data_dir, copy)
-    shard = copy / data.load_meta(copy).shards[0]["file"]
+    shard = copy / read_meta(copy).shards[0].file
     shard.write_bytes(shard.read_bytes()[:-2])
-    with pytest.raises(data.DataError, match="not the .* tokens meta.json counts"):
-        data.load_meta(copy)
+    with pytest.raises(DataError, match="not the .* tokens meta.json counts"):
+        read_meta(copy)
 
 
 def test_prepare_never_replaces_a_folder_that_is_not_prepared(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(data.DataError, match="holds notes.txt, which is not part of a prepared data folder"):
+    with pytest.raises(DataError, match="holds notes.txt, which is not part of a prepared data folder"):
         data.prepare([tmp_path / "x.txt"], out)
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -624,7 +626,7 @@ def test_fifos_as_data_or_tokenizer_are_named_not_waited_on(finished, data_dir, 
 
 
 def test_a_link_loop_in_a_corpus_counts_each_document_once(tmp_path):
-    from growdsl.runtime.sources import find
+    from growdsl.data.sources import find
 
     corpus = small_corpus(tmp_path / "corpus")
     documents = find([corpus])
@@ -651,12 +653,12 @@ def test_prepare_refuses_a_folder_holding_more_than_its_data_or_its_own_sources(
     out = tmp_path / "prepared"
     data.prepare([corpus], out, vocab_size=300, holdout=0.25)
     (out / "my-notes.txt").write_text("mine")
-    with pytest.raises(data.DataError, match="holds my-notes.txt"):
+    with pytest.raises(DataError, match="holds my-notes.txt"):
         data.prepare([corpus, out / "my-notes.txt"], out, vocab_size=300)
     (out / "my-notes.txt").unlink()
-    with pytest.raises(data.DataError, match="lies inside --out"):
+    with pytest.raises(DataError, match="lies inside --out"):
         data.prepare([out / "val.jsonl"], out, vocab_size=300)
-    assert data.load_meta(out).documents == 3
+    assert read_meta(out).documents == 3
 
 
 def test_the_corpus_identity_does_not_depend_on_how_its_path_is_spelled(tmp_path, monkeypatch):
@@ -664,7 +666,7 @@ def test_the_corpus_identity_does_not_depend_on_how_its_path_is_spelled(tmp_path
     data.prepare([corpus], tmp_path / "a", vocab_size=300)
     monkeypatch.chdir(tmp_path)
     data.prepare([Path("corpus")], tmp_path / "b", vocab_size=300)
-    assert data.load_meta(tmp_path / "a").sources_sha256 == data.load_meta(tmp_path / "b").sources_sha256
+    assert read_meta(tmp_path / "a").sources_sha256 == read_meta(tmp_path / "b").sources_sha256
 
 
 def test_an_eval_after_a_torn_line_starts_its_own(run, tmp_path):
@@ -819,9 +821,9 @@ def test_structurally_crafted_metadata_is_one_line_for_every_command(run, finish
 @pytest.mark.parametrize(
     "field, value, said",
     [
-        ("position", 2**63, "not a whole number below 2"),
-        ("global_step", 10**400, "not a whole number below 2"),
-        ("flops", -1, "flops is -1, not a whole number"),
+        ("position", 2**63, "position: input should be less than 9223372036854775808"),
+        ("global_step", 10**400, "global_step: input should be less than 9223372036854775808"),
+        ("flops", -1, "flops: input should be greater than or equal to 0"),
         ("ramps", [{"name": "layers.1", "steps": 4, "old": None, "step": 10}], "at step 10 of 4"),
     ],
 )
@@ -899,7 +901,7 @@ def test_the_old_prepared_folder_kept_aside_is_never_deleted(tmp_path):
     out.rename(aside)
     out.mkdir()
     data.prepare([corpus], out, vocab_size=280, holdout=0.25)
-    assert (aside / "meta.json").is_file() and data.load_meta(out).vocab_size <= 280
+    assert (aside / "meta.json").is_file() and read_meta(out).vocab_size <= 280
 
 
 def test_a_file_put_in_the_run_folder_while_the_run_starts_is_kept(finished, data_dir, tmp_path, monkeypatch, capsys):

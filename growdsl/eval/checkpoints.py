@@ -13,13 +13,14 @@ import torch
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+from growdsl.data.tokenizer import Specials, TokenizerError, read_prepared
 from growdsl.errors import UsageError
 from growdsl.files import read_json
 from growdsl.ops.model import build_model
 from growdsl.plan.shape import ModelShape
+from growdsl.records.progress import RampRecord
 from growdsl.runtime import checkpoint
 from growdsl.runtime.rundir import RunDirError, check_plain
-from growdsl.runtime.tokenizer import Specials, TokenizerError, read_prepared
 
 
 class LoadError(UsageError):
@@ -36,7 +37,7 @@ class Trained:
     tokenizer: Tokenizer
     specials: Specials  # how a document starts and ends
     seq_len: int  # what the checkpoint's stage trained on: the evaluation window
-    ramps: list[dict]
+    ramps: list[RampRecord]
 
     @property
     def eot_id(self) -> int:
@@ -187,7 +188,7 @@ def data_dir(run_dir: Path) -> Path | None:
     if not (run_dir / "run.json").is_file():
         return None
     try:
-        data = Path(read_record(run_dir)["data"])
+        data = Path(read_record(run_dir).data)
     except RunDirError as e:
         raise LoadError(str(e)) from None
     return data if (data / "meta.json").is_file() else None

@@ -205,9 +205,9 @@ class Report:
 def compare(run_dirs: list[Path], out: Path, smooth: int | None = None, n_levels: int = 5) -> Report:
     if len(run_dirs) < 2:
         raise CompareError("give at least two runs: the baseline first, then the runs to compare with it")
-    from growdsl.runtime import folders
+    from growdsl.files import unwritable_folder
 
-    why = folders.writable(out)
+    why = unwritable_folder(out)
     if why:
         raise CompareError(f"--out: {why}")
     runs = [read_run(r) for r in run_dirs]

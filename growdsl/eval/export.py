@@ -27,16 +27,16 @@ class ExportError(UsageError):
 
 
 def export_hf(path: Path, out: Path) -> Path:
-    from growdsl.runtime import folders
+    from growdsl.files import unwritable_folder
 
-    why = folders.writable(out)  # before a load that may take minutes
+    why = unwritable_folder(out)  # before a load that may take minutes
     if why:
         raise ExportError(f"--hf: {why}")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty: give a new folder")
     trained = load(path)
     if trained.ramps:
-        steps = max(r["steps"] - r["step"] for r in trained.ramps)
+        steps = max(r.steps - r.step for r in trained.ramps)
         raise ExportError(
             f"{trained.path.name} is in the middle of a growth ramp (a mask mixes new layers in, "
             f"which a Llama model cannot express): export a checkpoint {steps} or more steps later"

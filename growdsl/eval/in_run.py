@@ -20,9 +20,9 @@ def in_run_evaluator(plan: Plan, data_dir: Path, run_dir: Path, world: World, lo
     ]
     if not stages:
         return None
+    from growdsl.data.tokenizer import TokenizerError, read_prepared
     from growdsl.eval import benchmarks
     from growdsl.eval.evaluate import default_tasks
-    from growdsl.runtime.tokenizer import TokenizerError, read_prepared
 
     heldout = data_dir / "val.jsonl"
     chosen = {s.index: list(s.training.eval_tasks) or default_tasks(heldout) for s in stages}

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from growdsl.records.progress import RampRecord
+
 RAMP = "growth_ramp"
 _HOOK = "_growdsl_ramp_hook"
 
@@ -146,25 +148,26 @@ class Ramp:
         """Set the mask to its value after the steps done (a model just given storage holds garbage)."""
         set_ramp(self.module, ramp_value(self.step, self.steps))
 
-    def describe(self) -> dict:
+    def describe(self) -> RampRecord:
         """What a checkpoint records of it (the mask's value comes with the weights)."""
-        return {"name": self.name, "steps": self.steps, "old": self.old, "step": self.step}
+        return RampRecord(self.name, self.steps, self.step, list(self.old) if self.old else None)
 
     @staticmethod
-    def restore(model: nn.Module, d: dict) -> Ramp:
+    def restore(model: nn.Module, record: RampRecord) -> Ramp:
         """Put a recorded ramp back on a freshly built model: a width ramp (old dim, heads, ffn) on
         the model itself, a depth ramp on one of its blocks; anything else is a ValueError."""
-        name, old = d["name"], tuple(d["old"]) if d["old"] else None
-        width = old is not None and len(old) == 3 and name == ""
-        depth = old is None and isinstance(name, str) and re.fullmatch(r"layers\.\d+", name) is not None
+        name = record.name
+        old = (record.old[0], record.old[1], record.old[2]) if record.old and len(record.old) == 3 else None
+        width = old is not None and name == ""
+        depth = not record.old and re.fullmatch(r"layers\.\d+", name) is not None
         try:
             module = model.get_submodule(name) if width or depth else None
         except AttributeError:
             module = None
         if module is None:
-            raise ValueError(f"a ramp on {name!r} with old {d['old']!r}, which this model cannot have")
+            raise ValueError(f"a ramp on {name!r} with old {record.old!r}, which this model cannot have")
         if old:
             attach_width_ramp(module, *old)
         else:
             attach_ramp(module)
-        return Ramp(module, d["steps"], name, old, d["step"])
+        return Ramp(module, record.steps, name, old, record.step)

@@ -1,85 +1,18 @@
-"""What a prepared data folder holds, read without torch or numpy (meta.json and its files' sizes),
-so that `growdsl plan` can say how much of its data each stage reads, warn when a run repeats it,
-and refuse data that is missing or half-prepared before anything is built. `growdsl run` reads
-meta.json through the same check."""
+"""The data a plan reads: which prepared folders (a mixture's, a stage's own, --data), how much of
+each every stage takes, and whether their tokenizer fits the model. Torch-free, for `growdsl plan`:
+it says how much of its data each stage reads, warns when a run repeats it, and refuses data that is
+missing, half-prepared or of two tokenizers before anything is built."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from growdsl.errors import GrowdslError
-from growdsl.files import FileProblem, read_json
+from growdsl.files import read_json
 from growdsl.plan.plan import Plan
-
-DTYPES = {"uint16": 2, "uint32": 4}  # token files' element types and their sizes in bytes
-COUNTS = ("vocab_size", "eot_id", "train_tokens", "val_tokens", "documents", "val_documents")
-
-
-class DataError(GrowdslError, ValueError):
-    """Data that is not a (complete) prepared folder; the message names what is wrong."""
-
-
-def read_meta(directory: Path) -> dict:
-    """A prepared folder's meta.json, checked against the folder: its counts whole numbers, its token
-    files present with exactly the tokens it counts, its tokenizer there."""
-    file = directory / "meta.json"
-    if not directory.is_dir():
-        if any(directory.parent.glob(f".{directory.name}.old-*")):  # a prepare killed as it swapped folders
-            raise DataError(
-                f"{directory} does not exist: a prepare was stopped while it replaced it; the old folder is kept "
-                f"aside and goes back in place when you run growdsl data prepare ... --out {directory} again"
-            )
-        raise DataError(f"{directory} does not exist: prepare it with growdsl data prepare SOURCES --out {directory}")
-    if not file.exists() and any(directory.iterdir()):
-        raise DataError(
-            f"{directory} is not a prepared data folder (no meta.json): if it holds your corpus, prepare it into "
-            f"a new folder, growdsl data prepare {directory} --out NEW_FOLDER, and name that"
-        )
-    try:
-        meta = read_json(file)
-    except FileNotFoundError:
-        raise DataError(
-            f"{directory} is not a prepared data folder (no meta.json): prepare it with growdsl data prepare "
-            f"SOURCES --out {directory}"
-        ) from None
-    except FileProblem as e:
-        raise DataError(str(e)) from None
-    except OSError as e:
-        raise DataError(f"{file} is unreadable: {e.strerror}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{file} is not a prepared folder's meta.json")
-    counts = [meta.get(k) for k in COUNTS] + ([] if meta.get("bos_id") is None else [meta["bos_id"]])
-    if (
-        not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts)
-        or meta.get("dtype") not in DTYPES
-    ):
-        raise DataError(f"{file} is not a prepared folder's meta.json")
-    shards = meta.get("shards") or [{"file": "train.bin", "tokens": meta["train_tokens"]}]
-    ok = isinstance(shards, list) and all(
-        isinstance(s, dict)
-        and isinstance(s.get("file"), str)
-        and Path(s["file"]).name == s["file"]
-        and s["file"].endswith(".bin")
-        and isinstance(s.get("tokens"), int)
-        for s in shards
-    )
-    if not ok or sum(s["tokens"] for s in shards) != meta["train_tokens"]:
-        raise DataError(f"{file} lists its training shards wrongly")
-    for name, tokens in [(s["file"], s["tokens"]) for s in shards] + [("val.bin", meta["val_tokens"])]:
-        path = directory / name
-        size = path.stat().st_size if path.is_file() else None
-        if size != tokens * DTYPES[meta["dtype"]]:
-            raise DataError(
-                f"{path} {'is missing' if size is None else f'holds {size:,} bytes'}, not the {tokens:,} tokens "
-                f"meta.json counts: half-prepared; prepare {directory} again"
-            )
-    if not (directory / "tokenizer.json").is_file():
-        raise DataError(f"{directory / 'tokenizer.json'} is missing: prepare {directory} again")
-    return meta
+from growdsl.records.data_folder import DataError, DataMeta, read_meta, tokenizer_digest
 
 
 @dataclass(frozen=True)
@@ -154,7 +87,7 @@ def shares(weights: Sequence[float]) -> list[Fraction]:
 
 def one_tokenizer(folders: tuple[Path, ...]) -> None:
     """Every folder of a run is tokenized by the same tokenizer (byte for byte), or DataError."""
-    digests = [hashlib.sha256((f / "tokenizer.json").read_bytes()).hexdigest() for f in folders]
+    digests = [tokenizer_digest(f) for f in folders]
     for folder, digest in zip(folders[1:], digests[1:]):
         if digest != digests[0]:
             raise DataError(
@@ -168,26 +101,26 @@ class Reading:
     """How a run reads one prepared folder: its tokens, and what every stage reading it takes."""
 
     directory: Path
-    meta: dict
+    meta: DataMeta
     # (stage, first token, tokens read, share of the stage's): of a mixture, to within a sequence per stage
     stages: tuple[tuple[int, int, int, float], ...]
 
     @property
     def epochs(self) -> float:
-        return sum(n for _, _, n, _ in self.stages) / max(1, self.meta["train_tokens"])
+        return sum(n for _, _, n, _ in self.stages) / max(1, self.meta.train_tokens)
 
     def lines(self) -> list[str]:
         m = self.meta
-        unit = "pieces of documents" if m.get("holdout_unit") == "pieces" else "documents"
+        unit = "pieces of documents" if m.holdout_unit == "pieces" else "documents"
         out = [
-            f"data {self.directory}: {m['documents']:,} documents, {m['train_tokens']:,} training tokens and "
-            f"{m['val_tokens']:,} held out ({m['val_documents']:,} {unit}); vocab {m['vocab_size']:,} "
-            f"({m.get('tokenizer', 'bpe')})"
+            f"data {self.directory}: {m.documents:,} documents, {m.train_tokens:,} training tokens and "
+            f"{m.val_tokens:,} held out ({m.val_documents:,} {unit}); vocab {m.vocab_size:,} "
+            f"({m.tokenizer})"
         ]
         for stage, first, n, share in self.stages:
             mixed, about = (f", {share:.0%} of its mixture", "~") if share < 1 else ("", "")
             out.append(
-                f"  stage {stage} reads {about}{n:,} tokens ({n / max(1, m['train_tokens']):.2f} epochs{mixed}), "
+                f"  stage {stage} reads {about}{n:,} tokens ({n / max(1, m.train_tokens):.2f} epochs{mixed}), "
                 f"from token {about}{first:,}"
             )
         out.append(f"  the run reads {self.epochs:.2f} epochs of it")

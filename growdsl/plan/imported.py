@@ -16,6 +16,7 @@ from growdsl.files import FileProblem, not_plain_under, parse_json, read_json
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT
 from growdsl.plan.shape import ModelShape, RopeScaling
+from growdsl.records.progress import PROGRESS, CheckpointError, committed, is_committed, read_progress
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -284,7 +285,7 @@ class RunModel:
 
 def is_run(folder: Path) -> bool:
     """A growdsl run directory or checkpoint rather than a Hugging Face folder."""
-    return (folder / "run.json").is_file() or (folder / "progress.json").is_file()
+    return (folder / "run.json").is_file() or (folder / PROGRESS).is_file()
 
 
 def read_run(folder: Path) -> RunModel:
@@ -293,39 +294,41 @@ def read_run(folder: Path) -> RunModel:
     from growdsl.plan.plan import stage_from_record, with_fields_since
 
     folder = folder.resolve()
-    if (folder / "progress.json").is_file():
+    if (folder / PROGRESS).is_file():
         ckpt, run_dir = folder, folder.parent.parent
-        if not folder.name[5:].isdigit() or not folder.name.startswith("ckpt-"):
+        if not is_committed(folder):
             raise ModelFolderError(f"{folder} is not a committed checkpoint (a damaged or unfinished one)")
     else:
-        found = sorted(p for p in (folder / "checkpoints").glob("ckpt-*") if p.is_dir() and p.name[5:].isdigit())
+        found = committed(folder / "checkpoints")
         if not found:
             raise ModelFolderError(f"{folder} is a run with no complete checkpoint yet")
-        ckpt, run_dir = found[-1], folder
+        ckpt, run_dir = found[0], folder
     problem = not_plain_under(run_dir)  # its files are read, and read again by the run
     if problem:
         raise ModelFolderError(f"{problem}: growdsl reads a run's model only from plain files")
-    for file in (ckpt / "progress.json", run_dir / "plan.json"):
+    for file in (ckpt / PROGRESS, run_dir / "plan.json"):
         if not file.is_file():
             raise ModelFolderError(f"{file} is missing: give a checkpoint inside its run directory, or the run")
     try:
-        progress = read_json(ckpt / "progress.json")
+        progress = read_progress(ckpt)
+    except CheckpointError as e:
+        raise ModelFolderError(f"{ckpt} does not describe a model: {str(e)[:300]}") from None
+    try:
         plan = read_json(run_dir / "plan.json")
-        stage, tokens, flops = progress["stage"], progress["position"], progress["flops"]
         before = (plan.get("start") or {}).get("tokens", 0)  # what the run's own start had read
-        if not all(_whole(v) for v in (stage, tokens, flops, before)) or stage >= len(progress["plan_prefix"]):
-            raise ValueError("stage, position, flops are not whole numbers of a run")
-        record = with_fields_since(progress["plan_prefix"][stage], plan["stages"][stage])
+        if not _whole(before):
+            raise ValueError("its start's tokens are not a whole number")
+        record = with_fields_since(progress.plan_prefix[progress.stage], plan["stages"][progress.stage])
         shape = stage_from_record(record).shape
-        ramps = progress.get("ramps")
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError,
             RecursionError) as e:  # fmt: skip
         raise ModelFolderError(f"{ckpt} does not describe a model: {str(e).splitlines()[0][:200]}") from None
-    if ramps:
+    if progress.ramps:
         raise ModelFolderError(
             f"{ckpt} is in the middle of a growth ramp (a mask mixes new layers in): start from a later checkpoint"
         )
-    return RunModel(ckpt, run_dir, checked(ckpt / "progress.json", shape), before + tokens, flops)
+    tokens, flops = progress.position, progress.flops
+    return RunModel(ckpt, run_dir, checked(ckpt / PROGRESS, shape), before + tokens, flops)
 
 
 def _whole(v) -> bool:

@@ -19,11 +19,10 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -32,47 +31,22 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from growdsl import __version__
-from growdsl.errors import GrowdslError
-from growdsl.files import FileProblem, read_json
+from growdsl.files import read_json
 from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import MOMENTS, State
+from growdsl.records.progress import (
+    MANIFEST,
+    PREFIX,
+    PROGRESS,
+    SCHEMA,
+    CheckpointError,
+    NewerCheckpoint,
+    Progress,
+    committed,
+    read_progress,
+)
 
-PREFIX = "ckpt-"
-MANIFEST = "manifest.json"
-# The layout of progress.json and its plan records (2: positions per data folder); newer is refused, older read
-SCHEMA = 2
-
-
-class CheckpointError(GrowdslError):
-    """A checkpoint that cannot be used; the message names the file and says why."""
-
-
-class NewerCheckpoint(CheckpointError):
-    """A checkpoint a newer growdsl wrote: not damaged, and not to be passed over."""
-
-
-@dataclass
-class Progress:
-    """Where a run stands. phase "start": stage `stage` is about to run step `step` (its growths
-    applied); "end": stage `stage` has finished (its successor's growths not applied yet)."""
-
-    seq: int
-    stage: int
-    phase: str
-    step: int
-    position: int
-    global_step: int
-    flops: int
-    plan_prefix: list  # the records of stages 0..stage: resuming needs them unchanged
-    ramps: list[dict] = field(default_factory=list)
-    optimizer_names: list[str] = field(default_factory=list)
-    growth_checks: list[str] = field(default_factory=list)
-    val_flops: int = 0  # validation's forward passes so far (not training compute)
-    growdsl: str = ""  # the version that wrote it ("" before versions were recorded)
-    schema: int = 0  # SCHEMA when written (0: before it was recorded)
-    positions: list[int] = field(default_factory=list)  # per source of the run's data (schema 2; [] = one)
-    drawn: list[int] = field(default_factory=list)  # per source, sequences drawn under the stage's weights
-    start: dict | None = None  # the model the run started from (`model from`), as its plan records it
+__all__ = ["CheckpointError", "NewerCheckpoint", "Progress", "check", "committed", "load", "newest_good", "save"]
 
 
 def save(directory: Path, model: nn.Module, state: State, progress: Progress, world) -> Path:
@@ -87,7 +61,7 @@ def save(directory: Path, model: nn.Module, state: State, progress: Progress, wo
     progress.growdsl, progress.schema = __version__, SCHEMA
     dcp.save({"model": state_dict(model), "optimizer": state, "rng": torch.get_rng_state()}, checkpoint_id=str(partial))
     if world.main:
-        (partial / "progress.json").write_text(json.dumps(asdict(progress), indent=1))
+        (partial / PROGRESS).write_text(json.dumps(asdict(progress), indent=1))
         files = sorted(p.name for p in partial.iterdir() if p.is_file())
         manifest = {
             "files": {
@@ -103,14 +77,6 @@ def save(directory: Path, model: nn.Module, state: State, progress: Progress, wo
         os.replace(partial, final)  # the commit point
     world.barrier()
     return final
-
-
-def committed(directory: Path) -> list[Path]:
-    """The committed checkpoints of a run's checkpoint folder, newest first."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.glob(f"{PREFIX}*") if p.is_dir() and re.fullmatch(r"\d{6,}", p.name[len(PREFIX) :])]
-    return sorted(found, reverse=True)
 
 
 def latest(directory: Path) -> Path | None:
@@ -154,78 +120,6 @@ def check(path: Path) -> Progress:
         if _sha256(file) != digest:
             raise CheckpointError(f"{file} does not match its checksum: it changed after it was written")
     return read_progress(path)
-
-
-def read_progress(path: Path) -> Progress:
-    """progress.json, every field of the type it must have (a value of another type, or a stage or
-    phase that cannot be, is refused before anything uses it)."""
-    file = path / "progress.json"
-    try:
-        raw = read_json(file)
-    except FileNotFoundError:
-        raise CheckpointError(f"{file} is missing") from None
-    except FileProblem as e:
-        raise CheckpointError(str(e)) from None
-    except OSError as e:
-        raise CheckpointError(f"{file} is unreadable: {e.strerror}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{file} is not an object")
-    if not _REQUIRED <= raw.keys():
-        raise CheckpointError(f"{file} lacks {', '.join(sorted(_REQUIRED - raw.keys()))}")
-    known = {f.name for f in fields(Progress)}  # fields a newer growdsl added are left out
-    p = Progress(**{k: v for k, v in raw.items() if k in known})
-    wrong = _wrong_field(p)
-    if wrong:
-        raise CheckpointError(f"{file}: {wrong}")
-    if p.schema > SCHEMA:
-        raise NewerCheckpoint(
-            f"{path.name} was written by growdsl {p.growdsl or '?'} (checkpoint schema {p.schema}); this growdsl "
-            f"{__version__} reads schema {SCHEMA} and older: upgrade growdsl"
-        )
-    return p
-
-
-_REQUIRED = {f.name for f in fields(Progress) if f.default is MISSING and f.default_factory is MISSING}
-
-
-def _wrong_field(p: Progress) -> str | None:
-    def count(v, limit: int | None = 2**63) -> bool:  # positions and steps index int64 arrays and counters
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0 and (limit is None or v < limit)
-
-    for name in ("seq", "stage", "step", "position", "global_step", "schema"):
-        if not count(getattr(p, name)):
-            return f"{name} is {str(getattr(p, name))[:40]}, not a whole number below 2^63"
-    for name in ("flops", "val_flops"):  # counted in Python's integers: a 7B run passes 2^63
-        if not count(getattr(p, name), limit=None):
-            return f"{name} is {str(getattr(p, name))[:40]}, not a whole number"
-    for name in ("positions", "drawn"):
-        if not isinstance(getattr(p, name), list) or not all(count(v) for v in getattr(p, name)):
-            return f"{name} is not a list of whole numbers"
-    if len(p.drawn) != len(p.positions) or (p.positions and sum(p.positions) != p.position):
-        return f"positions {p.positions} and drawn {p.drawn} do not agree with position {p.position}"
-    if p.start is not None and not isinstance(p.start, dict):
-        return "start is not a record of a model"
-    if p.phase not in ("start", "end"):
-        return f"phase is {p.phase!r}, not start or end"
-    if not isinstance(p.plan_prefix, list) or not all(isinstance(r, dict) for r in p.plan_prefix):
-        return "plan_prefix is not a list of stage records"
-    if p.stage != len(p.plan_prefix) - 1:
-        return f"stage {p.stage} is not the last of the {len(p.plan_prefix)} stages it records"
-    if not isinstance(p.growdsl, str):
-        return "growdsl is not a version"
-    for name in ("optimizer_names", "growth_checks"):
-        if not isinstance(getattr(p, name), list) or not all(isinstance(s, str) for s in getattr(p, name)):
-            return f"{name} is not a list of strings"
-    ramp = {"name": str, "steps": int, "step": int}
-    for r in p.ramps if isinstance(p.ramps, list) else [None]:
-        if not isinstance(r, dict) or "old" not in r or any(not isinstance(r.get(k), t) for k, t in ramp.items()):
-            return "ramps is not a list of ramps (name, steps, step, old)"
-        old = r.get("old")
-        if old is not None and not (isinstance(old, list) and all(count(v) for v in old)):
-            return f"ramp {r['name']!r} has old {old!r}"
-        if not 0 <= r["step"] < r["steps"]:  # a ramp is removed the step it ends
-            return f"ramp {r['name'][:80]!r} is at step {r['step']} of {r['steps']}, which a live ramp cannot be"
-    return None
 
 
 def load(path: Path, model: nn.Module, progress: Progress) -> State:

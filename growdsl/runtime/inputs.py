@@ -15,10 +15,11 @@ import torch
 from growdsl.errors import RunError
 from growdsl.plan.data import RunData, reading, vocab_problem
 from growdsl.plan.plan import Plan, Start
+from growdsl.records.data_folder import DataError, DataMeta, read_meta, train_files
 from growdsl.runtime.building import ModelBuilder
-from growdsl.runtime.data import DataError, HeldOut, Meta, TokenStream, load_meta, train_files
 from growdsl.runtime.distributed import Layout, World, free_memory_bytes, stage_layout
 from growdsl.runtime.mixture import Mixture
+from growdsl.runtime.stream import HeldOut, TokenStream
 
 Say = Callable[[str], None]
 PROBE_SEQUENCES = 4  # held-out sequences every growth's preservation check runs on
@@ -26,7 +27,7 @@ PROBE_SEQUENCES = 4  # held-out sequences every growth's preservation check runs
 
 @dataclass
 class RunInputs:
-    meta: Meta  # of the first data folder, which gives validation, the probe and the tokenizer
+    meta: DataMeta  # of the first data folder, which gives validation, the probe and the tokenizer
     layouts: list[Layout]  # each stage's
     data: Mixture  # the training stream over every folder, at its first token
     heldout: HeldOut
@@ -50,7 +51,7 @@ def read_inputs(plan: Plan, sources: RunData, world: World, builder: ModelBuilde
 
 def _read(plan: Plan, sources: RunData, world: World, builder: ModelBuilder, log: Say) -> RunInputs:
     try:
-        metas = [load_meta(folder) for folder in sources.folders]
+        metas = [read_meta(folder) for folder in sources.folders]
         readings = reading(plan, sources)  # every folder of one tokenizer
     except DataError as e:
         raise RunError(str(e)) from None
@@ -66,7 +67,7 @@ def _read(plan: Plan, sources: RunData, world: World, builder: ModelBuilder, log
     for read in readings:
         if read.epochs > 1:
             log(
-                f"note: the run reads {read.epochs:.1f} times the {read.meta['train_tokens']:,} tokens of "
+                f"note: the run reads {read.epochs:.1f} times the {read.meta.train_tokens:,} tokens of "
                 f"{read.directory}: it repeats its data"
             )
     first = plan.stages[0].training
@@ -96,7 +97,7 @@ def _layouts(plan: Plan, world: World, log: Say) -> list[Layout]:
 
 def _check_start_tokenizer(start: Start, data: Path, log: Say) -> None:
     """The data is tokenized as the model it starts from was trained: the same token for every id."""
-    from growdsl.runtime.tokenizer import TokenizerError, load
+    from growdsl.data.tokenizer import TokenizerError, load
 
     folder = Path(start.tokenizer_folder)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():

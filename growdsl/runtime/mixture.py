@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from growdsl.plan.data import shares
-from growdsl.runtime.data import TokenStream
+from growdsl.runtime.stream import TokenStream
 
 
 @dataclass

@@ -6,60 +6,40 @@ released when the process ends, however it ends) after checking that it can be u
 is written into it until the run is accepted (`accept`: the schedule compiled, the data is the run's,
 the checkpoint resumes), so a refused command leaves the folder as it found it, or none at all.
 
-run.json names the data by identity (each folder's tokenizer and corpus digests, its token count), so
-a resume on other data is refused even where the folders have moved."""
+Its layout and run.json: growdsl.records.run_record."""
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from growdsl import __version__
 from growdsl.errors import UsageError
-from growdsl.files import FileProblem, not_plain_under, read_json
-from growdsl.runtime import folders
+from growdsl.files import FileProblem, not_plain_under, unwritable_folder
+from growdsl.records import run_record
+from growdsl.records.data_folder import TOKENIZER, tokenizer_digest
+from growdsl.records.record import RecordError
+from growdsl.records.run_record import (
+    APPENDED,
+    PLAN,
+    RECORD,
+    SCHEDULE,
+    TOKENIZER_FILES,
+    DataIdentity,
+    RunRecord,
+    Source,
+)
 
-RECORD = "run.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 ACCEPTING = ".accepting"  # in a new run's folder while its records are written
 
 
 class RunDirError(UsageError):
     """The run directory cannot be used as asked; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class DataIdentity:
-    """What makes a prepared data folder the same data: its tokenizer, its corpus, its tokens."""
-
-    tokenizer: str  # SHA-256 of tokenizer.json
-    corpus: str  # meta.json's digest of the source documents
-    train_tokens: int
-
-    @staticmethod
-    def of(data_dir: Path) -> DataIdentity:
-        from growdsl.runtime.data import load_meta
-
-        meta = load_meta(data_dir)
-        digest = hashlib.sha256((data_dir / "tokenizer.json").read_bytes()).hexdigest()
-        return DataIdentity(digest, meta.sources_sha256, meta.train_tokens)
-
-    def differences(self, other: DataIdentity) -> list[str]:
-        return [
-            what
-            for what, a, b in (
-                ("its tokenizer", self.tokenizer, other.tokenizer),
-                ("its corpus", self.corpus, other.corpus),
-                ("its number of training tokens", self.train_tokens, other.train_tokens),
-            )
-            if a != b
-        ]
 
 
 class RunDir:
@@ -69,11 +49,9 @@ class RunDir:
         self.path, self.resume, self.made, self._lock = path, resume, made, lock  # made: folders this claim made
         self.accepted = False
 
-    def recorded(self) -> dict:
-        """run.json of a run being resumed: {} for a new run; its fields checked."""
-        if not self.resume:
-            return {}
-        return read_record(self.path)
+    def recorded(self) -> RunRecord | None:
+        """run.json of a run being resumed, its fields checked; None for a new run."""
+        return read_record(self.path) if self.resume else None
 
     def check_data(self, folders: Sequence[Path]) -> None:
         """No data folder may be the run directory, or hold it, or lie in it."""
@@ -91,24 +69,23 @@ class RunDir:
         recorded them) must be the data it read: the same tokenizer, corpus and tokens, wherever
         each is now. A folder not read yet may have changed with the stages still to come."""
         record = self.recorded()
-        for i, (folder, (path, identity)) in enumerate(zip(folders, recorded_sources(record))):
+        for i, (folder, source) in enumerate(zip(folders, record.folders if record else [])):
             if i not in read:
                 continue
-            now = DataIdentity.of(folder)
-            if identity is not None:
-                differs = DataIdentity(**identity).differences(now)
+            if source.identity is not None:
+                differs = source.identity.differences(DataIdentity.of(folder))
             else:  # a run recorded before identities: its copy of the tokenizer
-                mine = self.path / "tokenizer.json"
+                mine = self.path / TOKENIZER
                 differs = (
                     ["its tokenizer"]
-                    if mine.is_file() and mine.read_bytes() != (folder / "tokenizer.json").read_bytes()
+                    if mine.is_file() and tokenizer_digest(self.path) != tokenizer_digest(folder)
                     else []
                 )
             if differs:
                 said = " and ".join([", ".join(differs[:-1]), differs[-1]] if len(differs) > 1 else differs)
                 raise RunDirError(
                     f"{folder} is not the data {self.path} trained on ({said} differ): resume on the "
-                    f"run's own data (its run.json names the folder it was prepared in: {path})"
+                    f"run's own data (its run.json names the folder it was prepared in: {source.data})"
                 )
 
     def accept(self, plan_json: str, source: str, folders: Sequence[Path], processes: int) -> None:
@@ -116,13 +93,13 @@ class RunDir:
         as `data`; every folder under `sources`). A new run marks the folder (ACCEPTING) until run.json,
         written last, is there: a folder an accept stopped midway holds no run, and the next new run
         takes it (see `_unfinished`). A failed write takes back what it wrote and raises RunDirError."""
-        sources = [{"data": str(f.resolve()), "identity": asdict(DataIdentity.of(f))} for f in folders]
-        record = {**sources[0], "sources": sources, "processes": processes, "growdsl": __version__}
-        files = {"schedule.grow": source.encode(), "plan.json": plan_json.encode()}
+        sources = [Source(str(f.resolve()), DataIdentity.of(f)) for f in folders]
+        record = RunRecord(sources[0].data, sources[0].identity, sources, processes, __version__)
+        files = {SCHEDULE: source.encode(), PLAN: plan_json.encode()}
         for name in TOKENIZER_FILES:  # what eval and export need of the tokenizer, wherever the data goes
             if (folders[0] / name).is_file():
                 files[name] = (folders[0] / name).read_bytes()
-        files[RECORD] = json.dumps(record, indent=1).encode()
+        files[RECORD] = json.dumps(asdict(record), indent=1).encode()
         marker = self.path / ACCEPTING
         written = []
         try:
@@ -166,7 +143,7 @@ def claim(path: Path, resume: bool) -> RunDir:
     _usable(path, resume)
     if resume:  # refused before a model is loaded, rather than at the first write
         for folder in (path, path / "checkpoints"):
-            why = folders.writable(folder)
+            why = unwritable_folder(folder)
             if why:
                 raise RunDirError(f"cannot resume: {why}")
     made = [] if resume else _make(path)
@@ -209,13 +186,10 @@ def _unfinished(path: Path) -> list[Path] | None:
     files), when that is all the folder holds; None for any other folder."""
     if not (path / ACCEPTING).is_file() or (path / RECORD).exists():
         return None
-    records = {"schedule.grow", "plan.json", RECORD, *TOKENIZER_FILES}
+    records = {SCHEDULE, PLAN, RECORD, *TOKENIZER_FILES}
     left = [p for p in path.iterdir() if p.name != ACCEPTING]
     ours = all(p.is_file() and not p.is_symlink() and p.name.removesuffix(".tmp") in records for p in left)
     return left if ours else None
-
-
-APPENDED = ("log.txt", "history.jsonl")  # the files a run (and eval) writes into in place
 
 
 def check_plain(run_dir: Path, appends: bool = True) -> None:
@@ -227,40 +201,21 @@ def check_plain(run_dir: Path, appends: bool = True) -> None:
         raise RunDirError(f"{problem}: growdsl reads and writes only plain files and folders in a run directory")
 
 
-def read_record(run_dir: Path) -> dict:
-    """A run's run.json, its fields checked: `data` an absolute path, `identity` complete if present,
-    `sources` (a run since mixtures) a list of both."""
-    file = run_dir / RECORD
+def read_record(run_dir: Path) -> RunRecord:
+    """A run's run.json, its fields checked (growdsl.records.run_record); RunDirError."""
     try:
-        record = read_json(file)
+        return run_record.read_record(run_dir)
     except FileProblem as e:
         raise RunDirError(str(e)) from None
+    except RecordError as e:
+        raise RunDirError(f"{e.file} is not a run record (data, identity, sources, processes): {e.detail}") from None
     except OSError as e:
-        raise RunDirError(f"{file} is unreadable: {e.strerror}") from None
-    sources = record.get("sources", [record]) if isinstance(record, dict) else None
-    if not (isinstance(sources, list) and sources and all(_is_source(s) for s in sources) and _is_source(record)):
-        raise RunDirError(f"{file} is not a run record (data, identity, sources, processes)")
-    return record
-
-
-def recorded_sources(record: dict) -> list[tuple[str, dict | None]]:
-    """The data folders a run record names, in order, and their identities (None before identities)."""
-    return [(s["data"], s.get("identity")) for s in record.get("sources", [record])] if record else []
-
-
-def _is_source(source) -> bool:
-    ok = isinstance(source, dict) and isinstance(source.get("data"), str) and Path(source["data"]).is_absolute()
-    identity = source.get("identity") if ok else None
-    if identity is not None:
-        ok = isinstance(identity, dict) and set(identity) == {"tokenizer", "corpus", "train_tokens"}
-        ok = ok and isinstance(identity["tokenizer"], str) and isinstance(identity["corpus"], str)
-        ok = ok and isinstance(identity["train_tokens"], int)
-    return ok
+        raise RunDirError(f"{run_dir / RECORD} is unreadable: {e.strerror}") from None
 
 
 def _make(path: Path) -> list[Path]:
     """Make the folder and its missing parents; the folders made, the run directory first."""
-    why = folders.writable(path)
+    why = unwritable_folder(path)
     if why:
         raise RunDirError(why)
     missing = []
@@ -331,7 +286,7 @@ def seen_alike(world, run_dir: Path, folders: Sequence[Path]) -> str | None:
 
 def _identity(folder: Path) -> DataIdentity | None:
     """A prepared folder's identity, or None where it cannot be read."""
-    from growdsl.runtime.data import DataError
+    from growdsl.records.data_folder import DataError
 
     try:
         return DataIdentity.of(folder)

@@ -33,6 +33,7 @@ from growdsl.ops.ramp import Ramp
 from growdsl.plan.data import RunData
 from growdsl.plan.imported import ModelFolderError
 from growdsl.plan.plan import Growth, Plan, Stage, Start, stage_record
+from growdsl.records.progress import Phase
 from growdsl.runtime import checkpoint, resume
 from growdsl.runtime.building import ModelBuilder
 from growdsl.runtime.cadence import Cadence, evaluates_after, evaluation_point
@@ -394,7 +395,7 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
 
-    def _save(self, stage: int, phase: str, step: int, checks: list[str]) -> None:
+    def _save(self, stage: int, phase: Phase, step: int, checks: list[str]) -> None:
         """A checkpoint of where the run stands (see checkpoint.Progress), if the run keeps them."""
         if self.checkpoint_dir is None:
             return

@@ -13,9 +13,9 @@ from torch import nn
 from growdsl.errors import RunError
 from growdsl.ops.layout import full, reshard
 from growdsl.plan.plan import Stage
-from growdsl.runtime.data import HeldOut
 from growdsl.runtime.distributed import Layout, World
 from growdsl.runtime.loss import cross_entropy, loss_parallel
+from growdsl.runtime.stream import HeldOut
 
 
 @dataclass(frozen=True)

