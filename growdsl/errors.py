@@ -11,6 +11,10 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 class GrowdslError(Exception):
     exit_code = EXIT_INVALID
 
+    def said_by(self, command: str) -> str:
+        """What `growdsl COMMAND` prints for it."""
+        return f"growdsl {command}: {self}"
+
 
 class UsageError(GrowdslError):
     exit_code = EXIT_USAGE

@@ -282,7 +282,7 @@ class PlanWarning:
 
     message: str
     hint: str | None
-    line: int | None
+    line: int | None  # None: of the whole schedule; else all four are set
     col: int | None
     end_line: int | None
     end_col: int | None
