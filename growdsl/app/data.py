@@ -9,7 +9,7 @@ from pathlib import Path
 from growdsl.app.schedule import beside
 from growdsl.data.corpora import DEFAULT
 from growdsl.errors import UsageError
-from growdsl.plan.data import RunData, reading, run_data, stage_data, start_tokenizer_problem, vocab_problem
+from growdsl.plan.data import RunData, folder_uses, run_data, stage_data, start_tokenizer_problem, vocab_problem
 from growdsl.plan.plan import Plan
 from growdsl.records.data_folder import META, DataError
 
@@ -64,10 +64,10 @@ def describe_data(plan: Plan, schedule: str, given: str | None) -> DataReport:
             return DataReport(
                 ["data: none named: `growdsl run` prepares and reads the default corpus (Shakespeare, ~2.0M tokens)"]
             )
-        readings = reading(plan, sources)
+        uses = folder_uses(plan, sources)
     except DataError as e:
         return DataReport(error=str(e))
-    vocab = readings[0].meta.vocab_size
+    vocab = uses[0].meta.vocab_size
     problem = vocab_problem(plan, vocab) or start_tokenizer_problem(plan, sources.folders[0])
     if problem and not named:  # the default corpus fits the small schedules, not every schedule
         return DataReport(
@@ -76,11 +76,11 @@ def describe_data(plan: Plan, schedule: str, given: str | None) -> DataReport:
                 f"{plan.stages[0].shape.vocab_size:,}: name its data with `data` or --data"
             ]
         )
-    report = DataReport([line for read in readings for line in read.lines()], error=problem)
-    for read in readings if not problem else []:
+    report = DataReport([line for read in uses for line in read.lines()], error=problem)
+    for read in uses if not problem else []:
         if read.epochs > 1:
-            what = "its data" if len(readings) == 1 else str(read.directory)
-            n = sum(tokens for _, _, tokens, _ in read.stages)
+            what = "its data" if len(uses) == 1 else str(read.directory)
+            n = read.tokens
             report.warnings.append(
                 f"the run reads {what} {read.epochs:.2f} times ({n:,} tokens of {read.meta.train_tokens:,}): "
                 f"repeated tokens teach less than new ones; prepare more data, or accept the repetition knowingly"

@@ -121,7 +121,9 @@ def _replaceable(out: Path, inputs: list[Path]) -> None:
         raise DataError(f"{inside[0]} lies inside --out {out}, which is replaced whole: give another --out")
 
 
-def _prepare(paths: list[Path], out: Path, tokenizer: tokenizers.Chosen | int, holdout: float, seed: int) -> DataMeta:
+def _prepare(
+    paths: list[Path], out: Path, tokenizer: tokenizers.DocumentTokenizer | int, holdout: float, seed: int
+) -> DataMeta:
     """Three streaming passes over the sources, memory flat in the corpus's size: index the documents
     (sizes, digests, pieces), train the tokenizer if asked (on the training text), then tokenize in
     batches on all cores, the held-out share into val.bin and the training pieces scattered over

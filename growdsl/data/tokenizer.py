@@ -45,7 +45,10 @@ class Specials:
 
 
 @dataclass
-class Chosen:
+class DocumentTokenizer:
+    """A tokenizer and its document conventions (the tokens that start and end a document), as a
+    corpus is prepared with it, with the files kept beside its tokenizer.json."""
+
     tokenizer: Tokenizer
     specials: Specials
     kind: str  # "bpe" (trained here), "tokenizer.json", "sentencepiece"
@@ -81,7 +84,7 @@ class Chosen:
         }
 
 
-def match_template(chosen: Chosen) -> None:
+def match_template(chosen: DocumentTokenizer) -> None:
     """Make the tokenizer's own template say what `chosen.specials` says (a BOS before a text, or
     nothing), so that a Hugging Face user of an exported model encodes as training did."""
     from tokenizers import processors
@@ -114,7 +117,7 @@ def parse(spec: str) -> tuple[str, int | Path]:
     return "file", path
 
 
-def train_bpe(texts, vocab_size: int) -> Chosen:
+def train_bpe(texts, vocab_size: int) -> DocumentTokenizer:
     """A byte-level BPE trained on `texts`, ending documents with EOT."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -128,10 +131,10 @@ def train_bpe(texts, vocab_size: int) -> Chosen:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer)
-    return Chosen(tokenizer, Specials(EOT), "bpe")
+    return DocumentTokenizer(tokenizer, Specials(EOT), "bpe")
 
 
-def load(path: Path) -> Chosen:
+def load(path: Path) -> DocumentTokenizer:
     """An existing tokenizer: a tokenizer.json, a folder holding one (or a SentencePiece model:
     tokenizer.model, or Mistral's tokenizer.model.v1 and the like), or a SentencePiece model file.
     A file is told by its content (JSON text, or SentencePiece's binary), whatever its name."""
@@ -217,7 +220,7 @@ def _token(value) -> str | None:
     return value
 
 
-def _from_json(file: Path, config: Path) -> Chosen:
+def _from_json(file: Path, config: Path) -> DocumentTokenizer:
     tokenizer = _tokenizer_json(file)
     bos = eos = None
     if config.is_file():  # a Hugging Face folder says what its ends are
@@ -244,7 +247,7 @@ def _from_json(file: Path, config: Path) -> Chosen:
         )
     if bos is not None and tokenizer.token_to_id(bos) is None:
         raise TokenizerError(f"{config} names bos_token {bos!r}, which {file} does not have")
-    return Chosen(tokenizer, Specials(eos, bos), "tokenizer.json")
+    return DocumentTokenizer(tokenizer, Specials(eos, bos), "tokenizer.json")
 
 
 def _template_bos(tokenizer) -> str | None:
@@ -256,7 +259,7 @@ def _template_bos(tokenizer) -> str | None:
     return None
 
 
-def _from_sentencepiece(file: Path) -> Chosen:
+def _from_sentencepiece(file: Path) -> DocumentTokenizer:
     """A SentencePiece BPE model (Llama-2, Mistral) as a `tokenizers` BPE with byte fallback: the
     merges follow the pieces' scores, spaces become ▁ with one prepended, as SentencePiece does."""
     try:
@@ -322,7 +325,7 @@ def _from_sentencepiece(file: Path) -> Chosen:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, spec.bos_id)]
         )
-    return Chosen(tokenizer, Specials(eos, bos), "sentencepiece", {"tokenizer.model": _read(file)})
+    return DocumentTokenizer(tokenizer, Specials(eos, bos), "sentencepiece", {"tokenizer.model": _read(file)})
 
 
 MAX_PIECE = 256  # characters of one SentencePiece piece (Llama's longest is 16)
@@ -352,7 +355,7 @@ def _check_pieces(file: Path, pieces: list, spec, kinds) -> None:
         )
 
 
-def check_sentencepiece(chosen: Chosen, texts: Iterable[tuple[str, str]], limit: int = 2_000_000) -> None:
+def check_sentencepiece(chosen: DocumentTokenizer, texts: Iterable[tuple[str, str]], limit: int = 2_000_000) -> None:
     """The converted tokenizer must encode the corpus as SentencePiece itself does: compared on the
     (name, text) pieces given, up to `limit` characters (a difference names the first that differs)."""
     import sentencepiece

@@ -77,7 +77,7 @@ def run_data(plan: Plan, where: Callable[[str], Path], given: Path | None = None
     return RunData(tuple(folders), tuple(tuple(w.get(i, 0.0) for i in range(len(folders))) for w in weights))
 
 
-def shares(weights: Sequence[float]) -> list[Fraction]:
+def exact_shares(weights: Sequence[float]) -> list[Fraction]:
     """Weights as exact shares of their sum, each weight as written (0.7 is 7/10, not the float
     nearest it): no weight, however large or small, changes a mixture by rounding."""
     exact = [Fraction(repr(float(w))) for w in weights]
@@ -97,17 +97,30 @@ def one_tokenizer(folders: tuple[Path, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class Reading:
+class StageRead:
+    """What one stage reads of a folder: of a mixture, to within a sequence."""
+
+    stage: int
+    first_token: int
+    tokens: int
+    share: float  # of the stage's tokens
+
+
+@dataclass(frozen=True)
+class FolderUse:
     """How a run reads one prepared folder: its tokens, and what every stage reading it takes."""
 
     directory: Path
     meta: DataMeta
-    # (stage, first token, tokens read, share of the stage's): of a mixture, to within a sequence per stage
-    stages: tuple[tuple[int, int, int, float], ...]
+    stages: tuple[StageRead, ...]
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.stages)
 
     @property
     def epochs(self) -> float:
-        return sum(n for _, _, n, _ in self.stages) / max(1, self.meta.train_tokens)
+        return self.tokens / max(1, self.meta.train_tokens)
 
     def lines(self) -> list[str]:
         m = self.meta
@@ -117,7 +130,8 @@ class Reading:
             f"{m.val_tokens:,} held out ({m.val_documents:,} {unit}); vocab {m.vocab_size:,} "
             f"({m.tokenizer})"
         ]
-        for stage, first, n, share in self.stages:
+        for read in self.stages:
+            stage, first, n, share = read.stage, read.first_token, read.tokens, read.share
             mixed, about = (f", {share:.0%} of its mixture", "~") if share < 1 else ("", "")
             out.append(
                 f"  stage {stage} reads {about}{n:,} tokens ({n / max(1, m.train_tokens):.2f} epochs{mixed}), "
@@ -127,7 +141,7 @@ class Reading:
         return out
 
 
-def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
+def folder_uses(plan: Plan, data: Path | RunData) -> list[FolderUse]:
     """How the trainer reads each folder (front to back, every stage going on where the one before
     stopped, LiGO phases included; a mixture's share of a stage by its weights, to within a sequence),
     checked: every folder prepared and all of one tokenizer."""
@@ -135,14 +149,14 @@ def reading(plan: Plan, data: Path | RunData) -> list[Reading]:
     metas = [read_meta(folder) for folder in run.folders]
     one_tokenizer(run.folders)
     positions = [0] * len(run.folders)
-    taken: list[list[tuple[int, int, int, float]]] = [[] for _ in run.folders]
+    taken: list[list[StageRead]] = [[] for _ in run.folders]
     for s, weights in zip(plan.stages, run.weights):
         n = s.tokens + sum(g.learn.tokens for g in s.growths if g.learn is not None)  # a learned map reads too
-        for i, share in enumerate(shares(weights)):
+        for i, share in enumerate(exact_shares(weights)):
             if share > 0:
-                taken[i].append((s.index, positions[i], round(n * share), float(share)))
+                taken[i].append(StageRead(s.index, positions[i], round(n * share), float(share)))
                 positions[i] += round(n * share)
-    return [Reading(f, m, tuple(t)) for f, m, t in zip(run.folders, metas, taken)]
+    return [FolderUse(f, m, tuple(t)) for f, m, t in zip(run.folders, metas, taken)]
 
 
 def start_tokenizer_problem(plan: Plan, data: Path) -> str | None:

@@ -164,16 +164,16 @@ COMPILE_BACKEND = "inductor"
 def stage_layout(stage: Stage, world: World) -> Layout:
     """A stage's layout, checked: its degrees are the world and its batch splits over the data-parallel
     ranks (ValueError naming the stage otherwise)."""
-    t = stage.training
+    training = stage.training
     where = f"stage {stage.index} (line {stage.line})"
     try:
-        lay = layout(t.parallel, world)
+        lay = layout(training.parallel, world)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    if t.batch_seqs % lay.data_parallel:
+    if training.batch_seqs % lay.data_parallel:
         raise ValueError(
-            f"{where}: a batch of {t.batch_seqs} sequences does not split over {lay.data_parallel} data-parallel "
-            f"ranks ({lay.describe()})"
+            f"{where}: a batch of {training.batch_seqs} sequences does not split over {lay.data_parallel} "
+            f"data-parallel ranks ({lay.describe()})"
         )
     if lay.tp > 1 and lay.dp_replicate > 1 and lay.dp_shard == 1:
         raise ValueError(
@@ -186,11 +186,11 @@ def stage_layout(stage: Stage, world: World) -> Layout:
             f"the embedding and the head apart, which one shared table cannot be; train it with dp_replicate "
             f"{world.size} (whole replicas), or untie it"
         )
-    local = t.batch_seqs // lay.data_parallel
-    if t.micro_batch and local % t.micro_batch:
+    local = training.batch_seqs // lay.data_parallel
+    if training.micro_batch and local % training.micro_batch:
         raise ValueError(
-            f"{where}: micro_batch {t.micro_batch} does not divide the {local} sequences each data-parallel rank "
-            f"takes per step ({lay.describe()})"
+            f"{where}: micro_batch {training.micro_batch} does not divide the {local} sequences each data-parallel "
+            f"rank takes per step ({lay.describe()})"
         )
     return lay
 
@@ -241,9 +241,9 @@ def parallelize(
     """Apply the stage's parallelism with torchtitan's parallelize_llama (a no-op for one process
     without activation checkpointing or compile). `mixed`: FSDP computes in bf16 and reduces in
     float32 (torchtitan's default on GPUs); else everything stays in `dtype`."""
-    p = training.parallel
-    lay = layout(p, world)
-    if world.size == 1 and p.activation_checkpoint == "none" and not p.compile:
+    parallel = training.parallel
+    lay = layout(parallel, world)
+    if world.size == 1 and parallel.activation_checkpoint == "none" and not parallel.compile:
         return model
     from torchtitan.config import JobConfig
     from torchtitan.models.llama3 import parallelize_llama
@@ -260,10 +260,10 @@ def parallelize(
         name = str(dtype).removeprefix("torch.")
         TORCH_DTYPE_MAP.setdefault(name, dtype)
         job.training.mixed_precision_param = job.training.mixed_precision_reduce = name
-    job.activation_checkpoint.mode = p.activation_checkpoint
-    job.compile.enable = p.compile
+    job.activation_checkpoint.mode = parallel.activation_checkpoint
+    job.compile.enable = parallel.compile
     job.compile.backend = COMPILE_BACKEND
-    job.compile.components = ["model"] if p.compile else []
+    job.compile.components = ["model"] if parallel.compile else []
     model = parallelize_llama(model, dims, job)
     from torch.distributed.fsdp import FSDPModule
 

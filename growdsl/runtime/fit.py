@@ -68,8 +68,8 @@ def mixed_on_gpus(stage: Stage) -> bool:
 
 
 def micro_batch(stage: Stage, lay: Layout) -> int:
-    t = stage.training
-    return t.micro_batch or t.batch_seqs // lay.data_parallel
+    training = stage.training
+    return training.micro_batch or training.batch_seqs // lay.data_parallel
 
 
 def peak(stage: Stage, lay: Layout, mixed: bool = True, scale: int = 1) -> tuple[int, int]:

@@ -81,11 +81,11 @@ def _learn(learner, growth: Growth, grown: Grown, stage: Stage, data: Mixture, l
     phase = growth.learn
     assert phase is not None
     opt = torch.optim.AdamW(learner.parameters(), lr=phase.lr)
-    t, device = stage.training, next(grown.model.parameters()).device
+    training, device = stage.training, next(grown.model.parameters()).device
     for step in range(phase.steps):
         for group in opt.param_groups:
             group["lr"] = phase.lr * min(1.0, (step + 1) / max(1, phase.warmup_steps))
-        x, y = (b.to(device) for b in data.next_batch(t.batch_seqs, t.seq_len))
+        x, y = (b.to(device) for b in data.next_batch(training.batch_seqs, training.seq_len))
         with autocast(grown.model, grown.mixed):
             loss = F.cross_entropy(learner(grown.model, x).flatten(0, 1), y.flatten())
         loss.backward()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from growdsl.errors import RunError
-from growdsl.plan.data import RunData, reading, vocab_problem
+from growdsl.plan.data import RunData, folder_uses, vocab_problem
 from growdsl.plan.plan import Plan, Start
 from growdsl.records.data_folder import DataError, DataMeta, read_meta, train_files
 from growdsl.runtime.building import ModelBuilder
@@ -52,7 +52,7 @@ def read_inputs(plan: Plan, sources: RunData, world: World, builder: ModelBuilde
 def _read(plan: Plan, sources: RunData, world: World, builder: ModelBuilder, log: Say) -> RunInputs:
     try:
         metas = [read_meta(folder) for folder in sources.folders]
-        readings = reading(plan, sources)  # every folder of one tokenizer
+        uses = folder_uses(plan, sources)  # every folder of one tokenizer
     except DataError as e:
         raise RunError(str(e)) from None
     first_folder, meta = sources.folders[0], metas[0]
@@ -64,7 +64,7 @@ def _read(plan: Plan, sources: RunData, world: World, builder: ModelBuilder, log
         raise RunError(problem)
     _check_memory(plan, layouts, builder)
     streams = [TokenStream(train_files(f, m), m.dtype) for f, m in zip(sources.folders, metas)]
-    for read in readings:
+    for read in uses:
         if read.epochs > 1:
             log(
                 f"note: the run reads {read.epochs:.1f} times the {read.meta.train_tokens:,} tokens of "
@@ -150,24 +150,24 @@ def _check_validation(plan: Plan, layouts: list[Layout], heldout: HeldOut, log: 
     is said so, once."""
     noted = False
     for stage in plan.stages:
-        t, ranks = stage.training, layouts[stage.index].data_parallel
-        if not t.val_every_steps:
+        training, ranks = stage.training, layouts[stage.index].data_parallel
+        if not training.val_every_steps:
             continue
-        have, size = heldout.count(t.val_tokens, t.seq_len, ranks), len(heldout.tokens)
+        have, size = heldout.count(training.val_tokens, training.seq_len, ranks), len(heldout.tokens)
         if have == 0:
             raise RunError(
-                f"stage {stage.index} (line {stage.line}) validates on {t.seq_len}-token sequences, one per "
+                f"stage {stage.index} (line {stage.line}) validates on {training.seq_len}-token sequences, one per "
                 f"data-parallel rank at least, but the held-out split holds {size:,} tokens: prepare the data "
                 f"with a larger --holdout, or set `val off`"
             )
-        if have < t.val_tokens // t.seq_len and not noted:
+        if have < training.val_tokens // training.seq_len and not noted:
             why = (
                 f"the held-out split holds {size:,} tokens"
-                if have * t.seq_len + t.seq_len >= size
+                if have * training.seq_len + training.seq_len >= size
                 else f"a whole number of sequences for each of {ranks} data-parallel ranks"
             )
             log(
-                f"validation: stage {stage.index} validates on {have * t.seq_len:,} of the {t.val_tokens:,} "
-                f"tokens asked for: {why}"
+                f"validation: stage {stage.index} validates on {have * training.seq_len:,} of the "
+                f"{training.val_tokens:,} tokens asked for: {why}"
             )
             noted = True

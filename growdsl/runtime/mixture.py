@@ -6,7 +6,7 @@ least (ties: the first), where `drawn` counts the sequences drawn from it under 
 The proportions are exact to one sequence at every point, with no random state: the whole state is
 each source's position (tokens consumed, as TokenStream's) and each source's `drawn`. Every process
 assigns the whole global batch the same way and reads only its rows. The weights are taken exactly
-as written (0.7 is 7/10; growdsl.plan.data.shares) and compared in whole numbers, so `0.7 + 0.3` and
+as written (0.7 is 7/10; growdsl.plan.data.exact_shares) and compared in whole numbers, so `0.7 + 0.3` and
 `7 + 3` are one mixture and no rounding decides a tie."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from growdsl.plan.data import shares
+from growdsl.plan.data import exact_shares
 from growdsl.runtime.stream import TokenStream
 
 
@@ -41,7 +41,7 @@ class Mixture:
         self.weights = [float(w) for w in weights]
         self.drawn = [0] * len(self.streams)
         # source i's k-th draw falls at k / share_i = k * stride_i / M: strides are whole numbers
-        exact = shares(self.weights)
+        exact = exact_shares(self.weights)
         whole = [int(s * math.lcm(*(s.denominator for s in exact))) for s in exact]
         most = math.lcm(*(w for w in whole if w))
         self.strides = [most // w if w else 0 for w in whole]

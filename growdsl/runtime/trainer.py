@@ -224,10 +224,11 @@ class Trainer:
             for name, t in state_dict(self.model).items():
                 write_full(t, full(old[name]))
         self.state = self._laid_out_state(self.state)
-        p = stage.training.parallel
+        parallel = stage.training.parallel
         self.log(
-            f"stage {stage.index}: parallelism now dp_shard {p.dp_shard or 'auto'}, dp_replicate {p.dp_replicate}, "
-            f"tp {p.tp}, ac {p.activation_checkpoint}, compile {'on' if p.compile else 'off'}"
+            f"stage {stage.index}: parallelism now dp_shard {parallel.dp_shard or 'auto'}, "
+            f"dp_replicate {parallel.dp_replicate}, tp {parallel.tp}, ac {parallel.activation_checkpoint}, "
+            f"compile {'on' if parallel.compile else 'off'}"
         )
 
     def _laid_out_state(self, state: State) -> State:
@@ -257,9 +258,11 @@ class Trainer:
 
     def _train(self, stage: Stage, log: StageLog, first_step: int = 0) -> None:
         """Steps `first_step + 1` to the stage's last, and what its cadence asks for between them."""
-        t, lay = stage.training, self.layouts[stage.index]
+        training, lay = stage.training, self.layouts[stage.index]
         opt = self._optimizer(stage)
-        micro = t.micro_batch or t.batch_seqs // lay.data_parallel  # the batch splits evenly: checked up front
+        micro = (
+            training.micro_batch or training.batch_seqs // lay.data_parallel
+        )  # the batch splits evenly: checked up front
         cadence = Cadence(stage, self.log_every, first_step, self.global_step - first_step)
         self.model.train()
         begin = time.perf_counter()
@@ -270,8 +273,8 @@ class Trainer:
             log.losses.append(loss)
             log.grad_norms.append(grad_norm)
             self.global_step += 1
-            self.flops += stage.flops_per_token * t.tokens_per_step
-            rate = (step - first_step) * t.tokens_per_step / (time.perf_counter() - begin)
+            self.flops += stage.flops_per_token * training.tokens_per_step
+            rate = (step - first_step) * training.tokens_per_step / (time.perf_counter() - begin)
             self._report(stage, step, loss, lr, grad_norm, rate, cadence.logs(step))
             if cadence.validates(step):
                 log.val_losses.append((self.global_step, self._validate(stage, step, micro, lay)))
@@ -283,11 +286,13 @@ class Trainer:
 
     def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         """The stage's AdamW over what trains (`freeze` holds the rest), from the state carried into it."""
-        o = stage.training.optimizer
+        optimizer = stage.training.optimizer
         for name, p in named_parameters(self.model).items():
             p.requires_grad_(not stage.frozen.holds(name))
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trained, lr=stage.lr.max_lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(
+            trained, lr=stage.lr.max_lr, betas=optimizer.betas, eps=optimizer.eps, weight_decay=optimizer.weight_decay
+        )
         carried = self._laid_out_state({k: v for k, v in self.state.items() if not stage.frozen.holds(k)})
         if carried:
             load_named_state(self.model, opt, carried)
@@ -297,13 +302,13 @@ class Trainer:
     def _step(self, stage: Stage, opt: torch.optim.Optimizer, lr: float, micro: int, where: str) -> tuple[float, float]:
         """One optimizer step over this rank's share of the global batch, in micro-batches: the loss
         (the mean over every rank) and the gradient norm before clipping."""
-        t, lay = stage.training, self.layouts[stage.index]
+        training, lay = stage.training, self.layouts[stage.index]
         for group in opt.param_groups:
             group["lr"] = lr
-        accumulate = t.batch_seqs // lay.data_parallel // micro
+        accumulate = training.batch_seqs // lay.data_parallel // micro
         parts = []
         for _ in range(accumulate):
-            x, y = self._micro_batch(micro, t.seq_len, lay)
+            x, y = self._micro_batch(micro, training.seq_len, lay)
             with loss_parallel(lay):
                 loss = cross_entropy(self.model, x, y, self.mixed) / accumulate
                 loss.backward()
@@ -312,7 +317,7 @@ class Trainer:
         where += f" (token {self.data.position:,})"
         if not math.isfinite(total):
             raise RunError(f"the loss became {total} at {where}, before its update: lower the LR or check the data")
-        clip = t.optimizer.grad_clip if t.optimizer.grad_clip > 0 else float("inf")
+        clip = training.optimizer.grad_clip if training.optimizer.grad_clip > 0 else float("inf")
         grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
         if not math.isfinite(grad_norm):
             raise RunError(f"the gradient norm became {grad_norm} at {where}, before its update: lower the LR")
@@ -330,12 +335,12 @@ class Trainer:
 
     def _report(self, stage: Stage, step: int, loss: float, lr: float, grad_norm: float, rate: float, logs: bool):
         """A step's numbers: to the metrics, the progress bar and (when `logs`) the log."""
-        t = stage.training
+        training = stage.training
         extra = {}
         if self.peak_flops:  # model FLOPs utilisation of every device
             extra["mfu"] = rate * stage.flops_per_token / (self.peak_flops * self.world.size)
         if self.progress:
-            self.progress.update(stage.index, step, stage.steps, step * t.tokens_per_step, loss, rate)
+            self.progress.update(stage.index, step, stage.steps, step * training.tokens_per_step, loss, rate)
         if self.metrics:
             self.metrics.step(
                 self.global_step,
@@ -356,24 +361,24 @@ class Trainer:
 
     def _validate(self, stage: Stage, step: int, micro: int, lay: Layout) -> float:
         """The validation loss now (runtime.validation), logged and recorded."""
-        v = validate(self.model, self.inputs.heldout, stage, lay, self.world, micro, self.mixed)
-        self.val_flops += v.flops
+        validation = validate(self.model, self.inputs.heldout, stage, lay, self.world, micro, self.mixed)
+        self.val_flops += validation.flops
         if self.metrics:
             self.metrics.validation(
                 self.global_step,
                 self.data.position,
                 self.flops,
-                loss=v.loss,
-                val_tokens=v.tokens,
+                loss=validation.loss,
+                val_tokens=validation.tokens,
                 val_data=self.val_data,
                 val_flops=self.val_flops,
-                seconds=v.seconds,
+                seconds=validation.seconds,
             )
         self.log(
-            f"val stage {stage.index} step {step}/{stage.steps}  loss {v.loss:.4f}  ({v.tokens:,} held-out tokens, "
-            f"{v.seconds:.1f} s)"
+            f"val stage {stage.index} step {step}/{stage.steps}  loss {validation.loss:.4f}  "
+            f"({validation.tokens:,} held-out tokens, {validation.seconds:.1f} s)"
         )
-        return v.loss
+        return validation.loss
 
     def _evaluate(self, stage: Stage, step: int) -> None:
         """The schedule's evaluation of the live model (every rank takes part: a sharded model's

@@ -31,10 +31,10 @@ def validate(
 ) -> Validation:
     """The loss on the stage's `val tokens` of held-out sequences, each data-parallel rank a share,
     in micro-batches of the training's. Every rank calls it."""
-    t, ranks = stage.training, layout.data_parallel
+    training, ranks = stage.training, layout.data_parallel
     begin = time.perf_counter()
     device = next(model.parameters()).device
-    x, y = heldout.sequences(t.val_tokens, t.seq_len, ranks)
+    x, y = heldout.sequences(training.val_tokens, training.seq_len, ranks)
     rank = layout.data_rank(world)
     mine = slice(rank * len(x) // ranks, (rank + 1) * len(x) // ranks)
     x, y = x[mine], y[mine]
@@ -46,7 +46,7 @@ def validate(
             total += full(cross_entropy(model, xb, yb, mixed, reduction="sum")).double()
     model.train()
     reshard(model)  # FSDP keeps the weights it gathered for a forward without a backward
-    tokens = len(x) * ranks * t.seq_len
+    tokens = len(x) * ranks * training.seq_len
     # the mean over every rank of its share's sum: each data slice is counted tp times over `world` ranks
     loss = world.mean(total.item()) * ranks / tokens
     if not math.isfinite(loss):
