@@ -185,17 +185,19 @@ def test_a_broken_history_line_is_named(tmp_path):
 @pytest.mark.parametrize(
     "bad, problem",
     [
-        ('{"step": 3, "tokens": 3, "flops": Infinity, "loss": 1.0}', "flops is not a finite number"),
-        ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step is not a number"),
-        ('{"event": "growth", "step": 3, "text": "x"}', "tokens is not a number"),
-        ('{"event": "eval", "step": 3, "results": [1, 2]}', "eval without {task: {metric: number}} results"),
-        ('{"event": "eval", "step": 3}', "eval without"),
+        ('{"step": 3, "tokens": 3, "flops": Infinity, "loss": 1.0}', "flops: input should be a valid integer"),
+        ('{"step": "3", "tokens": 3, "flops": 3, "loss": 1.0}', "step: input should be a valid integer"),
+        ('{"event": "growth", "step": 3, "text": "x"}', "tokens: field required"),
+        ('{"event": "eval", "step": 3, "results": [1, 2]}', "results: input should be an object"),
+        ('{"event": "eval", "step": 3, "results": {"hellaswag": {"acc": NaN}}}', "results.hellaswag.acc: input"),
+        ('{"event": "eval", "step": 3}', "results: field required"),
         (
             '{"event": "val", "step": 3, "tokens": 3, "flops": 3, "loss": 2.0, "val_tokens": "many"}',
-            "val_tokens is not",
+            "val_tokens: input should be a valid integer",
         ),
         ('{"event": "party", "step": 3}', "unknown event 'party'"),
-        ("[1, 2]", "not an object"),
+        ("[1, 2]", "the record: input should be an object"),
+        ("{not json", "not JSON"),
     ],
 )
 def test_every_malformed_history_line_is_an_error_naming_it(tmp_path, bad, problem):

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from growdsl.errors import UsageError
-from growdsl.files import not_plain_under, parse_json
+from growdsl.files import not_plain_under
+from growdsl.records.history import EvalLine, GrowthLine, StepLine, ValLine, parse_line
+from growdsl.records.record import RecordError
 
 
 class CompareError(UsageError):
@@ -48,8 +50,8 @@ class Curve:
     tokens: np.ndarray
     flops: np.ndarray
     loss: np.ndarray
-    growths: list[dict] = field(default_factory=list)  # {"step", "tokens", "flops", "text"}
-    evals: list[dict] = field(default_factory=list)  # {"step", "tokens", "flops", "results", "limit"?}
+    growths: list[GrowthLine] = field(default_factory=list)
+    evals: list[EvalLine] = field(default_factory=list)
     val: Points | None = None  # the validation loss, where the run measured it
     val_tokens: int | None = None  # how many held-out tokens it was measured on
     val_data: str | None = None  # which held-out split (a digest of its tokens)
@@ -71,99 +73,53 @@ def read_run(run_dir: Path) -> Curve:
     problem = not_plain_under(run_dir)
     if problem:
         raise CompareError(f"{problem}: compare reads only plain files in a run directory")
-    steps: dict[int, dict] = {}
-    vals: dict[int, dict] = {}
-    growths: dict[tuple, dict] = {}
-    evals: dict[int, list[dict]] = {}
+    steps: dict[int, StepLine] = {}
+    vals: dict[int, ValLine] = {}
+    growths: dict[tuple, GrowthLine] = {}
+    evals: dict[int, list[EvalLine]] = {}
     nonfinite: dict[int, bool] = {}  # step -> whether its last training loss was not finite
     for number, line in enumerate(history.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = parse_json(line, non_finite=True)
-            problem = _problem(record)
-        except ValueError:
-            problem = "not JSON"
-        if problem:
-            raise CompareError(f"{history}:{number}: not a history record ({problem}): {line[:80]!r}")
-        event = record.get("event")
-        if event in (None, "val") and not math.isfinite(record["loss"]):  # the run diverged: not a point
-            nonfinite[record["step"]] = True
+            record = parse_line(line, history, number)
+        except RecordError as e:
+            raise CompareError(f"{e.file}: not a history record ({e.detail}): {line[:80]!r}") from None
+        if isinstance(record, (StepLine, ValLine)) and not math.isfinite(record.loss):  # diverged: not a point
+            nonfinite[record.step] = True
             continue
-        if event is None:
-            nonfinite[record["step"]] = False  # redone after a resume, finite this time
-        if event == "growth":
-            growths[(record["step"], record["text"])] = record
-        elif event == "eval":
-            evals.setdefault(record["step"], []).append(record)
-        elif event == "val":
-            vals[record["step"]] = record
+        if isinstance(record, StepLine):
+            nonfinite[record.step] = False  # redone after a resume, finite this time
+            steps[record.step] = record
+        elif isinstance(record, ValLine):
+            vals[record.step] = record
+        elif isinstance(record, GrowthLine):
+            growths[(record.step, record.text)] = record
         else:
-            steps[record["step"]] = record
+            evals.setdefault(record.step, []).append(record)
     if len(steps) < 2:
         raise CompareError(f"{run_dir} has logged {len(steps)} training step(s): nothing to compare yet")
     curve = Curve(
         run_dir.name,
         *_columns(steps),
-        sorted(growths.values(), key=lambda g: g["step"]),
+        sorted(growths.values(), key=lambda g: g.step),
         [e for k in sorted(evals) for e in evals[k]],
     )
     curve.diverged = min((step for step, bad in nonfinite.items() if bad), default=None)
     if vals:
         curve.val = Points(*_columns(vals))
-        curve.val_tokens = vals[max(vals)].get("val_tokens")
-        curve.val_data = vals[max(vals)].get("val_data")
+        curve.val_tokens = vals[max(vals)].val_tokens
+        curve.val_data = vals[max(vals)].val_data or None
     return curve
 
 
-def _finite(value: int | float) -> bool:
-    try:
-        return math.isfinite(value) and abs(value) < 1e300  # plotted and summed as floats
-    except OverflowError:  # a whole number past any float
-        return False
-
-
-def _problem(record) -> str | None:
-    """What keeps `record` from being a history line of its kind, or None."""
-    if not isinstance(record, dict):
-        return "not an object"
-    event = record.get("event")
-    needed = {
-        None: ("step", "tokens", "flops", "loss"),
-        "val": ("step", "tokens", "flops", "loss"),
-        "growth": ("step", "tokens", "flops"),
-        "eval": ("step",),
-    }.get(event)
-    if needed is None:
-        return f"unknown event {event!r}"
-    for key in needed:
-        value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{key} is not a number"
-        if key != "loss" and not _finite(value):  # a non-finite loss is a diverged run's
-            return f"{key} is not a finite number"
-    if not isinstance(record["step"], int):
-        return "step is not a whole number"
-    if event == "growth" and not isinstance(record.get("text"), str):
-        return "growth without its text"
-    if event == "eval":
-        results = record.get("results")
-        if not isinstance(results, dict) or not all(
-            isinstance(m, dict) and all(isinstance(v, (int, float)) for v in m.values()) for m in results.values()
-        ):
-            return "eval without {task: {metric: number}} results"
-    if event == "val" and not isinstance(record.get("val_data", ""), str):
-        return "val_data is not a string"
-    if event == "val" and not isinstance(record.get("val_tokens", 0), int):
-        return "val_tokens is not a whole number"
-    return None
-
-
-def _columns(records: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _columns(
+    records: dict[int, StepLine] | dict[int, ValLine],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps, tokens, FLOPs and losses of the records, in the order of their steps."""
     ordered = [records[k] for k in sorted(records)]
     steps, tokens, flops, loss = (
-        np.array([r[c] for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", "loss")
+        np.array([getattr(r, c) for r in ordered], dtype=np.float64) for c in ("step", "tokens", "flops", "loss")
     )
     return steps, tokens, flops, loss
 
@@ -324,16 +280,16 @@ def final_scores(runs: list[Curve]) -> tuple[list[dict], list[str]]:
     and notes on what makes them unequal: evaluations with --limit, different task sets."""
     out, notes = [], []
     for run in runs:
-        last = max((e["step"] for e in run.evals), default=None)
+        last = max((e.step for e in run.evals), default=None)
         merged: dict = {}
         limited: dict[str, int] = {}  # task -> the --limit its kept score was measured with
-        for e in sorted((e for e in run.evals if e["step"] == last), key=lambda e: not e.get("limit")):
-            for task, scores in e["results"].items():  # a whole-task score wins over a --limit one
-                if not e.get("limit") or task not in merged or task in limited:
+        for e in sorted((e for e in run.evals if e.step == last), key=lambda e: not e.limit):
+            for task, scores in e.results.items():  # a whole-task score wins over a --limit one
+                if not e.limit or task not in merged or task in limited:
                     merged[task] = scores
                     limited.pop(task, None)
-                    if e.get("limit"):
-                        limited[task] = e["limit"]
+                    if e.limit:
+                        limited[task] = e.limit
         if limited:
             n = max(limited.values())
             notes.append(f"{run.name} was scored on the first {n} documents of {', '.join(sorted(limited))} (--limit)")
@@ -390,10 +346,10 @@ def plot(report: Report, out: Path) -> list[Path]:
                 label=run.name + (" (baseline)" if k == 0 and run.name != "baseline" else ""),
             )
             for g in run.growths:
-                at = min(np.searchsorted(c.steps, g["step"]), len(c.loss) - 1)
-                ax.axvline(g[axis], color=color, linestyle=":", linewidth=1)
+                at = min(int(np.searchsorted(c.steps, g.step)), len(c.loss) - 1)
+                ax.axvline(getattr(g, axis), color=color, linestyle=":", linewidth=1)
                 ax.plot(
-                    [g[axis]],
+                    [getattr(g, axis)],
                     [c.loss[at]],
                     marker="^",
                     color=color,
@@ -445,7 +401,7 @@ def _plot_scores(runs: list[Curve], out: Path, plt) -> Path | None:
     names = sorted({k for h in heads for k in h})
     if not names:
         return None
-    limited = {r.name for r in runs for e in r.evals if e.get("limit")}
+    limited = {r.name for r in runs for e in r.evals if e.limit}
     fig, axes = plt.subplots(1, len(names), figsize=(max(3.2, 0.9 * len(runs) + 1.5) * len(names), 4.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         values = [h.get(name, np.nan) for h in heads]

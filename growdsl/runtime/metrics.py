@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import resource
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from growdsl.records.history import EvalLine, GrowthLine, StepLine, ValLine
+from growdsl.records.run_record import HISTORY
 
 
 class Metrics:
@@ -25,7 +29,7 @@ class Metrics:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        history = run_dir / "history.jsonl"
+        history = run_dir / HISTORY
         if owner:
             _drop_torn_line(history)
         self.history = history.open("a", buffering=1)
@@ -39,7 +43,7 @@ class Metrics:
         self.writer.add_scalar("loss_vs/gflops", scalars["loss"], flops // 10**9)
         self.writer.add_scalar("progress/cumulative_tokens", tokens, step)
         self.writer.add_scalar("progress/cumulative_gflops", flops // 10**9, step)
-        self._line(step=step, tokens=tokens, flops=flops, **scalars)
+        self._line({**asdict(StepLine(step, tokens, flops, scalars["loss"])), **scalars})
 
     def validation(self, step: int, tokens: int, flops: int, *, loss: float, val_data: str, **cost: float) -> None:
         """The held-out loss, on the step, tokens and training-FLOPs axes; its own cost beside it;
@@ -49,11 +53,14 @@ class Metrics:
         self.writer.add_scalar("val_vs/gflops", loss, flops // 10**9)
         for name, value in cost.items():
             self.writer.add_scalar(f"val/{name}", value, step)
-        self._line(event="val", step=step, tokens=tokens, flops=flops, loss=loss, val_data=val_data, **cost)
+        line = ValLine(
+            "val", step, tokens, flops, loss, val_data, int(cost["val_tokens"]) if "val_tokens" in cost else None
+        )
+        self._line({**asdict(line), **cost})
 
     def growth(self, step: int, tokens: int, flops: int, text: str) -> None:
         self.writer.add_text("growth", text, step)
-        self._line(event="growth", step=step, tokens=tokens, flops=flops, text=text)
+        self._line(asdict(GrowthLine("growth", step, tokens, flops, text)))
 
     def evaluation(
         self, step: int, tokens: int, flops: int, results: dict[str, dict[str, float]], limit: int | None = None
@@ -62,10 +69,10 @@ class Metrics:
         for task, metrics in results.items():
             for name, value in metrics.items():
                 self.writer.add_scalar(f"eval/{task}/{name}", value, step)
-        extra = {"limit": limit} if limit else {}
-        self._line(event="eval", step=step, tokens=tokens, flops=flops, results=results, **extra)
+        line = asdict(EvalLine("eval", step, results, tokens, flops, limit or None))
+        self._line(line if limit else {k: v for k, v in line.items() if k != "limit"})
 
-    def _line(self, **record) -> None:
+    def _line(self, record: dict) -> None:
         self.history.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
