@@ -14,16 +14,22 @@ _GUARANTEE = {
 }
 
 
+HEADER = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
+RIGHT = (0, 1, 2, 3, 4, 7, 8)  # the columns of numbers
+
+
 def render_plan(plan: Plan, predict_d: bool = False) -> str:
+    """The plan: a line that says what it grows, the table of its stages, then its totals."""
     first = plan.start.shape if plan.start else plan.stages[0].shape
     n = len(plan.stages)
-    out = [
-        f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.describe()} -> {plan.stages[-1].shape.describe()}",
-        "",
-    ]
-    header = ("stage", "layers", "params", "tokens", "steps", "batch", "lr", "FLOPs", "cum. FLOPs")
-    rows = []
-    notes: dict[int, list[str]] = {}
+    title = f"{plan.source}: {n} stage{'s' if n != 1 else ''}, {first.describe()} -> {plan.stages[-1].shape.describe()}"
+    return "\n".join([title, "", *_table(plan, predict_d), "", *_totals(plan, predict_d)])
+
+
+def _table(plan: Plan, predict_d: bool) -> list[str]:
+    """A row per stage (and one for a model it starts from), each growth and note above its stage."""
+    rows: list[tuple[str, ...]] = []
+    notes: list[list[str]] = []
     if plan.start:  # the model stage 0 starts from, as a row of its own
         st = plan.start
         cost = (
@@ -36,73 +42,73 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
             ("from", str(st.shape.n_layers), human(st.shape.params), human(st.tokens), "-", "-", "-", f"{st.flops:.3g}",
              f"{st.flops:.3g}")
         )  # fmt: skip
-        notes[0] = [f"  {st.name}: {what} ({st.shape.describe()}); {cost}"]
+        notes.append([f"  {st.name}: {what} ({st.shape.describe()}); {cost}"])
     for s in plan.stages:
-        t = s.training
-        lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"
-        if s.lr.start_step:
-            lr += f" (from step {s.lr.start_step:,})"
-        elif s.lr.warmup_steps:
-            lr += f", warmup {s.lr.warmup_steps:,}"
-        tokens = human(s.tokens) + (" (auto)" if s.auto else "")
-        rows.append(
-            (
-                str(s.index),
-                str(s.shape.n_layers),
-                human(s.params),
-                tokens,
-                f"{s.steps:,}",
-                f"{t.batch_seqs}x{t.seq_len}",
-                lr,
-                f"{s.flops:.3g}",
-                f"{s.cumulative_flops:.3g}",
-            )
-        )
-        notes[len(rows) - 1] = ["^ " + growth_line(g) for g in s.growths]
+        rows.append(_stage_row(s))
+        notes.append(["^ " + growth_line(g) for g in s.growths])
         if s.frozen:
-            notes[len(rows) - 1].append("  " + _frozen_line(s))
+            notes[-1].append("  " + _frozen_line(s))
         if predict_d and s.timing:
-            notes[len(rows) - 1].append(_timing_line(s))
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            notes[-1].append(_timing_line(s))
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
 
     def line(cells) -> str:
         return "  ".join(
-            c.rjust(w) if i in (0, 1, 2, 3, 4, 7, 8) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in RIGHT else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
-    out.append(line(header))
-    for i, row in enumerate(rows):
-        for note in notes[i]:
-            out.append("      " + note)
-        out.append(line(row))
+    out = [line(HEADER)]
+    for row, above in zip(rows, notes):
+        out += ["      " + note for note in above] + [line(row)]
+    return out
+
+
+def _stage_row(s: Stage) -> tuple[str, ...]:
+    training = s.training
+    lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"
+    if s.lr.start_step:
+        lr += f" (from step {s.lr.start_step:,})"
+    elif s.lr.warmup_steps:
+        lr += f", warmup {s.lr.warmup_steps:,}"
+    return (
+        str(s.index),
+        str(s.shape.n_layers),
+        human(s.params),
+        human(s.tokens) + (" (auto)" if s.auto else ""),
+        f"{s.steps:,}",
+        f"{training.batch_seqs}x{training.seq_len}",
+        lr,
+        f"{s.flops:.3g}",
+        f"{s.cumulative_flops:.3g}",
+    )
+
+
+def _totals(plan: Plan, predict_d: bool) -> list[str]:
+    """Tokens and FLOPs, the from-scratch baseline (or why there is none), validation's cost."""
     tot = plan.totals
-    out += ["", f"total tokens   {human(tot.tokens)}", f"total FLOPs    {tot.flops:.3e}"]
-    final = plan.stages[-1]
+    out = [f"total tokens   {human(tot.tokens)}", f"total FLOPs    {tot.flops:.3e}"]
     try:
         baseline.check(plan)
-        refusal = None
-    except baseline.BaselineError as e:
-        refusal = str(e)
-    if refusal:
-        out.append(f"baseline       none: {refusal}")
-    else:
         b = tot.baseline
         assert b is not None  # check() passed: the schedule grows
-        out += [
-            f"baseline       {final.shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} tokens), the "
-            f"same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`",
-        ]
+        out.append(
+            f"baseline       {plan.stages[-1].shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} "
+            f"tokens), the same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`"
+        )
         if plan.start is None or plan.start.recorded:  # the paper grows bases trained in the same run
             out.append(f"the paper      {PAPER_RESULT}")
+    except baseline.BaselineError as e:
+        out.append(f"baseline       none: {e}")
     validating = [s for s in plan.stages if s.training.val_every_steps]
     if validating:
-        t = validating[-1].training
+        training = validating[-1].training
         which = (
             "" if len(validating) == len(plan.stages) else f" in stages {', '.join(str(s.index) for s in validating)}"
         )
+        sequences = training.val_tokens // training.seq_len
         out.append(
-            f"validation     every {t.val_every_steps:,} steps and at stage ends{which}, on "
-            f"{t.val_tokens // t.seq_len * t.seq_len:,} held-out tokens ({t.val_tokens // t.seq_len} sequences): "
+            f"validation     every {training.val_every_steps:,} steps and at stage ends{which}, on "
+            f"{sequences * training.seq_len:,} held-out tokens ({sequences} sequences): "
             f"{tot.val_flops:.3g} FLOPs ({_share(tot.val_flops / tot.flops)} of training), counted apart"
         )
     else:
@@ -112,7 +118,7 @@ def render_plan(plan: Plan, predict_d: bool = False) -> str:
             f"guideline      log10(d) = 0.88 log10(N) + 163.27/log10(C) - 5.74, C = 6ND; g = "
             f"{guideline.G_RECOMMENDED} (2-4 works)"
         )
-    return "\n".join(out)
+    return out
 
 
 # What the paper measured at equal compute, in its own terms (speedup = FLOPs_scratch / FLOPs_grown - 1).

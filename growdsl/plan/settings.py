@@ -4,6 +4,7 @@ TrainingConfig once its model and batch are known."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -92,112 +93,129 @@ MAX_LR = 1e4  # far past any use; tests make runs diverge with lr 1e3
 
 
 def _read(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
-    a, k = s.args, s.key
-    if k == "lr":
-        # AdamW's steps are about lr in size: past MAX_LR, lr and its products overflow float32 (1e39 crashed AdamW)
-        hi = reader.real(as_number(a[0]), "lr", high=MAX_LR)
-        lo = (
-            reader.real(as_number(a[1]), "min LR", low_inclusive=True, high=MAX_LR)
-            if len(a) > 1
-            else (hi / 10 if hi else None)
-        )
-        if hi is None or lo is None:
-            return []
-        if lo > hi:
-            reader.error(s.span, f"min LR {lo:g} is above max LR {hi:g}", "write lr MAX to MIN")
-            return []
-        t.lr_max, t.lr_min = hi, lo
-        return ["lr_max", "lr_min"]
-    if k == "betas":
-        b1 = reader.real(as_number(a[0]), "beta1", low_inclusive=True, high=1.0)
-        b2 = reader.real(as_number(a[1]), "beta2", low_inclusive=True, high=1.0)
-        if b1 is None or b2 is None:
-            return []
-        t.betas = (b1, b2)
-        return ["betas"]
-    if k == "batch":
-        num, unit = as_number(a[0]), as_word(a[1])
-        if unit == "tokens":
-            tokens = reader.count(num, "batch")
-            batch: Interval | int | None = None if tokens is None else Interval(tokens, "tokens", s.span)
-            least = tokens
-        else:
-            batch = least = reader.integer(num, "batch (sequences)")
-        if batch is None or least is None:
-            return []
-        if least < 1:
-            reader.error(num.span, "batch must be at least 1")
-            return []
-        t.batch = batch
-        return ["batch"]
-    if k == "data":
-        sources = _sources(reader, a)
-        if sources is None:
-            return []
-        if len(sources) == 1 and sources[0][1] is None:
-            t.data, t.mix = sources[0][0], ()
-        else:
-            t.data, t.mix = None, tuple((path, weight or 0.0) for path, weight in sources)
-        return ["data"]
-    if k == "checkpoint":
-        if as_word(a[0]) == "off":
-            t.checkpoint = None
-            return ["checkpoint"]
-        every = reader.interval(as_amount(a[1]), "checkpoint interval")
-        if every is None:
-            return []
-        t.checkpoint = every
+    """Read one setting into `t`; the fields it set (none where it is wrong: the reader has said why)."""
+    if s.key in _REALS:
+        return _real(reader, s, t)
+    if s.key in _COUNTS:
+        return _count(reader, s, t)
+    if s.key in _WORDS:
+        word = as_word(s.args[0])
+        setattr(t, s.key, word == "on" if s.key == "compile" else word)  # the grammar admits only the Literal's words
+        return [s.key]
+    read = _READERS.get(s.key)
+    if read is None:
+        raise AssertionError(f"setting {s.key} is in the grammar but not in the compiler")
+    return read(reader, s, t)
+
+
+def _lr(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    a = s.args
+    # AdamW's steps are about lr in size: past MAX_LR, lr and its products overflow float32 (1e39 crashed AdamW)
+    hi = reader.real(as_number(a[0]), "lr", high=MAX_LR)
+    lo = (
+        reader.real(as_number(a[1]), "min LR", low_inclusive=True, high=MAX_LR)
+        if len(a) > 1
+        else (hi / 10 if hi else None)
+    )
+    if hi is None or lo is None:
+        return []
+    if lo > hi:
+        reader.error(s.span, f"min LR {lo:g} is above max LR {hi:g}", "write lr MAX to MIN")
+        return []
+    t.lr_max, t.lr_min = hi, lo
+    return ["lr_max", "lr_min"]
+
+
+def _betas(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    b1 = reader.real(as_number(s.args[0]), "beta1", low_inclusive=True, high=1.0)
+    b2 = reader.real(as_number(s.args[1]), "beta2", low_inclusive=True, high=1.0)
+    if b1 is None or b2 is None:
+        return []
+    t.betas = (b1, b2)
+    return ["betas"]
+
+
+def _batch(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    num, unit = as_number(s.args[0]), as_word(s.args[1])
+    if unit == "tokens":
+        tokens = reader.count(num, "batch")
+        batch: Interval | int | None = None if tokens is None else Interval(tokens, "tokens", s.span)
+        least = tokens
+    else:
+        batch = least = reader.integer(num, "batch (sequences)")
+    if batch is None or least is None:
+        return []
+    if least < 1:
+        reader.error(num.span, "batch must be at least 1")
+        return []
+    t.batch = batch
+    return ["batch"]
+
+
+def _data(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    sources = _sources(reader, s.args)
+    if sources is None:
+        return []
+    if len(sources) == 1 and sources[0][1] is None:
+        t.data, t.mix = sources[0][0], ()
+    else:
+        t.data, t.mix = None, tuple((path, weight or 0.0) for path, weight in sources)
+    return ["data"]
+
+
+def _checkpoint(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    if as_word(s.args[0]) == "off":
+        t.checkpoint = None
         return ["checkpoint"]
-    if k == "freeze":
-        return _freeze(reader, s, t)
-    if k == "eval":
-        return _eval(reader, s, t)
-    if k == "val":
-        return _val(reader, s, t)
-    if k == "optimizer":
-        return []  # adamw is the only optimizer, and the default
-    if k in ("lr_schedule", "ac", "compile", "mixed"):
-        word = as_word(a[0])
-        if k == "compile":
-            t.compile = word == "on"
-        else:
-            setattr(t, k, word)  # the grammar admits only the Literal's words
-        return [k]
-    if k == "warmup":
-        warmup = reader.interval(as_amount(a[0]), "warmup")
-        if warmup is None:
-            return []
-        t.warmup = warmup
-        return ["warmup"]
-    reals = {  # the field, whether 0 is allowed, the bound it stays below (None: none)
-        "min_lr": ("lr_min", True, MAX_LR),
-        "eps": ("eps", False, 1.0),
-        "weight_decay": ("weight_decay", True, 100.0),
-        "clip": ("grad_clip", True, None),
-    }
-    if k in reals:
-        key, inclusive, high = reals[k]
-        value = reader.real(as_number(a[0]), k, low_inclusive=inclusive, high=high)
-        if value is None:
-            return []
-        setattr(t, key, value)
-        return [key]
-    counts = {
-        "micro_batch": ("micro_batch", 1),
-        "seq": ("seq_len", 1),
-        "seed": ("seed", 0),
-        "dp_shard": ("dp_shard", 1),
-        "dp_replicate": ("dp_replicate", 1),
-        "tp": ("tp", 1),
-    }
-    if k in counts:
-        key, minimum = counts[k]
-        number = reader.integer(as_number(a[0]), k, minimum=minimum, maximum=2**63 - 1 if k == "seed" else MAX_COUNT)
-        if number is None:
-            return []
-        setattr(t, key, number)
-        return [key]
-    raise AssertionError(f"setting {k} is in the grammar but not in the compiler")
+    every = reader.interval(as_amount(s.args[1]), "checkpoint interval")
+    if every is None:
+        return []
+    t.checkpoint = every
+    return ["checkpoint"]
+
+
+def _warmup(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    warmup = reader.interval(as_amount(s.args[0]), "warmup")
+    if warmup is None:
+        return []
+    t.warmup = warmup
+    return ["warmup"]
+
+
+_REALS = {  # setting: its field, whether 0 is allowed, the bound it stays below (None: none)
+    "min_lr": ("lr_min", True, MAX_LR),
+    "eps": ("eps", False, 1.0),
+    "weight_decay": ("weight_decay", True, 100.0),
+    "clip": ("grad_clip", True, None),
+}
+_COUNTS = {  # setting: its field, its least value
+    "micro_batch": ("micro_batch", 1),
+    "seq": ("seq_len", 1),
+    "seed": ("seed", 0),
+    "dp_shard": ("dp_shard", 1),
+    "dp_replicate": ("dp_replicate", 1),
+    "tp": ("tp", 1),
+}
+_WORDS = ("lr_schedule", "ac", "compile", "mixed")  # a word the grammar picks from a few
+
+
+def _real(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    key, inclusive, high = _REALS[s.key]
+    value = reader.real(as_number(s.args[0]), s.key, low_inclusive=inclusive, high=high)
+    if value is None:
+        return []
+    setattr(t, key, value)
+    return [key]
+
+
+def _count(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    key, minimum = _COUNTS[s.key]
+    maximum = 2**63 - 1 if s.key == "seed" else MAX_COUNT
+    number = reader.integer(as_number(s.args[0]), s.key, minimum=minimum, maximum=maximum)
+    if number is None:
+        return []
+    setattr(t, key, number)
+    return [key]
 
 
 def _eval(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
@@ -383,3 +401,17 @@ def _sources(reader: Reader, args) -> list[tuple[str, float | None]] | None:
         )
         ok = False
     return sources if ok else None
+
+
+_READERS: dict[str, Callable[[Reader, ast.Setting, Settings], list[str]]] = {
+    "lr": _lr,
+    "betas": _betas,
+    "batch": _batch,
+    "data": _data,
+    "checkpoint": _checkpoint,
+    "warmup": _warmup,
+    "freeze": _freeze,
+    "eval": _eval,
+    "val": _val,
+    "optimizer": lambda reader, s, t: [],  # adamw is the only optimizer, and the default
+}
