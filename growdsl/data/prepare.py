@@ -308,7 +308,8 @@ class _Writer:
 class _Progress:
     """Documents, tokens, MB/s and ETA on one line of a terminal's stderr, redrawn twice a second."""
 
-    def __init__(self, total_chars: int, out=sys.stderr):
+    def __init__(self, total_chars: int, out=None):
+        out = out or sys.stderr  # looked up now, not when the module was imported (it may have been replaced since)
         self.total, self.out, self.on = total_chars, out, out.isatty()
         self.chars = self.docs = self.toks = 0
         self.begin = self.last = time.monotonic()
