@@ -77,4 +77,3 @@ def test_the_command_examples_are_found():
     """A test that finds no example would pass whatever the docs say."""
     found = [argv[0] for page in PAGES for argv in growdsl_commands(page)]
     assert {"run", "baseline", "compare"} <= set(found), found
-
