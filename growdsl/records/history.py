@@ -13,15 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import Field
+from typing import Literal
 
 from growdsl.files import parse_json
 from growdsl.records.record import STRICT, Count, RecordError, Whole, parse
-
-# Summed and plotted as floats: a number past any float is no measurement.
-Measure = Annotated[float, Field(allow_inf_nan=False, gt=-1e300, lt=1e300)]
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class EvalLine:
     __pydantic_config__ = STRICT
     event: Literal["eval"]
     step: Count
-    results: dict[str, dict[str, Measure]]  # {task: {metric: value}}
+    results: dict[str, dict[str, float]]  # {task: {metric: value}}; a NaN score is one the run wrote
     tokens: Whole = 0
     flops: Whole = 0
     limit: Count | None = None  # scored on each task's first `limit` documents only
