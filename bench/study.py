@@ -42,6 +42,8 @@ NAMES = {
     "learn": "depth learn (LiGO)",
     "interpolation": "interpolation",
     "width": "width direct",
+    "late": "late growth (1L -> 12L at 80%, WSD)",
+    "scratch_wsd": "scratch, WSD",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 

@@ -12,6 +12,7 @@ from growdsl.plan.layermap import (
     interpolation,
     parse_pattern,
     pattern_of,
+    placed,
 )
 
 # The eight 6 -> 24 patterns the paper compares (App. H), 0-indexed, with R_c.
@@ -80,3 +81,17 @@ def test_malformed_patterns_say_where(pattern, start, message):
         parse_pattern(pattern, 6)
     assert message in info.value.message
     assert info.value.start == start
+
+
+def test_placements_by_name_are_the_maps_their_patterns_write():
+    # LLaMA-Pro on Llama-2-7B: a copy after every 4th of 32 blocks (the recipe's pattern before names)
+    llama_pro = "1..4-4-5..8-8-9..12-12..12-13..16-16..16-17..20-20..20-21..24-24..24-25..28-28..28-29..32-32..32"
+    assert placed("after every", 4, 2, 32) == parse_pattern(llama_pro, 32)
+    assert placed("after every", 2, 2, 6) == parse_pattern("12-2-34-4-56-6", 6)
+    assert placed("after every", 1, 3, 3) == interpolation(3, 3)  # every layer: interpolation
+    assert placed("middle", 2, 2, 6) == parse_pattern("1234-3456", 6)  # MIDAS: the middle block again
+    assert placed("middle", 4, 2, 8) == parse_pattern("123456-345678", 8)
+    assert placed("middle", 2, 2, 7) == parse_pattern("1234-3456-7", 7)  # the lower middle when off centre
+    assert placed("top", 2, 3, 6) == parse_pattern("123456-56*2", 6)
+    assert placed("bottom", 2, 2, 6) == parse_pattern("12*2-3456", 6)
+    assert placed("top", 6, 4, 6) == gstack(6, 4)  # the whole model: G_stack

@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 from conftest import SCHEDULES
 
+from growdsl.lang.errors import ScheduleError
 from growdsl.plan import guideline, plan_file, plan_source
 from growdsl.plan.layermap import gstack, parse_pattern
 from growdsl.plan.plan import Plan
@@ -126,6 +127,25 @@ def test_depth_zero_and_random_keep_first_copies_and_initialise_duplicates():
         "copy",
         "zero",
     ]
+    named = plan_source("train 6L for 10B; stack after every 2 init zero; train 1B").stages[1].growths[0]
+    assert named.layer_map == llama_pro.layer_map and named.placement == "after every 2"
+    assert named.guarantee == "exact"
+
+
+def test_placements_compile_to_their_maps_and_say_what_is_wrong():
+    midas = plan_source("train 8L for 1B; stack middle 4; train 1B").stages[1].growths[0]
+    assert midas.pattern == "123456-345678" and midas.target_layers == 12 and midas.placement == "middle 4"
+    top = plan_source("train 6L for 1B; stack top 2 x3; train 1B").stages[1].growths[0]
+    assert top.sources == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5] and top.placement == "top 2 x3"
+    assert plan_source("train 6L for 1B; stack top 6; train 1B").stages[1].growths[0].method == "stack"
+    for text, message, col in [
+        ("train 6L for 1B; stack bottom 7; train 1B", "the base has 6 layers", 31),
+        ('train 6L for 1B; stack middle 2 layers "1234"; train 1B', "a placement", 40),
+        ("train 6L for 1B; stack after every 1.5; train 1B", "whole number", 36),
+    ]:
+        with pytest.raises(ScheduleError) as e:
+            plan_source(text)
+        assert message in e.value.errors[0].message and e.value.errors[0].span.col == col
 
 
 def test_random_ramp_in_tokens_becomes_steps_of_the_next_stage():
@@ -301,3 +321,60 @@ def test_a_schedule_of_more_layers_than_a_plan_holds_is_one_error(errors):
     assert len(found) == 1 and "more than 100,000 layers" in found[0].message
     # every line from line 2 (train 4096L) on adds 4,096 layers: the 25th passes 100,000
     assert found[0].span.line == 1 + -(-MAX_PLANNED_LAYERS // 4096) == 26
+
+
+def test_wsd_holds_the_max_lr_then_decays_over_the_stated_share():
+    # 110 steps: warmup 10 (0.1e-3 .. 1e-3), stable to step 87, decay the last 22 (20% of 110)
+    lr = plan_source("warmup 10 steps\nlr 1e-3 to 1e-4\nlr_schedule wsd\ntrain 6L for 110 steps").stages[0].lr
+    assert (lr.kind, lr.decay_steps, lr.decay_start, lr.decay_share) == ("wsd", 22, 88, 0.2)
+    assert lr.lr_at(0) == pytest.approx(1e-4) and lr.lr_at(9) == pytest.approx(1e-3)
+    assert lr.lr_at(10) == lr.lr_at(87) == 1e-3
+    assert lr.lr_at(88) == pytest.approx(1e-3)  # the decay's first step, progress 0
+    assert lr.lr_at(99) == pytest.approx(1e-3 - 9e-4 * 11 / 22)  # linear, half way
+    assert lr.lr_at(110) == pytest.approx(1e-4)
+    head = "warmup 10 steps\nlr 1e-3 to 1e-4\n"
+    sqrt = plan_source(head + "lr_schedule wsd decay 20 steps sqrt\ntrain 6L for 100 steps").stages[0].lr
+    assert sqrt.decay_start == 80 and sqrt.lr_at(85) == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(0.25)))
+    cosine = plan_source(head + "lr_schedule wsd decay 10% cosine\ntrain 6L for 100 steps").stages[0].lr
+    assert cosine.lr_at(95) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    tokens = plan_source("batch 8 seqs\nseq 128\nlr_schedule wsd decay 10K\ntrain 6L for 100 steps").stages[0].lr
+    assert tokens.decay_steps == 10  # 10,000 tokens at 1,024 a step, rounded up
+
+
+def test_wsd_continued_across_a_growth_decays_only_at_the_end():
+    # Bu 2025's late growth: the base trains 80% of the steps at the stable LR, the grown model decays
+    plan = plan_source("lr 1e-3 to 1e-4\nwarmup 10 steps\nlr_schedule wsd decay 20%\n"
+                       "train 1L for 80 steps\nstack x4 lr continue\ntrain 20 steps")  # fmt: skip
+    base, grown = (s.lr for s in plan.stages)
+    assert base.decay_start == grown.decay_start == 80 and grown.start_step == 80
+    assert base.lr_at(79) == 1e-3 and grown.lr_at(0) == pytest.approx(1e-3)
+    assert grown.lr_at(10) == pytest.approx(1e-3 - 9e-4 * 10 / 20)
+    assert not plan.warnings or all("decay" not in w.message for w in plan.warnings)
+    late = plan_source(
+        "warmup 10 steps\nlr_schedule wsd decay 50%\ntrain 1L for 80 steps\nstack x4 lr continue\ntrain 20 steps"
+    )
+    assert any("inside the decay" in w.message for w in late.warnings)
+
+
+def test_wsd_mistakes_are_reported_where_they_are_written():
+    for text, message in [
+        ("lr_schedule wsd decay 0.2\ntrain 6L for 100 steps", "has no unit"),
+        ("lr_schedule wsd decay 120%\ntrain 6L for 100 steps", "not a share"),
+        ("lr_schedule wsd decay 0 steps\ntrain 6L for 100 steps", "at least one step"),
+    ]:
+        with pytest.raises(ScheduleError) as e:
+            plan_source(text)
+        assert message in e.value.errors[0].message and e.value.errors[0].span.line == 1
+    crowded = plan_source("warmup 60 steps\nlr_schedule wsd decay 50 steps\ntrain 6L for 100 steps")
+    assert any("no stable phase" in w.message for w in crowded.warnings)
+
+
+def test_wsd_baseline_keeps_the_decay_share_or_its_steps():
+    from growdsl.plan.baseline import schedule
+
+    for setting, written in [("decay 20% sqrt", "decay 20% sqrt"), ("decay 30 steps", "decay 30 steps linear")]:
+        grows = "train 1L for 80 steps\nstack x4 lr continue\ntrain 40 steps"
+        plan = plan_source(f"warmup 10 steps\nlr_schedule wsd {setting}\n{grows}")
+        text = schedule(plan, None, "late.grow", None)
+        assert f"lr_schedule wsd {written}" in text
+        assert plan_source(text).stages[0].lr.decay_shape == plan.stages[-1].lr.decay_shape

@@ -64,6 +64,15 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """`after every 4`, `middle 4`, `top 2`, `bottom 2`: which layers a stack repeats, by name."""
+
+    where: str  # "after every" | "middle" | "top" | "bottom"
+    size: Number  # every size-th layer, or a block of size layers
+    span: Span
+
+
+@dataclass(frozen=True)
 class Amount:
     """How long to train: tokens (`10B`, `2e6 tokens`), `N steps`, or `auto`."""
 
@@ -150,6 +159,7 @@ class Growth:
     policies: tuple[Policy, ...]
     extra_inits: tuple[Init, ...]  # any `init` after the first: an error
     span: Span
+    placement: Placement | None = None  # stack's layers by name, instead of a pattern
 
 
 @dataclass(frozen=True)

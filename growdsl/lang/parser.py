@@ -326,7 +326,12 @@ class _ToAst(Transformer):
             extra_inits=tuple(c for c in children if isinstance(c, ast.Init))[1:],
             policies=tuple(c for c in children if isinstance(c, ast.Policy)),
             span=_span(meta),
+            placement=next((c for c in children if isinstance(c, ast.Placement)), None),
         )
+
+    def placement(self, meta, children):
+        words = " ".join(_word(c).text for c in children[:-1])
+        return ast.Placement(words, children[-1], _span(meta))
 
     def stack(self, meta, children):
         return self._growth("stack", meta, children)

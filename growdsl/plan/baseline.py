@@ -9,7 +9,7 @@ steps nearest to the schedule's total FLOPs."""
 from __future__ import annotations
 
 from growdsl.errors import GrowdslError
-from growdsl.plan.plan import Plan, Stage
+from growdsl.plan.plan import LRSchedule, Plan, Stage
 from growdsl.plan.shape import RopeScaling
 
 # What must agree across the stages after the last growth for one scratch schedule to mirror them.
@@ -45,9 +45,24 @@ def check(plan: Plan) -> Stage:
             if getattr(stage.training, key) != getattr(final.training, key):
                 raise _differ(name, stage, final)
         lr, end = stage.lr, final.lr
-        if (lr.kind, lr.max_lr, lr.min_lr, lr.warmup_steps) != (end.kind, end.max_lr, end.min_lr, end.warmup_steps):
+        if _lr_settings(lr) != _lr_settings(end):
             raise _differ("LR schedule", stage, final)
     return final
+
+
+def _lr_settings(lr: LRSchedule) -> tuple:
+    """What a schedule states of its LR (the steps follow from the stages)."""
+    decay = lr.decay_share if lr.decay_share is not None else lr.decay_steps
+    return lr.kind, lr.max_lr, lr.min_lr, lr.warmup_steps, decay, lr.decay_shape
+
+
+def _lr_schedule(lr: LRSchedule) -> str:
+    """The LR schedule as a setting: wsd's decay a share of the baseline's steps as it was of the grown
+    schedule's, or the same number of steps."""
+    if lr.kind != "wsd":
+        return f"lr_schedule {lr.kind}"
+    decay = f"{lr.decay_share * 100:.10g}%" if lr.decay_share is not None else f"{lr.decay_steps} steps"
+    return f"lr_schedule wsd decay {decay} {lr.decay_shape}"
 
 
 def _differ(what: str, stage: Stage, final: Stage) -> BaselineError:
@@ -96,7 +111,7 @@ def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
         (t.micro_batch, f"micro_batch {t.micro_batch}"),
         (True, f"lr {_num(lr.max_lr)} to {_num(lr.min_lr)}"),
         (True, f"warmup {lr.warmup_steps} steps"),
-        (True, f"lr_schedule {lr.kind}"),
+        (True, _lr_schedule(lr)),
         (True, f"betas {_num(o.betas[0])} {_num(o.betas[1])}"),
         (True, f"eps {_num(o.eps)}"),
         (True, f"weight_decay {_num(o.weight_decay)}"),

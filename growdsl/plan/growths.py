@@ -18,6 +18,7 @@ from growdsl.plan.layermap import (
     interpolation,
     parse_pattern,
     pattern_of,
+    placed,
 )
 from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
 from growdsl.plan.operators import start_kind
@@ -130,6 +131,7 @@ def depth_growth(
     setting, whose growth factors are checked against its findings), not a model it started from."""
     base = shape.n_layers
     factor = None
+    placement = None
     if node.factor is not None:
         factor = node.factor.value
         if factor < 2:
@@ -146,6 +148,34 @@ def depth_growth(
         assert factor is not None  # the grammar requires it
         sources, method = interpolation(base, factor), "interpolate"
         pattern = pattern_of(sources)
+    elif node.placement is not None:
+        where = node.placement
+        if node.pattern is not None:
+            reader.error(
+                node.pattern.span,
+                f"a stack takes a placement ({where.where} ...) or a pattern, not both",
+                "drop one: the pattern says every layer itself",
+            )
+            return None
+        size = reader.integer(where.size, f"'{where.where}'", minimum=1)
+        if size is None:
+            return None
+        if size > base:
+            what = f"every {size}th layer" if where.where == "after every" else f"a block of {size} layers"
+            reader.error(
+                where.size.span,
+                f"{where.where} {size}: the base has {base} layers, too few for {what}",
+                f"name at most {base}",
+            )
+            return None
+        times = factor or 2
+        sources = placed(where.where, size, times, base)
+        if len(sources) > MAX_LAYERS:
+            reader.error(where.span, f"the placement makes {len(sources):,} layers, more than {MAX_LAYERS}")
+            return None
+        method = "stack" if sources == gstack(base, len(sources) // base) else "pattern"
+        pattern = pattern_of(sources)
+        placement = f"{where.where} {size}" + (f" x{factor}" if factor else "")
     elif node.pattern is not None:
         try:
             sources = parse_pattern(node.pattern.value, base)
@@ -219,6 +249,7 @@ def depth_growth(
             factor=ratio,
             layer_map=tuple(origins),
             connection_rate=connection_rate(sources),
+            placement=placement,
         ),
         target,
         origins,

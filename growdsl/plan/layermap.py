@@ -30,6 +30,23 @@ def interpolation(layers: int, factor: int) -> list[int]:
     return [i // factor for i in range(layers * factor)]
 
 
+PLACEMENTS = ("after every", "middle", "top", "bottom")
+
+
+def placed(where: str, size: int, times: int, layers: int) -> list[int]:
+    """A named placement's map over a `layers`-deep model; `times`: how often the named layers appear.
+
+    after every k: each k-th layer followed by its copies (LLaMA-Pro: 1234 4 5678 8);
+    middle b: the middle block of b layers (the lower middle when it cannot be centred) repeated in
+    place (MIDAS); top b / bottom b: the top or bottom b layers repeated in place."""
+    assert where in PLACEMENTS and 1 <= size <= layers and times >= 2, (where, size, times, layers)
+    if where == "after every":
+        return [i for i in range(layers) for _ in range(times if (i + 1) % size == 0 else 1)]
+    start = {"middle": (layers - size) // 2, "top": layers - size, "bottom": 0}[where]
+    block = list(range(start, start + size))
+    return list(range(start)) + block * times + list(range(start + size, layers))
+
+
 _BLOCK = re.compile(r"(?P<range>(?P<a>[0-9]+)\.\.(?P<b>[0-9]+))|(?P<digits>[0-9]+)")
 
 

@@ -64,6 +64,16 @@ def lr_schedules(reader: Reader, stages: list[LRStage]) -> list[LRSchedule] | No
         if warmup is None:
             return None
         total = sum(stages[i].steps for i in group)
+        decay, share = 0, None
+        if st.lr_schedule == "wsd":
+            if isinstance(st.lr_decay, float):
+                share = st.lr_decay
+                decay = max(1, round(share * total))
+            else:
+                steps = reader.steps(st.lr_decay, stages[group[-1]].tokens_per_step, "wsd decay")
+                if steps is None:
+                    return None
+                decay = steps
         start = 0
         for i in group:
             out[i] = LRSchedule(
@@ -73,6 +83,9 @@ def lr_schedules(reader: Reader, stages: list[LRStage]) -> list[LRSchedule] | No
                 warmup_steps=warmup,
                 total_steps=total,
                 start_step=start,
+                decay_steps=decay,
+                decay_shape=st.lr_decay_shape,
+                decay_share=share,
             )
             start += stages[i].steps
         if warmup >= total:
@@ -81,4 +94,29 @@ def lr_schedules(reader: Reader, stages: list[LRStage]) -> list[LRSchedule] | No
                 f"warmup ({warmup} steps) is as long as the schedule ({total} steps): the LR never decays",
                 "shorten the warmup or train longer",
             )
+        elif warmup + decay > total:
+            reader.warn(
+                st.where.get("lr_schedule", head.span),
+                f"warmup ({warmup} steps) and decay ({decay} steps) are longer than the schedule ({total} steps): "
+                f"the decay starts right after the warmup, with no stable phase",
+                "shorten the decay or the warmup",
+            )
+        _growth_in_decay(reader, [stages[i] for i in group], out[group[0]])
     return [out[i] for i in range(len(stages))]
+
+
+def _growth_in_decay(reader: Reader, group: list[LRStage], lr: LRSchedule) -> None:
+    """A wsd schedule continued across a growth that falls inside its decay: the grown model starts on a
+    falling LR (late growth grows at the end of the stable phase: Bu 2025)."""
+    if lr.kind != "wsd":
+        return
+    step = 0
+    for s in group:
+        if step > lr.decay_start:
+            reader.warn(
+                s.span,
+                f"this stage's growth comes at step {step:,} of its wsd schedule, inside the decay "
+                f"(from step {lr.decay_start:,}): the grown model trains only on a falling LR",
+                "grow by the end of the stable phase, or shorten the decay",
+            )
+        step += s.steps

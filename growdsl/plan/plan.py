@@ -84,16 +84,25 @@ class LRSchedule:
     """Warmup then decay, over `total_steps`; a stage runs steps [start_step, start_step + steps).
 
     Stages joined by `lr continue` share one schedule; a growth with `lr restart` (the paper)
-    starts a new one."""
+    starts a new one. `wsd` (warmup-stable-decay) holds the max LR after the warmup and decays only
+    over the last `decay_steps`, in `decay_shape`: a growth inside the stable phase keeps its LR."""
 
     __pydantic_config__ = _STRICT
 
-    kind: Literal["cosine", "linear", "constant"]
+    kind: Literal["cosine", "linear", "constant", "wsd"]
     max_lr: float
     min_lr: float
     warmup_steps: int
     total_steps: int
     start_step: int
+    decay_steps: int = 0  # wsd: the last steps of the schedule, max LR -> min LR
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"  # wsd: sqrt is 1 - sqrt(progress)
+    decay_share: float | None = None  # wsd: the share of the schedule it was stated as (None: an amount)
+
+    @property
+    def decay_start(self) -> int:
+        """wsd: the first step of the decay (never inside the warmup)."""
+        return max(self.warmup_steps, self.total_steps - self.decay_steps)
 
     def lr_at(self, step: int) -> float:
         """The LR at `step` (0-based, counted within this stage)."""
@@ -102,11 +111,23 @@ class LRSchedule:
             return self.max_lr * (t + 1) / self.warmup_steps
         if self.kind == "constant":
             return self.max_lr
+        if self.kind == "wsd":
+            if t < self.decay_start:
+                return self.max_lr
+            progress = min(1.0, (t - self.decay_start) / max(1, self.total_steps - self.decay_start))
+            return _decayed(self.decay_shape, self.max_lr, self.min_lr, progress)
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (t - self.warmup_steps) / span)
-        if self.kind == "linear":
-            return self.max_lr + (self.min_lr - self.max_lr) * progress
-        return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+        return _decayed(self.kind, self.max_lr, self.min_lr, progress)
+
+
+def _decayed(shape: str, max_lr: float, min_lr: float, progress: float) -> float:
+    """The LR `progress` (0 to 1) of the way from max_lr down to min_lr."""
+    if shape == "linear":
+        return max_lr + (min_lr - max_lr) * progress
+    if shape == "sqrt":
+        return min_lr + (max_lr - min_lr) * (1 - math.sqrt(progress))
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -199,6 +220,7 @@ class DepthGrowth(_GrowthBase):
     factor: Fraction  # target / source layers: the paper's g
     layer_map: tuple[LayerOrigin, ...]
     connection_rate: Fraction  # R_c
+    placement: str | None = None  # as named (`after every 4`, `middle 4 x2`), when the map was not written out
 
     @property
     def sources(self) -> list[int]:

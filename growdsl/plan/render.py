@@ -66,6 +66,8 @@ def _table(plan: Plan, predict_d: bool) -> list[str]:
 def _stage_row(s: Stage) -> tuple[str, ...]:
     training = s.training
     lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"
+    if s.lr.kind == "wsd":
+        lr += f" (decay {s.lr.decay_steps:,}{'' if s.lr.decay_shape == 'linear' else ' ' + s.lr.decay_shape})"
     if s.lr.start_step:
         lr += f" (from step {s.lr.start_step:,})"
     elif s.lr.warmup_steps:
@@ -138,6 +140,8 @@ def growth_line(g) -> str:
     knobs += "".join(f", {name} {value:g}" for name, value in g.options.items())
     if isinstance(g, DepthGrowth):
         name = {"stack": "stack", "interpolate": "interpolate", "pattern": "partial stack"}[g.method]
+        if g.placement:
+            name = f"stack {g.placement} ="
         rc = g.connection_rate
         return (
             f'line {g.line}: {name} "{g.pattern}" ({g.operator}{knobs}): {g.source_layers} -> '

@@ -23,6 +23,8 @@ from growdsl.plan.tasks import EVAL_TASKS
 # the VAL_MIN_SEQS floor dominates; `growdsl plan` shows the cost).
 VAL_POINTS, VAL_SHARE, VAL_MIN_SEQS, VAL_MAX_TOKENS = 25, 0.01, 16, 2**20
 
+WSD_DECAY = 0.2  # wsd's decay by default: the last 20% of the schedule (Hagele et al. 2024 match cosine with it)
+
 LR_KEYS = ("lr_max", "lr_min", "warmup", "lr_schedule")  # what a stage's own LR schedule is made of
 
 
@@ -33,13 +35,16 @@ class Settings:
     lr_max: float
     lr_min: float
     warmup: Interval
-    lr_schedule: Literal["cosine", "linear", "constant"]
+    lr_schedule: Literal["cosine", "linear", "constant", "wsd"]
     betas: tuple[float, float]
     eps: float
     weight_decay: float
     grad_clip: float
     batch: Interval | int  # tokens, or a number of sequences
     seq_len: int
+    # wsd: the decay at the end of the schedule, a share of it (0.2) or an amount; and its shape
+    lr_decay: Interval | float = WSD_DECAY
+    lr_decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     micro_batch: int | None = None
     seed: int = 0
     data: str | None = None
@@ -174,6 +179,44 @@ def _checkpoint(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     return ["checkpoint"]
 
 
+def _lr_schedule(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
+    """`lr_schedule cosine`, or `lr_schedule wsd [decay 20% | decay 2000 steps | decay 2B] [linear|cosine|sqrt]`."""
+    words = [a for a in s.args if isinstance(a, ast.Word)]
+    kind = words[0].text
+    if kind != "wsd":
+        t.lr_schedule = kind  # type: ignore[assignment]  # the grammar admits only the Literal's words
+        return ["lr_schedule"]
+    decay: Interval | float = WSD_DECAY
+    amount = next((a for a in s.args if isinstance(a, ast.Amount)), None)
+    if amount is not None:
+        read = _decay(reader, amount)
+        if read is None:
+            return []
+        decay = read
+    shapes = [w.text for w in words[1:] if w.text != "decay"]
+    t.lr_schedule, t.lr_decay, t.lr_decay_shape = "wsd", decay, shapes[0] if shapes else "linear"  # type: ignore[assignment]
+    return ["lr_schedule"]
+
+
+def _decay(reader: Reader, amount: ast.Amount) -> Interval | float | None:
+    """wsd's decay: a share of the schedule (`20%`) or an amount (`2000 steps`, `2B` tokens)."""
+    num = amount.number
+    if num is not None and num.unit == "%":
+        if not 0 < num.value <= 100:
+            reader.error(num.span, f"a decay of {num.text} is not a share of the schedule", "write e.g. decay 20%")
+            return None
+        return num.value / 100
+    if amount.kind == "bare":
+        assert num is not None  # only `auto` has no number
+        reader.error(
+            num.span,
+            f"decay '{num.text}' has no unit: a share, steps or tokens?",
+            "write decay 20% (of the schedule), decay 2000 steps, or decay 2B (tokens)",
+        )
+        return None
+    return reader.interval(amount, "wsd decay")
+
+
 def _warmup(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
     warmup = reader.interval(as_amount(s.args[0]), "warmup")
     if warmup is None:
@@ -196,7 +239,7 @@ _COUNTS = {  # setting: its field, its least value
     "dp_replicate": ("dp_replicate", 1),
     "tp": ("tp", 1),
 }
-_WORDS = ("lr_schedule", "ac", "compile", "mixed")  # a word the grammar picks from a few
+_WORDS = ("ac", "compile", "mixed")  # a word the grammar picks from a few
 
 
 def _real(reader: Reader, s: ast.Setting, t: Settings) -> list[str]:
@@ -410,6 +453,7 @@ _READERS: dict[str, Callable[[Reader, ast.Setting, Settings], list[str]]] = {
     "data": _data,
     "checkpoint": _checkpoint,
     "warmup": _warmup,
+    "lr_schedule": _lr_schedule,
     "freeze": _freeze,
     "eval": _eval,
     "val": _val,
