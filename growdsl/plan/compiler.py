@@ -20,6 +20,7 @@ from growdsl.lang import ast
 from growdsl.lang.errors import Diagnostic, ScheduleError, did_you_mean
 from growdsl.lang.parser import lark_parser
 from growdsl.plan import guideline
+from growdsl.plan.advice import advise
 from growdsl.plan.freeze import flops_per_token, frozen_of, trainable_params
 from growdsl.plan.growths import (
     GrowthDraft,
@@ -325,7 +326,7 @@ class _Compiler(Reader):
         elif node.kind == "widen":
             draft = width_growth(self, node, *found, policies, self.shape, self.layers)
         else:
-            draft = depth_growth(self, node, *found, policies, self.shape, self.layers, from_scratch=self.start is None)
+            draft = depth_growth(self, node, *found, policies, self.shape, self.layers)
         if draft is None:
             self.broken = True
             self.shape = None  # later statements can no longer be checked against a shape
@@ -562,6 +563,9 @@ class _Compiler(Reader):
                 points = len(validation_steps(global_step, d.n_steps, t.val_every_steps))
                 val_flops += points * ((t.val_tokens // t.seq_len) * t.seq_len * fpt // 3)  # forward only
             global_step += d.n_steps
+        for advice in advise(stages, start):
+            node = self.stages[advice.stage].growths[advice.growth].node
+            self.warn(node.span, advice.message, f"{advice.meaning} ({advice.source})")
         final = stages[-1]
         totals = Totals(
             tokens=cum_tokens, flops=cum_flops, params=final.params, baseline=_baseline(stages), val_flops=val_flops

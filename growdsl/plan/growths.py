@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Span, did_you_mean
-from growdsl.plan import guideline, operators
+from growdsl.plan import operators
 from growdsl.plan.layermap import (
     MAX_LAYERS,
     PatternError,
@@ -125,10 +125,8 @@ def depth_growth(
     policies: dict[str, str],
     shape: ModelShape,
     layers: list[LayerOrigin],
-    from_scratch: bool = True,
 ) -> GrowthDraft | None:
-    """A depth growth of `shape`; `from_scratch`: the base was trained by this schedule (the paper's
-    setting, whose growth factors are checked against its findings), not a model it started from."""
+    """A depth growth of `shape` (whether its factor is wise is growdsl.plan.advice's to say)."""
     base = shape.n_layers
     factor = None
     placement = None
@@ -225,12 +223,6 @@ def depth_growth(
         root = None if start_kind(init) == "fresh" else layers[src].root
         origins.append(LayerOrigin(source=src, init=init, root=root))
     ratio = Fraction(len(sources), base)
-    if from_scratch and not guideline.g_in_range(ratio):
-        reader.warn(
-            node.span,
-            f"growth factor g = {_fmt_fraction(ratio)} is outside the paper's 2-4",
-            f"the paper finds g between 2 and 4 best and uses g = {guideline.G_RECOMMENDED}",
-        )
     target = replace(shape, n_layers=len(sources))
     if operator.refuses and (why := operator.refuses(shape, target)):
         reader.error(node.init.name.span if node.init else node.span, why)
@@ -319,7 +311,3 @@ def build_growth(g: GrowthDraft, flops_per_token: int) -> DepthGrowth | WidthGro
         line=g.node.span.line,
         **fields,
     )
-
-
-def _fmt_fraction(f: Fraction) -> str:
-    return str(f.numerator) if f.denominator == 1 else f"{float(f):.2f}"
