@@ -100,7 +100,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then train the from-scratch baseline on the same FLOPs (RUN/baseline) and compare the two",
     )
+    r.add_argument(
+        "--until",
+        type=int,
+        metavar="STEP",
+        help="stop after this global step, validated and checkpointed there (--resume goes on)",
+    )
     r.set_defaults(func=_run)
+
+    t = sub.add_parser(
+        "tournament",
+        help="run a schedule's operator tournament (try A | B | C for PROBE): rank the candidates, write the winner",
+    )
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
+    t.add_argument("--dir", metavar="DIR", help="where to write it (default: runs/NAME-tournament-TIME)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with --dir (or the newest runs/NAME-tournament-*): finished runs are not trained again",
+    )
+    t.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
+    t.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30,
+        metavar="MINUTES",
+        help="under torchrun: how long a process waits for the others in a collective before all stop (default 30)",
+    )
+    t.set_defaults(func=_tournament)
 
     d = sub.add_parser("data", help="prepare training data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -204,6 +232,11 @@ def _plan(args) -> int:
     from growdsl.plan.render import render_plan
 
     print(render_plan(plan, predict_d=args.predict_d))
+    if compiled.tournament is not None:
+        from growdsl.plan.render import growth_line
+        from growdsl.plan.tournament import render_tournament
+
+        print("\n" + "\n".join(render_tournament(compiled.tournament, growth_line)))
     lines = compiled.source.splitlines()
     for w in plan.warnings:
         span = Span(w.line, w.col or 1, w.end_line or w.line, w.end_col or 1) if w.line else None
@@ -290,7 +323,20 @@ def _fit(args) -> int:
 def _run(args) -> int:
     from growdsl.app.run import RunRequest, run
 
-    return run(RunRequest(args.file, args.data, args.run_dir, args.resume, args.log_every, args.timeout, args.baseline))
+    if args.until is not None and args.until < 1:
+        raise UsageError(f"--until {args.until}: give a global step of 1 or more")
+    if args.until is not None and args.baseline:
+        raise UsageError("--until stops the run before its end, and --baseline compares finished runs: drop one")
+    request = RunRequest(
+        args.file, args.data, args.run_dir, args.resume, args.log_every, args.timeout, args.baseline, args.until
+    )
+    return run(request)
+
+
+def _tournament(args) -> int:
+    from growdsl.app.tournament import TournamentRequest, tournament
+
+    return tournament(TournamentRequest(args.file, args.data, args.dir, args.resume, args.log_every, args.timeout))
 
 
 def _eval(args) -> int:

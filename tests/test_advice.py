@@ -4,7 +4,7 @@ the paper's own runs are, and on every shipped schedule."""
 import pytest
 from conftest import ROOT, SCHEDULES
 
-from growdsl.plan import plan_file, plan_source
+from growdsl.plan import plan_source, plan_tournament
 from growdsl.plan.advice import MEASURED_TOKENS_PER_PARAM, advise
 
 SHIPPED = [*SCHEDULES, *sorted((ROOT / "schedules" / "study").glob("*.grow"))]
@@ -18,7 +18,9 @@ def advice(text: str) -> list[str]:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_silent_on_the_shipped_schedules(path):
-    plan = plan_file(path)
+    plan, tournament = plan_tournament(path.read_text(), str(path))
+    for arm in tournament.arms if tournament else []:
+        assert advise(arm.plan.stages, arm.plan.start) == []
     assert advise(plan.stages, plan.start) == []
 
 

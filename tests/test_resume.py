@@ -184,3 +184,16 @@ def test_an_evaluation_killed_after_its_checkpoint_is_scored_on_resume(data_dir,
     assert resumed.scored == whole.scored
     again = Trainer(plan, data_dir, log=lines.append, checkpoint_dir=tmp_path / "run", resume=True, evaluator=resumed)
     assert again.run() == [] and sum("never written" in line for line in lines) == 1
+
+
+@pytest.mark.parametrize("until, stage, step", [(30, 1, 10), (20, 1, 0)])  # inside stage 1 (mid-ramp), at stage 0's end
+def test_stopped_at_a_step_then_resumed_continues_exactly(reference, data_dir, tmp_path, until, stage, step):
+    plan, ref = reference
+    trainer = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, until=until)
+    stopped = curves(trainer.run())
+    assert trainer.stopped and trainer.global_step == until
+    assert stopped == {0: ref[0], **({1: ref[1][:step]} if step else {})}  # stopped at `until`, no growth past it
+    again = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True, until=until)
+    assert curves(again.run()) == {} and again.stopped  # already there: nothing trains
+    logs = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
+    assert_continues(curves(logs), ref, stage, step)

@@ -31,7 +31,7 @@ class BaselineFile:
 
 def write_baseline(schedule: str, out: str | None, force: bool = False) -> BaselineFile:
     """The baseline of `schedule`, written to `out` (replacing it only with `force`) or only returned."""
-    plan = compile_schedule(schedule).plan
+    plan = compile_schedule(schedule).one_schedule("write the baseline of")
     target = Path(out) if out else None
     if target is not None:
         if target.is_dir():

@@ -34,6 +34,7 @@ class RunRequest:
     log_every: int = 50
     timeout_minutes: int = 30  # how long a process waits for the others in a collective
     baseline: bool = False
+    until: int | None = None  # stop after this global step (checkpointed: a resume goes on)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Baseline:
 def run(request: RunRequest) -> int:
     """Train the request's schedule on this process of the run's world; the exit status."""
     compiled = compile_schedule(request.schedule)
+    compiled.one_schedule("run")
     if request.baseline:
         try:
             baseline.check(compiled.plan)  # before anything trains
@@ -57,12 +59,12 @@ def run(request: RunRequest) -> int:
 
     world = from_environment(timedelta(minutes=request.timeout_minutes))  # torchrun's WORLD_SIZE, RANK; else one
     try:
-        return _run_on(world, request, compiled.plan, compiled.source)
+        return run_on(world, request, compiled.plan, compiled.source)
     finally:
         close()  # every process group the run made
 
 
-def _run_on(world: World, request: RunRequest, plan: Plan, source: str) -> int:
+def run_on(world: World, request: RunRequest, plan: Plan, source: str) -> int:
     run = None
     try:
         failed = None  # rank 0's line and exit status, for every rank (the others would wait for it)
@@ -80,7 +82,7 @@ def _run_on(world: World, request: RunRequest, plan: Plan, source: str) -> int:
             return failed[1]
         sources, run_dir = world.share(sources), world.share(run.path if run else None)
         base = _baseline_of(request, plan, sources, run_dir) if request.baseline else None  # before anything trains
-        status = train(plan, source, sources, run, run_dir, world, request.log_every)
+        status = train(plan, source, sources, run, run_dir, world, request.log_every, request.until)
     finally:
         if run:
             run.release()

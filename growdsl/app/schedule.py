@@ -8,6 +8,7 @@ from pathlib import Path
 from growdsl.errors import GrowdslError, UsageError
 from growdsl.lang.errors import ScheduleError
 from growdsl.plan.plan import Plan
+from growdsl.plan.tournament import Tournament
 
 MAX_SCHEDULE_BYTES = 2**16  # schedules are a few KB; at most ~3,000 statements, planned in about a second
 
@@ -22,9 +23,19 @@ class InvalidSchedule(GrowdslError):
 
 @dataclass(frozen=True)
 class Compiled:
-    plan: Plan
+    plan: Plan  # of a tournament, its first candidate's
     source: str  # the schedule's text, as read
     path: str  # as the user named it: diagnostics and relative data names start from it
+    tournament: Tournament | None = None  # a `try`: what `growdsl tournament` runs
+
+    def one_schedule(self, command: str) -> Plan:
+        """The plan, for a command that runs one schedule; a tournament is refused, with what to do."""
+        if self.tournament is not None:
+            raise UsageError(
+                f"{self.path} holds a tournament (try, line {self.tournament.line}): run it with growdsl "
+                f"tournament {self.path}, then {command} its winner's schedule"
+            )
+        return self.plan
 
 
 def read_schedule(path: str) -> str:
@@ -51,11 +62,12 @@ def read_schedule(path: str) -> str:
 
 def compile_schedule(path: str) -> Compiled:
     """The schedule at `path`, planned; InvalidSchedule with every error found in it."""
-    from growdsl.plan import plan_source
+    from growdsl.plan import plan_tournament
 
     source = read_schedule(path)
     try:
-        return Compiled(plan_source(source, path), source, path)
+        plan, tournament = plan_tournament(source, path)
+        return Compiled(plan, source, path, tournament)
     except ScheduleError as e:
         raise InvalidSchedule(e.render(source, path)) from None
 

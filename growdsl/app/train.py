@@ -57,17 +57,24 @@ class RunLog:
 
 
 def train(
-    plan: Plan, source: str, sources: RunData, run: RunDir | None, run_dir: Path, world: World, log_every: int
+    plan: Plan,
+    source: str,
+    sources: RunData,
+    run: RunDir | None,
+    run_dir: Path,
+    world: World,
+    log_every: int,
+    until: int | None = None,
 ) -> int:
-    """Train `plan` into `run_dir` on every rank (`run`, the claimed directory, on the first); the
-    exit status, the same on every rank."""
+    """Train `plan` into `run_dir` on every rank (`run`, the claimed directory, on the first), to its
+    end or to the global step `until`; the exit status, the same on every rank."""
     from growdsl.runtime.rundir import seen_alike
 
     unseen = seen_alike(world, run_dir, sources.folders)
     if unseen:
         return _stop(world, unseen, EXIT_USAGE)
     log = RunLog(world)
-    started = _start(plan, sources, run, run_dir, world, log, log_every)
+    started = _start(plan, sources, run, run_dir, world, log, log_every, until)
     if isinstance(started, int):
         return started
     metrics = None
@@ -101,7 +108,9 @@ def _stop(world: World, problem: str, status: int) -> int:
     return status
 
 
-def _start(plan, sources, run, run_dir: Path, world: World, log: RunLog, log_every: int) -> Trainer | int:
+def _start(
+    plan, sources, run, run_dir: Path, world: World, log: RunLog, log_every: int, until: int | None
+) -> Trainer | int:
     """The trainer, started (loaded and checked: the model fits, a checkpoint resumes on this schedule
     and this data), or the exit status of a refusal, on every rank alike."""
     from growdsl.eval.in_run import in_run_evaluator
@@ -118,6 +127,7 @@ def _start(plan, sources, run, run_dir: Path, world: World, log: RunLog, log_eve
             world=world,
             progress=log.progress,
             evaluator=in_run_evaluator(plan, sources.folders[0], run_dir, world, log),
+            until=until,
         )
         trainer.start()
         if world.main and resume:  # the folders the checkpoint read are the data it read
@@ -182,19 +192,28 @@ def _quiet_write_errors(args) -> None:
 
 def _summary(plan: Plan, trainer: Trainer, logs: list[StageLog]) -> list[str]:
     """The end of a run in a few lines, each saying what its numbers are."""
+    logs = [stage_log for stage_log in logs if stage_log.losses]  # a stage stopped (--until) before its first step
     if not logs:
-        return ["the run is already complete"]
+        return [
+            f"the run is already at step {trainer.global_step:,}" if trainer.stopped else "the run is already complete"
+        ]
     out = []
     for stage_log in logs:
         stage = plan.stages[stage_log.index]
         n = min(5, len(stage_log.losses))
         head, tail = stage_log.losses[:n], stage_log.losses[-n:]
-        val = f"; validation loss {stage_log.val_losses[-1][1]:.4f} at its end" if stage_log.val_losses else ""
+        ended = trainer.stopped and stage_log is logs[-1]  # stopped at --until inside it, or at its end
+        where = f"at step {stage_log.val_losses[-1][0]:,}" if ended else "at its end"
+        val = f"; validation loss {stage_log.val_losses[-1][1]:.4f} {where}" if stage_log.val_losses else ""
+        done = len(stage_log.losses)
+        steps = f"{stage.steps:,}" if done == stage.steps else f"{done:,} of {stage.steps:,}"
         out.append(
-            f"stage {stage.index}: {stage.shape.n_layers} layers, {stage.steps:,} steps in {stage_log.seconds:.1f} s; "
+            f"stage {stage.index}: {stage.shape.n_layers} layers, {steps} steps in {stage_log.seconds:.1f} s; "
             f"training loss {sum(head) / n:.4f} -> {sum(tail) / n:.4f} (means of its first and last {n} "
             f"steps){val}"
         )
+    if trainer.stopped:
+        out.append(f"stopped after step {trainer.global_step:,} (--until), checkpointed there: --resume goes on")
     if trainer.val_flops:
         out.append(
             f"validation: {trainer.val_flops:.3g} FLOPs of forward passes, {trainer.val_flops / trainer.flops:.1%} "

@@ -178,7 +178,16 @@ class Unparsed:
     span: Span
 
 
-Statement = Model | Setting | Train | Growth | GrowthDefaults | Unparsed
+@dataclass(frozen=True)
+class Tournament:
+    """`try GROWTH | GROWTH ... for AMOUNT`: candidate growths of one base, each probed for `probe`."""
+
+    candidates: tuple[Growth, ...]
+    probe: Amount
+    span: Span
+
+
+Statement = Model | Setting | Train | Growth | GrowthDefaults | Tournament | Unparsed
 
 
 @dataclass

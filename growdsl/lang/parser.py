@@ -356,6 +356,10 @@ class _ToAst(Transformer):
     def lr_policy(self, meta, children):
         return ast.Policy("lr", _word(children[1]), _span(meta))
 
+    def tournament(self, meta, children):
+        growths = tuple(c for c in children if isinstance(c, ast.Growth))
+        return ast.Tournament(growths, children[-1], _span(meta))
+
     def growth_defaults(self, meta, children):
         return ast.GrowthDefaults(tuple(children), _span(meta))
 

@@ -147,6 +147,13 @@ class _Compiler(Reader):
                 self._growth(st)
                 if self._past_planned_layers(st):
                     break
+            elif isinstance(st, ast.Tournament):  # growdsl.plan.tournament plans each candidate on its own
+                self.error(
+                    st.span,
+                    "a tournament (try ...) is a schedule for each candidate, not one schedule",
+                    "run it with growdsl tournament, then its winner's schedule",
+                )
+                self.broken, self.shape = True, None
             elif isinstance(st, ast.Train):
                 self._train(st)
                 self.last_setting = None

@@ -92,8 +92,12 @@ class Trainer:
         progress=None,
         mixed_precision: bool | None = None,
         evaluator: Evaluator | None = None,
+        until: int | None = None,
     ):
         self.plan, self.world, self.log_every = plan, world, log_every
+        # stop after this global step, validated and checkpointed there (a resume goes on); None: the end
+        self.until = until
+        self.stopped = False  # `run` ended at `until`, before the schedule's end
         self.sources = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
@@ -153,6 +157,9 @@ class Trainer:
             self._evaluate(stage, step)
         logs = []
         for stage in self.plan.stages[at.stage :]:
+            if self.until is not None and self.global_step >= self.until:  # before the stage's growths
+                self.stopped = True
+                break
             resumed_here = stage.index == at.stage
             log = StageLog(stage.index, growth_checks=list(at.growth_checks) if resumed_here and at.grown else [])
             if not (resumed_here and at.grown):  # else its growths are in the checkpoint already
@@ -167,6 +174,9 @@ class Trainer:
             begin = time.perf_counter()
             self._train(stage, log, at.step if resumed_here else 0)
             log.seconds = time.perf_counter() - begin
+            if self.stopped:  # at `until`, inside the stage
+                logs.append(log)
+                break
             self._save(stage.index, "end", stage.steps, log.growth_checks)
             if evaluates_after(self.plan, stage):
                 self._evaluate(stage, stage.steps)
@@ -264,9 +274,12 @@ class Trainer:
             training.micro_batch or training.batch_seqs // lay.data_parallel
         )  # the batch splits evenly: checked up front
         cadence = Cadence(stage, self.log_every, first_step, self.global_step - first_step)
+        last = stage.steps
+        if self.until is not None and self.until - cadence.first_global < stage.steps:
+            last = max(first_step, self.until - cadence.first_global)  # `until` falls inside this stage
         self.model.train()
         begin = time.perf_counter()
-        for step in range(first_step + 1, stage.steps + 1):
+        for step in range(first_step + 1, last + 1):
             lr = stage.lr.lr_at(step - 1)
             loss, grad_norm = self._step(stage, opt, lr, micro, f"stage {stage.index} step {step}/{stage.steps}")
             self.ramps = [r for r in self.ramps if not r.advance()]  # an ended ramp is gone: the plain model stays
@@ -282,6 +295,12 @@ class Trainer:
                 self._save(stage.index, "start", step, log.growth_checks)
             if cadence.evaluates(step):
                 self._evaluate(stage, step)
+        if last < stage.steps:  # stopped at `until`: measured and saved there, so that a resume goes on from it
+            if last > first_step and not cadence.validates(last) and training.val_every_steps:
+                log.val_losses.append((self.global_step, self._validate(stage, last, micro, lay)))
+            if last > first_step and not cadence.checkpoints(last):
+                self._save(stage.index, "start", last, log.growth_checks)
+            self.stopped = True
         self.state, self.opt = named_state(self.opt_names, opt), None
 
     def _optimizer(self, stage: Stage) -> torch.optim.Optimizer:
