@@ -206,7 +206,7 @@ def recovery(curve) -> float | None:
     LR restart did not undo it); None for a run without growth or one that ends above it."""
     if not curve.growths or curve.val is None:
         return None
-    at = curve.growths[0]["flops"]
+    at = curve.growths[0].flops
     v = curve.val
     before, after = v.loss[v.flops <= at], v.flops > at
     if not len(before) or not after.any():

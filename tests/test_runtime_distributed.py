@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -203,3 +204,32 @@ def test_a_problem_one_rank_finds_before_training_stops_every_rank_with_its_line
         mp.spawn(_refused, args=(os.path.join(tmp, "init"), [data_dir, tmp_path / "gone"], out), nprocs=2)
         said = [Path(f"{out}.{rank}").read_text() for rank in (0, 1)]
     assert said[0] == said[1] and said[0].startswith(f"rank 1: {tmp_path / 'gone'}")
+
+
+@pytest.mark.cluster
+def test_a_tournament_under_torchrun(data_dir, tmp_path):
+    """Two processes: rank 0 copies the base into each arm while the other waits; both train every run."""
+    import subprocess
+    import sys
+
+    schedule = tmp_path / "t.grow"
+    schedule.write_text(
+        TINY_RUN + "val every 4 steps\nval tokens 512\ntrain 1L for 8 steps\n"
+        "try stack x2 | stack x2 init zero for 4 steps\ntrain 10 steps\n"
+    )
+    folder = tmp_path / "tour"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "growdsl"]
+    done = subprocess.run(
+        [*command, "tournament", str(schedule), "--data", str(data_dir), "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("rank  candidate") == 1 and "training on cpu, 2 processes" in done.stdout
+    results = json.loads((folder / "tournament.json").read_text())["results"]
+    assert len(results) == 2 and {r["step"] for r in results} == {12} and len({r["flops"] for r in results}) == 1
+    base = (folder / "base" / "history.jsonl").read_text()
+    assert all(
+        (folder / arm / "history.jsonl").read_text().startswith(base) for arm in ("1-stack-x2", "2-stack-x2-init-zero")
+    )

@@ -94,13 +94,9 @@ def tournament_of(schedule: ast.Schedule) -> Tournament | None:
     return _checked(reader, node, texts, plans, schedule)
 
 
-def arm_source(source: str, node: ast.Tournament, candidate: ast.Growth) -> str:
-    """The schedule with `candidate` in the try's place, on the line it is written on (every later
-    statement keeps its line, so the arm plans as it does inside the tournament)."""
-    return _arm_text(source, node, candidate)
-
-
-def _checked(reader: Reader, node: ast.Tournament, texts: list[str], plans: list[Plan], schedule) -> Tournament:
+def _checked(
+    reader: Reader, node: ast.Tournament, texts: list[str], plans: list[Plan], schedule: ast.Schedule
+) -> Tournament:
     """The arms agree on the base and on the model they grow into; the probe fits the stage after."""
     first = plans[0]
     grown = next(s for s in first.stages if any(g.line >= node.span.line for g in s.growths))
