@@ -44,6 +44,7 @@ NAMES = {
     "width": "width direct",
     "late": "late growth (1L -> 12L at 80%, WSD)",
     "scratch_wsd": "scratch, WSD",
+    "small_wsd": "1L only, WSD (late growth's control)",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 
@@ -188,7 +189,7 @@ def results_table(reports: dict, arms: list[str]) -> str:
             cells = ["" if j == 0 else _pct(report.speedup(i, j)) for i in range(levels)]
             rank = str(depth.index(arm) + 1) if arm in depth else ""
             back = recovery(run)
-            back = "" if j == 0 else "never" if back is None else f"{back:.0%} of the rest"
+            back = "" if j == 0 or not run.growths else "never" if back is None else f"{back:.0%} of the rest"
             lines.append(
                 f"| {seed} | {NAMES.get(arm, arm)} | " + " | ".join(cells) + f" | {finals[arm]:.4f} | {rank} | {back} |"
             )

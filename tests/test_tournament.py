@@ -90,9 +90,7 @@ def test_plan_shows_the_tournament_and_run_refuses_it(tmp_path, capsys):
     path.write_text(SCHEDULE)
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
-    assert (
-        "tournament     line 9: 4 candidates grow one base (trained 12 steps) into 4L; each trains 6 steps after" in out
-    )
+    assert "tournament     line 9: 4 candidates grow one base (trained 12 steps) into 4L · dim 32" in out
     assert "  4  stack x2 init learn 2 steps (4 steps after its learned map): line 9: stack" in out
     assert main(["validate", str(path)]) == 0
     assert main(["run", str(path)]) == 2

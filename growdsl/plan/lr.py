@@ -112,7 +112,7 @@ def _growth_in_decay(reader: Reader, group: list[LRStage], lr: LRSchedule) -> No
         return
     step = 0
     for s in group:
-        if step > lr.decay_start:
+        if s.policies and step > lr.decay_start:  # a stage that grows
             reader.warn(
                 s.span,
                 f"this stage's growth comes at step {step:,} of its wsd schedule, inside the decay "

@@ -189,7 +189,7 @@ def render_tournament(t: Tournament, describe) -> list[str]:
     grown = arm.plan.stages[t.base_stages]
     out = [
         f"tournament     line {t.line}: {len(t.arms)} candidates grow one base (trained {t.base_steps:,} steps) into "
-        f"{grown.shape.n_layers}L; each trains {t.probe_stated:,} steps after ({t.probe_flops:.3g} FLOPs), "
+        f"{grown.shape.describe()}; each trains {t.probe_stated:,} steps after ({t.probe_flops:.3g} FLOPs), "
         f"ranked by validation loss there",
     ]
     for a in t.arms:
