@@ -238,7 +238,7 @@ def _plan(args) -> int:
 
         print("\n" + "\n".join(render_tournament(compiled.tournament, growth_line)))
     lines = compiled.source.splitlines()
-    for w in plan.warnings:
+    for w in compiled.tournament.warnings if compiled.tournament else plan.warnings:  # a tournament: every arm's
         span = Span(w.line, w.col or 1, w.end_line or w.line, w.end_col or 1) if w.line else None
         warning = Diagnostic(w.message, span, w.hint, "warning")
         print(warning.render(compiled.source, args.file, lines), file=sys.stderr)

@@ -22,3 +22,8 @@ class UsageError(GrowdslError):
 
 class RunError(GrowdslError):
     """A run cannot go on (or cannot start); the message says why and what to do."""
+
+
+class Diverged(RunError):
+    """The run's loss, gradients or weights stopped being finite: trained on from its last checkpoint
+    with the same seed and data, it would diverge again."""

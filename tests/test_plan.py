@@ -329,16 +329,18 @@ def test_wsd_holds_the_max_lr_then_decays_over_the_stated_share():
     assert (lr.kind, lr.decay_steps, lr.decay_start, lr.decay_share) == ("wsd", 22, 88, 0.2)
     assert lr.lr_at(0) == pytest.approx(1e-4) and lr.lr_at(9) == pytest.approx(1e-3)
     assert lr.lr_at(10) == lr.lr_at(87) == 1e-3
-    assert lr.lr_at(88) == pytest.approx(1e-3)  # the decay's first step, progress 0
-    assert lr.lr_at(99) == pytest.approx(1e-3 - 9e-4 * 11 / 22)  # linear, half way
-    assert lr.lr_at(110) == pytest.approx(1e-4)
+    assert lr.lr_at(88) == pytest.approx(1e-3 - 9e-4 / 22)  # the decay's first step
+    assert lr.lr_at(98) == pytest.approx(1e-3 - 9e-4 * 11 / 22)  # linear, half way
+    assert lr.lr_at(109) == pytest.approx(1e-4)  # the last step trains at the min LR
     head = "warmup 10 steps\nlr 1e-3 to 1e-4\n"
     sqrt = plan_source(head + "lr_schedule wsd decay 20 steps sqrt\ntrain 6L for 100 steps").stages[0].lr
-    assert sqrt.decay_start == 80 and sqrt.lr_at(85) == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(0.25)))
+    assert sqrt.decay_start == 80 and sqrt.lr_at(84) == pytest.approx(1e-4 + 9e-4 * (1 - math.sqrt(0.25)))
     cosine = plan_source(head + "lr_schedule wsd decay 10% cosine\ntrain 6L for 100 steps").stages[0].lr
-    assert cosine.lr_at(95) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine.lr_at(94) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))
     tokens = plan_source("batch 8 seqs\nseq 128\nlr_schedule wsd decay 10K\ntrain 6L for 100 steps").stages[0].lr
     assert tokens.decay_steps == 10  # 10,000 tokens at 1,024 a step, rounded up
+    one = plan_source(head + "lr_schedule wsd decay 1 steps\ntrain 6L for 100 steps").stages[0].lr
+    assert one.lr_at(98) == 1e-3 and one.lr_at(99) == pytest.approx(1e-4)  # a one-step decay reaches the min too
 
 
 def test_wsd_continued_across_a_growth_decays_only_at_the_end():
@@ -347,8 +349,8 @@ def test_wsd_continued_across_a_growth_decays_only_at_the_end():
                        "train 1L for 80 steps\nstack x4 lr continue\ntrain 20 steps")  # fmt: skip
     base, grown = (s.lr for s in plan.stages)
     assert base.decay_start == grown.decay_start == 80 and grown.start_step == 80
-    assert base.lr_at(79) == 1e-3 and grown.lr_at(0) == pytest.approx(1e-3)
-    assert grown.lr_at(10) == pytest.approx(1e-3 - 9e-4 * 10 / 20)
+    assert base.lr_at(79) == 1e-3 and grown.lr_at(0) == pytest.approx(1e-3 - 9e-4 / 20)  # the decay's first step
+    assert grown.lr_at(9) == pytest.approx(1e-3 - 9e-4 * 10 / 20)
     assert not plan.warnings or all("decay" not in w.message for w in plan.warnings)
     late = plan_source(
         "warmup 10 steps\nlr_schedule wsd decay 50%\ntrain 1L for 80 steps\nstack x4 lr continue\ntrain 20 steps"

@@ -6,6 +6,7 @@ from ops_helpers import TINY_RUN
 
 from growdsl.plan import plan_source
 from growdsl.runtime import checkpoint
+from growdsl.runtime.resume import _trained_part
 from growdsl.runtime.trainer import RunError, Trainer
 
 SCHEDULE = (
@@ -197,3 +198,16 @@ def test_stopped_at_a_step_then_resumed_continues_exactly(reference, data_dir, t
     assert curves(again.run()) == {} and again.stopped  # already there: nothing trains
     logs = Trainer(plan, data_dir, log=lambda _: None, checkpoint_dir=tmp_path, resume=True).run()
     assert_continues(curves(logs), ref, stage, step)
+
+
+def test_a_wsd_decay_stated_as_a_share_may_grow_with_a_longer_schedule_on_resume():
+    schedule = (
+        "warmup 10 steps\nlr_schedule wsd decay {}\ngrowth lr continue\ntrain 2L for 80 steps\nstack x2\ntrain {} steps"
+    )
+    for decay, resumable in [("20%", True), ("10 steps", True)]:
+        short, longer = (plan_source(schedule.format(decay, n)).stages[0] for n in (20, 40))
+        assert (_trained_part(short, False) == _trained_part(longer, False)) == resumable
+        assert [short.lr.lr_at(i) for i in range(80)] == [longer.lr.lr_at(i) for i in range(80)]  # stable: the same LRs
+    fixed = plan_source(schedule.format("10 steps", 20)).stages[0]
+    other = plan_source(schedule.format("30 steps", 20)).stages[0]
+    assert _trained_part(fixed, False) != _trained_part(other, False)  # a decay of other steps: another schedule

@@ -3,6 +3,7 @@
 loss and writes a winner's schedule that runs on from the winner's own run."""
 
 import json
+import shutil
 
 import pytest
 from ops_helpers import TINY_RUN
@@ -80,6 +81,8 @@ def test_mistakes_in_a_tournament_are_said_where_they_are_written():
     assert errors(base + "try stack x2 | interpolate x2 for 4 steps\ntrain 20 steps with val off") == [
         "7:1 the stage after the try has val off: a tournament ranks by validation loss"
     ]
+    (alone,) = parse_partial(base + "try stack x2 for 4 steps\ntrain 20 steps", "t.grow").syntax_errors
+    assert "two candidates or more" in (alone.hint or "")
     again = "try stack x2 | interpolate x2 for 4 steps\n"
     two = base + again + "train 20 steps\n" + again + "train 5 steps"
     assert errors(two) == ["9:1 a schedule holds one tournament: this is a second try"]
@@ -101,30 +104,46 @@ def test_plan_shows_the_tournament_and_run_refuses_it(tmp_path, capsys):
 def test_a_tournament_ranks_its_arms_and_its_winner_runs_on(data_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "t.grow"
-    path.write_text(SCHEDULE.replace("| stack x2 init learn 2 steps ", ""))  # three operators
+    # three operators, and a learned map at an LR that makes its weights overflow: it diverges, and loses
+    path.write_text(SCHEDULE.replace("init learn 2 steps ", "init learn 2 steps at lr 1e4 "))
     folder = tmp_path / "tour"
     assert main(["tournament", str(path), "--data", str(data_dir), "--dir", str(folder)]) == 0
     out = capsys.readouterr().out
     record = json.loads((folder / "tournament.json").read_text())
     results = record["results"]
-    assert sorted(r["number"] for r in results) == [1, 2, 3]
-    assert [r["loss"] for r in results] == sorted(r["loss"] for r in results)
-    assert len({r["flops"] for r in results}) == 1 and {r["step"] for r in results} == {18}  # equal FLOPs
+    assert [r["number"] for r in results][-1] == 4 and results[-1]["loss"] is None  # diverged: last
+    assert "arm 4 diverged at step 13: it is ranked last, the tournament goes on" in out
+    finished = results[:3]
+    assert sorted(r["number"] for r in finished) == [1, 2, 3]
+    assert [r["loss"] for r in finished] == sorted(r["loss"] for r in finished)
+    assert len({r["flops"] for r in finished}) == 1 and {r["step"] for r in finished} == {18}  # equal FLOPs
     # the base trained once: every arm's history starts with the base's, line for line
     base = (folder / "base" / "history.jsonl").read_text()
     arms = [a["folder"] for a in record["arms"]]
     for arm in arms:
         assert (folder / arm / "history.jsonl").read_text().startswith(base)
-    assert len({(folder / a / "history.jsonl").read_text()[len(base) :] for a in arms}) == 3  # grown apart
+    assert len({(folder / a / "history.jsonl").read_text()[len(base) :] for a in arms}) == 4  # grown apart
     winner = next(a for a in record["arms"] if a["number"] == results[0]["number"])
     assert f"winner: {winner['candidate']}" in out and (folder / "ranking.png").stat().st_size > 0
     text = (tmp_path / "t.winner.grow").read_text()
     assert text == (folder / "winner.grow").read_text() and f"{winner['candidate']}  # the winner" in text
     assert "try" not in text.split("#")[0]
-    # resumed: nothing trains again, the ranking stands
+    # resumed: nothing trains again (the diverged arm neither), the ranking stands; an arm that never
+    # began is copied from the base and probed as the others were
+    third = folder / arms[2] / "history.jsonl"
+
+    def losses() -> list:
+        return [(r.get("event"), r["step"], r.get("loss")) for r in map(json.loads, third.read_text().splitlines())]
+
+    probed = losses()
+    shutil.rmtree(folder / arms[2])
     assert main(["tournament", str(path), "--data", str(data_dir), "--dir", str(folder), "--resume"]) == 0
     assert json.loads((folder / "tournament.json").read_text())["results"] == results
-    capsys.readouterr()
+    assert losses() == probed
+    # a changed schedule does not resume: its arms would be probed under other settings
+    path.write_text(path.read_text().replace("train 20 steps", "train 20 steps with clip 0.5"))
+    assert main(["tournament", str(path), "--data", str(data_dir), "--dir", str(folder), "--resume"]) == 2
+    assert "ran another schedule" in capsys.readouterr().err
     # the winner's schedule goes on from the winner's run, to its end
     run_dir = folder / winner["folder"]
     assert (
@@ -133,6 +152,16 @@ def test_a_tournament_ranks_its_arms_and_its_winner_runs_on(data_dir, tmp_path, 
     )
     last = json.loads((run_dir / "history.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 32
+
+
+def test_a_tournament_that_grows_the_model_it_starts_from(tmp_path):
+    from test_recipes import header_only_llama
+
+    header_only_llama(tmp_path / "base", 2)  # Llama-2-7B's width, 2 layers: planned, never loaded
+    text = f'model from "{tmp_path / "base"}" trained 2B\nbatch 4 seqs\nseq 32\n'
+    t = tournament(text + "try stack x2 | interpolate x2 for 5 steps\ntrain 20 steps\n")
+    assert (t.base_stages, t.base_steps) == (0, 0) and [a.stop_step for a in t.arms] == [5, 5]
+    assert t.flops == 2 * t.probe_flops  # the model it starts from trains nothing here
 
 
 def test_a_refused_tournament_leaves_nothing(tmp_path, capsys, monkeypatch):

@@ -106,7 +106,7 @@ def run_dir_of(request: RunRequest, stamp: str) -> Path:
     """--run-dir, else runs/NAME-TIME (resuming: the newest runs/NAME-*)."""
     stem = Path(request.schedule).stem
     if request.resume and not request.run_dir:
-        earlier = sorted(Path("runs").glob(f"{stem}-*"))
+        earlier = sorted(p for p in Path("runs").glob(f"{stem}-*") if not p.name.startswith(f"{stem}-tournament-"))
         if not earlier:
             raise UsageError(f"nothing to resume: no runs/{stem}-* directory; give --run-dir")
         return earlier[-1]

@@ -8,8 +8,10 @@ where an interrupted tournament stopped, and a finished arm is not trained again
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,7 +23,8 @@ from pathlib import Path
 from growdsl import __version__
 from growdsl.app.run import RunRequest, run_on
 from growdsl.app.schedule import Compiled, compile_schedule
-from growdsl.errors import EXIT_OK, GrowdslError, UsageError
+from growdsl.errors import EXIT_INVALID, EXIT_OK, GrowdslError, UsageError
+from growdsl.eval.tournament import diverged_at
 from growdsl.files import not_plain_under, write_replacing
 from growdsl.plan.tournament import Arm, Tournament
 from growdsl.records import tournament as records
@@ -58,10 +61,10 @@ def tournament(request: TournamentRequest) -> int:
 
 
 def _tournament_on(world: World, request: TournamentRequest, compiled: Compiled, t: Tournament) -> int:
-    folder, failed = None, None
+    claimed, failed = None, None
     if world.main:
         try:
-            folder = _folder(request, compiled, t)
+            claimed = _claim(request, compiled, t)
         except GrowdslError as e:
             failed = (str(e), e.exit_code)
     failed = world.share(failed)
@@ -69,14 +72,35 @@ def _tournament_on(world: World, request: TournamentRequest, compiled: Compiled,
         if world.main:
             print(f"growdsl tournament: {failed[0]}", file=sys.stderr)
         return failed[1]
-    folder = world.share(folder)
+    folder = world.share(claimed.folder if claimed else None)
     assert folder is not None
-    status = _arms(world, request, t, folder)
-    if status and world.main and not request.resume:
-        _forget(folder)
-    if status or not world.main:
-        return status
-    return _finish(request, compiled, t, folder)
+    try:
+        status = _arms(world, request, t, folder)
+        if status and claimed and claimed.made:
+            _forget(folder)
+        if status or not world.main:
+            return status
+        return _finish(request, compiled, t, folder)
+    finally:
+        if claimed:
+            os.close(claimed.lock)
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    folder: Path
+    made: bool  # by this command: a refusal before any run began takes it back
+    lock: int  # the open folder, locked against any other growdsl
+
+
+def _claim(request: TournamentRequest, compiled: Compiled, t: Tournament) -> _Claimed:
+    folder, made = _folder(request, compiled, t)
+    try:
+        return _Claimed(folder, made, _lock(folder))
+    except UsageError:
+        if made:
+            _forget(folder)
+        raise
 
 
 def _forget(folder: Path) -> None:
@@ -84,6 +108,24 @@ def _forget(folder: Path) -> None:
     holds only its own records, and goes."""
     if {p.name for p in folder.iterdir()} <= {records.RECORD, records.SCHEDULE}:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _lock(folder: Path) -> int:
+    """The tournament's folder, locked against any other growdsl until this process ends (or closes it)."""
+    try:
+        lock = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise UsageError(f"cannot open {folder}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(lock)
+        if isinstance(e, BlockingIOError):
+            raise UsageError(
+                f"another growdsl is running the tournament in {folder}: wait for it, or stop it"
+            ) from None
+        raise UsageError(f"cannot lock {folder}: {e.strerror}") from None
+    return lock
 
 
 def _arms(world: World, request: TournamentRequest, t: Tournament, folder: Path) -> int:
@@ -95,19 +137,27 @@ def _arms(world: World, request: TournamentRequest, t: Tournament, folder: Path)
         if status:
             return status
     for arm in t.arms:
+        run_dir = folder / arm.folder
+        diverged = world.share(diverged_at(run_dir) if world.main else None)
+        if diverged is not None:  # trained again, it would diverge again (the same seed, the same data)
+            _say(world, f"\narm {arm.number} of {len(t.arms)}: {arm.candidate} diverged at step {diverged:,}")
+            continue
         _say(world, f"\narm {arm.number} of {len(t.arms)}: {arm.candidate}, to step {arm.stop_step:,}")
         failed = None
-        if world.main and t.base_steps and not (folder / arm.folder / RECORD).exists():
+        if world.main and t.base_steps and not (run_dir / RECORD).exists():
             try:
-                _copy_base(folder / records.BASE, folder / arm.folder)
+                _copy_base(folder / records.BASE, run_dir)
             except OSError as e:
-                failed = f"cannot copy the base into {folder / arm.folder}: {e.strerror}"
+                failed = f"cannot copy the base into {run_dir}: {e.strerror}"
         failed = world.share(failed)
         if failed:
             _say(world, f"growdsl tournament: {failed}", err=True)
-            return 1
-        status = _run(world, request, arm, folder / arm.folder, arm.stop_step)
-        if status:
+            return EXIT_INVALID
+        status = _run(world, request, arm, run_dir, arm.stop_step)
+        diverged = world.share(diverged_at(run_dir) if world.main and status else None)
+        if diverged is not None:  # a candidate that diverges loses; the others still run
+            _say(world, f"arm {arm.number} diverged at step {diverged:,}: it is ranked last, the tournament goes on")
+        elif status:
             return status
     return EXIT_OK
 
@@ -122,9 +172,9 @@ def _run(world: World, request: TournamentRequest, arm: Arm, run_dir: Path, unti
     return run_on(world, run, arm.plan, arm.source)
 
 
-def _folder(request: TournamentRequest, compiled: Compiled, t: Tournament) -> Path:
+def _folder(request: TournamentRequest, compiled: Compiled, t: Tournament) -> tuple[Path, bool]:
     """The tournament's folder: new (its record and schedule written), or the one to resume (its
-    record checked against the schedule's tournament)."""
+    record checked against the schedule); and whether this call made it."""
     stem = Path(request.schedule).stem
     if request.folder:
         folder = Path(request.folder)
@@ -144,15 +194,17 @@ def _folder(request: TournamentRequest, compiled: Compiled, t: Tournament) -> Pa
             record = records.read_tournament(folder)
         except (RecordError, OSError) as e:
             raise UsageError(f"cannot resume: {e}") from None
-        if record.arms != arms or record.base_steps != t.base_steps:
+        if record.schedule_sha256 != sha or record.arms != arms or record.base_steps != t.base_steps:
+            # an arm probed under other settings than the rest would be ranked unfairly
             raise UsageError(
-                f"{folder} ran another tournament (other candidates, base or probe): resume it with its own "
-                f"schedule ({folder / records.SCHEDULE})"
+                f"{folder} ran another schedule: resume it with its own ({folder / records.SCHEDULE}), or "
+                f"start a new tournament"
             )
         problem = not_plain_under(folder)
         if problem:
             raise UsageError(f"{problem}: a tournament folder holds only plain files and folders")
-        return folder
+        return folder, False
+    made = not folder.exists()
     if folder.is_symlink() or (folder.exists() and (not folder.is_dir() or any(folder.iterdir()))):
         raise UsageError(
             f"{folder} exists and is not an empty folder: add --resume to go on with it, or give another --dir"
@@ -164,7 +216,7 @@ def _folder(request: TournamentRequest, compiled: Compiled, t: Tournament) -> Pa
         write_replacing(folder / records.RECORD, json.dumps(asdict(record), indent=1).encode())
     except OSError as e:
         raise UsageError(f"cannot write the tournament into {folder}: {e.strerror}") from None
-    return folder
+    return folder, made
 
 
 def _copy_base(base: Path, arm: Path) -> None:
@@ -174,8 +226,9 @@ def _copy_base(base: Path, arm: Path) -> None:
     problem = not_plain_under(base)
     if problem:
         raise OSError(0, f"{problem}: the base is not a plain run directory")
+    for left in arm.parent.glob(f".{arm.name}.tmp-*"):  # a copy stopped midway (the folder is locked: not running)
+        shutil.rmtree(left, ignore_errors=True)
     tmp = arm.with_name(f".{arm.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(arm, ignore_errors=True)  # an arm that never began: its folder holds no run (no run.json)
 
     def link_or_copy(src: str, dst: str) -> None:
@@ -202,19 +255,29 @@ def _finish(request: TournamentRequest, compiled: Compiled, t: Tournament, folde
     standings = ranking.rank(runs)
     plot = ranking.plot(runs, t.base_steps, folder / records.PLOT)
     winner = next(a for a in t.arms if a.number == standings[0].number)
-    results = [records.Result(s.number, s.loss, s.step, s.flops) for s in standings]
+    # JSON has no infinity: a diverged arm's loss is recorded as null
+    results = [records.Result(s.number, s.loss if math.isfinite(s.loss) else None, s.step, s.flops) for s in standings]
     record = records.read_tournament(folder)
     record = records.TournamentRecord(record.schedule_sha256, record.base_steps, record.arms, results, __version__)
-    note = f"  # the winner of {folder / records.RECORD}"
-    text = _with_note(winner.source, winner.plan.stages[t.base_stages].growths[-1].line, note)
+    text = _with_note(winner.source, winner.line, f"  # the winner of {folder / records.RECORD}")
     try:
         write_replacing(folder / records.RECORD, json.dumps(asdict(record), indent=1).encode())
-        write_replacing(folder / records.WINNER, text.encode())
+        if math.isfinite(standings[0].loss):
+            write_replacing(folder / records.WINNER, text.encode())
     except OSError as e:
         raise UsageError(f"cannot write the results into {folder}: {e.strerror}") from None
+    print("\n" + ranking.render(standings, t.probe_stated) + f"\nplot: {plot}")
+    if not math.isfinite(standings[0].loss):
+        print("growdsl tournament: every candidate diverged: lower the LR, or try others", file=sys.stderr)
+        return EXIT_INVALID
     beside = _beside(Path(request.schedule), text)
-    print("\n" + ranking.render(standings, t.probe_stated))
-    print(f"\nwinner: {winner.candidate}\nplot: {plot}\nthe winner's schedule: {beside or folder / records.WINNER}")
+    print(f"\nwinner: {winner.candidate}\nthe winner's schedule: {beside or folder / records.WINNER}")
+    if beside is None:
+        kept = Path(request.schedule).with_name(Path(request.schedule).stem + ".winner.grow")
+        print(
+            f"({kept} is another file, kept as it is; the data and models the schedule names by relative path "
+            f"are beside {request.schedule}: copy the winner's schedule there to run it)"
+        )
     print(
         f"go on with the winner's run: growdsl run {beside or folder / records.WINNER} "
         f"--run-dir {folder / winner.folder} --resume"
@@ -235,10 +298,10 @@ def _beside(schedule: Path, text: str) -> Path | None:
     file of that name is there already: nothing a user made is replaced."""
     path = schedule.with_name(f"{schedule.stem}.winner.grow")
     try:
-        if path.is_symlink() or (path.exists() and (not path.is_file() or path.read_text() != text)):
+        if path.is_symlink() or (path.exists() and (not path.is_file() or path.read_bytes() != text.encode())):
             return None
         if not path.exists():
-            path.write_text(text)
+            path.write_bytes(text.encode())
     except OSError:
         return None
     return path

@@ -8,12 +8,13 @@ failure on one rank ends every rank with one line (a lost peer, a full disk, Ctr
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
-from growdsl.errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, GrowdslError, RunError
+from growdsl.errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, Diverged, GrowdslError, RunError
 from growdsl.plan.data import RunData
 from growdsl.plan.plan import Plan
 from growdsl.records.run_record import CHECKPOINTS, LOG
@@ -161,6 +162,9 @@ def _run(plan: Plan, trainer: Trainer, run_dir: Path, world: World, log: RunLog)
     except RunError as e:
         if world.main:
             log(f"growdsl run: {e}")
+            if isinstance(e, Diverged) and trainer.metrics:  # marked where compare (and a tournament) see it
+                with contextlib.suppress(OSError):
+                    trainer.metrics.step(trainer.global_step + 1, trainer.data.position, trainer.flops, loss=math.nan)
         return EXIT_INVALID
     except BaseException as e:  # DCP's CheckpointException is one (it wraps each rank's error)
         if isinstance(checkpoint.underlying(e), KeyboardInterrupt):  # Ctrl-C, maybe inside a checkpoint's write

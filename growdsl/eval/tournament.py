@@ -30,15 +30,25 @@ class ArmRun:
 
 
 def rank(arms: list[ArmRun]) -> list[Standing]:
-    """The arms, lowest validation loss at their stop first (a diverged arm, NaN, last)."""
+    """The arms, lowest validation loss at their stop first (a diverged arm last)."""
     out = []
     for arm in arms:
         curve = read_run(arm.run_dir)
         at = _val_at(curve, arm.stop_step)
+        if at is None and curve.diverged is not None:  # ranked last, at the step it diverged
+            at = (math.inf, curve.diverged, int(curve.flops[-1]))
         if at is None:
             raise CompareError(f"{arm.run_dir} has no validation loss at step {arm.stop_step:,}, where its probe ended")
         out.append(Standing(arm.number, arm.candidate, *at))
     return sorted(out, key=lambda s: (not math.isfinite(s.loss), s.loss, s.number))
+
+
+def diverged_at(run_dir: Path) -> int | None:
+    """The first step a run's loss was not finite at; None if it never was (or it has no history yet)."""
+    try:
+        return read_run(run_dir).diverged
+    except CompareError:
+        return None
 
 
 def _val_at(curve: Curve, step: int) -> tuple[float, int, int] | None:
@@ -59,6 +69,9 @@ def render(standings: list[Standing], probe_steps: int) -> str:
     head = f"rank  {'candidate':<{width}}  val loss  behind  training FLOPs"
     lines = [head, "-" * len(head)]
     for place, s in enumerate(standings, 1):
+        if not math.isfinite(s.loss):
+            lines.append(f"{place:>4}  {s.candidate:<{width}}  diverged at step {s.step:,}")
+            continue
         behind = "" if place == 1 else f"{s.loss - best:+.4f}"
         lines.append(f"{place:>4}  {s.candidate:<{width}}  {s.loss:8.4f}  {behind:>6}  {s.flops:.4g}")
     return "\n".join(lines) + f"\n(validation loss {probe_steps:,} steps after the growth, at equal FLOPs)"

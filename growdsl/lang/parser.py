@@ -239,6 +239,8 @@ def _diagnose(parser: Lark, e: UnexpectedInput, text: str) -> Diagnostic:
         hint = did_you_mean(str(tok), UNIT_WORDS)
     if tok.type == "NAME" and hint:
         return Diagnostic(f"unknown word '{tok}'", span, hint)
+    if str(tok) == "for" and "VBAR" in e.expected and text.lstrip().startswith("try"):
+        hint = "a tournament tries two candidates or more: try stack x4 | stack x4 init zero for 100 steps"
     return Diagnostic(f"unexpected '{tok}': expected {_expected_text(parser, e.expected)}", span, hint)
 
 

@@ -139,7 +139,7 @@ def depth_growth(
                 "a growth factor must be at least 2 (the paper uses 4)",
             )
             return None
-        if base * factor > MAX_LAYERS:
+        if base * factor > MAX_LAYERS and node.placement is None:  # a placement repeats fewer (checked below)
             reader.error(node.factor.span, f"x{factor} makes {base * factor:,} layers, more than {MAX_LAYERS}")
             return None
     if node.kind == "interpolate":
@@ -155,8 +155,11 @@ def depth_growth(
                 "drop one: the pattern says every layer itself",
             )
             return None
-        size = reader.integer(where.size, f"'{where.where}'", minimum=1)
+        size = reader.integer(where.size, f"'{where.where}'", minimum=0)
         if size is None:
+            return None
+        if size < 1:
+            reader.error(where.size.span, f"{where.where} 0 names no layers", f"name 1 to {base}")
             return None
         if size > base:
             what = f"every {size}th layer" if where.where == "after every" else f"a block of {size} layers"

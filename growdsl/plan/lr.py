@@ -94,11 +94,11 @@ def lr_schedules(reader: Reader, stages: list[LRStage]) -> list[LRSchedule] | No
                 f"warmup ({warmup} steps) is as long as the schedule ({total} steps): the LR never decays",
                 "shorten the warmup or train longer",
             )
-        elif warmup + decay > total:
+        elif warmup + decay > total and share != 1.0:  # decay 100%: no stable phase, as asked
             reader.warn(
                 st.where.get("lr_schedule", head.span),
-                f"warmup ({warmup} steps) and decay ({decay} steps) are longer than the schedule ({total} steps): "
-                f"the decay starts right after the warmup, with no stable phase",
+                f"warmup ({warmup:,} steps) and decay ({decay:,} steps) are longer than the schedule ({total:,} "
+                f"steps): the decay starts right after the warmup, with no stable phase",
                 "shorten the decay or the warmup",
             )
         _growth_in_decay(reader, [stages[i] for i in group], out[group[0]])

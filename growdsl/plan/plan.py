@@ -114,7 +114,8 @@ class LRSchedule:
         if self.kind == "wsd":
             if t < self.decay_start:
                 return self.max_lr
-            progress = min(1.0, (t - self.decay_start) / max(1, self.total_steps - self.decay_start))
+            # counted so that the decay's last step trains at min_lr: a short decay still reaches it
+            progress = min(1.0, (t - self.decay_start + 1) / max(1, self.total_steps - self.decay_start))
             return _decayed(self.decay_shape, self.max_lr, self.min_lr, progress)
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (t - self.warmup_steps) / span)

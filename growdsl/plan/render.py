@@ -67,7 +67,8 @@ def _stage_row(s: Stage) -> tuple[str, ...]:
     training = s.training
     lr = f"{_sci(s.lr.max_lr)}->{_sci(s.lr.min_lr)} {s.lr.kind}"
     if s.lr.kind == "wsd":
-        lr += f" (decay {s.lr.decay_steps:,}{'' if s.lr.decay_shape == 'linear' else ' ' + s.lr.decay_shape})"
+        decay = s.lr.total_steps - s.lr.decay_start  # as it runs: never into the warmup
+        lr += f" (decay {decay:,}{'' if s.lr.decay_shape == 'linear' else ' ' + s.lr.decay_shape})"
     if s.lr.start_step:
         lr += f" (from step {s.lr.start_step:,})"
     elif s.lr.warmup_steps:

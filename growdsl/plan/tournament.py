@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from growdsl.lang import ast
 from growdsl.lang.errors import ScheduleError, Span
 from growdsl.plan.compiler import compile_schedule
-from growdsl.plan.plan import Plan, stage_record
+from growdsl.plan.plan import Plan, PlanWarning, stage_record
 from growdsl.plan.reading import Reader
 
 MAX_CANDIDATES = 8  # each is a probe run of its own
@@ -28,6 +28,7 @@ class Arm:
 
     number: int  # 1-based, in the order written
     candidate: str  # as written, on one line: "stack x4 init zero"
+    line: int  # where it is written
     source: str  # the whole schedule with the candidate for the try (lines kept: the plans agree)
     plan: Plan
     probe_steps: int  # its steps after the growth: the probe, less what a learned map cost
@@ -47,12 +48,15 @@ class Tournament:
     base_steps: int  # their steps: the global step every arm grows at
     probe_flops: int  # each arm's training FLOPs from the growth to its stop (a learned map's included)
     probe_stated: int  # the probe as stated, in steps of the grown model
+    warnings: tuple[PlanWarning, ...] = ()  # every arm's, each once, where the schedule has them
 
     @property
     def flops(self) -> int:
         """What the tournament trains: the base once, every arm's probe."""
-        base = self.arms[0].plan.stages[self.base_stages - 1].cumulative_flops if self.base_stages else 0
-        start = self.arms[0].plan.start
+        if not self.base_stages:  # the try grows the model the schedule starts from
+            return len(self.arms) * self.probe_flops
+        base = self.arms[0].plan.stages[self.base_stages - 1].cumulative_flops
+        start = self.arms[0].plan.start  # what it cost before, counted in cumulative_flops
         return base - (start.flops if start else 0) + len(self.arms) * self.probe_flops
 
 
@@ -79,9 +83,11 @@ def tournament_of(schedule: ast.Schedule) -> Tournament | None:
     if reader.errors():
         raise ScheduleError(sorted(reader.diagnostics, key=lambda d: d.order))
     plans: list[Plan] = []
+    warnings: dict[PlanWarning, None] = {}  # every arm's, each once, in order
     for candidate in node.candidates:
-        try:  # blanked around the candidate: its errors point into the try, where it is written
-            compile_schedule(_parsed(_arm_text(schedule.source, node, candidate, blank=True), schedule.filename))
+        try:  # blanked around the candidate: its errors and warnings point into the try, where it is written
+            blanked = _arm_text(schedule.source, node, candidate, blank=True)
+            warnings.update(dict.fromkeys(compile_schedule(_parsed(blanked, schedule.filename)).warnings))
         except ScheduleError as e:
             for d in e.diagnostics:
                 if d.severity == "error" and d not in reader.said:
@@ -91,7 +97,7 @@ def tournament_of(schedule: ast.Schedule) -> Tournament | None:
         plans.append(compile_schedule(_parsed(_arm_text(schedule.source, node, candidate), schedule.filename)))
     if reader.errors():
         raise ScheduleError(sorted(reader.diagnostics, key=lambda d: d.order))
-    return _checked(reader, node, texts, plans, schedule)
+    return replace(_checked(reader, node, texts, plans, schedule), warnings=tuple(warnings))
 
 
 def _checked(
@@ -142,7 +148,8 @@ def _checked(
                 "lengthen the probe past the map's steps",
             )
         source = _arm_text(schedule.source, node, node.candidates[number - 1])
-        arms.append(Arm(number, text, source, plan, max(own, 1), base_steps + max(own, 1)))
+        line = node.candidates[number - 1].span.line
+        arms.append(Arm(number, text, line, source, plan, max(own, 1), base_steps + max(own, 1)))
     if reader.errors():
         raise ScheduleError(sorted(reader.diagnostics, key=lambda d: d.order))
     return Tournament(node.span.line, tuple(arms), k, base_steps, steps * per_step, steps)

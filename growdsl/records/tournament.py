@@ -33,7 +33,7 @@ class Result:
 
     __pydantic_config__ = STRICT
     number: Count
-    loss: float
+    loss: float | None  # None: it diverged (at `step`)
     step: Count
     flops: Whole
 

@@ -127,9 +127,11 @@ def _trained_part(stage: Stage, current: bool) -> object:
     runs on into later stages; of the stage in progress, its model, growths and data."""
     if current:
         return (stage.shape, stage.growths, stage.layers, stage.training.data, stage.training.mix, stage.frozen)
+    # a decay stated as a share of the schedule grows with it, as its length does
+    decay = 0 if stage.lr.decay_share is not None else stage.lr.decay_steps
     return replace(
         stage,
         timing=None,
-        lr=replace(stage.lr, total_steps=0),
+        lr=replace(stage.lr, total_steps=0, decay_steps=decay),
         training=replace(stage.training, val_every_steps=None, val_tokens=0),
     )

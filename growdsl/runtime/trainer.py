@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from growdsl.errors import RunError
+from growdsl.errors import Diverged, RunError
 from growdsl.ops.check import non_finite
 from growdsl.ops.layout import full, laid_out_like, named_parameters, reshard, state_dict, write_full
 from growdsl.ops.model import build_model
@@ -335,11 +335,11 @@ class Trainer:
         total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
         where += f" (token {self.data.position:,})"
         if not math.isfinite(total):
-            raise RunError(f"the loss became {total} at {where}, before its update: lower the LR or check the data")
+            raise Diverged(f"the loss became {total} at {where}, before its update: lower the LR or check the data")
         clip = training.optimizer.grad_clip if training.optimizer.grad_clip > 0 else float("inf")
         grad_norm = float(full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
         if not math.isfinite(grad_norm):
-            raise RunError(f"the gradient norm became {grad_norm} at {where}, before its update: lower the LR")
+            raise Diverged(f"the gradient norm became {grad_norm} at {where}, before its update: lower the LR")
         opt.step()
         opt.zero_grad(set_to_none=True)
         return total, grad_norm
@@ -425,7 +425,7 @@ class Trainer:
             return
         bad = non_finite(self.model)
         if self.world.mean(float(bad is not None)) > 0:  # every rank checks its own shards
-            raise RunError(
+            raise Diverged(
                 f"stage {stage} step {step}: the weights are not finite ({bad or 'on another process'}), so no "
                 f"checkpoint is written: lower the LR and resume from the last checkpoint"
             )

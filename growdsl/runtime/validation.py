@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from growdsl.errors import RunError
+from growdsl.errors import Diverged
 from growdsl.ops.layout import full, reshard
 from growdsl.plan.plan import Stage
 from growdsl.runtime.distributed import Layout, World
@@ -50,6 +50,6 @@ def validate(
     # the mean over every rank of its share's sum: each data slice is counted tp times over `world` ranks
     loss = world.mean(total.item()) * ranks / tokens
     if not math.isfinite(loss):
-        raise RunError(f"the validation loss became {loss} at stage {stage.index}: lower the LR")
+        raise Diverged(f"the validation loss became {loss} at stage {stage.index}: lower the LR")
     flops = tokens * stage.flops_per_token // 3  # a forward pass: a third of training's
     return Validation(loss, tokens, flops, time.perf_counter() - begin)
