@@ -45,6 +45,7 @@ NAMES = {
     "late": "late growth (1L -> 12L at 80%, WSD)",
     "scratch_wsd": "scratch, WSD",
     "small_wsd": "1L only, WSD (late growth's control)",
+    "late_zero": "late growth, init zero",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 
