@@ -109,7 +109,9 @@ def test_every_arm_of_the_study_spends_the_scratch_runs_flops(folder):
     for path in arms:
         plan = plan_file(path)
         assert abs(plan.totals.flops - scratch.totals.flops) <= step, path.name
-        assert plan.stages[-1].shape == stage.shape and plan.stages[-1].lr.max_lr == stage.lr.max_lr
+        assert plan.stages[-1].lr.max_lr == stage.lr.max_lr
+        if path.stem != "small_wsd":  # late growth's control: its small model never grows, by design
+            assert plan.stages[-1].shape == stage.shape, path.name
     gstack = plan_file(ROOT / "schedules" / folder / "gstack.grow")  # scratch is gstack's baseline, as written
     assert scratch.totals.flops == gstack.totals.baseline.flops
 
