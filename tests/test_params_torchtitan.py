@@ -9,7 +9,7 @@ from torchtitan.models.llama3 import Transformer, TransformerModelArgs
 
 from growdsl.ops.model import model_args
 from growdsl.plan.presets import PRESETS
-from growdsl.plan.shape import ModelShape
+from growdsl.plan.shape import Experts, ModelShape
 
 SHAPES = {
     "1.1B base (6L, GQA 4)": replace(PRESETS["1.1B"].shape, n_layers=6),
@@ -104,3 +104,42 @@ def test_materialize_holds_one_whole_block_at_a_time(monkeypatch):
     monkeypatch.setattr(TransformerBlock, "init_weights", init_weights)
     build_model(SHAPES["odd"], 32)
     assert counts == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "experts",
+    [Experts(count=8, top_k=2), Experts(count=4, top_k=1, shared=1, every=2), Experts(count=6, top_k=3, every=3)],
+    ids=["8 top 2", "4 top 1 + shared, every 2", "6 top 3, every 3"],
+)
+def test_mixture_params_and_active_flops_match_torchtitans_moe(experts):
+    """torchtitan's own MoE layers in place of the FFN of the blocks that hold experts: the parameters it
+    holds, and the FLOPs its MoE formula gives (active parameters only: the top_k experts, shared, router)."""
+    from types import SimpleNamespace
+
+    from torchtitan.models.moe.moe import MoE, MoEArgs
+    from torchtitan.models.utils import get_moe_model_nparams_and_flops
+
+    shape = replace(SHAPES["odd"], n_layers=6, experts=experts)
+    dense, _ = build(replace(shape, experts=None), seq_len=512)
+    moe_args = MoEArgs(
+        num_experts=experts.count, num_shared_experts=experts.shared, top_k=experts.top_k, score_func="softmax",
+        route_norm=True, score_before_experts=False, load_balance_coeff=None, use_grouped_mm=False,
+    )  # fmt: skip
+    with torch.device("meta"):
+        for i, block in enumerate(dense.layers.values()):
+            if experts.holds(i):
+                del block.feed_forward
+                block.moe = MoE(moe_args, dim=shape.dim, hidden_dim=shape.ffn_dim)
+    assert shape.params == sum(p.numel() for p in dense.parameters())
+    args = SimpleNamespace(moe_args=moe_args, n_layers=shape.n_layers, n_heads=shape.n_heads)
+    nparams, flops = get_moe_model_nparams_and_flops(args, dense, 2 * shape.head_dim, 512)
+    assert (shape.params, shape.flops_per_token(512)) == (nparams, flops)
+    # by hand: a mixture block holds count + shared FFNs and a router; a token passes through top_k + shared
+    ffn, router = 3 * shape.dim * shape.ffn_dim, shape.dim * experts.count
+    mixtures = sum(experts.holds(i) for i in range(6))
+    assert shape.params - replace(shape, experts=None).params == mixtures * (
+        (experts.count + experts.shared - 1) * ffn + router
+    )
+    assert shape.active_params - replace(shape, experts=None).params == mixtures * (
+        (experts.top_k + experts.shared - 1) * ffn + router
+    )

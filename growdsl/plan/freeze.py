@@ -72,7 +72,7 @@ def frozen_of(words: Sequence[str], origins: Sequence) -> Frozen:
 
 def trainable_params(shape: ModelShape, frozen: Frozen) -> int:
     head = shape.dim + (0 if shape.tied_embeddings else shape.embedding_params)  # final norm and output
-    out = shape.params - len(frozen.layers) * shape.layer_params
+    out = shape.params - sum(shape.block_params(i) for i in frozen.layers)
     if frozen.embeddings:
         out -= shape.embedding_params
     if frozen.head:
@@ -89,7 +89,7 @@ def flops_per_token(shape: ModelShape, seq_len: int, frozen: Frozen) -> int:
     total = 0
     for i in range(shape.n_layers):
         trains = i not in frozen.layers
-        p = shape.layer_params
+        p = shape.block_params(i, active=True)  # a mixture: the experts a token goes through
         total += 2 * p + attention  # forward
         if trains or below:
             total += 2 * p + 2 * attention  # gradients passed down through it

@@ -32,6 +32,25 @@ class RopeScaling:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Experts:
+    """The feed-forward of every `every`-th block as a mixture of experts (torchtitan's MoE): `count`
+    experts of the dense FFN's width, of which a router picks `top_k` for each token (a softmax over
+    all of them, the picked scores renormalised to sum to 1: Mixtral's routing), and `shared` experts
+    every token goes through."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    count: int
+    top_k: int
+    shared: int = 0
+    every: int = 1  # block i is a mixture when (i + 1) % every == 0 (torchtitan's interleave step)
+
+    def holds(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) has experts."""
+        return (layer + 1) % self.every == 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelShape:
     """A Llama-style decoder (RoPE, RMSNorm, SwiGLU, no biases), as torchtitan's Llama3 builds it."""
 
@@ -48,10 +67,13 @@ class ModelShape:
     tied_embeddings: bool = False
     vocab_padded: bool = False  # vocab_size above the tokenizer's on purpose (`padded`): rows no token uses
     rope_scaling: RopeScaling = RopeScaling()
+    experts: Experts | None = None  # None: every feed-forward dense
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):  # through dataclasses.asdict and back
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.experts, dict):
+            object.__setattr__(self, "experts", Experts(**self.experts))
 
     @property
     def head_dim(self) -> int:
@@ -65,6 +87,15 @@ class ModelShape:
         mlp = 3 * self.dim * self.ffn_dim
         return attention + mlp + 2 * self.dim
 
+    def block_params(self, layer: int, active: bool = False) -> int:
+        """Block `layer`'s parameters; `active`: those a token passes through (of a mixture's experts,
+        its top_k and the shared ones, and the router)."""
+        e = self.experts
+        if e is None or not e.holds(layer):
+            return self.layer_params
+        experts = (e.top_k if active else e.count) + e.shared
+        return self.layer_params + (experts - 1) * 3 * self.dim * self.ffn_dim + self.dim * e.count  # + router
+
     @property
     def embedding_params(self) -> int:
         return self.vocab_size * self.dim
@@ -72,26 +103,41 @@ class ModelShape:
     @property
     def params(self) -> int:
         """Exactly the parameters torchtitan's `Transformer` holds (tied: one shared table)."""
+        return self._params(active=False)
+
+    @property
+    def active_params(self) -> int:
+        """The parameters a token passes through: all of them but a mixture's experts it is not routed to."""
+        return self._params(active=True)
+
+    def _params(self, active: bool) -> int:
         head = 0 if self.tied_embeddings else self.embedding_params
-        return self.embedding_params + self.n_layers * self.layer_params + self.dim + head
+        blocks = sum(self.block_params(i, active) for i in range(self.n_layers)) if self.experts else None
+        return self.embedding_params + (blocks or self.n_layers * self.layer_params) + self.dim + head
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward), torchtitan's formula:
 
             6 * (N - N_lookup) + 12 * L * n_heads * head_dim * T
 
-        N_lookup is the input embedding table when it is not also the output head (a lookup is
-        no matmul); the second term is attention's QK^T and AV over a T-token context (no causal
+        N are the active parameters (of a mixture, the experts a token is routed to, and its router);
+        N_lookup is the input embedding table when it is not also the output head (a lookup is no
+        matmul); the second term is attention's QK^T and AV over a T-token context (no causal
         discount), so MFU numbers agree with torchtitan's."""
         lookup = 0 if self.tied_embeddings else self.embedding_params
         attention = 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
-        return 6 * (self.params - lookup) + attention
+        return 6 * (self.active_params - lookup) + attention
 
     def describe(self) -> str:
         kv = "" if self.n_kv_heads == self.n_heads else f" (kv {self.n_kv_heads})"
         tied = " · tied" if self.tied_embeddings else ""
+        e = self.experts
+        moe = ""
+        if e is not None:
+            where = "" if e.every == 1 else f" every {e.every}"
+            moe = f" · {e.count} experts top {e.top_k}{f' + {e.shared} shared' if e.shared else ''}{where}"
         return (
-            f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}"
+            f"{self.n_layers}L · dim {self.dim} · heads {self.n_heads}{kv} · ffn {self.ffn_dim}{moe}"
             f" · vocab {self.vocab_size}{' (padded)' if self.vocab_padded else ''}{tied}"
         )
 

@@ -1,0 +1,123 @@
+"""Upcycling: a dense block's feed-forward becomes a mixture of experts (growdsl.plan.shape.Experts).
+
+Each expert starts as a copy of the dense FFN (sparse upcycling, Komatsuzaki et al. 2023). With the
+router's softmax renormalised over the picked experts (Mixtral's routing, torchtitan's `route_norm`)
+and the scores applied to the experts' outputs, the picked scores sum to 1 and every expert computes
+the dense FFN: the mixture computes exactly the dense block, whatever the router starts as. A shared
+expert starts as a copy whose output projection is zero, so it adds nothing yet. Drop-Upcycling
+(Nakamura et al. 2025) re-initialises a share of each expert's hidden units, each expert its own;
+noise perturbs each copy. Both give up the exact start for experts that differ from the first step.
+
+The tensors are torchtitan's MoE layout: experts.w1 and w3 [experts, hidden, dim], w2 [experts, dim,
+hidden]; shared_experts.w1/w2/w3 as nn.Linear weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchtitan.models.moe.moe import MoE, MoEArgs, TokenChoiceTopKRouter, TokenReorderer
+
+from growdsl.plan.shape import Experts
+
+
+@dataclass(frozen=True)
+class Upcycling:
+    """How the experts start: copies, with `drop` of each one's hidden units re-initialised, or `noise`
+    (a std relative to each weight's RMS) added."""
+
+    drop: float = 0.0
+    noise: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        """Whether the mixture computes exactly the dense block at the start."""
+        return self.drop == 0 and self.noise == 0
+
+
+def upcycled_ffn(
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    w3: torch.Tensor,
+    experts: Experts,
+    how: Upcycling,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The MoE tensors (torchtitan's names under `moe.`, router excluded: it keeps the init it is built
+    with) that one dense FFN (w1, w3: [hidden, dim]; w2: [dim, hidden]) becomes."""
+    hidden = w1.shape[0]
+    out = {
+        "experts.w1": w1.unsqueeze(0).repeat(experts.count, 1, 1),
+        "experts.w2": w2.unsqueeze(0).repeat(experts.count, 1, 1),
+        "experts.w3": w3.unsqueeze(0).repeat(experts.count, 1, 1),
+    }
+    if how.drop:
+        units = round(how.drop * hidden)
+        for e in range(experts.count):  # each expert its own units, as Drop-Upcycling draws them
+            picked = torch.randperm(hidden, generator=generator, device="cpu")[:units].to(w1.device)
+            for name, axis in (("experts.w1", 0), ("experts.w3", 0), ("experts.w2", 1)):
+                t = out[name][e]
+                # drawn with the statistics of the dense weight, as Drop-Upcycling does
+                fresh = torch.randn(t.shape, generator=generator, device="cpu", dtype=t.dtype).to(t.device)
+                fresh = fresh * t.std() + t.mean()
+                if axis == 0:
+                    t[picked] = fresh[picked]
+                else:
+                    t[:, picked] = fresh[:, picked]
+    if how.noise:
+        for name in ("experts.w1", "experts.w2", "experts.w3"):
+            t = out[name]
+            rms = t[0].pow(2).mean().sqrt()
+            t += how.noise * rms * torch.randn(t.shape, generator=generator, device="cpu", dtype=t.dtype).to(t.device)
+    if experts.shared:
+        out["shared_experts.w1.weight"] = w1.repeat(experts.shared, 1)
+        out["shared_experts.w2.weight"] = torch.zeros_like(w2).repeat(1, experts.shared)  # adds nothing yet
+        out["shared_experts.w3.weight"] = w3.repeat(experts.shared, 1)
+    return out
+
+
+def mixture(experts: Experts, dim: int, hidden: int, balance: float | None = None) -> MoE:
+    """torchtitan's MoE layer as growdsl builds it: Mixtral's routing (a softmax over every expert, the
+    top_k picked by it plus any load-balancing bias, their scores renormalised and applied to the
+    experts' outputs), the for-loop experts (grouped matmuls need a GPU), and tokens counted by
+    bincount: torch.histc, which torchtitan's router and reorderer count with, has no CPU kernel for
+    integers. `balance`: the coefficient of torchtitan's bias-based load balancing (None: off)."""
+    args = MoEArgs(
+        num_experts=experts.count,
+        num_shared_experts=experts.shared,
+        top_k=experts.top_k,
+        score_func="softmax",
+        route_norm=True,
+        score_before_experts=False,
+        load_balance_coeff=balance,
+        use_grouped_mm=False,
+    )
+    moe = MoE(args, dim=dim, hidden_dim=hidden)
+    moe.router.__class__, moe.reorderer.__class__ = Router, Reorderer  # the same state, counted on any device
+    return moe
+
+
+class Router(TokenChoiceTopKRouter):
+    """torchtitan's token-choice top-k router with Mixtral's routing, counting with bincount."""
+
+    def forward(self, x: torch.Tensor, expert_bias: torch.Tensor | None = None):
+        scores = F.softmax(self.gate(x).to(torch.float32), dim=1)  # in float32, as torchtitan does
+        choice = scores if expert_bias is None else scores + expert_bias  # the bias picks, never weighs
+        _, picked = torch.topk(choice, k=self.top_k, dim=-1, sorted=False)
+        top = scores.gather(dim=1, index=picked)
+        top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * self.route_scale
+        return top, picked, tokens_per_expert(picked, self.num_experts)
+
+
+class Reorderer(TokenReorderer):
+    """torchtitan's reorderer (the routed tokens grouped by expert), counting with bincount."""
+
+    def forward(self, top_scores: torch.Tensor, selected_experts_indices: torch.Tensor):
+        order = torch.argsort(selected_experts_indices.view(-1), stable=True)
+        return top_scores.view(-1)[order], order, tokens_per_expert(selected_experts_indices, self.num_experts)
+
+
+def tokens_per_expert(picked: torch.Tensor, experts: int) -> torch.Tensor:
+    """How many of the routed tokens each expert got (what torch.histc counts on a GPU)."""
+    return torch.bincount(picked.view(-1), minlength=experts)

@@ -1,0 +1,107 @@
+"""Upcycling a dense FFN into torchtitan's own MoE layer: copies under Mixtral's routing compute exactly
+the dense FFN, whatever the router and its load-balancing bias pick; Drop-Upcycling and noise do not,
+by the amounts they state."""
+
+import pytest
+import torch
+from torchtitan.models.moe.moe import FeedForward, MoE, TokenChoiceTopKRouter
+
+from growdsl.ops.experts import Upcycling, mixture, tokens_per_expert, upcycled_ffn
+from growdsl.plan.shape import Experts
+
+DIM, HIDDEN = 32, 48
+
+
+def dense_ffn(seed: int = 0) -> FeedForward:
+    torch.manual_seed(seed)
+    ffn = FeedForward(DIM, HIDDEN)
+    for w in (ffn.w1, ffn.w2, ffn.w3):
+        torch.nn.init.normal_(w.weight, std=0.1)
+    return ffn
+
+
+def upcycled(experts: Experts, how: Upcycling, route_norm: bool = True, balance: float | None = None) -> MoE:
+    moe = mixture(experts, DIM, HIDDEN, balance)
+    if not route_norm:  # torchtitan's own router, plain softmax scores (counted as growdsl's counts them)
+        moe.router.route_norm = False
+        moe.router.__class__ = TokenChoiceTopKRouter
+        moe.router.forward = lambda x, bias=None: _plain(moe.router, x)
+    with torch.no_grad():
+        moe.init_weights(0.02, torch.device("cpu"))  # the router as the model is built: random
+    ffn = dense_ffn()
+    tensors = upcycled_ffn(ffn.w1.weight, ffn.w2.weight, ffn.w3.weight, experts, how, torch.Generator().manual_seed(1))
+    missing, unexpected = moe.load_state_dict(tensors, strict=False)
+    assert not unexpected and set(missing) <= {"router.gate.weight", "expert_bias"}
+    return moe
+
+
+def _plain(router, x):
+    scores = torch.softmax(router.gate(x).float(), dim=1)
+    top, picked = torch.topk(scores, k=router.top_k, dim=-1)
+    return top, picked, tokens_per_expert(picked, router.num_experts)
+
+
+@pytest.mark.parametrize(
+    "experts", [Experts(count=8, top_k=2), Experts(count=4, top_k=1), Experts(count=6, top_k=3, shared=1)]
+)
+@pytest.mark.parametrize("balance", [None, 1e-3])
+def test_copies_compute_exactly_the_dense_ffn(experts, balance):
+    moe = upcycled(experts, Upcycling(), balance=balance)
+    if balance:  # a load-balancing bias changes which experts are picked, not what they compute
+        moe.expert_bias.copy_(torch.randn(experts.count))
+    x = torch.randn(3, 7, DIM)
+    with torch.no_grad():
+        out, dense = moe(x), dense_ffn()(x)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+    routed = moe.tokens_per_expert
+    assert routed.sum() == 3 * 7 * experts.top_k
+    assert balance or (routed > 0).sum() > 1  # the random router spreads the tokens (a large bias may not)
+
+
+def test_without_renormalised_scores_copies_are_not_the_dense_ffn():
+    """Why the routing is Mixtral's: a plain softmax's top-k scores sum to less than 1."""
+    moe = upcycled(Experts(count=8, top_k=2), Upcycling(), route_norm=False)
+    x = torch.randn(2, 5, DIM)
+    with torch.no_grad():
+        assert not torch.allclose(moe(x), dense_ffn()(x), atol=1e-3)
+
+
+def test_drop_upcycling_reinitialises_its_share_of_each_experts_units_each_its_own():
+    ffn = dense_ffn()
+    experts = Experts(count=4, top_k=2)
+    t = upcycled_ffn(
+        ffn.w1.weight, ffn.w2.weight, ffn.w3.weight, experts, Upcycling(drop=0.5), torch.Generator().manual_seed(3)
+    )
+    dropped = []
+    for e in range(4):
+        changed = (t["experts.w1"][e] != ffn.w1.weight).any(dim=1)
+        assert changed.sum() == HIDDEN // 2  # half of the 48 units of this expert
+        assert torch.equal((t["experts.w3"][e] != ffn.w3.weight).any(dim=1), changed)  # the same units' rows
+        assert torch.equal((t["experts.w2"][e] != ffn.w2.weight).any(dim=0), changed)  # and columns
+        dropped.append(frozenset(changed.nonzero().flatten().tolist()))
+    assert len(set(dropped)) == 4  # each expert its own units
+    assert not Upcycling(drop=0.5).exact and Upcycling().exact
+
+
+def test_noise_perturbs_each_copy_by_its_stated_share_of_the_rms():
+    ffn = dense_ffn()
+    t = upcycled_ffn(
+        ffn.w1.weight, ffn.w2.weight, ffn.w3.weight, Experts(count=8, top_k=2), Upcycling(noise=0.01),
+        torch.Generator().manual_seed(4),
+    )  # fmt: skip
+    delta = t["experts.w1"] - ffn.w1.weight
+    rms = ffn.w1.weight.pow(2).mean().sqrt()
+    assert 0.009 < (delta.pow(2).mean().sqrt() / rms).item() < 0.011
+    assert not torch.equal(t["experts.w1"][0], t["experts.w1"][1])  # the copies differ: symmetry broken
+
+
+def test_the_upcycled_mixture_trains_on_cpu_and_its_copies_grow_apart():
+    """A backward pass through the for-loop experts on CPU: each expert's gradient comes from the tokens routed
+    to it, so identical copies get different updates (the router's, while they are identical, is zero: the
+    renormalised scores sum to 1 whatever it says)."""
+    moe = upcycled(Experts(count=4, top_k=2), Upcycling())
+    moe(torch.randn(4, 16, DIM)).pow(2).mean().backward()
+    grads = moe.experts.w1.grad
+    assert grads is not None and torch.isfinite(grads).all()
+    assert not torch.allclose(grads[0], grads[1])
+    torch.testing.assert_close(moe.router.gate.weight.grad, torch.zeros_like(moe.router.gate.weight), atol=1e-7, rtol=0)
