@@ -2,6 +2,8 @@
 the dense FFN, whatever the router and its load-balancing bias pick; Drop-Upcycling and noise do not,
 by the amounts they state."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torchtitan.models.moe.moe import FeedForward, MoE, TokenChoiceTopKRouter
@@ -21,7 +23,7 @@ def dense_ffn(seed: int = 0) -> FeedForward:
 
 
 def upcycled(experts: Experts, how: Upcycling, route_norm: bool = True, balance: float | None = None) -> MoE:
-    moe = mixture(experts, DIM, HIDDEN, balance)
+    moe = mixture(replace(experts, balance=balance), DIM, HIDDEN)
     if not route_norm:  # torchtitan's own router, plain softmax scores (counted as growdsl's counts them)
         moe.router.route_norm = False
         moe.router.__class__ = TokenChoiceTopKRouter
@@ -105,3 +107,29 @@ def test_the_upcycled_mixture_trains_on_cpu_and_its_copies_grow_apart():
     assert grads is not None and torch.isfinite(grads).all()
     assert not torch.allclose(grads[0], grads[1])
     torch.testing.assert_close(moe.router.gate.weight.grad, torch.zeros_like(moe.router.gate.weight), atol=1e-7, rtol=0)
+
+
+def test_a_whole_model_with_experts_is_built_as_planned_and_upcycled_computes_the_dense_logits():
+    """torchtitan's Llama3 with its MoE in every other block: as many parameters as the plan counts; a dense
+    model's weights upcycled into it give the dense model's logits (the router as built, random)."""
+    from growdsl.ops.experts import upcycled_state
+    from growdsl.ops.model import build_model
+    from growdsl.plan.presets import PRESETS
+
+    dense_shape = replace(PRESETS["tiny"].shape, n_layers=4, vocab_size=256)
+    shape = replace(dense_shape, experts=Experts(count=4, top_k=2, shared=1, every=2, balance=1e-3))
+    dense = build_model(dense_shape, 32, seed=0)
+    moe = build_model(shape, 32, seed=1)
+    assert sum(p.numel() for p in moe.parameters()) == shape.params
+    assert [hasattr(block, "moe") for block in moe.layers.values()] == [False, True, False, True]
+    state = upcycled_state(dense.state_dict(), shape, Upcycling(), torch.Generator().manual_seed(0))
+    missing, unexpected = moe.load_state_dict(state, strict=False)
+    assert not unexpected and sorted(missing) == [
+        "layers.1.moe.expert_bias", "layers.1.moe.router.gate.weight",
+        "layers.3.moe.expert_bias", "layers.3.moe.router.gate.weight",
+    ]  # fmt: skip
+    tokens = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(tokens), dense(tokens), rtol=1e-5, atol=1e-5)
+    moe(tokens).logsumexp(-1).mean().backward()  # and it trains, on CPU
+    assert torch.isfinite(moe.layers["1"].moe.experts.w2.grad).all()

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchtitan.models.llama3.model.model import TransformerBlock
 from torchtitan.models.moe.moe import MoE, MoEArgs, TokenChoiceTopKRouter, TokenReorderer
 
-from growdsl.plan.shape import Experts
+from growdsl.plan.shape import Experts, ModelShape
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,12 @@ def upcycled_ffn(
     return out
 
 
-def mixture(experts: Experts, dim: int, hidden: int, balance: float | None = None) -> MoE:
+def mixture(experts: Experts, dim: int, hidden: int) -> MoE:
     """torchtitan's MoE layer as growdsl builds it: Mixtral's routing (a softmax over every expert, the
     top_k picked by it plus any load-balancing bias, their scores renormalised and applied to the
     experts' outputs), the for-loop experts (grouped matmuls need a GPU), and tokens counted by
     bincount: torch.histc, which torchtitan's router and reorderer count with, has no CPU kernel for
-    integers. `balance`: the coefficient of torchtitan's bias-based load balancing (None: off)."""
+    integers."""
     args = MoEArgs(
         num_experts=experts.count,
         num_shared_experts=experts.shared,
@@ -90,7 +91,7 @@ def mixture(experts: Experts, dim: int, hidden: int, balance: float | None = Non
         score_func="softmax",
         route_norm=True,
         score_before_experts=False,
-        load_balance_coeff=balance,
+        load_balance_coeff=experts.balance,
         use_grouped_mm=False,
     )
     moe = MoE(args, dim=dim, hidden_dim=hidden)
@@ -121,3 +122,50 @@ class Reorderer(TokenReorderer):
 def tokens_per_expert(picked: torch.Tensor, experts: int) -> torch.Tensor:
     """How many of the routed tokens each expert got (what torch.histc counts on a GPU)."""
     return torch.bincount(picked.view(-1), minlength=experts)
+
+
+class MixtureBlock(TransformerBlock):
+    """torchtitan's Llama3 block with a mixture of experts for its feed-forward, named `moe` as in
+    torchtitan's own MoE models."""
+
+    moe: MoE
+
+    def forward(self, x, freqs_cis, attention_masks, positions=None):
+        h = x + self.attention(self.attention_norm(x), freqs_cis, attention_masks, positions)
+        return h + self.moe(self.ffn_norm(h))
+
+    def init_weights(self):
+        for norm in (self.attention_norm, self.ffn_norm):
+            norm.reset_parameters()
+        self.attention.init_weights(self.weight_init_std)
+        self.moe.init_weights(self.weight_init_std, self.ffn_norm.weight.device)
+
+
+def with_experts(block: TransformerBlock, experts: Experts, dim: int, hidden: int) -> MixtureBlock:
+    """`block` with its feed-forward replaced by a mixture (built on the current default device)."""
+    del block.feed_forward
+    block.moe = mixture(experts, dim, hidden)
+    block.__class__ = MixtureBlock  # the same block, its forward and init through `moe`
+    return block
+
+
+def upcycled_state(
+    dense: dict[str, torch.Tensor], shape: ModelShape, how: Upcycling, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """A dense model's state (`dense`) as the tensors of `shape`, its experts' model: every tensor as it
+    is, but the feed-forward of each block that holds experts, upcycled. Routers are left out: they keep
+    the init the model is built with."""
+    experts = shape.experts
+    assert experts is not None
+    out = {}
+    for name, tensor in dense.items():
+        parts = name.split(".")
+        if parts[0] == "layers" and parts[2] == "feed_forward" and experts.holds(int(parts[1])):
+            continue
+        out[name] = tensor
+    for layer in range(shape.n_layers):
+        if experts.holds(layer):
+            ffn = {w: dense[f"layers.{layer}.feed_forward.{w}.weight"] for w in ("w1", "w2", "w3")}
+            moe = upcycled_ffn(ffn["w1"], ffn["w2"], ffn["w3"], experts, how, generator)
+            out.update({f"layers.{layer}.moe.{name}": t for name, t in moe.items()})
+    return out

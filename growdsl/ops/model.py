@@ -20,6 +20,19 @@ def model_args(shape: ModelShape, seq_len: int) -> TransformerModelArgs:
     return TransformerModelArgs(**args, rope_scaling_args=scaling)
 
 
+def transformer(shape: ModelShape, seq_len: int) -> Transformer:
+    """torchtitan's Llama3 Transformer of `shape` (on the current default device), each block that holds
+    experts with torchtitan's MoE for its feed-forward (growdsl.ops.experts)."""
+    model = Transformer(model_args(shape, seq_len))
+    if shape.experts is not None:
+        from growdsl.ops.experts import with_experts
+
+        for key, block in model.layers.items():
+            if shape.experts.holds(int(key)):
+                with_experts(block, shape.experts, shape.dim, shape.ffn_dim)
+    return model
+
+
 @contextmanager
 def _default_dtype(dtype: torch.dtype):
     # Built under the dtype rather than cast afterwards: `Module.to(float64)` would also cast the
@@ -37,7 +50,7 @@ def meta_model(shape: ModelShape, seq_len: int, dtype: torch.dtype = torch.float
     A tied shape shares one tensor between `tok_embeddings` and `output` (torchtitan 0.2.2 has no
     tying of its own)."""
     with _default_dtype(dtype), torch.device("meta"):
-        model = Transformer(model_args(shape, seq_len))
+        model = transformer(shape, seq_len)
     if shape.tied_embeddings:
         model.output.weight = model.tok_embeddings.weight
     return model
@@ -92,7 +105,7 @@ def materialize(
     into = state_dict(model)
     with _default_dtype(dtype):
         with torch.device("meta"):
-            whole = Transformer(model_args(shape, seq_len))
+            whole = transformer(shape, seq_len)
         blocks = dict(whole.layers.items())
 
         def init_block(key: str) -> None:

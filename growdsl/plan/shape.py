@@ -44,6 +44,9 @@ class Experts:
     top_k: int
     shared: int = 0
     every: int = 1  # block i is a mixture when (i + 1) % every == 0 (torchtitan's interleave step)
+    # torchtitan's load balancing without an auxiliary loss: a per-expert bias on the routing choice
+    # (model state: it changes which experts a token goes to), moved by this much a step; None: none
+    balance: float | None = None
 
     def holds(self, layer: int) -> bool:
         """Whether block `layer` (0-based) has experts."""
