@@ -133,3 +133,36 @@ def test_a_whole_model_with_experts_is_built_as_planned_and_upcycled_computes_th
         torch.testing.assert_close(moe(tokens), dense(tokens), rtol=1e-5, atol=1e-5)
     moe(tokens).logsumexp(-1).mean().backward()  # and it trains, on CPU
     assert torch.isfinite(moe.layers["1"].moe.experts.w2.grad).all()
+
+
+def test_dense_upcycled_and_exported_as_a_mixtral_gives_transformers_the_dense_logits(tmp_path):
+    """dense -> MoE (upcycled) -> Hugging Face Mixtral: transformers' MixtralForCausalLM computes the dense
+    model's logits; what a Mixtral cannot hold is named."""
+    import json
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+    from transformers import MixtralForCausalLM
+
+    from growdsl.eval.export import config, hf_state, mixtral_problem
+    from growdsl.ops.experts import upcycled_state
+    from growdsl.ops.model import build_model
+    from growdsl.plan.presets import PRESETS
+
+    dense_shape = replace(PRESETS["tiny"].shape, n_layers=2, vocab_size=256)
+    shape = replace(dense_shape, experts=Experts(count=4, top_k=2))
+    dense, moe = build_model(dense_shape, 32, seed=0), build_model(shape, 32, seed=1)
+    moe.load_state_dict(upcycled_state(dense.state_dict(), shape, Upcycling()), strict=False)
+    state = {k: v.detach().clone() for k, v in moe.state_dict().items()}
+    assert mixtral_problem(shape, state) is None
+    save_file({k: v.contiguous() for k, v in hf_state(state, shape, 32).items()}, str(tmp_path / "model.safetensors"))
+    trained = SimpleNamespace(shape=shape, seq_len=32, bos_id=None, eot_id=0, model=moe)
+    (tmp_path / "config.json").write_text(json.dumps(config(trained)))
+    hf = MixtralForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    tokens = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, dense(tokens), rtol=1e-5, atol=1e-5)
+    assert "one block of every 2" in mixtral_problem(replace(shape, experts=Experts(count=4, top_k=2, every=2)), state)
+    assert "shared" in mixtral_problem(replace(shape, experts=Experts(count=4, top_k=2, shared=1)), state)
+    state["layers.0.moe.expert_bias"] = torch.ones(4)
+    assert "load-balancing bias" in mixtral_problem(shape, state)

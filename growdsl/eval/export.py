@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from growdsl.errors import UsageError
@@ -45,12 +46,13 @@ def export_hf(path: Path, out: Path) -> Path:
     if bad is not None:
         raise ExportError(f"{trained.path.name} holds non-finite weights ({bad}): export an earlier checkpoint")
     from safetensors.torch import save_file
-    from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
     shape = trained.shape
-    adapter = Llama3StateDictAdapter(model_args(shape, trained.seq_len), None)
-    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items() if k != "freqs_cis"}
-    hf = adapter.to_hf(state)
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
+    problem = mixtral_problem(shape, state)
+    if problem:
+        raise ExportError(f"{trained.path.name}: {problem}")
+    hf = hf_state(state, shape, trained.seq_len)
     if shape.tied_embeddings:
         hf.pop("lm_head.weight")  # safetensors stores a shared tensor once; config.json ties it
     hf = {k: v.contiguous() for k, v in hf.items()}
@@ -70,11 +72,56 @@ def export_hf(path: Path, out: Path) -> Path:
     return out
 
 
+def hf_state(state: dict, shape: ModelShape, seq_len: int) -> dict:
+    """The model's tensors by Hugging Face's names: a Llama's (torchtitan's Llama3StateDictAdapter), and
+    a mixture's as Mixtral's (`block_sparse_moe.gate`, one w1/w2/w3 per expert)."""
+    from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
+
+    dense = {k: v for k, v in state.items() if ".moe." not in k and k != "freqs_cis"}
+    hf = Llama3StateDictAdapter(model_args(replace(shape, experts=None), seq_len), None).to_hf(dense)
+    if shape.experts is None:
+        return hf
+    for layer in range(shape.n_layers):
+        ours, theirs = f"layers.{layer}.moe.", f"model.layers.{layer}.block_sparse_moe."
+        hf[theirs + "gate.weight"] = state[ours + "router.gate.weight"]
+        for e in range(shape.experts.count):
+            for w in ("w1", "w2", "w3"):
+                hf[f"{theirs}experts.{e}.{w}.weight"] = state[f"{ours}experts.{w}"][e].contiguous()
+    return hf
+
+
+def mixtral_problem(shape: ModelShape, state: dict) -> str | None:
+    """Why a model with experts is no Mixtral (None: it is one, or it has no experts)."""
+    e = shape.experts
+    if e is None:
+        return None
+    if e.every != 1:
+        return f"experts in one block of every {e.every}: a Mixtral has them in every block"
+    if e.shared:
+        return "shared experts: a Mixtral has none"
+    for name, value in state.items():
+        if name.endswith("moe.expert_bias") and value.any():
+            return "its routing has a load-balancing bias: a Mixtral routes by the gate alone"
+    return None
+
+
 def config(trained: Trained) -> dict:
     shape = trained.shape
+    if shape.experts is not None:  # a Mixtral: Llama's blocks with Mixtral's routing (growdsl.ops.experts)
+        kind = {
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "num_local_experts": shape.experts.count,
+            "num_experts_per_tok": shape.experts.top_k,
+            "router_jitter_noise": 0.0,
+            "output_router_logits": False,
+            "sliding_window": None,
+        }
+    else:
+        kind = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+        kind |= {"attention_bias": False, "mlp_bias": False}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        **kind,
         "vocab_size": shape.vocab_size,
         "hidden_size": shape.dim,
         "intermediate_size": shape.ffn_dim,
@@ -86,8 +133,6 @@ def config(trained: Trained) -> dict:
         "rms_norm_eps": shape.norm_eps,
         **_rope(shape, trained.seq_len),
         "tie_word_embeddings": shape.tied_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
         "bos_token_id": trained.eot_id if trained.bos_id is None else trained.bos_id,
         "eos_token_id": trained.eot_id,
         "torch_dtype": str(next(trained.model.parameters()).dtype).removeprefix("torch."),
