@@ -166,3 +166,48 @@ def test_dense_upcycled_and_exported_as_a_mixtral_gives_transformers_the_dense_l
     assert "shared" in mixtral_problem(replace(shape, experts=Experts(count=4, top_k=2, shared=1)), state)
     state["layers.0.moe.expert_bias"] = torch.ones(4)
     assert "load-balancing bias" in mixtral_problem(shape, state)
+
+
+def _moe_model():
+    from growdsl.ops.model import build_model
+    from growdsl.plan.presets import PRESETS
+
+    shape = replace(PRESETS["tiny"].shape, n_layers=2, vocab_size=256, experts=Experts(count=4, top_k=2, shared=1))
+    return build_model(shape, 32, seed=0)
+
+
+def _sharded_step(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        model = _moe_model()
+        for block in model.layers.values():
+            fully_shard(block)
+        fully_shard(model)
+        assert type(model.layers["0"].moe.experts.w1).__name__ == "DTensor"
+        tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(7))
+        model(tokens).logsumexp(-1).mean().backward()  # the same tokens on both ranks: the mean gradient is theirs
+        grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if ".moe." in n}
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_model_with_experts_shards_with_fsdp2_on_two_processes_and_matches_one(tmp_path):
+    """FSDP2 (gloo, CPU) over the blocks of a model with experts: the experts' and routers' gradients
+    equal one process's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_step, args=(str(tmp_path / "init"), str(tmp_path / "grads.pt")), nprocs=2)
+    sharded = torch.load(tmp_path / "grads.pt")
+    model = _moe_model()
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(7))
+    model(tokens).logsumexp(-1).mean().backward()
+    whole = {n: p.grad for n, p in model.named_parameters() if ".moe." in n}
+    assert sharded.keys() == whole.keys() and any("experts.w1" in n for n in whole)
+    for name, grad in whole.items():
+        torch.testing.assert_close(sharded[name], grad, rtol=1e-5, atol=1e-7, msg=name)
