@@ -226,6 +226,12 @@ def _plan(args) -> int:
     plan = compiled.plan
     if args.json:
         print(plan.to_json(indent=2))
+        if compiled.tournament:
+            t = compiled.tournament
+            print(
+                f"{args.file}: note: a tournament: the plan of its first candidate ({t.arms[0].candidate})",
+                file=sys.stderr,
+            )
         return EXIT_OK
     from growdsl.app.data import describe_data
     from growdsl.lang.errors import Diagnostic, Span
@@ -297,7 +303,7 @@ def _data_prepare(args) -> int:
 
 
 def _fit(args) -> int:
-    plan = compile_schedule(args.file).plan
+    compiled = compile_schedule(args.file)
     from growdsl.runtime import fit
 
     if not fit.RESERVED_GIB < args.memory < 1e6:  # nan and inf fail this too
@@ -307,12 +313,17 @@ def _fit(args) -> int:
         )
     # CUDA's context and NCCL's buffers take their share of a GPU before the run does
     cluster = fit.Cluster(args.gpus, int((args.memory - fit.RESERVED_GIB) * fit.GiB))
-    try:
-        memories = fit.measure(plan, cluster)
-    except ValueError as e:
-        raise GrowdslError(f"{args.file}: {e}") from None
-    table, problems = fit.render(memories, cluster, any(fit.mixed_on_gpus(s) for s in plan.stages))
-    print(table)
+    t = compiled.tournament  # each candidate is a run of its own: each is fitted
+    plans = [(f"candidate {a.number}: {a.candidate}", a.plan) for a in t.arms] if t else [("", compiled.plan)]
+    problems = []
+    for title, plan in plans:
+        try:
+            memories = fit.measure(plan, cluster)
+        except ValueError as e:
+            raise GrowdslError(f"{args.file}: {e}") from None
+        table, found = fit.render(memories, cluster, any(fit.mixed_on_gpus(s) for s in plan.stages))
+        print(f"{title}\n{table}\n" if title else table)
+        problems += [f"{title}: {line}" if title else line for line in found]
     for line in problems:
         print(f"{args.file}: does not fit: {line}", file=sys.stderr)
     if not problems:

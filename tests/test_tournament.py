@@ -96,6 +96,10 @@ def test_plan_shows_the_tournament_and_run_refuses_it(tmp_path, capsys):
     assert "tournament     line 9: 4 candidates grow one base (trained 12 steps) into 4L · dim 32" in out
     assert "  4  stack x2 init learn 2 steps (4 steps after its learned map): line 9: stack" in out
     assert main(["validate", str(path)]) == 0
+    assert main(["plan", str(path), "--json"]) == 0
+    assert "a tournament: the plan of its first candidate (stack x2)" in capsys.readouterr().err
+    assert main(["fit", str(path), "--gpus", "1", "--memory", "80"]) == 0  # each candidate is a run of its own
+    assert "candidate 4: stack x2 init learn 2 steps\n" in capsys.readouterr().out
     assert main(["run", str(path)]) == 2
     assert "holds a tournament (try, line 9): run it with growdsl tournament" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
