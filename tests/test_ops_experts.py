@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchtitan.models.moe.moe import FeedForward, MoE, TokenChoiceTopKRouter
 
-from growdsl.ops.experts import Upcycling, mixture, tokens_per_expert, upcycled_ffn
+from growdsl.ops.experts import Upcycling, balance, mixture, tokens_per_expert, upcycled_ffn
 from growdsl.plan.shape import Experts
 
 DIM, HIDDEN = 32, 48
@@ -211,3 +211,26 @@ def test_a_model_with_experts_shards_with_fsdp2_on_two_processes_and_matches_one
     assert sharded.keys() == whole.keys() and any("experts.w1" in n for n in whole)
     for name, grad in whole.items():
         torch.testing.assert_close(sharded[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_balance_moves_the_bias_towards_the_experts_that_got_fewer_tokens_and_restarts_the_counts():
+    from growdsl.ops.model import build_model
+    from growdsl.plan.presets import PRESETS
+
+    shape = replace(PRESETS["tiny"].shape, n_layers=2, vocab_size=256, experts=Experts(count=4, top_k=1, balance=0.01))
+    model = build_model(shape, 32, seed=0)
+    moe = model.layers["0"].moe
+    moe.tokens_per_expert.copy_(torch.tensor([10.0, 0.0, 4.0, 6.0]))  # mean 5
+    model.layers["1"].moe.tokens_per_expert.copy_(torch.tensor([5.0, 5.0, 5.0, 5.0]))
+    counts = balance(model, summed=lambda t: 2 * t)  # as if a second rank had routed the same
+    assert counts.tolist() == [[20, 0, 8, 12], [10, 10, 10, 10]]
+    # signs +-1 (over, under, under, over), less their mean (0): the overloaded lose, the others gain
+    torch.testing.assert_close(moe.expert_bias, torch.tensor([-0.01, 0.01, 0.01, -0.01]))
+    assert model.layers["1"].moe.expert_bias.abs().max() == 0  # balanced: no move
+    assert moe.tokens_per_expert.sum() == 0 and model.layers["1"].moe.tokens_per_expert.sum() == 0
+    dense = build_model(replace(shape, experts=None), 32, seed=0)
+    assert balance(dense) is None
+    off = build_model(replace(shape, experts=Experts(count=4, top_k=1)), 32, seed=0)
+    off.layers["0"].moe.tokens_per_expert.fill_(3)
+    assert balance(off).tolist()[0] == [3, 3, 3, 3] and off.layers["0"].moe.expert_bias is None
+    assert off.layers["0"].moe.tokens_per_expert.sum() == 0

@@ -13,6 +13,7 @@ hidden]; shared_experts.w1/w2/w3 as nn.Linear weights."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -169,3 +170,26 @@ def upcycled_state(
             moe = upcycled_ffn(ffn["w1"], ffn["w2"], ffn["w3"], experts, how, generator)
             out.update({f"layers.{layer}.moe.{name}": t for name, t in moe.items()})
     return out
+
+
+def balance(
+    model: torch.nn.Module, summed: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor | None:
+    """torchtitan's load balancing without an auxiliary loss, once a step (as its optimizer hook does):
+    each mixture's routing bias moves by its coefficient towards the experts that got fewer tokens than
+    the mean, the moves of one mixture summing to zero; then its counts restart. `summed` adds a tensor
+    up over the data-parallel ranks (None: one process). Returns the tokens each expert got, a row per
+    mixture, for the metrics; None for a model without experts."""
+    mixtures = [block.moe for block in model.get_submodule("layers").children() if isinstance(block, MixtureBlock)]
+    if not mixtures:
+        return None
+    counts = torch.vstack([m.tokens_per_expert for m in mixtures])
+    if summed is not None:
+        counts = summed(counts)
+    with torch.no_grad():
+        for moe, count in zip(mixtures, counts.float()):
+            if moe.load_balance_coeff is not None:
+                move = moe.load_balance_coeff * torch.sign(count.mean() - count)
+                moe.expert_bias.add_(move - move.mean())
+            moe.tokens_per_expert.zero_()
+    return counts
