@@ -462,3 +462,55 @@ def kill_at(fragment: str):
             raise KeyboardInterrupt
 
     return log
+
+
+def hf_mixtral(folder: Path, *, experts=4, top_k=2, layers=2, seed=0) -> Path:
+    """A small random Mixtral saved as transformers saves it (its experts one tensor each, per expert)."""
+    torch.manual_seed(seed)
+    config = transformers.MixtralConfig(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=400, rope_theta=10000.0, max_position_embeddings=256, rms_norm_eps=1e-5,
+        num_local_experts=experts, num_experts_per_tok=top_k, sliding_window=None, router_jitter_noise=0.0,
+    )  # fmt: skip
+    transformers.MixtralForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_hugging_face_mixtral_plans_trains_resumes_and_exports_back(data_dir, tmp_path, capsys):
+    """`model from` a Mixtral: its experts planned (total and active parameters), its logits transformers',
+    trained on with FSDP2's layout on one process, resumed exactly, exported back with transformers' logits."""
+    from growdsl.cli import main
+    from growdsl.plan import plan_source
+
+    folder = hf_mixtral(tmp_path / "mixtral")
+    plan = plan_source(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ntrain 6 steps\n')
+    shape = plan.start.shape
+    assert (shape.experts.count, shape.experts.top_k, shape.experts.every) == (4, 2, 1)
+    hf = transformers.MixtralForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    assert shape.params == sum(p.numel() for p in hf.parameters())
+    assert shape.active_params == shape.params - 2 * 2 * 3 * 64 * 96  # two of the four experts a token, 2 blocks
+    schedule = tmp_path / "s.grow"
+    settings = "seq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ncheckpoint every 3 steps\n"
+    schedule.write_text(f'model from "{folder}"\n{settings}train 6 steps\n')
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run), "--until", "3"]) == 0
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run), "--resume"]) == 0
+    resumed = [json.loads(line)["loss"] for line in (run / "history.jsonl").read_text().splitlines()]
+    whole = tmp_path / "whole"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(whole)]) == 0
+    assert resumed == [json.loads(line)["loss"] for line in (whole / "history.jsonl").read_text().splitlines()]
+    assert main(["export", str(run), "--hf", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "mixtral"
+    from growdsl.eval.checkpoints import load
+
+    trained = load(run)
+    tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = trained.model(tokens)
+        theirs = transformers.MixtralForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
+    assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
+    capsys.readouterr()
+    grows = tmp_path / "g.grow"
+    grows.write_text(f'model from "{folder}"\ntrain 6 steps\nstack x2\ntrain 6 steps\n')
+    assert main(["validate", str(grows)]) == 1
+    assert "growdsl grows dense models" in capsys.readouterr().err

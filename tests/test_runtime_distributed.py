@@ -233,3 +233,31 @@ def test_a_tournament_under_torchrun(data_dir, tmp_path):
     assert all(
         (folder / arm / "history.jsonl").read_text().startswith(base) for arm in ("1-stack-x2", "2-stack-x2-init-zero")
     )
+
+
+@pytest.mark.cluster
+def test_a_mixtral_trains_under_torchrun_with_fsdp2(data_dir, tmp_path):
+    """A model with experts (a Mixtral it starts from), sharded by torchtitan's parallelize_llama over two gloo
+    processes: it trains, and its loss curve is the one process's to float32 summation order."""
+    import subprocess
+    import sys
+
+    from test_imported import hf_mixtral
+
+    folder = hf_mixtral(tmp_path / "mixtral")
+    schedule = tmp_path / "m.grow"
+    schedule.write_text(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ntrain 6 steps\n')
+    losses = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"run{processes}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        done = subprocess.run(
+            [*command, "-m", "growdsl", "run", str(schedule), "--data", str(data_dir), "--run-dir", str(run_dir)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        losses[processes] = [json.loads(line)["loss"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(losses[2]) == 6
+    assert max(abs(a - b) for a, b in zip(losses[1], losses[2])) < 2e-3 * losses[1][0]

@@ -206,9 +206,11 @@ def _summary(plan: Plan, trainer: Trainer, logs: list[StageLog]) -> list[str]:
         stage = plan.stages[stage_log.index]
         n = min(5, len(stage_log.losses))
         head, tail = stage_log.losses[:n], stage_log.losses[-n:]
-        ended = trainer.stopped and stage_log is logs[-1]  # stopped at --until inside it, or at its end
-        where = f"at step {stage_log.val_losses[-1][0]:,}" if ended else "at its end"
-        val = f"; validation loss {stage_log.val_losses[-1][1]:.4f} {where}" if stage_log.val_losses else ""
+        val = ""
+        if stage_log.val_losses:
+            step, loss = stage_log.val_losses[-1]
+            stopped = trainer.stopped and stage_log is logs[-1]  # at --until: inside it, or at its end
+            val = f"; validation loss {loss:.4f} {f'at step {step:,}' if stopped else 'at its end'}"
         done = len(stage_log.losses)
         steps = f"{stage.steps:,}" if done == stage.steps else f"{done:,} of {stage.steps:,}"
         out.append(

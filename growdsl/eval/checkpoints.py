@@ -149,14 +149,14 @@ MAX_SEQ = 2**20
 def _check_tensors(ckpt: Path, shape, seq_len: int) -> None:
     """The model progress.json records must be the one whose tensors the checkpoint holds, and those
     tensors must fit in its files: checked on the metadata, before a model is built."""
-    from growdsl.ops.model import Transformer, model_args
+    from growdsl.ops.model import transformer
 
     try:
         held = checkpoint.SafeReader(ckpt).read_metadata().state_dict_metadata
     except checkpoint.CheckpointError as e:
         raise LoadError(str(e)) from None
     with torch.device("meta"):
-        wanted = Transformer(model_args(shape, seq_len)).state_dict()
+        wanted = transformer(shape, seq_len).state_dict()
     for name, t in wanted.items():
         have = held.get(f"model.{name}")
         if name != "freqs_cis" and (have is None or tuple(have.size) != tuple(t.shape)):

@@ -81,13 +81,9 @@ def hf_state(state: dict, shape: ModelShape, seq_len: int) -> dict:
     hf = Llama3StateDictAdapter(model_args(replace(shape, experts=None), seq_len), None).to_hf(dense)
     if shape.experts is None:
         return hf
-    for layer in range(shape.n_layers):
-        ours, theirs = f"layers.{layer}.moe.", f"model.layers.{layer}.block_sparse_moe."
-        hf[theirs + "gate.weight"] = state[ours + "router.gate.weight"]
-        for e in range(shape.experts.count):
-            for w in ("w1", "w2", "w3"):
-                hf[f"{theirs}experts.{e}.{w}.weight"] = state[f"{ours}experts.{w}"][e].contiguous()
-    return hf
+    from growdsl.ops.experts import to_mixtral
+
+    return hf | to_mixtral(state, shape)
 
 
 def mixtral_problem(shape: ModelShape, state: dict) -> str | None:

@@ -328,7 +328,14 @@ class _Compiler(Reader):
         policies = dict(self.policy)
         policies_of(self, node.policies, policies)
         found = operator_of(self, node)
-        if found is None:
+        if self.shape.experts is not None:  # its experts have no layer or unit maps
+            self.error(
+                node.span,
+                f"this model has a mixture of experts ({self.shape.describe()}): growdsl grows dense models",
+                "train it on without growing it, or start from a dense model",
+            )
+            draft = None
+        elif found is None:
             draft = None
         elif node.kind == "widen":
             draft = width_growth(self, node, *found, policies, self.shape, self.layers)

@@ -15,7 +15,7 @@ from growdsl.errors import GrowdslError
 from growdsl.files import FileProblem, not_plain_under, parse_json, read_json
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT
-from growdsl.plan.shape import ModelShape, RopeScaling
+from growdsl.plan.shape import Experts, ModelShape, RopeScaling
 from growdsl.records.progress import PROGRESS, CheckpointError, committed, is_committed, read_progress
 
 INDEX = "model.safetensors.index.json"
@@ -87,14 +87,29 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (kv, d),
             p + "self_attn.v_proj.weight": (kv, d),
             p + "self_attn.o_proj.weight": (d, d),
-            p + "mlp.gate_proj.weight": (shape.ffn_dim, d),
-            p + "mlp.up_proj.weight": (shape.ffn_dim, d),
-            p + "mlp.down_proj.weight": (d, shape.ffn_dim),
             p + "input_layernorm.weight": (d,),
             p + "post_attention_layernorm.weight": (d,),
         }
+        if shape.experts is None:
+            out |= {
+                p + "mlp.gate_proj.weight": (shape.ffn_dim, d),
+                p + "mlp.up_proj.weight": (shape.ffn_dim, d),
+                p + "mlp.down_proj.weight": (d, shape.ffn_dim),
+            }
+            continue
+        moe = p + "block_sparse_moe."  # a Mixtral's: every block a mixture
+        out[moe + "gate.weight"] = (shape.experts.count, d)
+        for e in range(shape.experts.count):
+            out |= {
+                f"{moe}experts.{e}.w1.weight": (shape.ffn_dim, d),
+                f"{moe}experts.{e}.w2.weight": (d, shape.ffn_dim),
+                f"{moe}experts.{e}.w3.weight": (shape.ffn_dim, d),
+            }
     out["lm_head.weight"] = (shape.vocab_size, d)
     return out
+
+
+MAX_EXPERTS = 4096  # far past any model's (DeepSeek-V3: 256); a plan lists every expert's tensors
 
 
 def read_config(file: Path) -> ModelShape:
@@ -113,11 +128,11 @@ def read_config(file: Path) -> ModelShape:
         raise ModelFolderError(f"{file} is unreadable: {e.strerror}") from None
     if not isinstance(config, dict):
         raise ModelFolderError(f"{file} is not a model's config")
-    kind = config.get("model_type")
-    if kind != "llama":
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mixtral"):
         raise ModelFolderError(
-            f"{file}: model_type is {kind!r}, not 'llama': growdsl grows Llama models (RoPE, RMSNorm, SwiGLU, no "
-            f"biases)"
+            f"{file}: model_type is {model_type!r}, not 'llama' or 'mixtral': growdsl grows Llama models (RoPE, "
+            f"RMSNorm, SwiGLU, no biases), with a mixture of experts or not"
         )
 
     def count(key: str, default: int | None = None) -> int:
@@ -181,9 +196,26 @@ def read_config(file: Path) -> ModelShape:
         )  # fmt: skip
     else:
         raise ModelFolderError(f"{file}: RoPE scaling {kind!r}; growdsl computes none, linear and llama3")
+    experts = None
+    if model_type == "mixtral":  # Llama's blocks with Mixtral's routing: growdsl.ops.experts computes exactly this
+        for key, wrong in (("sliding_window", config.get("sliding_window") is not None),
+                           ("router_jitter_noise", bool(config.get("router_jitter_noise")))):  # fmt: skip
+            if wrong:
+                raise ModelFolderError(
+                    f"{file}: {key} is {config[key]!r}: growdsl attends over the whole context and routes "
+                    f"without jitter"
+                )
+        experts = Experts(count=count("num_local_experts", 8), top_k=count("num_experts_per_tok", 2))
+        if experts.count > MAX_EXPERTS:
+            raise ModelFolderError(f"{file}: {experts.count:,} experts; growdsl builds at most {MAX_EXPERTS:,}")
+        if experts.top_k > experts.count:
+            raise ModelFolderError(
+                f"{file}: num_experts_per_tok {experts.top_k} is more than its {experts.count} experts"
+            )
     return checked(
         file,
         ModelShape(
+            experts=experts,
             dim=dim,
             n_layers=layers,
             n_heads=heads,

@@ -37,7 +37,13 @@ def _table(plan: Plan, predict_d: bool) -> list[str]:
             if st.flops or st.recorded
             else "its cost not stated: 0 FLOPs"
         )
-        what = "a growdsl checkpoint" if st.kind == "run" else "a Hugging Face Llama"
+        what = (
+            "a growdsl checkpoint"
+            if st.kind == "run"
+            else "a Hugging Face Mixtral"
+            if st.shape.experts
+            else "a Hugging Face Llama"
+        )
         rows.append(
             ("from", str(st.shape.n_layers), human(st.shape.params), human(st.tokens), "-", "-", "-", f"{st.flops:.3g}",
              f"{st.flops:.3g}")

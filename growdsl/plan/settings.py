@@ -359,6 +359,13 @@ def training_config(reader: Reader, t: Settings, shape: ModelShape, span: Span) 
             "every step is micro_batch x data-parallel ranks x accumulation steps",
         )
         return None
+    if shape.experts is not None and t.tp > 1:
+        reader.error(
+            where.get("tp", span),
+            f"tp {t.tp} with a mixture of experts: growdsl has no tensor-parallel plan for torchtitan's MoE",
+            "shard it with dp_shard (FSDP2) instead",
+        )
+        return None
     if shape.n_heads % t.tp or shape.n_kv_heads % t.tp:
         reader.error(
             where.get("tp", span),

@@ -141,6 +141,11 @@ def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
     ValueError for a layout that is not the cluster's."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    if any(s.shape.experts for s in plan.stages):  # its for-loop experts split the tokens by their routing
+        raise ValueError(
+            "a mixture of experts routes each token by its values, which a measurement without weights cannot: "
+            "fit measures dense models"
+        )
     world = World(0, cluster.gpus)
     layouts = [stage_layout(s, world) for s in plan.stages]  # refused before anything is built
     owned = not dist.is_initialized()
@@ -167,10 +172,9 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
-    from torchtitan.models.llama3 import Transformer
 
     from growdsl.ops.layout import local, named_parameters
-    from growdsl.ops.model import model_args
+    from growdsl.ops.model import transformer
     from growdsl.runtime.distributed import is_sharded
 
     t = stage.training
@@ -178,7 +182,7 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
     max_seq = max(s.training.seq_len for s in plan.stages)
     micro = micro_batch(stage, lay)
     with FakeTensorMode(allow_non_fake_inputs=True), _meshes_outside_fake_mode():
-        model = Transformer(model_args(stage.shape, max_seq))  # fake weights: shapes only
+        model = transformer(stage.shape, max_seq)  # fake weights: shapes only
         if stage.shape.tied_embeddings:
             model.output.weight = model.tok_embeddings.weight
         training, ranks = _as_laid_out(t, lay, world)

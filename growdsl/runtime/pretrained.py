@@ -1,5 +1,5 @@
-"""The weights of the model a schedule starts from (`model from "DIR"`): a Hugging Face Llama's
-safetensors, checked again as the run starts (growdsl.plan.imported), renamed and their query/key
+"""The weights of the model a schedule starts from (`model from "DIR"`): a Hugging Face Llama's (or
+Mixtral's) safetensors, checked again as the run starts (growdsl.plan.imported), renamed and their query/key
 rows permuted by torchtitan's own Llama3StateDictAdapter (the inverse of what export does), or a
 growdsl checkpoint's model, verified against its manifest; written into the freshly built stage-0
 model. safetensors and checked DCP files only: nothing loaded can run code."""
@@ -7,12 +7,14 @@ model. safetensors and checked DCP files only: nothing loaded can run code."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from growdsl.ops.experts import from_mixtral
 from growdsl.ops.model import model_args
 from growdsl.plan.imported import ModelFolderError, read_hf, read_run
 from growdsl.plan.plan import Start
@@ -43,7 +45,9 @@ def load_start(start: Start, model: nn.Module, seq_len: int) -> None:
             raise ModelFolderError(f"{found.folder / file} cannot be read: {e}") from None
     if start.shape.tied_embeddings:
         hf.pop("lm_head.weight", None)  # one table: the input embedding's
-    ours = Llama3StateDictAdapter(model_args(start.shape, seq_len), None).from_hf(hf)
+    experts = from_mixtral(hf, start.shape) if start.shape.experts else {}  # a Mixtral's, taken out first
+    dense = replace(start.shape, experts=None)
+    ours = Llama3StateDictAdapter(model_args(dense, seq_len), None).from_hf(hf) | experts
     if start.shape.tied_embeddings:
         ours["output.weight"] = ours["tok_embeddings.weight"]
     with torch.no_grad():
