@@ -48,7 +48,7 @@ def plain(tmp_path_factory):
     return hf_llama(tmp_path_factory.mktemp("hf") / "plain")
 
 
-def assert_exported_logits(run: Path, out: Path) -> None:
+def assert_exported_logits(run: Path, out: Path, kind=transformers.LlamaForCausalLM) -> None:
     """transformers' logits of the export `out` equal growdsl's of the run's newest checkpoint."""
     from growdsl.eval.checkpoints import load
 
@@ -56,7 +56,7 @@ def assert_exported_logits(run: Path, out: Path) -> None:
     tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = trained.model(tokens)
-        theirs = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
+        theirs = kind.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
     assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
 
 
@@ -501,14 +501,7 @@ def test_a_hugging_face_mixtral_plans_trains_resumes_and_exports_back(data_dir, 
     assert resumed == [json.loads(line)["loss"] for line in (whole / "history.jsonl").read_text().splitlines()]
     assert main(["export", str(run), "--hf", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "mixtral"
-    from growdsl.eval.checkpoints import load
-
-    trained = load(run)
-    tokens = torch.randint(0, 394, (1, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = trained.model(tokens)
-        theirs = transformers.MixtralForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(tokens).logits
-    assert (ours - theirs).abs().max().item() < 1e-4 * ours.abs().max().item()
+    assert_exported_logits(run, out, transformers.MixtralForCausalLM)
     capsys.readouterr()
     grows = tmp_path / "g.grow"
     grows.write_text(f'model from "{folder}"\ntrain 6 steps\nstack x2\ntrain 6 steps\n')

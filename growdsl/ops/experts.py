@@ -195,30 +195,33 @@ def balance(
     return counts
 
 
-def to_mixtral(state: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
-    """The mixtures' tensors of `state` by a Hugging Face Mixtral's names (the gate, one w1/w2/w3 per expert)."""
+def _mixtral_names(shape: ModelShape):
+    """For each mixture: growdsl's router and stacked experts' names, and a Mixtral's gate and per-expert names."""
     experts = shape.experts
     assert experts is not None
-    hf = {}
     for layer in range(shape.n_layers):
         ours, theirs = f"layers.{layer}.moe.", f"model.layers.{layer}.block_sparse_moe."
-        hf[theirs + "gate.weight"] = state[ours + "router.gate.weight"]
-        for e in range(experts.count):
-            for w in ("w1", "w2", "w3"):
-                hf[f"{theirs}experts.{e}.{w}.weight"] = state[f"{ours}experts.{w}"][e].contiguous()
+        stacks = {
+            f"{ours}experts.{w}": [f"{theirs}experts.{e}.{w}.weight" for e in range(experts.count)]
+            for w in ("w1", "w2", "w3")
+        }
+        yield ours + "router.gate.weight", theirs + "gate.weight", stacks
+
+
+def to_mixtral(state: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
+    """The mixtures' tensors of `state` by a Hugging Face Mixtral's names (the gate, one w1/w2/w3 per expert)."""
+    hf = {}
+    for router, gate, stacks in _mixtral_names(shape):
+        hf[gate] = state[router]
+        for stacked, names in stacks.items():
+            hf |= {name: state[stacked][e].contiguous() for e, name in enumerate(names)}
     return hf
 
 
 def from_mixtral(hf: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, torch.Tensor]:
     """A Mixtral's gate and experts taken out of `hf` (what is left is a Llama's) as growdsl's tensors."""
-    experts = shape.experts
-    assert experts is not None
     ours = {}
-    for layer in range(shape.n_layers):
-        theirs, mine = f"model.layers.{layer}.block_sparse_moe.", f"layers.{layer}.moe."
-        ours[mine + "router.gate.weight"] = hf.pop(theirs + "gate.weight")
-        for w in ("w1", "w2", "w3"):
-            ours[f"{mine}experts.{w}"] = torch.stack(
-                [hf.pop(f"{theirs}experts.{e}.{w}.weight") for e in range(experts.count)]
-            )
+    for router, gate, stacks in _mixtral_names(shape):
+        ours[router] = hf.pop(gate)
+        ours |= {stacked: torch.stack([hf.pop(name) for name in names]) for stacked, names in stacks.items()}
     return ours
