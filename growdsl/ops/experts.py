@@ -225,3 +225,11 @@ def from_mixtral(hf: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, to
         ours[router] = hf.pop(gate)
         ours |= {stacked: torch.stack([hf.pop(name) for name in names]) for stacked, names in stacks.items()}
     return ours
+
+
+def zero_counts(model: torch.nn.Module) -> None:
+    """Restart every mixture's token counts (they are no state: not in its state dict): after a model is
+    built, and after forward passes that train nothing (validation)."""
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.tokens_per_expert.zero_()

@@ -127,3 +127,7 @@ def materialize(
             for name in GLOBAL_PARAMS:
                 write_full(into[name], whole.get_parameter(name))
     model.freqs_cis = whole.freqs_cis
+    if shape.experts is not None:
+        from growdsl.ops.experts import zero_counts
+
+        zero_counts(model)

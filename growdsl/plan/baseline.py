@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from growdsl.errors import GrowdslError
 from growdsl.plan.plan import LRSchedule, Plan, Stage
-from growdsl.plan.shape import RopeScaling
+from growdsl.plan.shape import Experts, RopeScaling
 
 # What must agree across the stages after the last growth for one scratch schedule to mirror them.
 _SAME = (
@@ -102,7 +102,8 @@ def schedule(plan: Plan, data: Data | None, grown: str, out: str | None) -> str:
         f"rope_theta {_num(shape.rope_theta)}"
         + (" tied" if shape.tied_embeddings else "")
         + (" padded" if shape.vocab_padded or plan.start else "")  # a model it started from: its own rows
-        + _rope(shape.rope_scaling),
+        + _rope(shape.rope_scaling)
+        + experts_setting(shape.experts),
         f"seq {t.seq_len}",
         f"batch {t.batch_seqs} seqs",
     ]
@@ -147,6 +148,14 @@ def _rope(r: RopeScaling) -> str:
     if r.kind == "linear":
         return f" rope_scaling linear {_num(r.factor)} {context}"
     return f" rope_scaling llama3 {_num(r.factor)} {_num(r.low_freq_factor)} {_num(r.high_freq_factor)} {context}"
+
+
+def experts_setting(e: Experts | None) -> str:
+    """The model's mixture of experts as the model statement says it (nothing for a dense model)."""
+    if e is None:
+        return ""
+    text = f" experts {e.count} top {e.top_k}" + (f" shared {e.shared}" if e.shared else "")
+    return text + (f" every {e.every}" if e.every != 1 else "") + (f" balance {_num(e.balance)}" if e.balance else "")
 
 
 def _stem(path: str) -> str:

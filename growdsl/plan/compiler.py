@@ -487,6 +487,13 @@ class _Compiler(Reader):
             )
             return None
         shape = ModelShape(**fam)
+        if shape.experts and not any(shape.experts.holds(i) for i in range(shape.n_layers)):
+            self.error(
+                node.span,
+                f"experts every {shape.experts.every} blocks, in a {shape.n_layers}-block model: no block holds them",
+                f"train at least {shape.experts.every} layers, or put experts in more blocks",
+            )
+            return None
         if node.shape is not None and node.shape.fields:
             return resolve_width(self, shape, node.shape.fields, node.shape.span, grow=False)
         return shape

@@ -11,7 +11,7 @@ from growdsl.lang import ast
 from growdsl.lang.errors import Span
 from growdsl.plan.layermap import MAX_LAYERS
 from growdsl.plan.reading import MAX_COUNT, Reader, as_number, as_word
-from growdsl.plan.shape import ModelShape, RopeScaling
+from growdsl.plan.shape import Experts, ModelShape, RopeScaling
 
 FIELD_NAMES = {
     "dim": "dim",
@@ -28,7 +28,7 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
     ok = True
     for f in fields:
         if f.key in FIELD_NAMES:
-            value: int | float | bool | RopeScaling | None = reader.integer(
+            value: int | float | bool | RopeScaling | Experts | None = reader.integer(
                 as_number(f.args[0]), f.key, maximum=MAX_LAYERS if f.key == "layers" else MAX_COUNT
             )
             key = FIELD_NAMES[f.key]
@@ -38,6 +38,8 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
             value, key = True, "vocab_padded"
         elif f.key == "rope_scaling":
             value, key = _rope_scaling(reader, f), "rope_scaling"
+        elif f.key == "experts":
+            value, key = _experts(reader, f), "experts"
         else:  # tied / untied
             value, key = f.key == "tied", "tied_embeddings"
         if value is None:
@@ -47,6 +49,33 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
             ok = False
         out[key] = value
     return out if ok else None
+
+
+MAX_EXPERTS = 4096  # far past any model's (DeepSeek-V3: 256)
+
+
+def _experts(reader: Reader, f: ast.Setting) -> Experts | None:
+    """`experts 8 top 2 [shared 1] [every 2] [balance 1e-3]`: every `every`-th block's feed-forward a mixture
+    (growdsl.plan.shape.Experts)."""
+    words = [a.text if isinstance(a, ast.Word) else None for a in f.args]
+    numbers = {"count": f.args[0]}
+    numbers |= {str(words[i - 1]): a for i, a in enumerate(f.args) if i and words[i - 1] and not words[i]}
+    count = reader.integer(as_number(numbers["count"]), "experts", maximum=MAX_EXPERTS)
+    top = reader.integer(as_number(numbers["top"]), "top (experts a token)", maximum=MAX_EXPERTS)
+    shared = reader.integer(as_number(numbers["shared"]), "shared experts", minimum=0) if "shared" in numbers else 0
+    every = (
+        reader.integer(as_number(numbers["every"]), "every (blocks)", maximum=MAX_LAYERS) if "every" in numbers else 1
+    )
+    balance = reader.real(as_number(numbers["balance"]), "balance") if "balance" in numbers else None
+    if None in (count, top, shared, every) or ("balance" in numbers and balance is None):
+        return None
+    assert count is not None and top is not None and shared is not None and every is not None
+    if top > count:
+        reader.error(
+            numbers["top"].span, f"top {top} of {count} experts: a token cannot go to more experts than there are"
+        )
+        return None
+    return Experts(count=count, top_k=top, shared=shared, every=every, balance=balance)
 
 
 def _rope_scaling(reader: Reader, f: ast.Setting) -> RopeScaling | None:

@@ -26,6 +26,7 @@ import torch
 
 from growdsl.errors import Diverged, RunError
 from growdsl.ops.check import non_finite
+from growdsl.ops.experts import balance
 from growdsl.ops.layout import full, laid_out_like, named_parameters, reshard, state_dict, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
@@ -98,6 +99,7 @@ class Trainer:
         # stop after this global step, validated and checkpointed there (a resume goes on); None: the end
         self.until = until
         self.stopped = False  # `run` ended at `until`, before the schedule's end
+        self.expert_load: torch.Tensor | None = None  # a mixture's tokens per expert at the last step (a row each)
         self.sources = data if isinstance(data, RunData) else RunData.single(data, len(plan.stages))
         self.log = log if world.main else (lambda line: None)
         self.checkpoint_dir, self.resume, self.metrics = checkpoint_dir, resume, metrics
@@ -342,7 +344,15 @@ class Trainer:
             raise Diverged(f"the gradient norm became {grad_norm} at {where}, before its update: lower the LR")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        # a mixture's routing bias moves towards its less used experts (torchtitan's load balancing), on the
+        # counts of every rank: with experts, every rank is data-parallel (tp is refused)
+        self.expert_load = balance(self.model, self._summed if self.world.size > 1 else None)
         return total, grad_norm
+
+    @staticmethod
+    def _summed(t: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(t)
+        return t
 
     def _micro_batch(self, micro: int, seq_len: int, lay: Layout):
         """This rank's share of the next `micro` sequences per data-parallel rank, on its device (the
@@ -358,6 +368,9 @@ class Trainer:
         extra = {}
         if self.peak_flops:  # model FLOPs utilisation of every device
             extra["mfu"] = rate * stage.flops_per_token / (self.peak_flops * self.world.size)
+        if self.expert_load is not None:  # the busiest expert's tokens over the mean: 1 is a perfect balance
+            load = self.expert_load.float()
+            extra["expert_load_max"] = (load.max(dim=1).values / load.mean(dim=1).clamp(min=1e-9)).max().item()
         if self.progress:
             self.progress.update(stage.index, step, stage.steps, step * training.tokens_per_step, loss, rate)
         if self.metrics:
@@ -374,7 +387,7 @@ class Trainer:
                 **extra,
             )
         if logs:
-            mfu = f"  MFU {extra['mfu']:.2f}" if extra else ""
+            mfu = f"  MFU {extra['mfu']:.2f}" if "mfu" in extra else ""
             where = f"stage {stage.index} step {step}/{stage.steps}"
             self.log(f"{where}  loss {loss:.4f}  lr {lr:.2e}  {rate:,.0f} tok/s{mfu}")
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from growdsl.errors import Diverged
+from growdsl.ops.experts import zero_counts
 from growdsl.ops.layout import full, reshard
 from growdsl.plan.plan import Stage
 from growdsl.runtime.distributed import Layout, World
@@ -46,6 +47,7 @@ def validate(
             total += full(cross_entropy(model, xb, yb, mixed, reduction="sum")).double()
     model.train()
     reshard(model)  # FSDP keeps the weights it gathered for a forward without a backward
+    zero_counts(model)  # its routing balances on the tokens it trains on
     tokens = len(x) * ranks * training.seq_len
     # the mean over every rank of its share's sum: each data slice is counted tp times over `world` ranks
     loss = world.mean(total.item()) * ranks / tokens
