@@ -236,17 +236,23 @@ def test_a_tournament_under_torchrun(data_dir, tmp_path):
 
 
 @pytest.mark.cluster
-def test_a_mixtral_trains_under_torchrun_with_fsdp2(data_dir, tmp_path):
-    """A model with experts (a Mixtral it starts from), sharded by torchtitan's parallelize_llama over two gloo
-    processes: it trains, and its loss curve is the one process's to float32 summation order."""
+@pytest.mark.parametrize("model", ["mixtral", "balanced"])
+def test_a_model_with_experts_trains_under_torchrun_with_fsdp2(data_dir, tmp_path, model):
+    """A model with experts (a Mixtral it starts from; one of its own, load-balanced on the counts of every
+    rank), sharded by torchtitan's parallelize_llama over two gloo processes: it trains, and its loss curve
+    is the one process's to float32 summation order."""
     import subprocess
     import sys
 
     from test_imported import hf_mixtral
 
-    folder = hf_mixtral(tmp_path / "mixtral")
     schedule = tmp_path / "m.grow"
-    schedule.write_text(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ntrain 6 steps\n')
+    if model == "mixtral":
+        folder = hf_mixtral(tmp_path / "mixtral")
+        schedule.write_text(f'model from "{folder}"\nseq 32\nbatch 4 seqs\nwarmup 1 step\nval off\ntrain 6 steps\n')
+    else:
+        moe = TINY_RUN.replace("padded", "padded experts 4 top 2 balance 0.05")
+        schedule.write_text(moe + "val off\ntrain 2L for 6 steps\n")
     losses = {}
     for processes in (1, 2):
         run_dir = tmp_path / f"run{processes}"
