@@ -10,6 +10,7 @@ from growdsl.cli import main
 from growdsl.lang.errors import ScheduleError
 from growdsl.plan import plan_source
 from growdsl.plan.baseline import experts_setting
+from growdsl.plan.units import human
 
 MOE = TINY_RUN.replace("padded", "padded experts 4 top 2 shared 1 balance 0.01")
 
@@ -23,6 +24,12 @@ def test_the_model_statement_names_a_mixture_and_the_plan_counts_it():
     assert shape.params - dense.params == 2 * ((4 + 1 - 1) * ffn + 32 * 4)  # two blocks: 4 experts + shared, router
     assert shape.active_params - dense.params == 2 * ((2 + 1 - 1) * ffn + 32 * 4)
     assert plan.stages[0].flops_per_token == shape.flops_per_token(32)
+    from growdsl.plan.render import render_plan
+
+    assert (
+        f"experts        {human(shape.active_params)} of the {human(shape.params)} parameters a token"
+        in render_plan(plan)
+    )
     for text, message in [
         ("model tiny experts 4 top 5\ntrain 2L for 10 steps", "top 5 of 4 experts"),
         ("model tiny experts 4 top 2 every 3\ntrain 2L for 10 steps", "no block holds them"),

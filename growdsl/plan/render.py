@@ -96,6 +96,14 @@ def _totals(plan: Plan, predict_d: bool) -> list[str]:
     """Tokens and FLOPs, the from-scratch baseline (or why there is none), validation's cost."""
     tot = plan.totals
     out = [f"total tokens   {human(tot.tokens)}", f"total FLOPs    {tot.flops:.3e}"]
+    final = plan.stages[-1].shape
+    if final.experts is not None:  # a token passes through part of it: what its FLOPs come from
+        e = final.experts
+        out.append(
+            f"experts        {human(final.active_params)} of the {human(final.params)} parameters a token "
+            f"({e.top_k}{f' + {e.shared} shared' if e.shared else ''} of {e.count} experts, and the router): "
+            f"its FLOPs are the active parameters'"
+        )
     try:
         baseline.check(plan)
         b = tot.baseline
