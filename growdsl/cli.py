@@ -79,21 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_fit)
 
     r = sub.add_parser("run", help="train a schedule from the first token to the end, growing in memory")
-    r.add_argument("file", metavar="FILE")
-    r.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
-    r.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/NAME-TIME)")
-    r.add_argument(
-        "--resume",
-        action="store_true",
-        help="go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)",
-    )
-    r.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
-    r.add_argument(
-        "--timeout",
-        type=_positive,
-        default=30,
-        metavar="MINUTES",
-        help="under torchrun: how long a process waits for the others in a collective before all stop (default 30)",
+    _training(
+        r,
+        "--run-dir",
+        "where to write the run (default: runs/NAME-TIME)",
+        "go on from the newest complete checkpoint (of --run-dir, or the newest runs/NAME-*)",
     )
     r.add_argument(
         "--baseline",
@@ -112,21 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         "tournament",
         help="run a schedule's operator tournament (try A | B | C for PROBE): rank the candidates, write the winner",
     )
-    t.add_argument("file", metavar="FILE")
-    t.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
-    t.add_argument("--dir", metavar="DIR", help="where to write it (default: runs/NAME-tournament-TIME)")
-    t.add_argument(
-        "--resume",
-        action="store_true",
-        help="go on with --dir (or the newest runs/NAME-tournament-*): finished runs are not trained again",
-    )
-    t.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
-    t.add_argument(
-        "--timeout",
-        type=_positive,
-        default=30,
-        metavar="MINUTES",
-        help="under torchrun: how long a process waits for the others in a collective before all stop (default 30)",
+    _training(
+        t,
+        "--dir",
+        "where to write it (default: runs/NAME-tournament-TIME)",
+        "go on with --dir (or the newest runs/NAME-tournament-*): finished runs are not trained again",
     )
     t.set_defaults(func=_tournament)
 
@@ -203,6 +183,22 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+def _training(p: argparse.ArgumentParser, folder: str, folder_help: str, resume_help: str) -> None:
+    """What every command that trains takes: the schedule, its data, where it writes, resuming, cadence."""
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--data", metavar="DIR", help="a prepared data folder (overrides the schedule's `data`)")
+    p.add_argument(folder, metavar="DIR", help=folder_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--log-every", type=_positive, default=50, metavar="N", help="print a line every N steps")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30,
+        metavar="MINUTES",
+        help="under torchrun: how long a process waits for the others in a collective before all stop (default 30)",
+    )
 
 
 def _validate(args) -> int:

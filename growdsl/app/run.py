@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from growdsl.app.data import choose_data
 from growdsl.app.schedule import compile_schedule
@@ -23,6 +25,8 @@ from growdsl.records.data_folder import read_meta
 from growdsl.records.run_record import RECORD
 from growdsl.runtime.distributed import World
 from growdsl.runtime.rundir import RunDir, RunDirError, claim
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,22 +68,35 @@ def run(request: RunRequest) -> int:
         close()  # every process group the run made
 
 
+def on_first_rank(world: World, command: str, attempt: Callable[[], T]) -> tuple[T | None, int | None]:
+    """`attempt()` on the first rank: (what it returned there, None), or on every rank (None, the exit
+    status) of the GrowdslError it raised, said once (the other ranks would wait for it otherwise)."""
+    value, failed = None, None
+    if world.main:
+        try:
+            value = attempt()
+        except GrowdslError as e:
+            failed = (str(e), e.exit_code)
+    failed = world.share(failed)
+    if failed:
+        if world.main:
+            print(f"growdsl {command}: {failed[0]}", file=sys.stderr)
+        return None, failed[1]
+    return value, None
+
+
 def run_on(world: World, request: RunRequest, plan: Plan, source: str) -> int:
     run = None
+
+    def claimed() -> RunData:
+        nonlocal run
+        run = claim(run_dir_of(request, time.strftime("%Y%m%d-%H%M%S")), request.resume)
+        return _data_of(request, plan, run)
+
     try:
-        failed = None  # rank 0's line and exit status, for every rank (the others would wait for it)
-        sources = None
-        if world.main:
-            try:
-                run = claim(run_dir_of(request, time.strftime("%Y%m%d-%H%M%S")), request.resume)
-                sources = _data_of(request, plan, run)
-            except GrowdslError as e:
-                failed = (str(e), e.exit_code)
-        failed = world.share(failed)
-        if failed:
-            if world.main:
-                print(f"growdsl run: {failed[0]}", file=sys.stderr)
-            return failed[1]
+        sources, refused = on_first_rank(world, "run", claimed)
+        if refused is not None:
+            return refused
         sources, run_dir = world.share(sources), world.share(run.path if run else None)
         base = _baseline_of(request, plan, sources, run_dir) if request.baseline else None  # before anything trains
         status = train(plan, source, sources, run, run_dir, world, request.log_every, request.until)

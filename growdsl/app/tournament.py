@@ -21,9 +21,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from growdsl import __version__
-from growdsl.app.run import RunRequest, run_on
+from growdsl.app.run import RunRequest, on_first_rank, run_on
 from growdsl.app.schedule import Compiled, compile_schedule
-from growdsl.errors import EXIT_INVALID, EXIT_OK, GrowdslError, UsageError
+from growdsl.errors import EXIT_INVALID, EXIT_OK, UsageError
 from growdsl.eval.tournament import diverged_at
 from growdsl.files import not_plain_under, write_replacing
 from growdsl.plan.tournament import Arm, Tournament
@@ -61,17 +61,9 @@ def tournament(request: TournamentRequest) -> int:
 
 
 def _tournament_on(world: World, request: TournamentRequest, compiled: Compiled, t: Tournament) -> int:
-    claimed, failed = None, None
-    if world.main:
-        try:
-            claimed = _claim(request, compiled, t)
-        except GrowdslError as e:
-            failed = (str(e), e.exit_code)
-    failed = world.share(failed)
-    if failed:
-        if world.main:
-            print(f"growdsl tournament: {failed[0]}", file=sys.stderr)
-        return failed[1]
+    claimed, refused = on_first_rank(world, "tournament", lambda: _claim(request, compiled, t))
+    if refused is not None:
+        return refused
     folder = world.share(claimed.folder if claimed else None)
     assert folder is not None
     try:

@@ -32,11 +32,6 @@ class Upcycling:
     drop: float = 0.0
     noise: float = 0.0
 
-    @property
-    def exact(self) -> bool:
-        """Whether the mixture computes exactly the dense block at the start."""
-        return self.drop == 0 and self.noise == 0
-
 
 def upcycled_ffn(
     w1: torch.Tensor,
