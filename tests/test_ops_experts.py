@@ -121,7 +121,7 @@ def test_a_whole_model_with_experts_is_built_as_planned_and_upcycled_computes_th
     moe = build_model(shape, 32, seed=1)
     assert sum(p.numel() for p in moe.parameters()) == shape.params
     assert [hasattr(block, "moe") for block in moe.layers.values()] == [False, True, False, True]
-    state = upcycled_state(dense.state_dict(), shape, Upcycling(), torch.Generator().manual_seed(0))
+    state = upcycled_state(dense.state_dict(), shape.experts, Upcycling())
     missing, unexpected = moe.load_state_dict(state, strict=False)
     assert not unexpected and sorted(missing) == [
         "layers.1.moe.expert_bias", "layers.1.moe.router.gate.weight",
@@ -151,7 +151,7 @@ def test_dense_upcycled_and_exported_as_a_mixtral_gives_transformers_the_dense_l
     dense_shape = replace(PRESETS["tiny"].shape, n_layers=2, vocab_size=256)
     shape = replace(dense_shape, experts=Experts(count=4, top_k=2))
     dense, moe = build_model(dense_shape, 32, seed=0), build_model(shape, 32, seed=1)
-    moe.load_state_dict(upcycled_state(dense.state_dict(), shape, Upcycling()), strict=False)
+    moe.load_state_dict(upcycled_state(dense.state_dict(), shape.experts, Upcycling()), strict=False)
     state = {k: v.detach().clone() for k, v in moe.state_dict().items()}
     assert mixtral_problem(shape, state) is None
     save_file({k: v.contiguous() for k, v in hf_state(state, shape, 32).items()}, str(tmp_path / "model.safetensors"))

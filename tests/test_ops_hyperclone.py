@@ -55,7 +55,7 @@ def test_noise_is_the_same_every_time():
     [
         ("widen dim 96 init hyperclone", "hyperclone grows every width by a whole factor: dim 64 -> 96 is x1.5"),
         ("widen dim 128 ffn 200 init hyperclone", "ffn 96 -> 200"),
-        ("stack x2 init hyperclone", "hyperclone does not grow depth: it grows width only"),
+        ("stack x2 init hyperclone", "hyperclone does not grow depth: it can grow width"),
         ("widen dim 128 init hyperclone noise 2 steps", "'noise' of init hyperclone takes a plain number"),
     ],
 )

@@ -149,12 +149,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class Growth:
-    """`stack`, `interpolate` or `widen`, with its operator and policies."""
+    """`stack`, `interpolate`, `widen` or `upcycle`, with its operator and policies."""
 
-    kind: str  # "stack" | "interpolate" | "widen"
+    kind: str  # "stack" | "interpolate" | "widen" | "upcycle"
     factor: Factor | None
     pattern: Str | None
-    fields: tuple[Setting, ...]  # widen's target width
+    fields: tuple[Setting, ...]  # widen's target width; upcycle's `experts` field
     init: Init | None
     policies: tuple[Policy, ...]
     extra_inits: tuple[Init, ...]  # any `init` after the first: an error

@@ -344,6 +344,9 @@ class _ToAst(Transformer):
     def widen(self, meta, children):
         return self._growth("widen", meta, children)
 
+    def upcycle(self, meta, children):
+        return self._growth("upcycle", meta, children)
+
     def init(self, meta, children):
         return ast.Init(children[0], tuple(children[1:]), _span(meta))
 

@@ -13,7 +13,7 @@ hidden]; shared_experts.w1/w2/w3 as nn.Linear weights."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torchtitan.models.llama3.model.model import TransformerBlock
 from torchtitan.models.moe.moe import MoE, MoEArgs, TokenChoiceTopKRouter, TokenReorderer
 
+from growdsl.ops.layout import copy_into, full, write_full
+from growdsl.ops.optimizer import MOMENTS, State, cloned, zeroed
 from growdsl.plan.shape import Experts, ModelShape
+
+# What draws the dropped units and the noise: the same in every run and on every rank (the run's seed
+# varies everything else), as HyperCloning's noise.
+SEED = 0
 
 
 @dataclass(frozen=True)
@@ -33,45 +39,53 @@ class Upcycling:
     noise: float = 0.0
 
 
+def dropped_units(hidden: int, count: int, drop: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """The hidden units of each of `count` experts that Drop-Upcycling draws afresh, each expert its own
+    (the first draws of `generator`: the growth and its optimizer carry find the same ones)."""
+    units = round(drop * hidden)
+    return [torch.randperm(hidden, generator=generator)[:units] for _ in range(count)] if units else []
+
+
 def upcycled_ffn(
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    w3: torch.Tensor,
-    experts: Experts,
-    how: Upcycling,
-    generator: torch.Generator | None = None,
+    w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, experts: Experts, how: Upcycling, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """The MoE tensors (torchtitan's names under `moe.`, router excluded: it keeps the init it is built
-    with) that one dense FFN (w1, w3: [hidden, dim]; w2: [dim, hidden]) becomes."""
-    hidden = w1.shape[0]
+    with) that one dense FFN (w1, w3: [hidden, dim]; w2: [dim, hidden]) becomes. `generator` (on the
+    CPU) draws the dropped units and the noise."""
     out = {
         "experts.w1": w1.unsqueeze(0).repeat(experts.count, 1, 1),
         "experts.w2": w2.unsqueeze(0).repeat(experts.count, 1, 1),
         "experts.w3": w3.unsqueeze(0).repeat(experts.count, 1, 1),
     }
-    if how.drop:
-        units = round(how.drop * hidden)
-        for e in range(experts.count):  # each expert its own units, as Drop-Upcycling draws them
-            picked = torch.randperm(hidden, generator=generator, device="cpu")[:units].to(w1.device)
-            for name, axis in (("experts.w1", 0), ("experts.w3", 0), ("experts.w2", 1)):
-                t = out[name][e]
-                # drawn with the statistics of the dense weight, as Drop-Upcycling does
-                fresh = torch.randn(t.shape, generator=generator, device="cpu", dtype=t.dtype).to(t.device)
-                fresh = fresh * t.std() + t.mean()
-                if axis == 0:
-                    t[picked] = fresh[picked]
-                else:
-                    t[:, picked] = fresh[:, picked]
+    for e, picked in enumerate(dropped_units(w1.shape[0], experts.count, how.drop, generator)):
+        picked = picked.to(w1.device)
+        for name, axis in (("experts.w1", 0), ("experts.w3", 0), ("experts.w2", 1)):
+            t = out[name][e]
+            # drawn with the statistics of the dense weight, as Drop-Upcycling does
+            fresh = _randn(t.shape, generator, t) * t.std() + t.mean()
+            if axis == 0:
+                t[picked] = fresh[picked]
+            else:
+                t[:, picked] = fresh[:, picked]
     if how.noise:
         for name in ("experts.w1", "experts.w2", "experts.w3"):
             t = out[name]
-            rms = t[0].pow(2).mean().sqrt()
-            t += how.noise * rms * torch.randn(t.shape, generator=generator, device="cpu", dtype=t.dtype).to(t.device)
+            t += how.noise * t[0].pow(2).mean().sqrt() * _randn(t.shape, generator, t)
     if experts.shared:
         out["shared_experts.w1.weight"] = w1.repeat(experts.shared, 1)
         out["shared_experts.w2.weight"] = torch.zeros_like(w2).repeat(1, experts.shared)  # adds nothing yet
         out["shared_experts.w3.weight"] = w3.repeat(experts.shared, 1)
     return out
+
+
+def _randn(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Gaussian draws from a CPU generator (the same on every rank and device), as `like`."""
+    return torch.randn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def layer_generator(seed: int, layer: int) -> torch.Generator:
+    """What draws block `layer`'s dropped units and noise: its own, so one block can be redone alone."""
+    return torch.Generator().manual_seed(seed * 100_003 + layer)
 
 
 def mixture(experts: Experts, dim: int, hidden: int) -> MoE:
@@ -146,24 +160,68 @@ def with_experts(block: TransformerBlock, experts: Experts, dim: int, hidden: in
 
 
 def upcycled_state(
-    dense: dict[str, torch.Tensor], shape: ModelShape, how: Upcycling, generator: torch.Generator | None = None
+    dense: Mapping[str, torch.Tensor], experts: Experts, how: Upcycling, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """A dense model's state (`dense`) as the tensors of `shape`, its experts' model: every tensor as it
-    is, but the feed-forward of each block that holds experts, upcycled. Routers are left out: they keep
-    the init the model is built with."""
-    experts = shape.experts
-    assert experts is not None
-    out = {}
+    """A dense model's state (`dense`) as the tensors of its model with `experts`: every tensor as it
+    is, but the feed-forward of each block that holds experts, upcycled (each block's draws from
+    layer_generator(seed, block)). Routers are left out: they keep the init the model is built with.
+    Sharded tensors (FSDP2) are gathered a block at a time; the upcycled ones are whole."""
+    out, upcycled = {}, set()
     for name, tensor in dense.items():
         parts = name.split(".")
         if parts[0] == "layers" and parts[2] == "feed_forward" and experts.holds(int(parts[1])):
+            upcycled.add(int(parts[1]))
+        else:
+            out[name] = tensor
+    for layer in sorted(upcycled):
+        ffn = {w: full(dense[f"layers.{layer}.feed_forward.{w}.weight"]) for w in ("w1", "w2", "w3")}
+        moe = upcycled_ffn(ffn["w1"], ffn["w2"], ffn["w3"], experts, how, layer_generator(seed, layer))
+        out.update({f"layers.{layer}.moe.{name}": t for name, t in moe.items()})
+    return out
+
+
+def write_upcycled(
+    src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], experts: Experts, how: Upcycling
+) -> None:
+    """The growth: `src` (a dense model's state dict) upcycled into `dst` (its model's with `experts`, in
+    place). The dense tensors are copied shard by shard; each rank keeps its shard of the mixtures'."""
+    for name, tensor in upcycled_state(src, experts, how, SEED).items():
+        (write_full if ".moe." in name else copy_into)(dst[name], tensor)
+
+
+def carry_experts(state: State, experts: Experts, how: Upcycling) -> State:
+    """The upcycled model's AdamW state under `optimizer carry`: every expert takes its feed-forward's
+    moments, as it took its weights; the units drawn afresh (Drop-Upcycling, the same ones as
+    write_upcycled's) and a shared expert's zero output projection start at zero, and the router
+    without state (it is new)."""
+    out: State = {}
+    dense: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for name, st in state.items():
+        parts = name.split(".")
+        if parts[0] == "layers" and parts[2] == "feed_forward" and experts.holds(int(parts[1])):
+            dense.setdefault(int(parts[1]), {})[parts[3]] = st
+        else:
+            out[name] = cloned(st)
+    for layer, ffn in dense.items():
+        if set(ffn) != {"w1", "w2", "w3"}:  # a feed-forward that never stepped: nothing to carry
             continue
-        out[name] = tensor
-    for layer in range(shape.n_layers):
-        if experts.holds(layer):
-            ffn = {w: dense[f"layers.{layer}.feed_forward.{w}.weight"] for w in ("w1", "w2", "w3")}
-            moe = upcycled_ffn(ffn["w1"], ffn["w2"], ffn["w3"], experts, how, generator)
-            out.update({f"layers.{layer}.moe.{name}": t for name, t in moe.items()})
+        hidden = ffn["w1"]["exp_avg"].shape[0]
+        picks = dropped_units(hidden, experts.count, how.drop, layer_generator(SEED, layer))
+        moe = f"layers.{layer}.moe."
+        for w in ("w1", "w2", "w3"):
+            st = {k: full(v) if k in MOMENTS else v.clone() for k, v in ffn[w].items()}
+            grown = {k: v.unsqueeze(0).repeat(experts.count, 1, 1) if k in MOMENTS else v for k, v in st.items()}
+            for e, picked in enumerate(picks):
+                for k in MOMENTS:
+                    if w == "w2":
+                        grown[k][e][:, picked] = 0
+                    else:
+                        grown[k][e][picked] = 0
+            out[f"{moe}experts.{w}"] = grown
+            if experts.shared:
+                shared = {k: v.repeat(*((1, experts.shared) if w == "w2" else (experts.shared, 1))) if k in MOMENTS
+                          else v.clone() for k, v in st.items()}  # fmt: skip
+                out[f"{moe}shared_experts.{w}.weight"] = zeroed(shared) if w == "w2" else shared
     return out
 
 

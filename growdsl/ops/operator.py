@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from growdsl.ops.depth import carry_depth
+from growdsl.ops.experts import Upcycling, carry_experts
 from growdsl.ops.optimizer import State
 from growdsl.ops.ramp import Ramp
 from growdsl.ops.width import carry_width
-from growdsl.plan.plan import DepthGrowth, Growth
+from growdsl.plan.plan import DepthGrowth, ExpertsGrowth, Growth
 
 Weights = Mapping[str, torch.Tensor]  # a state dict: parameter name -> tensor (or its shard)
 
@@ -31,10 +32,17 @@ class GrowthOperator:
 
     def carry(self, state: State, growth: Growth) -> State:
         """The grown model's AdamW state under `optimizer carry`. Depth: moments follow the layer map
-        (fresh and zeroed weights start at zero); width: old units keep theirs, new ones start at zero."""
+        (fresh and zeroed weights start at zero); width: old units keep theirs, new ones start at zero;
+        upcycling: every expert takes its feed-forward's (carry_experts)."""
         if isinstance(growth, DepthGrowth):
             return carry_depth(state, growth)
+        if isinstance(growth, ExpertsGrowth):
+            return carry_experts(state, growth.experts, self.upcycling(growth))
         return carry_width(state, growth, gather=False)
+
+    def upcycling(self, growth: ExpertsGrowth) -> Upcycling:
+        """How the experts of an upcycling start (an operator that upcycles says)."""
+        raise NotImplementedError
 
     def ramps(self, model: nn.Module, growth: Growth) -> list[Ramp]:
         """Attach the masks that fade new layers or units in (before the weights are written); none

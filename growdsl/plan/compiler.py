@@ -26,6 +26,7 @@ from growdsl.plan.growths import (
     GrowthDraft,
     build_growth,
     depth_growth,
+    experts_growth,
     growth_knobs,
     operator_of,
     policies_of,
@@ -339,6 +340,8 @@ class _Compiler(Reader):
             draft = None
         elif node.kind == "widen":
             draft = width_growth(self, node, *found, policies, self.shape, self.layers)
+        elif node.kind == "upcycle":
+            draft = experts_growth(self, node, *found, policies, self.shape, self.layers)
         else:
             draft = depth_growth(self, node, *found, policies, self.shape, self.layers)
         if draft is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
 from growdsl.lang import ast
 from growdsl.lang.errors import Span, did_you_mean
@@ -20,14 +20,17 @@ from growdsl.plan.layermap import (
     pattern_of,
     placed,
 )
-from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Operator
+from growdsl.plan.operator import LEARN, LEARN_LR, RAMP, Kind, Operator
 from growdsl.plan.operators import start_kind
-from growdsl.plan.plan import DepthGrowth, LayerOrigin, LearnPhase, WidthGrowth
+from growdsl.plan.plan import DepthGrowth, ExpertsGrowth, LayerOrigin, LearnPhase, WidthGrowth
 from growdsl.plan.reading import Reader
 from growdsl.plan.shape import ModelShape
-from growdsl.plan.shapes import resolve_width
+from growdsl.plan.shapes import experts_of, resolve_width
 
 LEARN_WARMUP = 50  # a learned growth map warms its LR up over min(this, half its steps)
+
+KINDS: dict[str, Kind] = {"stack": "depth", "interpolate": "depth", "widen": "width", "upcycle": "experts"}
+VERBS: dict[Kind, str] = {"depth": "grow depth", "width": "grow width", "experts": "upcycle"}
 
 
 @dataclass
@@ -35,11 +38,11 @@ class GrowthDraft:
     """A growth whose token-dependent knobs (ramp, LiGO phase) wait for the next stage's batch."""
 
     node: ast.Growth
-    kind: Literal["depth", "width"]
+    kind: Kind
     operator: Operator
     options: dict[str, ast.InitOption]  # the options as written, by name
     policies: dict[str, Any]  # optimizer: reset | carry, lr: restart | continue (the grammar's words)
-    fields: dict[str, Any]  # the rest of DepthGrowth / WidthGrowth
+    fields: dict[str, Any]  # the rest of DepthGrowth / WidthGrowth / ExpertsGrowth
     shape: ModelShape  # the model after it
     layers: list[LayerOrigin]  # where each of its layers comes from
 
@@ -75,13 +78,13 @@ def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, a
             did_you_mean(name.text, operators.OPERATORS) or f"operators: {', '.join(operators.OPERATORS)}",
         )
         return None
-    kind: Literal["depth", "width"] = "width" if node.kind == "widen" else "depth"
+    kind = KINDS[node.kind]
     if op.mode(kind) is None:
         able = [o.name for o in operators.OPERATORS.values() if o.mode(kind)]
         reader.error(
             name.span,
-            f"{op.name} does not grow {kind}: it grows {'depth' if op.depth else 'width'} only",
-            f"operators that grow {kind}: {', '.join(able)}",
+            f"{op.name} does not {VERBS[kind]}: it can {' and '.join(VERBS[k] for k in op.kinds)}",
+            f"operators that {VERBS[kind]}: {', '.join(able)}",
         )
         return None
     given: dict[str, ast.InitOption] = {}
@@ -110,7 +113,10 @@ def operator_of(reader: Reader, node: ast.Growth) -> tuple[Operator, dict[str, a
         elif option.name in given:
             reader.error(written.span, f"{what} is given twice", "keep one")
             ok = False
-        elif option.kind == "number" and reader.number_of(written.value, what, option.low, option.inclusive) is None:
+        elif (
+            option.kind == "number"
+            and reader.number_of(written.value, what, option.low, option.inclusive, option.high) is None
+        ):
             ok = False
         else:
             given[option.name] = written
@@ -272,6 +278,36 @@ def width_growth(
     return GrowthDraft(node, "width", operator, options, policies, dict(source=old, target=target), target, grown)
 
 
+def experts_growth(
+    reader: Reader,
+    node: ast.Growth,
+    operator: Operator,
+    options: dict[str, ast.InitOption],
+    policies: dict[str, str],
+    shape: ModelShape,
+    layers: list[LayerOrigin],
+) -> GrowthDraft | None:
+    """Upcycling: `shape`'s feed-forwards become mixtures of experts where `experts ... [every E]` says."""
+    experts = experts_of(reader, node.fields[0])
+    if experts is None:
+        return None
+    if not any(experts.holds(i) for i in range(shape.n_layers)):
+        reader.error(
+            node.fields[0].span,
+            f"experts every {experts.every} blocks, in a {shape.n_layers}-block model: no block gets them",
+            f"use every {shape.n_layers} or less",
+        )
+        return None
+    mode = operator.experts
+    assert mode is not None  # operator_of checked it upcycles
+    grown = [
+        LayerOrigin(source=i, init=mode.starts if experts.holds(i) else "copy", root=o.root)
+        for i, o in enumerate(layers)
+    ]
+    target = replace(shape, experts=experts)
+    return GrowthDraft(node, "experts", operator, options, policies, dict(experts=experts), target, grown)
+
+
 def growth_knobs(reader: Reader, g: GrowthDraft, tps: int) -> None:
     """The operator's options, defaults filled in and amounts made steps at the stage's batch; the
     ones the trainer runs (a ramp, a learned map) become their own fields."""
@@ -297,14 +333,14 @@ def growth_knobs(reader: Reader, g: GrowthDraft, tps: int) -> None:
     g.fields["options"] = values
 
 
-def build_growth(g: GrowthDraft, flops_per_token: int) -> DepthGrowth | WidthGrowth:
+def build_growth(g: GrowthDraft, flops_per_token: int) -> DepthGrowth | WidthGrowth | ExpertsGrowth:
     mode = g.operator.mode(g.kind)
     assert mode is not None  # operator_of checked it grows this way
     fields = dict(g.fields)
     if "learn" in fields:
         learn = fields["learn"]
         fields["learn"] = LearnPhase(flops=learn["tokens"] * flops_per_token, **learn)
-    cls: type[DepthGrowth] | type[WidthGrowth] = DepthGrowth if g.kind == "depth" else WidthGrowth
+    cls = {"depth": DepthGrowth, "width": WidthGrowth, "experts": ExpertsGrowth}[g.kind]
     return cls(
         operator=g.operator.name,
         guarantee=mode.guarantee,

@@ -37,9 +37,11 @@ class Option:
     help: str
     low: float = 0.0
     inclusive: bool = False
+    high: float | None = None  # a number's largest value (inclusive), if it has one
 
 
 Start = Literal["copy", "silent", "fresh"]
+Kind = Literal["depth", "width", "experts"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Mode:
     checks, the depth copy): "copy" (the source's weights: `freeze copies` takes them), "silent"
     (copied, their residual writers zero: identity blocks), "fresh" (the target's own initial
     weights: no root, never frozen before they train);
-    first: depth only, how the first copy of each base layer starts."""
+    first: depth only, how the first copy of each base layer starts. For upcycling (`experts`),
+    starts is the word the layer map shows for the blocks that become mixtures, new what their
+    experts are (`freeze copies` takes experts that start as copies)."""
 
     guarantee: Guarantee  # does the grown model compute the base's function?
     note: str  # why, in a line
@@ -66,12 +70,18 @@ class Operator:
     summary: str  # one line: what it is and where it comes from
     depth: Mode | None = None  # None: it does not grow depth
     width: Mode | None = None  # None: it does not grow width
+    experts: Mode | None = None  # None: it does not upcycle a dense model into a mixture of experts
     options: tuple[Option, ...] = ()
     # A refusal of a growth it cannot make (source shape, target shape) -> the reason, or None.
     refuses: Callable[[ModelShape, ModelShape], str | None] | None = None
 
-    def mode(self, kind: Literal["depth", "width"]) -> Mode | None:
-        return self.depth if kind == "depth" else self.width
+    def mode(self, kind: Kind) -> Mode | None:
+        return {"depth": self.depth, "width": self.width, "experts": self.experts}[kind]
+
+    @property
+    def kinds(self) -> list[Kind]:
+        """What it grows."""
+        return [k for k in ("depth", "width", "experts") if self.mode(k) is not None]
 
     def option(self, words: str) -> Option | None:
         return next((o for o in self.options if o.words == words), None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from growdsl.plan.freeze import Frozen
-from growdsl.plan.shape import ModelShape
+from growdsl.plan.shape import Experts, ModelShape
 
 _STRICT = {"extra": "forbid"}  # read by pydantic when it validates JSON into these classes
 
@@ -236,7 +236,16 @@ class WidthGrowth(_GrowthBase):
     target: ModelShape
 
 
-Growth = DepthGrowth | WidthGrowth
+@dataclass(frozen=True, kw_only=True)
+class ExpertsGrowth(_GrowthBase):
+    """Upcycling: the feed-forward of every block `experts.every` names becomes a mixture of experts
+    started from it (the operator says how); every other weight stays as it is."""
+
+    kind: Literal["experts"] = "experts"
+    experts: Experts
+
+
+Growth = DepthGrowth | WidthGrowth | ExpertsGrowth
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -74,7 +74,13 @@ class Reader:
         return value
 
     def real(
-        self, num: ast.Number, what: str, low: float = 0.0, low_inclusive: bool = False, high: float | None = None
+        self,
+        num: ast.Number,
+        what: str,
+        low: float = 0.0,
+        low_inclusive: bool = False,
+        high: float | None = None,
+        high_inclusive: bool = False,
     ) -> float | None:
         if num.unit:
             self.error(
@@ -87,8 +93,13 @@ class Reader:
         if not math.isfinite(v):
             self.error(num.span, f"{what} '{num.text}' is too large")
             return None
-        if v < low or (v == low and not low_inclusive) or (high is not None and v >= high):
-            bound = f"{'at least' if low_inclusive else 'above'} {low:g}" + (f" and below {high:g}" if high else "")
+        if (
+            v < low
+            or (v == low and not low_inclusive)
+            or (high is not None and (v > high or (v == high and not high_inclusive)))
+        ):
+            top = f" and {'at most' if high_inclusive else 'below'} {high:g}" if high is not None else ""
+            bound = f"{'at least' if low_inclusive else 'above'} {low:g}" + top
             self.error(num.span, f"{what} must be {bound}, not {num.text}")
             return None
         return v
@@ -151,12 +162,15 @@ class Reader:
             return None
         return Interval(count, "steps" if amount.kind == "steps" else "tokens", amount.span)
 
-    def number_of(self, amount: ast.Amount, what: str, low: float, inclusive: bool) -> float | None:
-        """A plain number written where an amount may stand (an operator's number option)."""
+    def number_of(
+        self, amount: ast.Amount, what: str, low: float, inclusive: bool, high: float | None = None
+    ) -> float | None:
+        """A plain number written where an amount may stand (an operator's number option); `high`: its
+        largest value, if it has one."""
         if amount.kind not in ("bare", "tokens") or amount.number is None:  # tokens: a number with a unit
             self.error(amount.span, f"{what} takes a plain number")
             return None
-        return self.real(amount.number, what, low, inclusive)
+        return self.real(amount.number, what, low, inclusive, high, high_inclusive=True)
 
     def steps(self, interval: Interval, tokens_per_step: int, what: str) -> int | None:
         """The whole steps an interval takes at a batch of `tokens_per_step` (tokens round up)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from growdsl.plan import baseline, guideline
 from growdsl.plan.layermap import compact
-from growdsl.plan.plan import DepthGrowth, Plan, Stage
+from growdsl.plan.plan import DepthGrowth, ExpertsGrowth, Plan, Stage
 from growdsl.plan.units import human
 
 _GUARANTEE = {
@@ -162,6 +162,14 @@ def growth_line(g) -> str:
             f'line {g.line}: {name} "{g.pattern}" ({g.operator}{knobs}): {g.source_layers} -> '
             f"{g.target_layers} layers, map {compact(g.sources)}, R_c {rc.numerator}/{rc.denominator} "
             f"({float(rc):.1%}); {_GUARANTEE[g.guarantee]}; {policies}"
+        )
+    if isinstance(g, ExpertsGrowth):
+        e = g.experts
+        where = "every feed-forward" if e.every == 1 else f"every {e.every}th block's feed-forward"
+        extra = (f" + {e.shared} shared" if e.shared else "") + (f", balance {_sci(e.balance)}" if e.balance else "")
+        return (
+            f"line {g.line}: upcycle ({g.operator}{knobs}): {where} -> {e.count} experts, top {e.top_k}{extra}; "
+            f"{_GUARANTEE[g.guarantee]}; {policies}"
         )
     src, dst = g.source, g.target
     return (

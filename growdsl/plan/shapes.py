@@ -39,7 +39,7 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
         elif f.key == "rope_scaling":
             value, key = _rope_scaling(reader, f), "rope_scaling"
         elif f.key == "experts":
-            value, key = _experts(reader, f), "experts"
+            value, key = experts_of(reader, f), "experts"
         else:  # tied / untied
             value, key = f.key == "tied", "tied_embeddings"
         if value is None:
@@ -54,7 +54,7 @@ def shape_fields(reader: Reader, fields: tuple[ast.Setting, ...]) -> dict[str, A
 MAX_EXPERTS = 4096  # far past any model's (DeepSeek-V3: 256)
 
 
-def _experts(reader: Reader, f: ast.Setting) -> Experts | None:
+def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
     """`experts 8 top 2 [shared 1] [every 2] [balance 1e-3]`: every `every`-th block's feed-forward a mixture
     (growdsl.plan.shape.Experts)."""
     words = [a.text if isinstance(a, ast.Word) else None for a in f.args]

@@ -15,10 +15,11 @@ from torch import nn
 from growdsl.errors import RunError
 from growdsl.ops import operators
 from growdsl.ops.check import Preservation, check_preservation
+from growdsl.ops.experts import zero_counts
 from growdsl.ops.layout import state_dict
 from growdsl.ops.optimizer import State
 from growdsl.ops.ramp import Ramp
-from growdsl.plan.plan import DepthGrowth, Growth, Stage
+from growdsl.plan.plan import DepthGrowth, ExpertsGrowth, Growth, Stage
 from growdsl.plan.render import growth_line
 from growdsl.plan.shape import ModelShape
 from growdsl.runtime.building import ModelBuilder, autocast
@@ -53,15 +54,16 @@ def grow(
     """`model` (of `shape`, with AdamW state `state`) grown by `growth` as `stage` trains it. The
     check is logged; a broken guarantee returns at once (the caller stops the run)."""
     op = operators.get(growth.operator)
-    target_shape = replace(shape, n_layers=growth.target_layers) if isinstance(growth, DepthGrowth) else growth.target
+    target_shape = _grown_shape(shape, growth)
     torch.manual_seed(stage.training.seed + stage.index)  # the target's own init is what its new units keep
     built = builder.build(target_shape, stage, lambda target: op.ramps(target, growth))
     src = state_dict(model)
     op.grow(src, state_dict(built.model), growth)
     # rank 0's verdict for every rank: a stop taken by one rank alone would leave the others waiting
     check = world.share(check_preservation(model, built.model, probe, growth.guarantee))
+    zero_counts(built.model)  # the check routed tokens that no training step did
     log(f"growth {growth_line(growth)}")
-    log(f"growth (line {growth.line}): {growth.kind} {growth.operator} -> {target_shape.describe()}; {check}")
+    log(f"growth (line {growth.line}): {what(growth)} -> {target_shape.describe()}; {check}")
     grown = Grown(built.model, target_shape, built.ramps, built.mixed, state, check)
     if not check.ok:
         return grown
@@ -74,6 +76,19 @@ def grow(
         grown.flops = growth.learn.flops
     grown.state = operators.grown_state(growth.optimizer, state, growth)
     return grown
+
+
+def what(growth: Growth) -> str:
+    """The growth in two words, for logs: `depth direct`, `width zero`, `upcycle drop`."""
+    return f"{'upcycle' if isinstance(growth, ExpertsGrowth) else growth.kind} {growth.operator}"
+
+
+def _grown_shape(shape: ModelShape, growth: Growth) -> ModelShape:
+    if isinstance(growth, DepthGrowth):
+        return replace(shape, n_layers=growth.target_layers)
+    if isinstance(growth, ExpertsGrowth):
+        return replace(shape, experts=growth.experts)
+    return growth.target
 
 
 def _learn(learner, growth: Growth, grown: Grown, stage: Stage, data: Mixture, log) -> None:

@@ -39,7 +39,7 @@ from growdsl.runtime import checkpoint, resume
 from growdsl.runtime.building import ModelBuilder
 from growdsl.runtime.cadence import Cadence, evaluates_after, evaluation_point
 from growdsl.runtime.distributed import Layout, World
-from growdsl.runtime.growing import grow
+from growdsl.runtime.growing import grow, what
 from growdsl.runtime.inputs import read_inputs
 from growdsl.runtime.loss import cross_entropy, loss_parallel
 from growdsl.runtime.metrics import Metrics, memory_gib, peak_flops
@@ -212,16 +212,16 @@ class Trainer:
             world=self.world,
             log=self.log,
         )
-        what = f"{growth.kind} {growth.operator}"
+        grew = what(growth)
         if self.metrics:
             self.metrics.growth(
                 self.global_step,
                 self.data.position,
                 self.flops,
-                f"line {growth.line}: {what} -> {grown.shape.describe()}; {grown.check}",
+                f"line {growth.line}: {grew} -> {grown.shape.describe()}; {grown.check}",
             )
         if not grown.check.ok:
-            raise RunError(f"the {what} growth on line {growth.line} broke its guarantee: {grown.check}")
+            raise RunError(f"the {grew} growth on line {growth.line} broke its guarantee: {grown.check}")
         self.model, self.shape, self.ramps, self.mixed = grown.model, grown.shape, grown.ramps, grown.mixed
         self.state, self.flops = grown.state, self.flops + grown.flops
         return str(grown.check)

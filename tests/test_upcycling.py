@@ -1,0 +1,140 @@
+"""Upcycling as a growth (`upcycle experts N top K ...`): planned, its experts started as the operator
+declares (copies: the dense model's function exactly; Drop-Upcycling: a share of each expert's units
+drawn afresh), AdamW carried into every expert or reset, and a run resumed exactly across it."""
+
+import json
+
+import pytest
+import torch
+from ops_helpers import FAMILY, TINY_RUN, grown_plan, models, probe
+
+from growdsl.cli import main
+from growdsl.lang.errors import ScheduleError
+from growdsl.ops import operators
+from growdsl.ops.check import check_preservation
+from growdsl.ops.experts import SEED, dropped_units, layer_generator
+from growdsl.ops.layout import named_parameters
+from growdsl.plan import plan_source
+from growdsl.plan.plan import ExpertsGrowth, Plan
+from growdsl.plan.render import growth_line
+
+
+def test_upcycle_plans_a_mixture_where_it_says_with_its_operator_and_options():
+    plan, g = grown_plan("upcycle experts 8 top 2 shared 1 every 2 balance 1e-3 init drop 0.25 noise 0.01")
+    assert isinstance(g, ExpertsGrowth) and g.operator == "drop" and g.guarantee == "none"
+    assert g.options == {"ratio": 0.25, "noise": 0.01}
+    e = plan.stages[1].shape.experts
+    assert (e.count, e.top_k, e.shared, e.every, e.balance) == (8, 2, 1, 2, 1e-3)
+    assert plan.stages[1].shape == plan.stages[1].shape.__class__(**{**plan.stages[0].shape.__dict__, "experts": e})
+    # the blocks that become mixtures say how they start; the others stay as they were
+    assert [o.init for o in plan.stages[1].layers] == ["copy", "dropped", "copy"]
+    assert [o.source for o in plan.stages[1].layers] == [0, 1, 2]
+    # a token goes through 2 of the 8 experts and the shared one: the FLOPs are of those (and the router)
+    assert plan.stages[1].flops_per_token == plan.stages[1].shape.flops_per_token(16)
+    assert plan.stages[1].shape.active_params - plan.stages[0].shape.params == 2 * 3 * 64 * 96 + 64 * 8
+    assert Plan.from_json(plan.to_json()) == plan
+    direct = grown_plan("upcycle experts 4 top 1")[1]
+    assert (direct.operator, direct.guarantee) == ("direct", "exact")
+    assert "upcycle (direct): every feed-forward -> 4 experts, top 1; function-preserving" in growth_line(direct)
+
+
+@pytest.mark.parametrize(
+    "growth,message",
+    [
+        ("upcycle experts 4 top 5", "top 5 of 4 experts"),
+        ("upcycle experts 4 top 2 every 4", "no block gets them"),
+        ("upcycle experts 4 top 2 init zero", "zero does not upcycle: it can grow depth and grow width"),
+        ("upcycle experts 4 top 2 init drop 1.5", "'ratio' of init drop must be at least 0 and at most 1"),
+        ("stack x2 init drop", "drop does not grow depth: it can upcycle"),
+        ("upcycle experts 4 top 2\ntrain 5 steps\nupcycle experts 8 top 2", "growdsl grows dense models"),
+        ("upcycle experts 4 top 2\ntrain 5 steps\nstack x2", "growdsl grows dense models"),
+        ("upcycle experts 4 top 2\ntrain 5 steps with tp 2", "tensor-parallel"),
+    ],
+)
+def test_an_upcycling_it_cannot_make_is_an_error_at_its_place(growth, message):
+    with pytest.raises(ScheduleError) as e:
+        plan_source(f"{FAMILY}train 3L for 10 steps\n{growth}\ntrain 10 steps")
+    assert message in e.value.errors[0].message
+
+
+def _stepped(model):
+    """The AdamW state of `model` after one step on the probe batch, by name."""
+    opt = torch.optim.AdamW(model.parameters())
+    model(probe()).sum().backward()
+    opt.step()
+    return {n: opt.state[p] for n, p in named_parameters(model).items()}
+
+
+def test_drop_upcycling_draws_each_experts_own_units_afresh_and_carries_zero_moments_for_them():
+    plan, g = grown_plan("upcycle experts 4 top 2 shared 1 init drop 0.5 optimizer carry")
+    base, target = models(plan)
+    op = operators.get("drop")
+    op.grow(base.state_dict(), target.state_dict(), g)
+    dense, moe = base.state_dict(), target.state_dict()
+    picks = dropped_units(96, 4, 0.5, layer_generator(SEED, 1))
+    assert len(picks) == 4 and all(len(p) == 48 for p in picks)
+    assert len({tuple(sorted(p.tolist())) for p in picks}) == 4  # each expert its own
+    w1, w2 = dense["layers.1.feed_forward.w1.weight"], dense["layers.1.feed_forward.w2.weight"]
+    for e, picked in enumerate(picks):
+        kept = torch.ones(96, dtype=torch.bool)
+        kept[picked] = False
+        assert torch.equal(moe["layers.1.moe.experts.w1"][e][kept], w1[kept])
+        assert torch.equal(moe["layers.1.moe.experts.w2"][e][:, kept], w2[:, kept])
+        assert not torch.isclose(moe["layers.1.moe.experts.w1"][e][picked], w1[picked]).any()
+    assert check_preservation(base, target, probe(), "exact").relative > 1e-3  # no longer the dense function
+
+    state = _stepped(base)
+    carried = operators.grown_state("carry", state, g)
+    for e, picked in enumerate(picks):
+        got = carried["layers.1.moe.experts.w1"]["exp_avg"][e]
+        assert got[picked].abs().sum() == 0
+        kept = torch.ones(96, dtype=torch.bool)
+        kept[picked] = False
+        assert torch.equal(got[kept], state["layers.1.feed_forward.w1.weight"]["exp_avg"][kept])
+    shared = carried["layers.1.moe.shared_experts.w2.weight"]
+    assert shared["exp_avg"].abs().sum() == 0 and shared["exp_avg_sq"].abs().sum() == 0  # its weight starts at 0
+    assert torch.equal(carried["layers.1.moe.shared_experts.w1.weight"]["exp_avg_sq"],
+                       state["layers.1.feed_forward.w1.weight"]["exp_avg_sq"])  # fmt: skip
+    assert operators.grown_state("reset", state, g) == {}
+
+
+def test_copies_carry_every_experts_moments_from_its_feed_forward():
+    plan, g = grown_plan("upcycle experts 3 top 2 optimizer carry")
+    base, target = models(plan)
+    state = _stepped(base)
+    carried = operators.grown_state("carry", state, g)
+    for w in ("w1", "w2", "w3"):
+        for key in ("exp_avg", "exp_avg_sq"):
+            dense = state[f"layers.2.feed_forward.{w}.weight"][key]
+            assert all(torch.equal(m, dense) for m in carried[f"layers.2.moe.experts.{w}"][key])
+    assert torch.equal(
+        carried["layers.0.attention.wq.weight"]["exp_avg"], state["layers.0.attention.wq.weight"]["exp_avg"]
+    )
+
+
+def _history(run):
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+UPCYCLED = TINY_RUN + (
+    "val every 4 steps\nval tokens 512\ncheckpoint every 3 steps\ntrain 2L for 6 steps\n"
+    "upcycle experts 4 top 2 shared 1 balance 0.01 optimizer carry\ntrain 6 steps\n"
+)
+
+
+def test_a_run_upcycles_exactly_and_resumes_exactly_on_either_side_of_the_growth(data_dir, tmp_path):
+    schedule = tmp_path / "upcycle.grow"
+    schedule.write_text(UPCYCLED)
+    whole = tmp_path / "whole"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(whole)]) == 0
+    growth = next(r for r in _history(whole) if r.get("event") == "growth")
+    assert "upcycle direct" in growth["text"] and "preserved" in growth["text"]
+    steps = [r for r in _history(whole) if "event" not in r]
+    losses = [r["loss"] for r in steps]
+    assert [("expert_load_max" in r) for r in steps] == [False] * 6 + [True] * 6  # the load, once there are experts
+    for until in (3, 9):  # stopped before the growth, and after it
+        stopped = tmp_path / f"until-{until}"
+        args = ["run", str(schedule), "--data", str(data_dir), "--run-dir", str(stopped)]
+        assert main([*args, "--until", str(until)]) == 0
+        assert main([*args, "--resume"]) == 0
+        assert [r["loss"] for r in _history(stopped) if "event" not in r] == losses, until
