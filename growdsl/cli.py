@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("file", metavar="FILE")
     b.add_argument("-o", "--out", metavar="OUT.grow", help="write it here (default: print it)")
     b.add_argument("--force", action="store_true", help="overwrite OUT.grow if it exists")
+    b.add_argument(
+        "--dense", action="store_true", help="an upcycling's other baseline: its dense model continued instead"
+    )
     b.set_defaults(func=_baseline)
 
     f = sub.add_parser("fit", help="will the schedule fit N GPUs: memory per GPU of every stage, without the GPUs")
@@ -258,7 +261,7 @@ def _plan(args) -> int:
 def _baseline(args) -> int:
     from growdsl.app.baseline import write_baseline
 
-    written = write_baseline(args.file, args.out, args.force)
+    written = write_baseline(args.file, args.out, args.force, args.dense)
     print(written.summary() if written.out else written.text, end="" if written.out is None else "\n")
     return EXIT_OK
 

@@ -235,6 +235,35 @@ def test_a_tournament_under_torchrun(data_dir, tmp_path):
     )
 
 
+def test_two_processes_with_fsdp_upcycle_and_match_one(data_dir, tmp_path):
+    """An upcycling on FSDP2 shards (Drop-Upcycling's draws the same on every rank, each keeping its shard;
+    the moments carried into every expert; the routing bias moved by the counts of both ranks) trains the
+    one process's losses in float64; the checkpoint two processes took right after it resumes in one."""
+    schedule = (
+        TINY_RUN
+        + f'data "{data_dir}"\nseed 3\nval off\ntrain 2L for 5 steps\n'
+        + "upcycle experts 4 top 2 shared 1 balance 0.05 init drop 0.5 optimizer carry\ntrain 6 steps\n"
+    )
+    out = tmp_path / "two.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(os.path.join(tmp, "init"), schedule, str(out), str(tmp_path / "ckpt")), nprocs=2)
+    two = json.loads(out.read_text())
+    plan = plan_source(schedule)
+    one = Trainer(plan, run_data(plan, Path), log=lambda _: None, dtype=torch.float64).run()
+    for a, b in zip(two["losses"], (log.losses for log in one)):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-9, atol=0), (a[-3:], b[-3:])
+    assert "guarantee none" in two["checks"][1][0]  # drop: the function changes, as declared
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt" / "ckpt-000003")  # the last: resume from the one right after the growth
+    lines = []
+    resumed = Trainer(
+        plan, run_data(plan, Path), log=lines.append, dtype=torch.float64, checkpoint_dir=tmp_path / "ckpt", resume=True
+    ).run()
+    assert "resumed from ckpt-000002: stage 1 step 0" in lines[0]
+    assert torch.allclose(torch.tensor(resumed[0].losses), torch.tensor(one[1].losses), rtol=1e-9, atol=0)
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("model", ["mixtral", "balanced"])
 def test_a_model_with_experts_trains_under_torchrun_with_fsdp2(data_dir, tmp_path, model):

@@ -138,3 +138,89 @@ def test_a_run_upcycles_exactly_and_resumes_exactly_on_either_side_of_the_growth
         assert main([*args, "--until", str(until)]) == 0
         assert main([*args, "--resume"]) == 0
         assert [r["loss"] for r in _history(stopped) if "event" not in r] == losses, until
+
+
+def test_freeze_after_an_upcycling_names_parts_of_blocks_and_counts_their_flops_by_hand():
+    """`base`: what the dense model had; `new`: the mixtures; `copies`: their routed experts (module docs of
+    growdsl.plan.freeze). A frozen mixture still runs forward and passes gradients down (4 FLOPs a parameter
+    a token), but pays for no weight gradients: 2 FLOPs a parameter a token less."""
+    from growdsl.plan.freeze import Frozen
+
+    def stage(words):
+        growth = "upcycle experts 4 top 2 shared 1 every 2"
+        plan = plan_source(f"{FAMILY}train 3L for 10 steps\n{growth}\ntrain 10 steps with freeze {words}")
+        return plan.stages[1]
+
+    d, ffn = 64, 96
+    active_mixture = (2 + 1) * 3 * d * ffn + d * 4  # top 2, the shared one, the router
+    full = stage("embeddings").shape.flops_per_token(16)
+    embeddings = 101 * 64
+    assert stage("new").frozen == Frozen(mixtures=(1,))
+    assert stage("new").flops_per_token == full - 2 * active_mixture
+    assert stage("new").trainable_params == stage("new").params - ((4 + 1) * 3 * d * ffn + d * 4)
+    assert stage("copies").frozen == Frozen(experts=(1,))
+    assert stage("copies").flops_per_token == full - 2 * 2 * 3 * d * ffn
+    assert stage("copies").trainable_params == stage("copies").params - 4 * 3 * d * ffn
+    base = stage("base embeddings")
+    assert base.frozen == Frozen(layers=(0, 2), dense=(1,), embeddings=True)
+    assert base.trainable_params == base.params - embeddings - 2 * base.shape.layer_params - (
+        base.shape.layer_params - 3 * d * ffn
+    )  # blocks 0 and 2, and block 1 but its mixture
+    # nothing trains below the mixture of block 1: blocks 0 and 1's attention pass no gradient down
+    attention = 4 * 4 * 16 * 16
+    below = 2 * (base.shape.layer_params + attention) + 2 * (base.shape.layer_params - 3 * d * ffn + attention)
+    assert base.flops_per_token == stage("embeddings").flops_per_token - below - 2 * (
+        2 * base.shape.layer_params + base.shape.layer_params - 3 * d * ffn
+    )
+    with pytest.raises(ScheduleError, match="nothing is left to train"):
+        stage("base new embeddings head")
+
+
+def test_a_run_that_trains_only_the_mixtures_leaves_the_dense_models_weights_as_they_were(data_dir, tmp_path):
+    """LLaMA-Pro's setup for upcycling: `freeze base embeddings head` trains the routers and experts alone."""
+    from growdsl.eval.checkpoints import load
+
+    schedule = tmp_path / "frozen.grow"
+    schedule.write_text(UPCYCLED.replace("train 6 steps\n", "train 6 steps with freeze base embeddings head\n"))
+    run = tmp_path / "run"
+    args = ["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run)]
+    assert main([*args, "--until", "6"]) == 0  # the dense model, at the growth
+    dense = {k: v.clone() for k, v in load(run).model.state_dict().items()}
+    assert main([*args, "--resume"]) == 0
+    upcycled = load(run).model.state_dict()
+    kept = [k for k in dense if ".feed_forward." not in k]
+    assert kept and all(torch.equal(upcycled[k], dense[k]) for k in kept)
+    for w in ("w1", "w2", "w3"):  # every expert trained away from its copy
+        experts = upcycled[f"layers.0.moe.experts.{w}"]
+        assert all(not torch.equal(e, dense[f"layers.0.feed_forward.{w}.weight"]) for e in experts)
+
+
+def test_the_dense_model_continued_is_written_on_the_same_flops_and_refused_where_it_is_no_one_schedule(tmp_path):
+    from growdsl.app.baseline import write_baseline
+    from growdsl.errors import GrowdslError
+    from growdsl.plan import baseline
+
+    schedule = tmp_path / "upcycle.grow"
+    schedule.write_text(UPCYCLED)
+    plan = plan_source(UPCYCLED)
+    continued = baseline.continued(plan)
+    dense_step = plan.stages[0].flops_per_token * plan.stages[0].training.tokens_per_step
+    assert continued.steps == round(plan.stages[1].flops / dense_step) > 6  # a dense step costs less
+    written = write_baseline(str(schedule), str(tmp_path / "dense.grow"), dense=True)
+    again = plan_source((tmp_path / "dense.grow").read_text())
+    assert again.totals.flops == continued.flops and len(again.stages) == 2 and not again.stages[1].growths
+    assert again.stages[1].shape == plan.stages[0].shape and "the dense model continued" in written.summary()
+    assert abs(continued.flops / plan.totals.flops - 1) < dense_step / plan.totals.flops  # the nearest step
+    for text, message in [
+        (TINY_RUN + "train 2L for 6 steps\nstack x2\ntrain 6 steps\n", "upcycles nothing"),
+        (UPCYCLED + "train 4 steps\n", "not the one growth right before its final stage"),
+        (UPCYCLED.replace("train 6 steps\n", "train 6 steps with freeze new\n"), "freezes parts of the mixtures"),
+    ]:
+        with pytest.raises(baseline.BaselineError, match=message):
+            baseline.continued(plan_source(text))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    schedule.write_text('data "corpus"\n' + UPCYCLED)
+    with pytest.raises(GrowdslError, match="relative to its own folder"):
+        write_baseline(str(schedule), str(elsewhere / "dense.grow"), dense=True)
+    assert not (elsewhere / "dense.grow").exists()

@@ -1,5 +1,6 @@
 """`growdsl baseline`: the from-scratch schedule of a schedule's final model on the same FLOPs
-(growdsl.plan.baseline), naming the run's data where the file is written."""
+(growdsl.plan.baseline), naming the run's data where the file is written; `--dense`: an upcycling
+schedule's dense model continued instead, on the same FLOPs."""
 
 from __future__ import annotations
 
@@ -19,9 +20,16 @@ class BaselineFile:
     text: str  # the baseline schedule
     plan: Plan  # of the schedule it is the baseline of
     out: Path | None  # where it was written (None: not written)
+    dense: bool = False  # the dense model continued, not the final model from scratch
 
     def summary(self) -> str:
         b, total = self.plan.totals.baseline, self.plan.totals.flops
+        if self.dense:
+            b = baseline.continued(self.plan)
+            return (
+                f"wrote {self.out}: the dense model continued for {b.steps:,} steps instead of upcycled, "
+                f"{b.flops:.4g} FLOPs ({self.plan.source}: {total:.4g}, {b.flops / total - 1:+.2%})"
+            )
         assert b is not None  # a schedule with a baseline file has a baseline
         return (
             f"wrote {self.out}: {self.plan.stages[-1].shape.n_layers}L from scratch for {b.steps:,} steps, "
@@ -29,8 +37,9 @@ class BaselineFile:
         )
 
 
-def write_baseline(schedule: str, out: str | None, force: bool = False) -> BaselineFile:
-    """The baseline of `schedule`, written to `out` (replacing it only with `force`) or only returned."""
+def write_baseline(schedule: str, out: str | None, force: bool = False, dense: bool = False) -> BaselineFile:
+    """The baseline of `schedule` (`dense`: its dense model continued), written to `out` (replacing it only
+    with `force`) or only returned."""
     plan = compile_schedule(schedule).one_schedule("write the baseline of")
     target = Path(out) if out else None
     if target is not None:
@@ -41,8 +50,11 @@ def write_baseline(schedule: str, out: str | None, force: bool = False) -> Basel
         if target.exists() and not force:
             raise UsageError(f"{target} exists; give --force to overwrite it, or another -o")
     try:
-        baseline.check(plan)  # before its data: stages that read different data are the first thing to say
-        text, _ = baseline.planned(plan, _data_named(plan, schedule, target), schedule, out)
+        if dense:
+            text = _continued(plan, Path(schedule), target)
+        else:
+            baseline.check(plan)  # before its data: stages that read different data are the first thing to say
+            text, _ = baseline.planned(plan, _data_named(plan, schedule, target), schedule, out)
     except (baseline.BaselineError, DataError) as e:
         raise GrowdslError(f"{schedule}: {e}") from None
     if target is not None:
@@ -53,7 +65,28 @@ def write_baseline(schedule: str, out: str | None, force: bool = False) -> Basel
             partial.replace(target)
         except OSError as e:
             raise UsageError(f"cannot write {target}: {e.strerror}") from None
-    return BaselineFile(text, plan, target)
+    return BaselineFile(text, plan, target, dense)
+
+
+def _continued(plan: Plan, schedule: Path, out: Path | None) -> str:
+    """The dense run's text, read back through the compiler: on the promised FLOPs."""
+    from growdsl.lang.errors import ScheduleError
+    from growdsl.plan import plan_source
+
+    text = baseline.continued_schedule(plan, schedule.read_text(), schedule, out)
+    try:
+        written = plan_source(text, str(out or schedule))
+    except ScheduleError as e:
+        raise baseline.BaselineError(
+            f"the dense run written for it does not read back ({e.errors[0].message}); "
+            f"this is growdsl's bug: please report it with the schedule"
+        ) from None
+    if written.totals.flops != baseline.continued(plan).flops:
+        raise baseline.BaselineError(
+            "the dense run written for it reads back on other FLOPs; this is growdsl's bug: "
+            "please report it with the schedule"
+        )
+    return text
 
 
 def _data_named(plan: Plan, schedule: str, out: Path | None) -> list[tuple[str, float | None]] | None:

@@ -24,6 +24,18 @@ class Span:
         last = last if last is not None else first
         return Span(first.line, first.column, last.end_line, last.end_column)
 
+    def offsets(self, source: str) -> tuple[int, int]:
+        """Where it starts and ends in `source`, as string indices."""
+        return _offset(source, self.line, self.col), _offset(source, self.end_line, self.end_col)
+
+
+def _offset(source: str, line: int, col: int) -> int:
+    """The index in `source` of a 1-based line and column."""
+    at = 0
+    for _ in range(line - 1):
+        at = source.index("\n", at) + 1
+    return at + col - 1
+
 
 Severity = Literal["error", "warning"]
 

@@ -1,5 +1,7 @@
 """The paper's comparison for a growth schedule: its final model trained from scratch on the same
 total FLOPs (the base models' and LiGO phases' compute included), written as a schedule of its own.
+For an upcycling, the other comparison the upcycling papers make: the dense model continued instead,
+on the same FLOPs (`continued`).
 
 The baseline keeps everything but the growth: the final stage's batch, sequence length, LR schedule
 (max, min, warmup, decay), optimizer, seed, data, parallelism, evaluation and validation settings,
@@ -8,8 +10,11 @@ steps nearest to the schedule's total FLOPs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from growdsl.errors import GrowdslError
-from growdsl.plan.plan import LRSchedule, Plan, Stage
+from growdsl.lang import ast
+from growdsl.plan.plan import Baseline, ExpertsGrowth, LRSchedule, Plan, Stage
 from growdsl.plan.shape import Experts, RopeScaling
 
 # What must agree across the stages after the last growth for one scratch schedule to mirror them.
@@ -188,3 +193,59 @@ def planned(plan: Plan, data: Data | None, grown: str, out: str | None) -> tuple
             "please report it with the schedule"
         )
     return text, written
+
+
+def continued(plan: Plan) -> Baseline:
+    """The dense model continued instead of upcycled: the schedule without its upcycling, its final stage
+    as long as trains the same total FLOPs (the nearest whole step). Raises BaselineError where that is
+    not one schedule: the upcycling must be the last growth, right before the final stage."""
+    final = plan.stages[-1]
+    if not any(isinstance(g, ExpertsGrowth) for s in plan.stages for g in s.growths):
+        raise BaselineError("it upcycles nothing: the dense model continued is a baseline of an upcycling")
+    if [type(g) for g in final.growths] != [ExpertsGrowth]:
+        raise BaselineError(
+            "its upcycling is not the one growth right before its final stage: write the dense run by hand"
+        )
+    if final.frozen:
+        raise BaselineError(
+            f"its final stage freezes parts of the mixtures (line {final.line}), which the dense model has not: "
+            f"write the dense run by hand"
+        )
+    before = plan.stages[-2]
+    dense = before.shape
+    per_step = dense.flops_per_token(final.training.seq_len) * final.training.tokens_per_step
+    steps = max(1, round(final.flops / per_step))
+    return Baseline(
+        steps=steps, tokens=steps * final.training.tokens_per_step, flops=before.cumulative_flops + steps * per_step
+    )
+
+
+def continued_schedule(plan: Plan, source: str, schedule: Path, out: Path | None) -> str:
+    """The text of the dense model continued (`continued`): the schedule as written, its upcycling left out
+    and its last train statement's amount made the steps that reach the same FLOPs."""
+    from growdsl.lang.parser import parse
+
+    b = continued(plan)
+    tree = parse(source, str(schedule))
+    upcycle = next(s for s in tree.statements if isinstance(s, ast.Growth) and s.kind == "upcycle")
+    train = [s for s in tree.statements if isinstance(s, ast.Train)][-1]
+    if out is not None and out.resolve().parent != schedule.resolve().parent:
+        settings = [s for st in tree.statements for s in (st.settings if isinstance(st, ast.Train) else (st,))]
+        named = [a.value for s in settings if isinstance(s, ast.Setting) and s.key == "data" for a in s.args
+                 if isinstance(a, ast.Str)]  # fmt: skip
+        named += [s.source.value for s in tree.statements if isinstance(s, ast.Model) and s.source is not None]
+        relative = [name for name in named if not Path(name).is_absolute()]
+        if relative:
+            raise BaselineError(
+                f"it names {relative[0]!r} relative to its own folder: write the dense run beside it "
+                f"(-o {schedule.resolve().parent / 'NAME.grow'}), where the same paths hold"
+            )
+    (u_start, u_end), (a_start, a_end) = upcycle.span.offsets(source), train.amount.span.offsets(source)
+    body = source[:u_start] + source[u_end:a_start] + f"{b.steps} steps" + source[a_end:]
+    header = [
+        f"# The dense model of {schedule.name} continued instead of upcycled (growdsl baseline --dense): the",
+        f"# upcycling on line {upcycle.span.line} left out, the last stage {b.steps} steps long, so that it trains "
+        f"the same FLOPs,",
+        f"# {b.flops:.4g} against {plan.totals.flops:.4g}. Run both, then compare them.",
+    ]
+    return "\n".join(header) + "\n" + body

@@ -199,11 +199,14 @@ class _Compiler(Reader):
                 "setting after the last train statement has no effect",
                 "settings hold for the stages after them; move it up",
             )
-        if self.declared is not None and self.shape is not None and not self.broken and self.shape != self.declared:
+        final = self.shape
+        if final is not None and self.declared is not None and self.declared.experts is None:
+            final = replace(final, experts=None)  # a dense model statement, its experts from an `upcycle`
+        if self.declared is not None and final is not None and not self.broken and final != self.declared:
             assert self.model_node is not None  # it declared the shape
             self.warn(
                 self.model_node.span,
-                f"the schedule ends with a {self.shape.describe()} model, not the declared {self.declared.describe()}",
+                f"the schedule ends with a {final.describe()} model, not the declared {self.declared.describe()}",
                 "adjust the growth steps, or the model statement, so they agree",
             )
 
@@ -450,9 +453,9 @@ class _Compiler(Reader):
                 "the embeddings and the head are one table in this tied model: freeze both or neither",
                 "add the other to the freeze",
             )
-        if "new" in words and not any(frozen_of(("new",), draft.layers).layers):
+        if "new" in words and not frozen_of(("new",), draft.layers).blocks:
             self.warn(span, "freeze new: this stage's model has no layers a growth added")
-        if "copies" in words and not any(frozen_of(("copies",), draft.layers).layers):
+        if "copies" in words and not frozen_of(("copies",), draft.layers).blocks:
             self.warn(span, "freeze copies: no layer a growth added starts as a copy in this stage's model")
 
     def _check_without_shape(self, node: ast.Train) -> None:

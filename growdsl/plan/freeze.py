@@ -9,9 +9,14 @@ once new blocks are interleaved (LLaMA-Pro):
     embeddings  the input embedding table
     head        the output projection and the final norm
 
-What is frozen costs less to train, counted block by block: a frozen block runs forward (2 FLOPs a
-parameter a token, and attention's 4 H d T) and, when anything below it trains, passes gradients
-down (2 more, and attention's 8 H d T); only trained weights pay for their weight gradients (2)."""
+After an upcycling (`upcycle experts ...`) the same words name parts of blocks: `base` is what the
+dense model had (attention, norms, the feed-forwards that stayed dense), `new` the mixtures (routers,
+experts, shared experts), `copies` the routed experts alone (their routers and shared experts train).
+
+What is frozen costs less to train, counted block by block (a block's attention half, then its
+feed-forward half): a frozen part runs forward (2 FLOPs a parameter a token, and attention's 4 H d T)
+and, when anything below it trains, passes gradients down (2 more, and attention's 8 H d T); only
+trained weights pay for their weight gradients (2)."""
 
 from __future__ import annotations
 
@@ -25,21 +30,36 @@ WORDS = ("base", "new", "copies", "embeddings", "head")
 
 @dataclass(frozen=True, kw_only=True)
 class Frozen:
-    """What a stage does not train: blocks by index, the embedding table, the head (output and final norm)."""
+    """What a stage does not train: blocks by index (whole, or parts of blocks with experts), the
+    embedding table, the head (output and final norm)."""
 
     __pydantic_config__ = {"extra": "forbid"}
 
     layers: tuple[int, ...] = ()
     embeddings: bool = False
     head: bool = False
+    dense: tuple[int, ...] = ()  # blocks whose parts outside their mixture are frozen (attention, norms)
+    mixtures: tuple[int, ...] = ()  # blocks whose mixture is frozen (router, experts, shared experts)
+    experts: tuple[int, ...] = ()  # blocks whose routed experts are frozen (their router trains)
 
     def __bool__(self) -> bool:
-        return bool(self.layers) or self.embeddings or self.head
+        return bool(self.blocks) or self.embeddings or self.head
+
+    @property
+    def blocks(self) -> set[int]:
+        """The blocks of which anything is frozen."""
+        return {*self.layers, *self.dense, *self.mixtures, *self.experts}
 
     def holds(self, name: str) -> bool:
         """Whether the parameter of this state-dict name is frozen."""
         if name.startswith("layers."):
-            return int(name.split(".")[1]) in self.layers
+            parts = name.split(".")
+            layer = int(parts[1])
+            if layer in self.layers:
+                return True
+            if parts[2] == "moe":
+                return layer in self.mixtures or (layer in self.experts and parts[3] == "experts")
+            return layer in self.dense
         if name.startswith("tok_embeddings."):
             return self.embeddings
         return self.head and name.startswith(("output.", "norm."))
@@ -58,8 +78,11 @@ def added(origins: Sequence) -> list[bool]:
 
 
 def frozen_of(words: Sequence[str], origins: Sequence) -> Frozen:
-    from growdsl.plan.operators import start_kind  # here: the operators import the plan, which imports this
+    from growdsl.plan.operators import UPCYCLED, start_kind  # here: the operators import the plan, which imports this
 
+    mixtures = [i for i, o in enumerate(origins) if o.init in UPCYCLED]
+    if mixtures:  # the latest growth was an upcycling: the words name parts of blocks
+        return _frozen_parts(words, len(origins), mixtures)
     new = added(origins)
     picked = set()
     for i, (o, is_new) in enumerate(zip(origins, new)):
@@ -70,9 +93,34 @@ def frozen_of(words: Sequence[str], origins: Sequence) -> Frozen:
     return Frozen(layers=tuple(sorted(picked)), embeddings="embeddings" in words, head="head" in words)
 
 
+def _frozen_parts(words: Sequence[str], n_layers: int, mixtures: list[int]) -> Frozen:
+    """`freeze` after an upcycling (module docstring): `base` the dense model's parameters, `new` the
+    mixtures, `copies` their experts."""
+    dense = [i for i in range(n_layers) if i not in mixtures]
+    whole: list[int] = []
+    parts: dict[str, list[int]] = {"dense": [], "mixtures": [], "experts": []}
+    if "base" in words:
+        whole += dense
+        if "new" in words:
+            whole += mixtures
+        else:
+            parts["dense"] = mixtures
+            parts["experts"] = mixtures if "copies" in words else []
+    elif "new" in words:
+        parts["mixtures"] = mixtures
+    elif "copies" in words:
+        parts["experts"] = mixtures
+    return Frozen(
+        layers=tuple(sorted(whole)),
+        embeddings="embeddings" in words,
+        head="head" in words,
+        **{k: tuple(v) for k, v in parts.items()},
+    )
+
+
 def trainable_params(shape: ModelShape, frozen: Frozen) -> int:
     head = shape.dim + (0 if shape.tied_embeddings else shape.embedding_params)  # final norm and output
-    out = shape.params - sum(shape.block_params(i) for i in frozen.layers)
+    out = shape.params - sum(_frozen_block_params(shape, frozen, i) for i in frozen.blocks)
     if frozen.embeddings:
         out -= shape.embedding_params
     if frozen.head:
@@ -85,19 +133,57 @@ def flops_per_token(shape: ModelShape, seq_len: int, frozen: Frozen) -> int:
     pass below the lowest trained parameter); with nothing frozen, torchtitan's 6 N + 12 L H d T
     (shape.flops_per_token)."""
     attention = 4 * shape.n_heads * shape.head_dim * seq_len  # a block's QK^T and AV, forward
-    below = not frozen.embeddings  # whether anything below the current block trains
+    below = not frozen.embeddings  # whether anything below the current part trains
     total = 0
     for i in range(shape.n_layers):
-        trains = i not in frozen.layers
-        p = shape.block_params(i, active=True)  # a mixture: the experts a token goes through
-        total += 2 * p + attention  # forward
-        if trains or below:
-            total += 2 * p + 2 * attention  # gradients passed down through it
-        if trains:
-            total += 2 * p  # its weight gradients
-        below = below or trains
+        mixture = _mixture_params(shape, i, active=True)  # a mixture: the experts a token goes through
+        outside = shape.block_params(i, active=True) - mixture
+        experts = _routed_params(shape, i, active=True)
+        parts = [  # (active parameters, those of them that train, attention's FLOPs), bottom up
+            (outside, 0 if i in frozen.layers or i in frozen.dense else outside, attention),
+            (
+                mixture,
+                0 if i in frozen.layers or i in frozen.mixtures else mixture - (experts if i in frozen.experts else 0),
+                0,
+            ),
+        ]
+        for p, trained, attn in parts:
+            total += 2 * p + attn  # forward
+            if trained or below:
+                total += 2 * p + 2 * attn  # gradients passed down through it
+            total += 2 * trained  # its weight gradients
+            below = below or trained > 0
     head = shape.embedding_params + shape.dim  # the output projection (tied: the table) and the final norm
     # its forward; the gradient into it when anything below trains, or the final norm (before the output
     # projection) does; its weight gradients when it trains
     total += 2 * head + (2 * head if below or not frozen.head else 0) + (0 if frozen.head else 2 * head)
     return total
+
+
+def _mixture_params(shape: ModelShape, layer: int, active: bool = False) -> int:
+    """Block `layer`'s mixture: its router and experts (routed, shared); for a dense block, its feed-forward
+    (0 would do: a dense block's feed-forward is counted with the rest of it, unless frozen apart)."""
+    e = shape.experts
+    ffn = 3 * shape.dim * shape.ffn_dim
+    if e is None or not e.holds(layer):
+        return ffn
+    return ((e.top_k if active else e.count) + e.shared) * ffn + shape.dim * e.count
+
+
+def _routed_params(shape: ModelShape, layer: int, active: bool = False) -> int:
+    """Block `layer`'s routed experts (0 for a dense block)."""
+    e = shape.experts
+    if e is None or not e.holds(layer):
+        return 0
+    return (e.top_k if active else e.count) * 3 * shape.dim * shape.ffn_dim
+
+
+def _frozen_block_params(shape: ModelShape, frozen: Frozen, layer: int) -> int:
+    """The parameters of block `layer` that `frozen` holds."""
+    if layer in frozen.layers:
+        return shape.block_params(layer)
+    mixture = _mixture_params(shape, layer)
+    out = shape.block_params(layer) - mixture if layer in frozen.dense else 0
+    if layer in frozen.mixtures:
+        return out + mixture
+    return out + (_routed_params(shape, layer) if layer in frozen.experts else 0)

@@ -108,14 +108,25 @@ def _totals(plan: Plan, predict_d: bool) -> list[str]:
         baseline.check(plan)
         b = tot.baseline
         assert b is not None  # check() passed: the schedule grows
+        what = f"{final.n_layers}L" + (" with its experts" if final.experts else "")
         out.append(
-            f"baseline       {plan.stages[-1].shape.n_layers}L from scratch, {b.steps:,} steps ({human(b.tokens)} "
+            f"baseline       {what} from scratch, {b.steps:,} steps ({human(b.tokens)} "
             f"tokens), the same FLOPs ({b.flops:.3e}): `growdsl baseline` writes it; run both, then `growdsl compare`"
         )
-        if plan.start is None or plan.start.recorded:  # the paper grows bases trained in the same run
+        stacked = any(isinstance(g, DepthGrowth) for s in plan.stages for g in s.growths)
+        if stacked and (plan.start is None or plan.start.recorded):  # the paper grows bases trained in the same run
             out.append(f"the paper      {PAPER_RESULT}")
     except baseline.BaselineError as e:
         out.append(f"baseline       none: {e}")
+    if any(isinstance(g, ExpertsGrowth) for s in plan.stages for g in s.growths):
+        try:
+            c = baseline.continued(plan)
+            out.append(
+                f"dense          the dense model continued instead, {c.steps:,} steps in its last stage, the same "
+                f"FLOPs ({c.flops:.3e}): `growdsl baseline --dense` writes it"
+            )
+        except baseline.BaselineError as e:
+            out.append(f"dense          none: {e}")
     validating = [s for s in plan.stages if s.training.val_every_steps]
     if validating:
         training = validating[-1].training
@@ -182,6 +193,8 @@ def growth_line(g) -> str:
 def _frozen_line(s: Stage) -> str:
     f = s.frozen
     parts = [f"layers {compact(list(f.layers))}" if f.layers else ""]
+    by_part = (("all but the mixtures", f.dense), ("the mixtures", f.mixtures), ("the routed experts", f.experts))
+    parts += [f"{what} of layers {compact(list(blocks))}" if blocks else "" for what, blocks in by_part]
     parts += ["the embeddings" if f.embeddings else "", "the head" if f.head else ""]
     trained = s.trainable_params if s.trainable_params is not None else s.params
     return (

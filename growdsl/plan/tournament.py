@@ -161,16 +161,9 @@ def _parsed(source: str, filename: str) -> ast.Schedule:
     return parse_partial(source, filename)
 
 
-def _offset(source: str, line: int, col: int) -> int:
-    """The index in `source` of a 1-based line and column."""
-    at = 0
-    for _ in range(line - 1):
-        at = source.index("\n", at) + 1
-    return at + col - 1
-
-
 def _text(source: str, span: Span) -> str:
-    return source[_offset(source, span.line, span.col) : _offset(source, span.end_line, span.end_col)]
+    start, end = span.offsets(source)
+    return source[start:end]
 
 
 def _one_line(text: str) -> str:
@@ -180,9 +173,7 @@ def _one_line(text: str) -> str:
 def _arm_text(source: str, node: ast.Tournament, candidate: ast.Growth, blank: bool = False) -> str:
     """The schedule with the try replaced by `candidate`, every line where it was. `blank`: every column
     too (the rest of the try becomes spaces), for errors that point into the try as written."""
-    start, end = _offset(source, node.span.line, node.span.col), _offset(source, node.span.end_line, node.span.end_col)
-    first = _offset(source, candidate.span.line, candidate.span.col)
-    last = _offset(source, candidate.span.end_line, candidate.span.end_col)
+    (start, end), (first, last) = node.span.offsets(source), candidate.span.offsets(source)
 
     def filler(text: str) -> str:
         return re.sub(r"[^\n]", " ", text) if blank else "\n" * text.count("\n")

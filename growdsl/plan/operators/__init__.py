@@ -20,7 +20,7 @@ def _kinds() -> dict[str, Start]:
     base layer placed by a growth, a layer of stage 0), then each operator's, as it declares them."""
     kinds: dict[str, Start] = {"copy": "copy", "fresh": "fresh"}
     for op in OPERATORS.values():
-        for mode in (op.depth, op.width):
+        for mode in (op.depth, op.width, op.experts):
             if mode is None:
                 continue
             for word, kind in ((mode.starts, mode.new), (mode.first, "copy" if mode.first == "copy" else mode.new)):
@@ -30,6 +30,8 @@ def _kinds() -> dict[str, Start]:
 
 
 KINDS = _kinds()
+# The words a layer map shows for the blocks an upcycling made mixtures (freezing by origin reads them).
+UPCYCLED = frozenset(op.experts.starts for op in OPERATORS.values() if op.experts is not None)
 
 
 def start_kind(word: str) -> Start:
