@@ -46,6 +46,9 @@ NAMES = {
     "scratch_wsd": "scratch, WSD",
     "small_wsd": "1L only, WSD (late growth's control)",
     "late_zero": "late growth, init zero",
+    "dense": "dense continued (upcycling's control)",
+    "upcycle": "upcycled at half, 4 experts top 2",
+    "upcycle_drop": "Drop-Upcycled (r = 0.5)",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 

@@ -3,6 +3,8 @@ refused, with the reason, where no single scratch run mirrors the schedule."""
 
 import json
 
+from dataclasses import replace
+
 import pytest
 from conftest import SCHEDULES
 from ops_helpers import TINY_RUN
@@ -111,9 +113,14 @@ def test_every_arm_of_the_study_spends_the_scratch_runs_flops(folder):
         assert abs(plan.totals.flops - scratch.totals.flops) <= step, path.name
         assert plan.stages[-1].lr.max_lr == stage.lr.max_lr
         if path.stem != "small_wsd":  # late growth's control: its small model never grows, by design
-            assert plan.stages[-1].shape == stage.shape, path.name
+            assert replace(plan.stages[-1].shape, experts=None) == stage.shape, path.name  # upcycled: its dense model
     gstack = plan_file(ROOT / "schedules" / folder / "gstack.grow")  # scratch is gstack's baseline, as written
     assert scratch.totals.flops == gstack.totals.baseline.flops
+    if folder == "study":  # the dense control of the upcycling arms is upcycle.grow's, as written
+        from growdsl.plan.baseline import continued
+
+        upcycle = plan_file(ROOT / "schedules" / folder / "upcycle.grow")
+        assert plan_file(ROOT / "schedules" / folder / "dense.grow").totals.flops == continued(upcycle).flops
 
 
 def test_run_with_baseline_trains_both_and_prints_the_speedup_at_the_final_loss(data_dir, tmp_path, capsys):
