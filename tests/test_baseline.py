@@ -2,7 +2,6 @@
 refused, with the reason, where no single scratch run mirrors the schedule."""
 
 import json
-
 from dataclasses import replace
 
 import pytest

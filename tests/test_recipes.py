@@ -70,7 +70,7 @@ def header_only_llama(folder, layers: int, **config):
     folder.mkdir()
     config = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
                   num_hidden_layers=layers, vocab_size=32000, rms_norm_eps=1e-5, max_position_embeddings=4096,
-                  **config)  # fmt: skip
+                  ) | config  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     shape = read_config(folder / "config.json")
     header, at = {}, 0
@@ -106,3 +106,26 @@ def test_the_full_size_recipes_plan_on_their_real_shapes(tmp_path, capsys):
         f"data: none named; a model it starts from reads data tokenized by its own tokenizer: growdsl data "
         f"prepare CORPUS --tokenizer {tmp_path / 'llama-2-7b'}" in out
     )
+    llama3 = dict(intermediate_size=14336, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0)
+    header_only_llama(tmp_path / "llama-3-8b", 32, **llama3)
+    shutil.copy(RECIPES / "upcycle.grow", tmp_path / "upcycle.grow")
+    upcycled = plan_file(tmp_path / "upcycle.grow")
+    ffn, router = 3 * 4096 * 14336, 4096 * 8  # a block's feed-forward, and its router
+    assert upcycled.start.shape.params == 8_030_261_248  # Llama-3-8B
+    assert upcycled.stages[0].params == 8_030_261_248 + 32 * (7 * ffn + router) == 47_491_321_856
+    assert upcycled.stages[0].shape.active_params == 8_030_261_248 + 32 * (ffn + router) == 13_668_454_400
+
+
+def test_the_upcycling_recipe_runs_from_a_llama_and_exports_a_mixtral_with_the_same_logits(data_dir, tmp_path):
+    """Llama -> 8 experts top 2 (copies: exact, checked in the run) -> trained -> a Hugging Face Mixtral."""
+    schedule = small("upcycle.grow", tmp_path, 4)
+    plan = plan_file(schedule)
+    (growth,) = plan.stages[0].growths
+    assert growth.kind == "experts" and growth.guarantee == "exact"
+    assert (plan.stages[0].shape.experts.count, plan.stages[0].shape.experts.top_k) == (8, 2)
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run)]) == 0
+    assert "upcycle direct" in (run / "log.txt").read_text() and "; preserved" in (run / "log.txt").read_text()
+    assert main(["export", str(run), "--hf", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 8
+    assert_exported_logits(run, out, transformers.MixtralForCausalLM)

@@ -224,3 +224,17 @@ def test_the_dense_model_continued_is_written_on_the_same_flops_and_refused_wher
     with pytest.raises(GrowdslError, match="relative to its own folder"):
         write_baseline(str(schedule), str(elsewhere / "dense.grow"), dense=True)
     assert not (elsewhere / "dense.grow").exists()
+
+
+def test_a_tournament_compares_ways_to_upcycle_and_refuses_to_mix_them_with_a_stack():
+    from growdsl.plan import plan_tournament
+
+    base = f"{FAMILY}val every 5 steps\nval tokens 256\ntrain 3L for 10 steps\n"
+    _, tournament = plan_tournament(
+        base + "try upcycle experts 4 top 2 | upcycle experts 4 top 2 init drop 0.5 for 5 steps\ntrain 5 steps\n"
+    )
+    growths = [arm.plan.stages[1].growths[0] for arm in tournament.arms]
+    assert [(g.kind, g.operator) for g in growths] == [("experts", "direct"), ("experts", "drop")]
+    assert len({arm.plan.stages[1].flops for arm in tournament.arms}) == 1  # the same probe, the same model
+    with pytest.raises(ScheduleError, match="'stack x2' a 6L"):
+        plan_tournament(base + "try stack x2 | upcycle experts 4 top 2 for 5 steps\ntrain 5 steps\n")
