@@ -13,7 +13,7 @@ hidden]; shared_experts.w1/w2/w3 as nn.Linear weights."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torchtitan.models.llama3.model.model import TransformerBlock
 from torchtitan.models.moe.moe import MoE, MoEArgs, TokenChoiceTopKRouter, TokenReorderer
 
-from growdsl.ops.layout import copy_into, full, write_full
+from growdsl.ops.layout import copy_into, full, laid_out_like, write_full
 from growdsl.ops.optimizer import MOMENTS, State, cloned, zeroed
 from growdsl.plan.shape import Experts, ModelShape
 
@@ -112,21 +112,30 @@ def mixture(experts: Experts, dim: int, hidden: int) -> MoE:
 class Router(TokenChoiceTopKRouter):
     """torchtitan's token-choice top-k router with Mixtral's routing, counting with bincount."""
 
+    # The tokens each expert gets, given instead of counted: for a measurement without data (growdsl fit)
+    fixed_counts: torch.Tensor | None = None
+
     def forward(self, x: torch.Tensor, expert_bias: torch.Tensor | None = None):
         scores = F.softmax(self.gate(x).to(torch.float32), dim=1)  # in float32, as torchtitan does
         choice = scores if expert_bias is None else scores + expert_bias  # the bias picks, never weighs
         _, picked = torch.topk(choice, k=self.top_k, dim=-1, sorted=False)
         top = scores.gather(dim=1, index=picked)
         top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * self.route_scale
-        return top, picked, tokens_per_expert(picked, self.num_experts)
+        counts = self.fixed_counts if self.fixed_counts is not None else tokens_per_expert(picked, self.num_experts)
+        return top, picked, counts
 
 
 class Reorderer(TokenReorderer):
     """torchtitan's reorderer (the routed tokens grouped by expert), counting with bincount."""
 
+    fixed_counts: torch.Tensor | None = None  # as Router's
+
     def forward(self, top_scores: torch.Tensor, selected_experts_indices: torch.Tensor):
         order = torch.argsort(selected_experts_indices.view(-1), stable=True)
-        return top_scores.view(-1)[order], order, tokens_per_expert(selected_experts_indices, self.num_experts)
+        counts = self.fixed_counts
+        if counts is None:
+            counts = tokens_per_expert(selected_experts_indices, self.num_experts)
+        return top_scores.view(-1)[order], order, counts
 
 
 def tokens_per_expert(picked: torch.Tensor, experts: int) -> torch.Tensor:
@@ -159,41 +168,52 @@ def with_experts(block: TransformerBlock, experts: Experts, dim: int, hidden: in
     return block
 
 
-def upcycled_state(
+def upcycled_tensors(
     dense: Mapping[str, torch.Tensor], experts: Experts, how: Upcycling, seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """A dense model's state (`dense`) as the tensors of its model with `experts`: every tensor as it
-    is, but the feed-forward of each block that holds experts, upcycled (each block's draws from
-    layer_generator(seed, block)). Routers are left out: they keep the init the model is built with.
-    Sharded tensors (FSDP2) are gathered a block at a time; the upcycled ones are whole."""
-    out, upcycled = {}, set()
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A dense model's state (`dense`) as the tensors of its model with `experts`, name by name: every
+    tensor as it is, but the feed-forward of each block that holds experts, upcycled (each block's draws
+    from layer_generator(seed, block)). Routers are left out: they keep the init the model is built with.
+    A sharded feed-forward (FSDP2) is gathered, and its mixture made whole, one block at a time."""
+    upcycled = []
     for name, tensor in dense.items():
         parts = name.split(".")
         if parts[0] == "layers" and parts[2] == "feed_forward" and experts.holds(int(parts[1])):
-            upcycled.add(int(parts[1]))
+            if parts[3] == "w1":
+                upcycled.append(int(parts[1]))
         else:
-            out[name] = tensor
-    for layer in sorted(upcycled):
+            yield name, tensor
+    for layer in upcycled:
         ffn = {w: full(dense[f"layers.{layer}.feed_forward.{w}.weight"]) for w in ("w1", "w2", "w3")}
         moe = upcycled_ffn(ffn["w1"], ffn["w2"], ffn["w3"], experts, how, layer_generator(seed, layer))
-        out.update({f"layers.{layer}.moe.{name}": t for name, t in moe.items()})
-    return out
+        yield from ((f"layers.{layer}.moe.{name}", t) for name, t in moe.items())
+
+
+def upcycled_state(
+    dense: Mapping[str, torch.Tensor], experts: Experts, how: Upcycling, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """upcycled_tensors, all at once (a model on one device)."""
+    return dict(upcycled_tensors(dense, experts, how, seed))
 
 
 def write_upcycled(
     src: Mapping[str, torch.Tensor], dst: Mapping[str, torch.Tensor], experts: Experts, how: Upcycling
 ) -> None:
     """The growth: `src` (a dense model's state dict) upcycled into `dst` (its model's with `experts`, in
-    place). The dense tensors are copied shard by shard; each rank keeps its shard of the mixtures'."""
-    for name, tensor in upcycled_state(src, experts, how, SEED).items():
+    place). The dense tensors are copied shard by shard; each rank keeps its shard of the mixtures', made
+    one block at a time."""
+    for name, tensor in upcycled_tensors(src, experts, how, SEED):
         (write_full if ".moe." in name else copy_into)(dst[name], tensor)
 
 
-def carry_experts(state: State, experts: Experts, how: Upcycling) -> State:
+def carry_experts(
+    state: State, experts: Experts, how: Upcycling, like: Mapping[str, torch.Tensor] | None = None
+) -> State:
     """The upcycled model's AdamW state under `optimizer carry`: every expert takes its feed-forward's
     moments, as it took its weights; the units drawn afresh (Drop-Upcycling, the same ones as
     write_upcycled's) and a shared expert's zero output projection start at zero, and the router
-    without state (it is new)."""
+    without state (it is new). `like`: the upcycled model's parameters, whose layout each mixture's
+    moments take as soon as they are made (a rank never holds more than one of them whole)."""
     out: State = {}
     dense: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
     for name, st in state.items():
@@ -202,6 +222,12 @@ def carry_experts(state: State, experts: Experts, how: Upcycling) -> State:
             dense.setdefault(int(parts[1]), {})[parts[3]] = st
         else:
             out[name] = cloned(st)
+
+    def placed(name: str, moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if like is None:
+            return moments
+        return {k: laid_out_like(v, like[name]) if k in MOMENTS else v for k, v in moments.items()}
+
     for layer, ffn in dense.items():
         if set(ffn) != {"w1", "w2", "w3"}:  # a feed-forward that never stepped: nothing to carry
             continue
@@ -209,19 +235,21 @@ def carry_experts(state: State, experts: Experts, how: Upcycling) -> State:
         picks = dropped_units(hidden, experts.count, how.drop, layer_generator(SEED, layer))
         moe = f"layers.{layer}.moe."
         for w in ("w1", "w2", "w3"):
-            st = {k: full(v) if k in MOMENTS else v.clone() for k, v in ffn[w].items()}
-            grown = {k: v.unsqueeze(0).repeat(experts.count, 1, 1) if k in MOMENTS else v for k, v in st.items()}
+            grown = {k: full(v).unsqueeze(0).repeat(experts.count, 1, 1) if k in MOMENTS else v.clone()
+                     for k, v in ffn[w].items()}  # fmt: skip
             for e, picked in enumerate(picks):
                 for k in MOMENTS:
                     if w == "w2":
                         grown[k][e][:, picked] = 0
                     else:
                         grown[k][e][picked] = 0
-            out[f"{moe}experts.{w}"] = grown
+            out[f"{moe}experts.{w}"] = placed(f"{moe}experts.{w}", grown)
             if experts.shared:
-                shared = {k: v.repeat(*((1, experts.shared) if w == "w2" else (experts.shared, 1))) if k in MOMENTS
-                          else v.clone() for k, v in st.items()}  # fmt: skip
-                out[f"{moe}shared_experts.{w}.weight"] = zeroed(shared) if w == "w2" else shared
+                reps = (1, experts.shared) if w == "w2" else (experts.shared, 1)
+                shared = {k: full(v).repeat(*reps) if k in MOMENTS else v.clone() for k, v in ffn[w].items()}
+                out[f"{moe}shared_experts.{w}.weight"] = placed(
+                    f"{moe}shared_experts.{w}.weight", zeroed(shared) if w == "w2" else shared
+                )
     return out
 
 
@@ -278,6 +306,18 @@ def from_mixtral(hf: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, to
         ours[router] = hf.pop(gate)
         ours |= {stacked: torch.stack([hf.pop(name) for name in names]) for stacked, names in stacks.items()}
     return ours
+
+
+def even_routing(model: torch.nn.Module, tokens: int) -> None:
+    """Have every mixture of `model` say, without counting, that each expert got an even share of the
+    `tokens` tokens of a forward pass: for a measurement without data (growdsl fit), whose counts
+    would need the values. The for-loop experts go through every routed token once whichever expert
+    gets it, so their memory is the same for any routing."""
+    for module in model.modules():
+        if isinstance(module, MoE):
+            routed, count = tokens * module.router.top_k, module.router.num_experts
+            even = torch.tensor([routed // count + (e < routed % count) for e in range(count)])
+            module.router.fixed_counts = module.reorderer.fixed_counts = even
 
 
 def zero_counts(model: torch.nn.Module) -> None:

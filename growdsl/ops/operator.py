@@ -30,14 +30,15 @@ class GrowthOperator:
         the base's. `dst` holds the target's own fresh init where nothing is written."""
         raise NotImplementedError
 
-    def carry(self, state: State, growth: Growth) -> State:
+    def carry(self, state: State, growth: Growth, like: Weights | None = None) -> State:
         """The grown model's AdamW state under `optimizer carry`. Depth: moments follow the layer map
         (fresh and zeroed weights start at zero); width: old units keep theirs, new ones start at zero;
-        upcycling: every expert takes its feed-forward's (carry_experts)."""
+        upcycling: every expert takes its feed-forward's (carry_experts). `like`: the grown model's
+        parameters, whose layout moments made whole may take at once."""
         if isinstance(growth, DepthGrowth):
             return carry_depth(state, growth)
         if isinstance(growth, ExpertsGrowth):
-            return carry_experts(state, growth.experts, self.upcycling(growth))
+            return carry_experts(state, growth.experts, self.upcycling(growth), like)
         return carry_width(state, growth, gather=False)
 
     def upcycling(self, growth: ExpertsGrowth) -> Upcycling:

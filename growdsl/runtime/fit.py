@@ -85,23 +85,31 @@ def peak(stage: Stage, lay: Layout, mixed: bool = True, scale: int = 1) -> tuple
     steady = scale * (4 * params + (4 + ADAMW_BYTES) * trained) // (lay.dp_shard * lay.tp)
     tokens = micro_batch(stage, lay) * t.seq_len
     width = (2 if mixed else 4) * scale  # bytes of an activation: bf16, float32, float64
-    block = tokens * block_bytes(shape, width, scale) // lay.tp
+    blocks = [tokens * block_bytes(shape, width, scale, i) // lay.tp for i in range(shape.n_layers)]
     if t.parallel.activation_checkpoint == "full":
-        layers = shape.n_layers * tokens * shape.dim * width // lay.tp + block
+        layers = shape.n_layers * tokens * shape.dim * width // lay.tp + max(blocks)
     else:
-        layers = shape.n_layers * block
+        layers = sum(blocks)
     logits = tokens * shape.vocab_size * (width + 12 * scale) // lay.tp
-    gathered = 4 * scale * (params - 2 * shape.dim * shape.vocab_size) // max(1, shape.n_layers) // lay.tp
+    gathered = 4 * scale * max(shape.block_params(i) for i in range(shape.n_layers)) // lay.tp
     return steady + layers + logits + gathered, steady
 
 
-def block_bytes(shape, width: int, scale: int = 1) -> int:
-    """Bytes a token leaves for the backward in one block, flash attention (no seq x seq scores):
+def block_bytes(shape, width: int, scale: int = 1, layer: int = 0) -> int:
+    """Bytes a token leaves for the backward in block `layer`, flash attention (no seq x seq scores):
     both norms' inputs and their float32 copies, the normed inputs of the projections, q, k, v after
     RoPE, the attention output, and the SwiGLU MLP's gate, up, activated gate and product (Korthikanti
-    et al.'s count, 34 x dim in 16-bit, is for a GELU MLP of 4 x dim)."""
+    et al.'s count, 34 x dim in 16-bit, is for a GELU MLP of 4 x dim). A mixture: the SwiGLU of each
+    expert the token goes through, its copies routed in and out and put back in order, their float32
+    copy for the weighted sum, and the router's scores in float32."""
     kv = shape.n_kv_heads * (shape.dim // shape.n_heads)
-    return width * (6 * shape.dim + 2 * kv + 4 * shape.ffn_dim) + 2 * 4 * scale * shape.dim
+    e = shape.experts
+    if e is None or not e.holds(layer):
+        ffn, routing = 4 * shape.ffn_dim, 0
+    else:
+        ffn = (e.top_k + e.shared) * 4 * shape.ffn_dim + 3 * e.top_k * shape.dim
+        routing = 4 * scale * (e.top_k * shape.dim + 2 * e.count)
+    return width * (6 * shape.dim + 2 * kv + ffn) + 2 * 4 * scale * shape.dim + routing
 
 
 def formula(stage: Stage, lay: Layout, mixed: bool = True) -> int:
@@ -114,7 +122,7 @@ def building_bytes(shape, scale: int = 1) -> int:
     (`materialize`): the embedding and head tables, the final norm and one block. Two tables when
     tied too: the model's own head has storage of its own until it is tied again."""
     tables = 2 * shape.embedding_params
-    return scale * 4 * (tables + shape.dim + shape.layer_params)
+    return scale * 4 * (tables + shape.dim + max(shape.block_params(i) for i in range(shape.n_layers)))
 
 
 def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scale: int = 1) -> int:
@@ -129,11 +137,16 @@ def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scal
 def _carried(after: Stage, sharded: int) -> int:
     """AdamW state carried into the grown model: shard by shard through a depth growth (`sharded`
     bytes), but whole through a width growth (its index maps gather every moment) until the first
-    step lays it out."""
+    step lays it out; through an upcycling, sharded as soon as each expert tensor's moments are made
+    whole (ops.experts.carry_experts)."""
     if not any(g.optimizer == "carry" for g in after.growths):
         return 0
-    widened = any(g.kind == "width" for g in after.growths)
-    return ADAMW_BYTES * after.params if widened else sharded
+    if any(g.kind == "width" for g in after.growths):
+        return ADAMW_BYTES * after.params
+    e = after.shape.experts
+    if any(g.kind == "experts" for g in after.growths) and e is not None:  # one expert tensor's moments whole
+        return sharded + ADAMW_BYTES * e.count * after.shape.dim * after.shape.ffn_dim
+    return sharded
 
 
 def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
@@ -141,11 +154,6 @@ def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
     ValueError for a layout that is not the cluster's."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    if any(s.shape.experts for s in plan.stages):  # its for-loop experts split the tokens by their routing
-        raise ValueError(
-            "a mixture of experts routes each token by its values, which a measurement without weights cannot: "
-            "fit measures dense models"
-        )
     world = World(0, cluster.gpus)
     layouts = [stage_layout(s, world) for s in plan.stages]  # refused before anything is built
     owned = not dist.is_initialized()
@@ -169,10 +177,11 @@ def measure(plan: Plan, cluster: Cluster) -> list[Memory]:
 
 
 def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    from growdsl.ops.experts import even_routing
     from growdsl.ops.layout import local, named_parameters
     from growdsl.ops.model import transformer
     from growdsl.runtime.distributed import is_sharded
@@ -196,6 +205,8 @@ def _stage(stage: Stage, lay: Layout, world: World, plan: Plan) -> Memory:
         gradients = 4 * sum(local(p).numel() for p in {id(p): p for p in trained.values()}.values())
         tracker = FSDPMemTracker(model) if is_sharded(model) else MemTracker()
         tokens = torch.zeros(micro, t.seq_len, dtype=torch.long)
+        with unset_fake_temporarily():  # the counts are real numbers: the experts split their tokens by them
+            even_routing(model, micro * t.seq_len)
         if not is_sharded(model):
             tracker.track_external(model)
         with tracker:

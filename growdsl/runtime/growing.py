@@ -16,7 +16,7 @@ from growdsl.errors import RunError
 from growdsl.ops import operators
 from growdsl.ops.check import Preservation, check_preservation
 from growdsl.ops.experts import zero_counts
-from growdsl.ops.layout import state_dict
+from growdsl.ops.layout import named_parameters, state_dict
 from growdsl.ops.optimizer import State
 from growdsl.ops.ramp import Ramp
 from growdsl.plan.plan import DepthGrowth, ExpertsGrowth, Growth, Stage
@@ -74,7 +74,7 @@ def grow(
             )
         _learn(op.learner(src, growth), growth, grown, stage, data, log)
         grown.flops = growth.learn.flops
-    grown.state = operators.grown_state(growth.optimizer, state, growth)
+    grown.state = operators.grown_state(growth.optimizer, state, growth, named_parameters(built.model))
     return grown
 
 

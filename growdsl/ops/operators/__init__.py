@@ -23,7 +23,7 @@ def grow(src: Weights, dst: Weights, growth: Growth) -> None:
     get(growth.operator).grow(src, dst, growth)
 
 
-def grown_state(policy: str, state: State, growth: Growth) -> State:
+def grown_state(policy: str, state: State, growth: Growth, like: Weights | None = None) -> State:
     """What the grown model's AdamW starts from: nothing under `optimizer reset` (the paper), the
-    operator's mapping of `state` under `optimizer carry`."""
-    return {} if policy == "reset" else get(growth.operator).carry(state, growth)
+    operator's mapping of `state` under `optimizer carry` (`like`: the grown model's parameters)."""
+    return {} if policy == "reset" else get(growth.operator).carry(state, growth, like)

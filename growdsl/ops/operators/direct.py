@@ -24,9 +24,9 @@ class Direct(GrowthOperator):
     def upcycling(self, growth):
         return Upcycling()
 
-    def carry(self, state, growth):
+    def carry(self, state, growth, like=None):
         if isinstance(growth, DepthGrowth | ExpertsGrowth):
-            return super().carry(state, growth)
+            return super().carry(state, growth, like)
         return carry_width(state, growth, gather=True)  # copies carry their unit's moments
 
 

@@ -48,7 +48,7 @@ class HyperClone(GrowthOperator):
 
         write_widened(src, dst, growth, value)
 
-    def carry(self, state, growth):
+    def carry(self, state, growth, like=None):
         return carry_width(state, growth, gather=True)  # clones carry their unit's moments
 
 
