@@ -238,3 +238,14 @@ def test_a_tournament_compares_ways_to_upcycle_and_refuses_to_mix_them_with_a_st
     assert len({arm.plan.stages[1].flops for arm in tournament.arms}) == 1  # the same probe, the same model
     with pytest.raises(ScheduleError, match="'stack x2' a 6L"):
         plan_tournament(base + "try stack x2 | upcycle experts 4 top 2 for 5 steps\ntrain 5 steps\n")
+
+
+def test_the_stacking_papers_limits_and_guideline_say_nothing_of_an_upcycling():
+    """Upcycling starts from long-trained dense models (Llama-3-8B: 15T tokens, ~1,900 a parameter): the
+    G_stack guideline and the limits measured for stacking are not its."""
+    from growdsl.plan.advice import advise
+
+    plan = plan_source(f"{FAMILY}train 3L for 400000 steps\nupcycle experts 4 top 2\ntrain 10 steps")
+    assert plan.stages[1].timing is None and advise(plan.stages, None) == []
+    stacked = plan_source(f"{FAMILY}train 3L for 400000 steps\nstack x2\ntrain 10 steps")
+    assert stacked.stages[1].timing is not None and advise(stacked.stages, None)  # overtrained: said

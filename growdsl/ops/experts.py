@@ -212,8 +212,8 @@ def carry_experts(
     """The upcycled model's AdamW state under `optimizer carry`: every expert takes its feed-forward's
     moments, as it took its weights; the units drawn afresh (Drop-Upcycling, the same ones as
     write_upcycled's) and a shared expert's zero output projection start at zero, and the router
-    without state (it is new). `like`: the upcycled model's parameters, whose layout each mixture's
-    moments take as soon as they are made (a rank never holds more than one of them whole)."""
+    without state (it is new). `like`: the upcycled model's parameters, whose layout each expert
+    tensor's moments take as soon as they are made (a rank holds one tensor's moments whole at most)."""
     out: State = {}
     dense: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
     for name, st in state.items():
@@ -239,6 +239,7 @@ def carry_experts(
                      for k, v in ffn[w].items()}  # fmt: skip
             for e, picked in enumerate(picks):
                 for k in MOMENTS:
+                    picked = picked.to(grown[k].device)
                     if w == "w2":
                         grown[k][e][:, picked] = 0
                     else:

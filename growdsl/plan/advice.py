@@ -41,7 +41,7 @@ def advise(stages: tuple[Stage, ...] | list[Stage], start: Start | None) -> list
     """What the measured limits say of every growth in a planned schedule."""
     out: list[Advice] = []
     for stage in stages:
-        if not stage.growths:
+        if all(g.kind == "experts" for g in stage.growths):  # none, or upcyclings: these limits are stacking's
             continue
         i, last = stage.index, len(stage.growths) - 1
         out += _factor(stage, start)

@@ -633,7 +633,7 @@ class _Compiler(Reader):
         return schedules
 
     def _timing(self, i: int, growths: list) -> GrowthTiming | None:
-        if i == 0 or not growths:
+        if i == 0 or all(g.kind == "experts" for g in growths):  # the guideline is for growing dense models
             return None
         n = self.stages[i].shape.params
         big_d = sum(s.n_tokens for s in self.stages[i:])
