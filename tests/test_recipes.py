@@ -127,5 +127,6 @@ def test_the_upcycling_recipe_runs_from_a_llama_and_exports_a_mixtral_with_the_s
     assert main(["run", str(schedule), "--data", str(data_dir), "--run-dir", str(run)]) == 0
     assert "upcycle direct" in (run / "log.txt").read_text() and "; preserved" in (run / "log.txt").read_text()
     assert main(["export", str(run), "--hf", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["num_local_experts"] == 8
+    exported = json.loads((out / "config.json").read_text())
+    assert exported["num_local_experts"] == 8 and exported["router_aux_loss_coef"] == 0.01
     assert_exported_logits(run, out, transformers.MixtralForCausalLM)

@@ -118,7 +118,7 @@ def _history(run):
 
 UPCYCLED = TINY_RUN + (
     "val every 4 steps\nval tokens 512\ncheckpoint every 3 steps\ntrain 2L for 6 steps\n"
-    "upcycle experts 4 top 2 shared 1 balance 0.01 optimizer carry\ntrain 6 steps\n"
+    "upcycle experts 4 top 2 shared 1 balance 0.01 aux_loss 0.01 optimizer carry\ntrain 6 steps\n"
 )
 
 
@@ -249,3 +249,43 @@ def test_the_stacking_papers_limits_and_guideline_say_nothing_of_an_upcycling():
     assert plan.stages[1].timing is None and advise(plan.stages, None) == []
     stacked = plan_source(f"{FAMILY}train 3L for 400000 steps\nstack x2\ntrain 10 steps")
     assert stacked.stages[1].timing is not None and advise(stacked.stages, None)  # overtrained: said
+
+
+def test_the_auxiliary_loss_is_mixtrals_and_trains_the_router_of_copies_that_the_lm_loss_cannot():
+    """Experts that are copies give the router no gradient from the LM loss (the renormalised scores sum
+    to 1 whatever it says); the load-balancing loss (Switch's, as transformers' Mixtral computes it) does."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from growdsl.ops.experts import Upcycling, mixture, routing_loss, upcycled_ffn
+    from growdsl.plan.shape import Experts
+
+    torch.manual_seed(0)
+    experts = Experts(count=8, top_k=2, aux_loss=0.5)
+    moe = mixture(experts, 32, 48)
+    with torch.no_grad():
+        moe.init_weights(0.02, torch.device("cpu"))
+        ffn = [torch.randn(48, 32) * 0.1, torch.randn(32, 48) * 0.1, torch.randn(48, 32) * 0.1]
+        moe.load_state_dict(upcycled_ffn(*ffn, experts, Upcycling(), torch.Generator()), strict=False)
+    x = torch.randn(2, 16, 32)
+    moe(x).pow(2).mean().backward()
+    lm_only = moe.router.gate.weight.grad.clone()
+    aux = routing_loss(moe)
+    theirs = load_balancing_loss_func((moe.router.gate(x.view(-1, 32)),), 8, 2)
+    torch.testing.assert_close(aux, 0.5 * theirs, rtol=1e-5, atol=0)
+    assert routing_loss(moe) is None  # taken once
+    torch.testing.assert_close(lm_only, torch.zeros_like(lm_only), atol=1e-7, rtol=0)
+    moe.zero_grad()
+    moe(x)
+    routing_loss(moe).backward()
+    assert moe.router.gate.weight.grad.abs().sum() > 0
+    moe.eval()
+    moe(x)
+    assert routing_loss(moe) is None  # validation trains nothing
+
+
+def test_the_auxiliary_loss_is_planned_and_written_back():
+    from growdsl.plan.baseline import experts_setting
+
+    plan = plan_source(UPCYCLED)
+    e = plan.stages[1].shape.experts
+    assert e.aux_loss == 0.01 and experts_setting(e) == " experts 4 top 2 shared 1 balance 0.01 aux_loss 0.01"

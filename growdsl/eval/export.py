@@ -113,6 +113,8 @@ def config(trained: Trained) -> dict:
             "output_router_logits": False,
             "sliding_window": None,
         }
+        if shape.experts.aux_loss:  # what it trained with, for whoever trains it on in transformers
+            kind["router_aux_loss_coef"] = shape.experts.aux_loss
     else:
         kind = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
         kind |= {"attention_bias": False, "mlp_bias": False}

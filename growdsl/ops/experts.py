@@ -106,6 +106,7 @@ def mixture(experts: Experts, dim: int, hidden: int) -> MoE:
     )
     moe = MoE(args, dim=dim, hidden_dim=hidden)
     moe.router.__class__, moe.reorderer.__class__ = Router, Reorderer  # the same state, counted on any device
+    moe.router.aux_coeff = experts.aux_loss
     return moe
 
 
@@ -114,6 +115,8 @@ class Router(TokenChoiceTopKRouter):
 
     # The tokens each expert gets, given instead of counted: for a measurement without data (growdsl fit)
     fixed_counts: torch.Tensor | None = None
+    aux_coeff: float | None = None  # the auxiliary load-balancing loss's coefficient (Experts.aux_loss)
+    aux: torch.Tensor | None = None  # that loss, of the last training forward, until routing_loss takes it
 
     def forward(self, x: torch.Tensor, expert_bias: torch.Tensor | None = None):
         scores = F.softmax(self.gate(x).to(torch.float32), dim=1)  # in float32, as torchtitan does
@@ -122,6 +125,11 @@ class Router(TokenChoiceTopKRouter):
         top = scores.gather(dim=1, index=picked)
         top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * self.route_scale
         counts = self.fixed_counts if self.fixed_counts is not None else tokens_per_expert(picked, self.num_experts)
+        if self.aux_coeff and self.training:
+            # Switch's loss as Mixtral computes it: E * sum_e (share of the picks that went to e) * (mean
+            # probability of e), the shares summing to top_k; 1 * top_k when balanced, only P carries a gradient
+            share = counts.to(scores.dtype) / x.shape[0]
+            self.aux = self.aux_coeff * self.num_experts * (share * scores.mean(dim=0)).sum()
         return top, picked, counts
 
 
@@ -307,6 +315,17 @@ def from_mixtral(hf: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, to
         ours[router] = hf.pop(gate)
         ours |= {stacked: torch.stack([hf.pop(name) for name in names]) for stacked, names in stacks.items()}
     return ours
+
+
+def routing_loss(model: torch.nn.Module) -> torch.Tensor | None:
+    """The auxiliary load-balancing losses of `model`'s last training forward, summed over its mixtures
+    (each already times its coefficient) and taken; None for a model without them."""
+    losses = []
+    for module in model.modules():
+        if isinstance(module, Router) and module.aux is not None:
+            losses.append(module.aux)
+            module.aux = None
+    return torch.stack(losses).sum() if losses else None
 
 
 def even_routing(model: torch.nn.Module, tokens: int) -> None:

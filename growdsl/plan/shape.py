@@ -47,6 +47,10 @@ class Experts:
     # torchtitan's load balancing without an auxiliary loss: a per-expert bias on the routing choice
     # (model state: it changes which experts a token goes to), moved by this much a step; None: none
     balance: float | None = None
+    # the auxiliary load-balancing loss of Switch and Mixtral (transformers' load_balancing_loss_func),
+    # this coefficient times it added to the training loss; None: none. It changes no weight's meaning,
+    # so a Mixtral exports it.
+    aux_loss: float | None = None
 
     def holds(self, layer: int) -> bool:
         """Whether block `layer` (0-based) has experts."""

@@ -55,8 +55,8 @@ MAX_EXPERTS = 4096  # far past any model's (DeepSeek-V3: 256)
 
 
 def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
-    """`experts 8 top 2 [shared 1] [every 2] [balance 1e-3]`: every `every`-th block's feed-forward a mixture
-    (growdsl.plan.shape.Experts)."""
+    """`experts 8 top 2 [shared 1] [every 2] [balance 1e-3] [aux_loss 0.01]`: every `every`-th block's
+    feed-forward a mixture (growdsl.plan.shape.Experts)."""
     words = [a.text if isinstance(a, ast.Word) else None for a in f.args]
     numbers = {"count": f.args[0]}
     numbers |= {str(words[i - 1]): a for i, a in enumerate(f.args) if i and words[i - 1] and not words[i]}
@@ -67,7 +67,9 @@ def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
         reader.integer(as_number(numbers["every"]), "every (blocks)", maximum=MAX_LAYERS) if "every" in numbers else 1
     )
     balance = reader.real(as_number(numbers["balance"]), "balance") if "balance" in numbers else None
-    if None in (count, top, shared, every) or ("balance" in numbers and balance is None):
+    aux = reader.real(as_number(numbers["aux_loss"]), "aux_loss") if "aux_loss" in numbers else None
+    unread = ("balance" in numbers and balance is None) or ("aux_loss" in numbers and aux is None)
+    if None in (count, top, shared, every) or unread:
         return None
     assert count is not None and top is not None and shared is not None and every is not None
     if top > count:
@@ -75,7 +77,7 @@ def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
             numbers["top"].span, f"top {top} of {count} experts: a token cannot go to more experts than there are"
         )
         return None
-    return Experts(count=count, top_k=top, shared=shared, every=every, balance=balance)
+    return Experts(count=count, top_k=top, shared=shared, every=every, balance=balance, aux_loss=aux)
 
 
 def _rope_scaling(reader: Reader, f: ast.Setting) -> RopeScaling | None:

@@ -26,7 +26,7 @@ import torch
 
 from growdsl.errors import Diverged, RunError
 from growdsl.ops.check import non_finite
-from growdsl.ops.experts import balance
+from growdsl.ops.experts import balance, routing_loss
 from growdsl.ops.layout import full, laid_out_like, named_parameters, reshard, state_dict, write_full
 from growdsl.ops.model import build_model
 from growdsl.ops.optimizer import State, load_named_state, named_state, parameter_names
@@ -332,7 +332,8 @@ class Trainer:
             x, y = self._micro_batch(micro, training.seq_len, lay)
             with loss_parallel(lay):
                 loss = cross_entropy(self.model, x, y, self.mixed) / accumulate
-                loss.backward()
+                aux = routing_loss(self.model)  # a mixture's load-balancing loss trains; the loss logged is the LM's
+                (loss if aux is None else loss + aux / accumulate).backward()
             parts.append(full(loss.detach()))
         total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
         where += f" (token {self.data.position:,})"
