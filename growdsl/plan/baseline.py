@@ -161,7 +161,8 @@ def experts_setting(e: Experts | None) -> str:
         return ""
     text = f" experts {e.count} top {e.top_k}" + (f" shared {e.shared}" if e.shared else "")
     text += f" every {e.every}" if e.every != 1 else ""
-    return text + (f" balance {_num(e.balance)}" if e.balance else "") + (f" aux_loss {_num(e.aux_loss)}" if e.aux_loss else "")
+    text += f" balance {_num(e.balance)}" if e.balance else ""
+    return text + (f" aux_loss {_num(e.aux_loss)}" if e.aux_loss else "")
 
 
 def _stem(path: str) -> str:
