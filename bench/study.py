@@ -49,6 +49,7 @@ NAMES = {
     "dense": "dense continued (upcycling's control)",
     "upcycle": "upcycled at half, 4 experts top 2",
     "upcycle_drop": "Drop-Upcycled (r = 0.5)",
+    "upcycle_top1": "upcycled at half, 4 experts top 1",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 

@@ -33,7 +33,8 @@ def test_upcycle_plans_a_mixture_where_it_says_with_its_operator_and_options():
     assert plan.stages[1].flops_per_token == plan.stages[1].shape.flops_per_token(16)
     assert plan.stages[1].shape.active_params - plan.stages[0].shape.params == 2 * 3 * 64 * 96 + 64 * 8
     assert Plan.from_json(plan.to_json()) == plan
-    direct = grown_plan("upcycle experts 4 top 1")[1]
+    top1, direct = grown_plan("upcycle experts 4 top 1")
+    assert any("never trains the router" in w.message for w in top1.warnings)  # its one score is always 1
     assert (direct.operator, direct.guarantee) == ("direct", "exact")
     assert "upcycle (direct): every feed-forward -> 4 experts, top 1; function-preserving" in growth_line(direct)
 

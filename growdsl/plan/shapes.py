@@ -77,6 +77,13 @@ def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
             numbers["top"].span, f"top {top} of {count} experts: a token cannot go to more experts than there are"
         )
         return None
+    if top == 1:
+        reader.warn(
+            numbers["top"].span,
+            "top 1: the one picked score is renormalised to 1, so the language model's loss never trains the "
+            "router: it routes by its starting weights (aux_loss only balances the experts)",
+            "top 2 or more for a router that learns; top 1 routes like a hash layer",
+        )
     return Experts(count=count, top_k=top, shared=shared, every=every, balance=balance, aux_loss=aux)
 
 
