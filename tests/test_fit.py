@@ -130,7 +130,7 @@ def test_a_tied_model_trains_on_whole_replicas_only():
     assert stage_layout(ddp, World(0, 4)) == Layout(4, 1, 1)
 
 
-def test_an_upcycling_is_measured_with_its_experts_routed_evenly_and_its_moments_laid_out_one_tensor_at_a_time():
+def test_an_upcycling_is_measured_with_its_experts_routed_evenly_and_its_moments_laid_out_one_at_a_time():
     """A mixture's counts need the values: fit routes each expert an even share (the for-loop experts go
     through every routed token once, whoever gets it). The experts' shards and the activations of the
     tokens each goes through are measured; the closed form agrees to 15%."""
@@ -142,5 +142,5 @@ def test_an_upcycling_is_measured_with_its_experts_routed_evenly_and_its_moments
         assert abs(m.formula / m.peak - 1) < 0.15, (m.what, m.formula, m.peak)
     shape = plan.stages[1].shape
     building = 4 * (2 * shape.vocab_size * shape.dim + shape.dim + shape.block_params(0))  # a mixture whole
-    one_tensor = 8 * 4 * shape.dim * shape.ffn_dim  # the two moments of one expert tensor, whole
-    assert growth.peak == before.weights + before.adamw + building + after.weights + after.adamw + one_tensor
+    one_moment = 4 * (1 + 4) * shape.dim * shape.ffn_dim  # a dense moment of one weight, and its 4 copies, whole
+    assert growth.peak == before.weights + before.adamw + building + after.weights + after.adamw + one_moment

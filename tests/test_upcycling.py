@@ -92,6 +92,9 @@ def test_drop_upcycling_draws_each_experts_own_units_afresh_and_carries_zero_mom
         kept = torch.ones(96, dtype=torch.bool)
         kept[picked] = False
         assert torch.equal(got[kept], state["layers.1.feed_forward.w1.weight"]["exp_avg"][kept])
+        w2 = carried["layers.1.moe.experts.w2"]["exp_avg_sq"][e]  # its columns are the units
+        assert w2[:, picked].abs().sum() == 0
+        assert torch.equal(w2[:, kept], state["layers.1.feed_forward.w2.weight"]["exp_avg_sq"][:, kept])
     shared = carried["layers.1.moe.shared_experts.w2.weight"]
     assert shared["exp_avg"].abs().sum() == 0 and shared["exp_avg_sq"].abs().sum() == 0  # its weight starts at 0
     assert torch.equal(carried["layers.1.moe.shared_experts.w1.weight"]["exp_avg_sq"],
@@ -175,6 +178,17 @@ def test_freeze_after_an_upcycling_names_parts_of_blocks_and_counts_their_flops_
     )
     with pytest.raises(ScheduleError, match="nothing is left to train"):
         stage("base new embeddings head")
+    drop = f"{FAMILY}train 3L for 10 steps\nupcycle experts 4 top 2 init drop\ntrain 10 steps with freeze copies"
+    assert any("stay as drawn" in w.message for w in plan_source(drop).warnings)
+    # only the router and the shared expert train: nothing passes a gradient through the routed experts
+    # beside them, nor below; above them, block 2 and the head pass it down
+    only = stage("base copies embeddings head")
+    rest = 3 * d * ffn + d * 4
+    head = 101 * 64 + 64
+    forward = sum(2 * only.shape.block_params(i, active=True) + attention for i in range(3)) + 2 * head
+    lp = only.shape.layer_params
+    assert only.flops_per_token == forward + 4 * rest + 2 * lp + 2 * attention + 2 * head
+    assert only.trainable_params == rest
 
 
 def test_a_run_that_trains_only_the_mixtures_leaves_the_dense_models_weights_as_they_were(data_dir, tmp_path):
@@ -215,7 +229,7 @@ def test_the_dense_model_continued_is_written_on_the_same_flops_and_refused_wher
     for text, message in [
         (TINY_RUN + "train 2L for 6 steps\nstack x2\ntrain 6 steps\n", "upcycles nothing"),
         (UPCYCLED + "train 4 steps\n", "not the one growth right before its final stage"),
-        (UPCYCLED.replace("train 6 steps\n", "train 6 steps with freeze new\n"), "freezes parts of the mixtures"),
+        (UPCYCLED.replace("train 6 steps\n", "train 6 steps with freeze new\n"), "freezes by origin"),
     ]:
         with pytest.raises(baseline.BaselineError, match=message):
             baseline.continued(plan_source(text))
@@ -225,6 +239,32 @@ def test_the_dense_model_continued_is_written_on_the_same_flops_and_refused_wher
     with pytest.raises(GrowdslError, match="relative to its own folder"):
         write_baseline(str(schedule), str(elsewhere / "dense.grow"), dense=True)
     assert not (elsewhere / "dense.grow").exists()
+
+
+def test_the_dense_control_restarts_its_lr_where_the_upcycling_did_and_continues_a_model_it_starts_from(tmp_path):
+    from test_imported import hf_llama
+
+    from growdsl.app.baseline import write_baseline
+    from growdsl.plan import baseline
+    from growdsl.plan.render import render_plan
+
+    restart = tmp_path / "restart.grow"
+    restart.write_text(UPCYCLED.replace(" optimizer carry", " optimizer carry lr restart"))
+    text = write_baseline(str(restart), None, dense=True).text
+    dense = plan_source(text)
+    assert "with lr 0.01 to 0.001" in text and dense.stages[1].lr.start_step == 0  # a warmup and decay of its own
+    assert plan_source(UPCYCLED.replace(" optimizer carry", " optimizer carry lr restart")).stages[1].lr.start_step == 0
+    hf_llama(tmp_path / "llama")
+    started = tmp_path / "started.grow"
+    started.write_text('model from "llama"\nseq 32\nbatch 2 seqs\nval off\nupcycle experts 4 top 2\ntrain 20 steps\n')
+    plan = plan_source(started.read_text(), str(started))
+    assert "dense          the dense model continued instead" in render_plan(plan)
+    written = write_baseline(str(started), str(tmp_path / "dense.grow"), dense=True)
+    again = plan_source((tmp_path / "dense.grow").read_text(), str(tmp_path / "dense.grow"))
+    assert (
+        again.start is not None and not again.stages[0].growths and again.totals.flops == baseline.continued(plan).flops
+    )
+    assert again.stages[0].steps == baseline.continued(plan).steps > 20 and "continued" in written.summary()
 
 
 def test_a_tournament_compares_ways_to_upcycle_and_refuses_to_mix_them_with_a_stack():
@@ -254,7 +294,8 @@ def test_the_stacking_papers_limits_and_guideline_say_nothing_of_an_upcycling():
 
 def test_the_auxiliary_loss_is_mixtrals_and_trains_the_router_of_copies_that_the_lm_loss_cannot():
     """Experts that are copies give the router no gradient from the LM loss (the renormalised scores sum
-    to 1 whatever it says); the load-balancing loss (Switch's, as transformers' Mixtral computes it) does."""
+    to 1 whatever it says); the load-balancing loss does. It is Switch's, as transformers' Mixtral computes
+    it over all its mixtures at once (load_balancing_loss_func of every layer's router logits)."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
     from growdsl.ops.experts import Upcycling, mixture, routing_loss, upcycled_ffn
@@ -262,26 +303,29 @@ def test_the_auxiliary_loss_is_mixtrals_and_trains_the_router_of_copies_that_the
 
     torch.manual_seed(0)
     experts = Experts(count=8, top_k=2, aux_loss=0.5)
-    moe = mixture(experts, 32, 48)
+    layers = torch.nn.ModuleList(mixture(experts, 32, 48) for _ in range(3))
     with torch.no_grad():
-        moe.init_weights(0.02, torch.device("cpu"))
-        ffn = [torch.randn(48, 32) * 0.1, torch.randn(32, 48) * 0.1, torch.randn(48, 32) * 0.1]
-        moe.load_state_dict(upcycled_ffn(*ffn, experts, Upcycling(), torch.Generator()), strict=False)
-    x = torch.randn(2, 16, 32)
-    moe(x).pow(2).mean().backward()
-    lm_only = moe.router.gate.weight.grad.clone()
-    aux = routing_loss(moe)
-    theirs = load_balancing_loss_func((moe.router.gate(x.view(-1, 32)),), 8, 2)
-    torch.testing.assert_close(aux, 0.5 * theirs, rtol=1e-5, atol=0)
-    assert routing_loss(moe) is None  # taken once
-    torch.testing.assert_close(lm_only, torch.zeros_like(lm_only), atol=1e-7, rtol=0)
-    moe.zero_grad()
-    moe(x)
-    routing_loss(moe).backward()
-    assert moe.router.gate.weight.grad.abs().sum() > 0
-    moe.eval()
-    moe(x)
-    assert routing_loss(moe) is None  # validation trains nothing
+        for moe in layers:
+            moe.init_weights(0.02, torch.device("cpu"))
+            ffn = [torch.randn(48, 32) * 0.1, torch.randn(32, 48) * 0.1, torch.randn(48, 32) * 0.1]
+            moe.load_state_dict(upcycled_ffn(*ffn, experts, Upcycling(), torch.Generator()), strict=False)
+    inputs = [torch.randn(2, 16, 32) for _ in layers]
+    sum(moe(x).pow(2).mean() for moe, x in zip(layers, inputs)).backward()
+    lm_only = [moe.router.gate.weight.grad.clone() for moe in layers]
+    aux = routing_loss(layers)
+    logits = tuple(moe.router.gate(x.view(-1, 32)) for moe, x in zip(layers, inputs))
+    torch.testing.assert_close(aux, 0.5 * load_balancing_loss_func(logits, 8, 2), rtol=1e-5, atol=0)
+    assert routing_loss(layers) is None  # taken once
+    for grad in lm_only:
+        torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-7, rtol=0)
+    layers.zero_grad()
+    for moe, x in zip(layers, inputs):
+        moe(x)
+    routing_loss(layers).backward()
+    assert all(moe.router.gate.weight.grad.abs().sum() > 0 for moe in layers)
+    layers.eval()
+    layers[0](inputs[0])
+    assert routing_loss(layers) is None  # validation trains nothing
 
 
 def test_the_auxiliary_loss_is_planned_and_written_back():

@@ -116,7 +116,9 @@ class Router(TokenChoiceTopKRouter):
     # The tokens each expert gets, given instead of counted: for a measurement without data (growdsl fit)
     fixed_counts: torch.Tensor | None = None
     aux_coeff: float | None = None  # the auxiliary load-balancing loss's coefficient (Experts.aux_loss)
-    aux: torch.Tensor | None = None  # that loss, of the last training forward, until routing_loss takes it
+    # of the last training forward, until routing_loss takes them: each expert's share of the picks, and
+    # its mean routing probability
+    aux: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, expert_bias: torch.Tensor | None = None):
         scores = F.softmax(self.gate(x).to(torch.float32), dim=1)  # in float32, as torchtitan does
@@ -126,10 +128,7 @@ class Router(TokenChoiceTopKRouter):
         top = top / (top.sum(dim=-1, keepdim=True) + 1e-20) * self.route_scale
         counts = self.fixed_counts if self.fixed_counts is not None else tokens_per_expert(picked, self.num_experts)
         if self.aux_coeff and self.training:
-            # Switch's loss as Mixtral computes it: E * sum_e (share of the picks that went to e) * (mean
-            # probability of e), the shares summing to top_k; 1 * top_k when balanced, only P carries a gradient
-            share = counts.to(scores.dtype) / x.shape[0]
-            self.aux = self.aux_coeff * self.num_experts * (share * scores.mean(dim=0)).sum()
+            self.aux = (counts.to(scores.dtype) / x.shape[0], scores.mean(dim=0))  # routing_loss combines them
         return top, picked, counts
 
 
@@ -220,8 +219,8 @@ def carry_experts(
     """The upcycled model's AdamW state under `optimizer carry`: every expert takes its feed-forward's
     moments, as it took its weights; the units drawn afresh (Drop-Upcycling, the same ones as
     write_upcycled's) and a shared expert's zero output projection start at zero, and the router
-    without state (it is new). `like`: the upcycled model's parameters, whose layout each expert
-    tensor's moments take as soon as they are made (a rank holds one tensor's moments whole at most)."""
+    without state (it is new). `like`: the upcycled model's parameters, whose layout each moment takes
+    as soon as it is made (a rank holds one dense moment and its copies for the experts whole at most)."""
     out: State = {}
     dense: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
     for name, st in state.items():
@@ -231,11 +230,6 @@ def carry_experts(
         else:
             out[name] = cloned(st)
 
-    def placed(name: str, moments: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if like is None:
-            return moments
-        return {k: laid_out_like(v, like[name]) if k in MOMENTS else v for k, v in moments.items()}
-
     for layer, ffn in dense.items():
         if set(ffn) != {"w1", "w2", "w3"}:  # a feed-forward that never stepped: nothing to carry
             continue
@@ -243,22 +237,52 @@ def carry_experts(
         picks = dropped_units(hidden, experts.count, how.drop, layer_generator(SEED, layer))
         moe = f"layers.{layer}.moe."
         for w in ("w1", "w2", "w3"):
-            grown = {k: full(v).unsqueeze(0).repeat(experts.count, 1, 1) if k in MOMENTS else v.clone()
-                     for k, v in ffn[w].items()}  # fmt: skip
-            for e, picked in enumerate(picks):
-                for k in MOMENTS:
-                    picked = picked.to(grown[k].device)
-                    if w == "w2":
-                        grown[k][e][:, picked] = 0
-                    else:
-                        grown[k][e][picked] = 0
-            out[f"{moe}experts.{w}"] = placed(f"{moe}experts.{w}", grown)
+            name = f"{moe}experts.{w}"
+            out[name] = _expert_moments(ffn[w], w, experts.count, picks, like[name] if like is not None else None)
             if experts.shared:
-                reps = (1, experts.shared) if w == "w2" else (experts.shared, 1)
-                shared = {k: full(v).repeat(*reps) if k in MOMENTS else v.clone() for k, v in ffn[w].items()}
-                out[f"{moe}shared_experts.{w}.weight"] = placed(
-                    f"{moe}shared_experts.{w}.weight", zeroed(shared) if w == "w2" else shared
-                )
+                name = f"{moe}shared_experts.{w}.weight"
+                shared = _shared_moments(ffn[w], w, experts.shared, like[name] if like is not None else None)
+                out[name] = zeroed(shared) if w == "w2" else shared
+    return out
+
+
+# One tensor's moments at a time, each made whole and laid out in a call of its own: what a rank holds
+# whole at once is the dense moments of one weight and their copies for one expert tensor.
+
+
+def _expert_moments(
+    dense: dict[str, torch.Tensor], w: str, count: int, picks: list[torch.Tensor], like: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The moments of a mixture's stacked `w` (w1, w2, w3): the dense ones, once per expert, zero at the
+    units Drop-Upcycling drew afresh (`picks`: rows of w1 and w3, columns of w2)."""
+    out = {}
+    for k, v in dense.items():
+        if k not in MOMENTS:
+            out[k] = v.clone()
+            continue
+        m = full(v).unsqueeze(0).repeat(count, 1, 1)
+        for e, picked in enumerate(picks):
+            picked = picked.to(m.device)
+            if w == "w2":
+                m[e][:, picked] = 0
+            else:
+                m[e][picked] = 0
+        out[k] = laid_out_like(m, like) if like is not None else m
+    return out
+
+
+def _shared_moments(
+    dense: dict[str, torch.Tensor], w: str, shared: int, like: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The moments of the shared experts' `w`: the dense ones, once per shared expert (w2 along its inputs)."""
+    reps = (1, shared) if w == "w2" else (shared, 1)
+    out = {}
+    for k, v in dense.items():
+        if k not in MOMENTS:
+            out[k] = v.clone()
+            continue
+        m = full(v).repeat(*reps)
+        out[k] = laid_out_like(m, like) if like is not None else m
     return out
 
 
@@ -318,14 +342,20 @@ def from_mixtral(hf: dict[str, torch.Tensor], shape: ModelShape) -> dict[str, to
 
 
 def routing_loss(model: torch.nn.Module) -> torch.Tensor | None:
-    """The auxiliary load-balancing losses of `model`'s last training forward, summed over its mixtures
-    (each already times its coefficient) and taken; None for a model without them."""
-    losses = []
-    for module in model.modules():
-        if isinstance(module, Router) and module.aux is not None:
-            losses.append(module.aux)
-            module.aux = None
-    return torch.stack(losses).sum() if losses else None
+    """The auxiliary load-balancing loss of `model`'s last training forward (None for a model without
+    one), its coefficient applied, and every mixture's inputs to it taken. Switch's loss as transformers'
+    Mixtral computes it (load_balancing_loss_func) over all its mixtures at once: E times the sum over
+    experts of the mean share of the picks each got and its mean routing probability (the shares sum
+    to top_k: top_k when balanced; only the probabilities carry a gradient)."""
+    routers = [m for m in model.modules() if isinstance(m, Router) and m.aux is not None]
+    if not routers:
+        return None
+    shares, probabilities = (torch.stack(parts).mean(dim=0) for parts in zip(*(r.aux for r in routers)))
+    for r in routers:
+        r.aux = None
+    first = routers[0]
+    assert first.aux_coeff is not None  # only a router with a coefficient keeps its inputs
+    return first.aux_coeff * first.num_experts * (shares * probabilities).sum()
 
 
 def even_routing(model: torch.nn.Module, tokens: int) -> None:

@@ -208,23 +208,28 @@ def continued(plan: Plan) -> Baseline:
         raise BaselineError(
             "its upcycling is not the one growth right before its final stage: write the dense run by hand"
         )
-    if final.frozen:
+    if {"base", "new", "copies"} & set(final.training.freeze):
         raise BaselineError(
-            f"its final stage freezes parts of the mixtures (line {final.line}), which the dense model has not: "
-            f"write the dense run by hand"
+            f"its final stage freezes by origin ({' '.join(final.training.freeze)}, line {final.line}): parts of "
+            f"the mixtures, which the dense model has not; write the dense run by hand"
         )
-    before = plan.stages[-2]
-    dense = before.shape
+    if len(plan.stages) > 1:
+        dense = plan.stages[-2].shape
+    else:  # it upcycles the model it starts from
+        assert plan.start is not None  # a first stage grows only a model the schedule starts from
+        dense = plan.start.shape
     per_step = dense.flops_per_token(final.training.seq_len) * final.training.tokens_per_step
     steps = max(1, round(final.flops / per_step))
-    return Baseline(
-        steps=steps, tokens=steps * final.training.tokens_per_step, flops=before.cumulative_flops + steps * per_step
-    )
+    before = final.cumulative_flops - final.flops  # the stages before, and any recorded cost of its start
+    return Baseline(steps=steps, tokens=steps * final.training.tokens_per_step, flops=before + steps * per_step)
 
 
 def continued_schedule(plan: Plan, source: str, schedule: Path, out: Path | None) -> str:
     """The text of the dense model continued (`continued`): the schedule as written, its upcycling left out
-    and its last train statement's amount made the steps that reach the same FLOPs."""
+    and its last train statement's amount made the steps that reach the same FLOPs. After an upcycling
+    with `lr restart`, the last stage sets its LR (`with lr MAX to MIN`, as it was), so its warmup and
+    decay restart there too. Its AdamW state goes on whatever the upcycling's `optimizer` policy: only a
+    growth resets it."""
     from growdsl.lang.parser import parse
 
     b = continued(plan)
@@ -243,11 +248,19 @@ def continued_schedule(plan: Plan, source: str, schedule: Path, out: Path | None
                 f"(-o {schedule.resolve().parent / 'NAME.grow'}), where the same paths hold"
             )
     (u_start, u_end), (a_start, a_end) = upcycle.span.offsets(source), train.amount.span.offsets(source)
-    body = source[:u_start] + source[u_end:a_start] + f"{b.steps} steps" + source[a_end:]
+    end = train.span.offsets(source)[1]
+    growth, final = plan.stages[-1].growths[0], plan.stages[-1]
+    restart = ""
+    if growth.lr == "restart" and len(plan.stages) > 1 and not any(s.key in ("lr", "min_lr") for s in train.settings):
+        lr = f"lr {_num(final.lr.max_lr)} to {_num(final.lr.min_lr)}"
+        restart = f", {lr}" if train.settings else f" with {lr}"
+    body = source[:u_start] + source[u_end:a_start] + f"{b.steps} steps" + source[a_end:end] + restart + source[end:]
     header = [
         f"# The dense model of {schedule.name} continued instead of upcycled (growdsl baseline --dense): the",
         f"# upcycling on line {upcycle.span.line} left out, the last stage {b.steps} steps long, so that it trains "
         f"the same FLOPs,",
-        f"# {b.flops:.4g} against {plan.totals.flops:.4g}. Run both, then compare them.",
+        f"# {b.flops:.4g} against {plan.totals.flops:.4g}."
+        + (" Its LR restarts there, as the upcycled run's does." if restart else "")
+        + " Run both, then compare them.",
     ]
     return "\n".join(header) + "\n" + body

@@ -445,6 +445,14 @@ class _Compiler(Reader):
             if "silent" in kinds:
                 self.warn(span, f"freeze {' '.join(words)} freezes blocks this stage's growth starts at zero: "
                                 f"they stay as they start")  # fmt: skip
+        drops = [g for g in draft.growths if g.kind == "experts" and g.operator.name == "drop"]
+        if drops and {"new", "copies"} & set(words) and _drop_ratio(drops[0]) > 0:
+            self.warn(
+                span,
+                f"freeze {' '.join(words)} freezes experts whose Drop-Upcycling units start drawn afresh: they stay "
+                f"as drawn",
+                "train them, or upcycle with init direct",
+            )
         if trainable_params(draft.shape, frozen) == 0:
             self.error(span, f"freeze {' '.join(words)}: nothing is left to train", "freeze less")
         elif draft.shape.tied_embeddings and frozen.embeddings != frozen.head:
@@ -659,6 +667,15 @@ class _Compiler(Reader):
                     "the new units never reach full strength",
                     "shorten the ramp",
                 )
+
+
+def _drop_ratio(g: GrowthDraft) -> float:
+    """The share of each expert's units a Drop-Upcycling draws afresh, as written or by default."""
+    written = g.options.get("ratio")
+    if written is not None and written.value is not None and written.value.number is not None:
+        return written.value.number.value
+    option = g.operator.option("")
+    return option.default if option else 0.0
 
 
 def _baseline(stages: list[Stage]) -> Baseline | None:

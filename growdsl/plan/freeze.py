@@ -14,9 +14,10 @@ dense model had (attention, norms, the feed-forwards that stayed dense), `new` t
 experts, shared experts), `copies` the routed experts alone (their routers and shared experts train).
 
 What is frozen costs less to train, counted block by block (a block's attention half, then its
-feed-forward half): a frozen part runs forward (2 FLOPs a parameter a token, and attention's 4 H d T)
-and, when anything below it trains, passes gradients down (2 more, and attention's 8 H d T); only
-trained weights pay for their weight gradients (2)."""
+feed-forward half; a mixture's routed experts beside its router and shared experts): a frozen part
+runs forward (2 FLOPs a parameter a token, and attention's 4 H d T) and, when anything below it
+trains, passes gradients down (2 more, and attention's 8 H d T); only trained weights pay for their
+weight gradients (2)."""
 
 from __future__ import annotations
 
@@ -136,23 +137,29 @@ def flops_per_token(shape: ModelShape, seq_len: int, frozen: Frozen) -> int:
     below = not frozen.embeddings  # whether anything below the current part trains
     total = 0
     for i in range(shape.n_layers):
+        whole = i in frozen.layers
         mixture = _mixture_params(shape, i, active=True)  # a mixture: the experts a token goes through
-        outside = shape.block_params(i, active=True) - mixture
-        experts = _routed_params(shape, i, active=True)
-        parts = [  # (active parameters, those of them that train, attention's FLOPs), bottom up
-            (outside, 0 if i in frozen.layers or i in frozen.dense else outside, attention),
-            (
-                mixture,
-                0 if i in frozen.layers or i in frozen.mixtures else mixture - (experts if i in frozen.experts else 0),
-                0,
-            ),
+        routed = _routed_params(shape, i, active=True)  # 0 in a dense block: its feed-forward is `rest`
+        rest = mixture - routed  # the router and the shared experts, beside the routed ones
+        sections = [  # bottom up, each a list of branches side by side: (active parameters, trains, attention)
+            [(shape.block_params(i, active=True) - mixture, not (whole or i in frozen.dense), attention)],
+            [
+                (routed, not (whole or i in frozen.mixtures or i in frozen.experts), 0),
+                (rest, not (whole or i in frozen.mixtures), 0),
+            ],
         ]
-        for p, trained, attn in parts:
-            total += 2 * p + attn  # forward
-            if trained or below:
-                total += 2 * p + 2 * attn  # gradients passed down through it
-            total += 2 * trained  # its weight gradients
-            below = below or trained > 0
+        for branches in sections:
+            trained_here = False
+            for p, trains, attn in branches:
+                if not p:
+                    continue
+                total += 2 * p + attn  # forward
+                if trains or below:  # a branch beside a trained one needs no gradient through it
+                    total += 2 * p + 2 * attn  # gradients passed down through it
+                if trains:
+                    total += 2 * p  # its weight gradients
+                trained_here = trained_here or trains
+            below = below or trained_here
     head = shape.embedding_params + shape.dim  # the output projection (tied: the table) and the final norm
     # its forward; the gradient into it when anything below trains, or the final norm (before the output
     # projection) does; its weight gradients when it trains

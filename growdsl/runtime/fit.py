@@ -137,15 +137,15 @@ def growth_peak(before_params: int, old: Layout, after: Stage, new: Layout, scal
 def _carried(after: Stage, sharded: int) -> int:
     """AdamW state carried into the grown model: shard by shard through a depth growth (`sharded`
     bytes), but whole through a width growth (its index maps gather every moment) until the first
-    step lays it out; through an upcycling, sharded as soon as each expert tensor's moments are made
-    whole (ops.experts.carry_experts)."""
+    step lays it out; through an upcycling, sharded as soon as each moment is made whole for the experts
+    (ops.experts.carry_experts: the dense moment and its copies)."""
     if not any(g.optimizer == "carry" for g in after.growths):
         return 0
     if any(g.kind == "width" for g in after.growths):
         return ADAMW_BYTES * after.params
     e = after.shape.experts
-    if any(g.kind == "experts" for g in after.growths) and e is not None:  # one expert tensor's moments whole
-        return sharded + ADAMW_BYTES * e.count * after.shape.dim * after.shape.ffn_dim
+    if any(g.kind == "experts" for g in after.growths) and e is not None:  # one moment whole, once and per expert
+        return sharded + ADAMW_BYTES // 2 * (e.count + 1) * after.shape.dim * after.shape.ffn_dim
     return sharded
 
 

@@ -334,6 +334,7 @@ class Trainer:
                 loss = cross_entropy(self.model, x, y, self.mixed) / accumulate
                 aux = routing_loss(self.model)  # a mixture's load-balancing loss trains; the loss logged is the LM's
                 (loss if aux is None else loss + aux / accumulate).backward()
+                routing_loss(self.model)  # what activation checkpointing's recompute routed again: dropped
             parts.append(full(loss.detach()))
         total = self.world.mean(torch.stack(parts).sum().item())  # one host sync a step
         where += f" (token {self.data.position:,})"
