@@ -277,6 +277,10 @@ def test_a_tournament_compares_ways_to_upcycle_and_refuses_to_mix_them_with_a_st
     growths = [arm.plan.stages[1].growths[0] for arm in tournament.arms]
     assert [(g.kind, g.operator) for g in growths] == [("experts", "direct"), ("experts", "drop")]
     assert len({arm.plan.stages[1].flops for arm in tournament.arms}) == 1  # the same probe, the same model
+    with pytest.raises(ScheduleError, match=r"\(experts 4 top 2 aux_loss 0.01\) model, 'upcycle experts 4 top 2' a"):
+        plan_tournament(
+            base + "try upcycle experts 4 top 2 | upcycle experts 4 top 2 aux_loss 0.01 for 5 steps\ntrain 5 steps\n"
+        )
     with pytest.raises(ScheduleError, match="'stack x2' a 6L"):
         plan_tournament(base + "try stack x2 | upcycle experts 4 top 2 for 5 steps\ntrain 5 steps\n")
 

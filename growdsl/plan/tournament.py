@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from growdsl.lang import ast
 from growdsl.lang.errors import ScheduleError, Span
+from growdsl.plan.baseline import experts_setting
 from growdsl.plan.compiler import compile_schedule
 from growdsl.plan.plan import Plan, PlanWarning, stage_record
 from growdsl.plan.reading import Reader
@@ -117,10 +118,13 @@ def _checked(
                 "a tournament grows one base: give every candidate the same lr policy",
             )
         elif plan.stages[k].shape != grown.shape:
+            this, first = plan.stages[k].shape.describe(), grown.shape.describe()
+            if this == first:  # a mixture's load balancing is no part of the description: say it
+                this += f" ({experts_setting(plan.stages[k].shape.experts).strip()})"
+                first += f" ({experts_setting(grown.shape.experts).strip()})"
             reader.error(
                 node.span,
-                f"'{text}' grows a {plan.stages[k].shape.describe()} model, '{texts[0]}' a {grown.shape.describe()} "
-                f"one",
+                f"'{text}' grows a {this} model, '{texts[0]}' a {first} one",
                 "a tournament compares ways to one model: make every candidate reach it",
             )
     if not grown.training.val_every_steps:
