@@ -50,6 +50,7 @@ NAMES = {
     "upcycle": "upcycled at half, 4 experts top 2",
     "upcycle_drop": "Drop-Upcycled (r = 0.5)",
     "upcycle_top1": "upcycled at half, 4 experts top 1",
+    "upcycle_aux": "upcycled at half, top 2, aux_loss 0.01",
 }
 BEGIN, END = "<!-- study:{}:begin -->", "<!-- study:{}:end -->"
 
