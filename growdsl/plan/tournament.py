@@ -118,13 +118,13 @@ def _checked(
                 "a tournament grows one base: give every candidate the same lr policy",
             )
         elif plan.stages[k].shape != grown.shape:
-            this, first = plan.stages[k].shape.describe(), grown.shape.describe()
-            if this == first:  # a mixture's load balancing is no part of the description: say it
+            this, that = plan.stages[k].shape.describe(), grown.shape.describe()
+            if this == that:  # a mixture's load balancing is no part of the description: say it
                 this += f" ({experts_setting(plan.stages[k].shape.experts).strip()})"
-                first += f" ({experts_setting(grown.shape.experts).strip()})"
+                that += f" ({experts_setting(grown.shape.experts).strip()})"
             reader.error(
                 node.span,
-                f"'{text}' grows a {this} model, '{texts[0]}' a {first} one",
+                f"'{text}' grows a {this} model, '{texts[0]}' a {that} one",
                 "a tournament compares ways to one model: make every candidate reach it",
             )
     if not grown.training.val_every_steps:
