@@ -35,6 +35,8 @@ def test_upcycle_plans_a_mixture_where_it_says_with_its_operator_and_options():
     assert Plan.from_json(plan.to_json()) == plan
     top1, direct = grown_plan("upcycle experts 4 top 1")
     assert any("never trains the router" in w.message for w in top1.warnings)  # its one score is always 1
+    assert any("without load balancing" in w.message for w in top1.warnings)
+    assert not any("load balancing" in w.message for w in plan.warnings)  # balance 1e-3 balances
     assert (direct.operator, direct.guarantee) == ("direct", "exact")
     assert "upcycle (direct): every feed-forward -> 4 experts, top 1; function-preserving" in growth_line(direct)
 

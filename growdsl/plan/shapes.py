@@ -77,6 +77,13 @@ def experts_of(reader: Reader, f: ast.Setting) -> Experts | None:
             numbers["top"].span, f"top {top} of {count} experts: a token cannot go to more experts than there are"
         )
         return None
+    if balance is None and aux is None and top < count:
+        reader.warn(
+            f.span,
+            "experts without load balancing: nothing keeps the router from sending most tokens to a few experts "
+            "(the upcycling study: nearly every token to one, in its busiest block)",
+            "add aux_loss 0.01 (Switch's loss; a Mixtral exports it) or balance 1e-3 (torchtitan's routing bias)",
+        )
     if top == 1:
         reader.warn(
             numbers["top"].span,
