@@ -340,3 +340,4 @@ def test_the_auxiliary_loss_is_planned_and_written_back():
     plan = plan_source(UPCYCLED)
     e = plan.stages[1].shape.experts
     assert e.aux_loss == 0.01 and experts_setting(e) == " experts 4 top 2 shared 1 balance 0.01 aux_loss 0.01"
+    assert "top 2 + 1 shared, balance 1e-2, aux_loss 1e-2;" in growth_line(plan.stages[1].growths[0])

@@ -178,6 +178,7 @@ def growth_line(g) -> str:
         e = g.experts
         where = "every feed-forward" if e.every == 1 else f"every {e.every}th block's feed-forward"
         extra = (f" + {e.shared} shared" if e.shared else "") + (f", balance {_sci(e.balance)}" if e.balance else "")
+        extra += f", aux_loss {_sci(e.aux_loss)}" if e.aux_loss else ""
         return (
             f"line {g.line}: upcycle ({g.operator}{knobs}): {where} -> {e.count} experts, top {e.top_k}{extra}; "
             f"{_GUARANTEE[g.guarantee]}; {policies}"
